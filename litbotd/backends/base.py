@@ -1,0 +1,137 @@
+"""The job-backend interface: where a CI job runs (SPEC §1, §4, §6).
+
+Two backends implement it: `local` (this machine) and `lightning` (Lightning AI). Both run the
+same job command, `bootstrap.py`, which fetches the code at the head SHA, runs the workflow's
+script with `bash -eo pipefail` under a time limit and ends with one result line.
+
+Outcome fields of `JobStatus`, decided here so callers need not know the backend:
+- `state` "succeeded": the script exited 0.
+- `state` "failed" + `exit_code` N: the script exited N ("exit code N").
+- `state` "failed" + `timed_out` True: the script ran past `JobSpec.timeout` and its whole process
+  group was killed; `message` starts with "timed out".
+- `state` "failed" + `exit_code` None, `timed_out` False: the script never finished for another
+  reason; `message` says why ("failed to start: …", "preempted …", "runner died …").
+- `state` "stopped": someone called `stop`.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol, TypeVar
+
+T = TypeVar("T")
+
+STATES = ("pending", "running", "stopping", "succeeded", "failed", "stopped", "unknown")
+FINAL_STATES = frozenset({"succeeded", "failed", "stopped"})
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,59}$")
+
+
+class JobNotFound(Exception):
+    """No job with that name exists in the backend."""
+
+
+class BackendError(Exception):
+    """The backend could not do what was asked. Messages never contain a token or env values."""
+
+
+def check_name(name: str) -> str:
+    """Job names become directory names and Lightning job names: keep them boring."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise BackendError(f"invalid job name {name!r}: expected [a-z0-9-], at most 60 characters")
+    return name
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str              # deterministic, chosen by the caller: [a-z0-9-], <= 60 chars
+    repo: str              # "owner/name"
+    sha: str               # 40-hex head SHA
+    archive_url: str       # tarball of the code at sha (GitHub answers 302 to codeload)
+    script: str            # the workflow's `run` text
+    image: str
+    machine: str
+    interruptible: bool
+    timeout: float         # seconds the script may run
+    env: dict[str, str]    # the workflow/cell env
+    # Short-lived, repo-scoped, contents:read installation token, or None for a public repo.
+    # Only ever placed in the job's environment as GITHUB_TOKEN; repr=False keeps it out of logs.
+    token: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if not re.fullmatch(r"[0-9a-f]{40}", self.sha):
+            raise BackendError(f"invalid sha {self.sha!r}: expected 40 hex digits")
+        if not self.archive_url.startswith(("http://", "https://")):
+            raise BackendError("archive_url must be an http(s) URL")
+        if self.timeout <= 0:
+            raise BackendError(f"timeout must be more than 0, got {self.timeout!r}")
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in a message: the token and every env value."""
+        return [v for v in (self.token, *self.env.values()) if v]
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: str              # one of STATES
+    exit_code: int | None   # the script's exit status when known
+    url: str | None         # details_url for the check run (http/https only; None for local)
+    message: str = ""       # human text: "exit code 2", "preempted", "failed to start: …"
+    timed_out: bool = False  # the script hit JobSpec.timeout (state is then "failed")
+
+    def __post_init__(self) -> None:
+        if self.state not in STATES:
+            raise ValueError(f"unknown job state {self.state!r}")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            object.__setattr__(self, "url", None)
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+class Backend(Protocol):
+    name: str  # "local" | "lightning"
+
+    async def start(self, spec: JobSpec) -> JobStatus:
+        """START-OR-FIND: when a job named spec.name exists, return its status and start nothing."""
+
+    async def status(self, name: str) -> JobStatus:
+        """The job's current status; JobNotFound when there is no such job."""
+
+    async def log_tail(self, name: str, lines: int) -> str:
+        """The last `lines` lines of the job's log ("" when there is none yet)."""
+
+    async def stop(self, name: str) -> None:
+        """Ask the job to stop. Idempotent; returns within a bounded time, the job may still be stopping."""
+
+    async def close(self) -> None:
+        """Release threads and connections. Jobs keep running."""
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """Replace every secret value (token, env values) in a message with ***."""
+    for s in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
+        text = text.replace(s, "***")
+    return text
+
+
+class Offload:
+    """Runs blocking calls on a bounded thread pool, each under a time limit.
+
+    A call that times out keeps its thread until it returns by itself (Python threads cannot be
+    killed); the pool bound keeps such leftovers from growing without limit.
+    """
+
+    def __init__(self, threads: int, timeout: float, prefix: str) -> None:
+        self.timeout = timeout
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix=prefix)
+
+    async def run(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.run_in_executor(self._pool, fn, *args), timeout or self.timeout)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,363 @@
+"""Configuration: schema, defaults, environment overrides, validation (SPEC §3).
+
+Pure apart from reading the files it is pointed at. Every error names the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_PATH = "/etc/litbotd/litbotd.toml"
+SECRET_KEYS = {"github.private_key", "github.webhook_secret"}
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = 8080
+    path: str = "/"
+    max_body_bytes: int = 26_214_400
+
+
+@dataclass(frozen=True)
+class GithubConfig:
+    app_id: int = 0
+    private_key_file: str = ""
+    webhook_secret: str = field(default="", repr=False)
+    api_url: str = "https://api.github.com"
+    command_prefix: str = "/litci"
+    trusted_associations: tuple[str, ...] = ("OWNER", "MEMBER", "COLLABORATOR")
+    redeliver_interval: float = 300.0
+    redeliver_window: float = 72 * 3600.0
+    # Not a file key: the PEM text, from GH_PRIVATE_KEY, the credentials directory
+    # or read from private_key_file at load time.
+    private_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = "redis://localhost:6379/0"
+    queue: str = "bot_queue"
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    count: int = 4
+    heartbeat_interval: float = 2.0
+    lease_timeout: float = 10.0
+    max_attempts: int = 5
+    retry_backoff: float = 2.0
+    retry_backoff_max: float = 300.0
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True)
+class LightningConfig:
+    teamspace: str = ""
+    default_machine: str = "CPU"
+    default_image: str = "ubuntu:22.04"
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    workdir: str = "/var/lib/litbotd/jobs"
+    max_parallel: int = 2
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    backend: str = "lightning"
+    poll_interval: float = 15.0
+    poll_interval_max: float = 60.0
+    queue_timeout: float = 3600.0
+    default_timeout: float = 3600.0
+    cancel_superseded: bool = True
+    lightning: LightningConfig = LightningConfig()
+    local: LocalConfig = LocalConfig()
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    comment: bool = True
+    log_tail_lines: int = 200
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    github: GithubConfig = GithubConfig()
+    redis: RedisConfig = RedisConfig()
+    workers: WorkersConfig = WorkersConfig()
+    jobs: JobsConfig = JobsConfig()
+    report: ReportConfig = ReportConfig()
+    log: LogConfig = LogConfig()
+    source: str = ""  # where it was read from, for messages
+
+
+DURATION_KEYS = {
+    "github.redeliver_interval", "github.redeliver_window",
+    "workers.heartbeat_interval", "workers.lease_timeout", "workers.retry_backoff",
+    "workers.retry_backoff_max", "workers.shutdown_grace",
+    "jobs.poll_interval", "jobs.poll_interval_max", "jobs.queue_timeout", "jobs.default_timeout",
+}
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+def parse_duration(value: Any, key: str = "duration") -> float:
+    """'15s', '5m', '2h', '1d', '250ms' or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a duration like '15s' or a number of seconds, got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    else:
+        raise ConfigError(f"{key}: expected a duration like '15s', '5m', '2h' or a number of seconds, got {value!r}")
+    if seconds < 0:
+        raise ConfigError(f"{key}: a duration cannot be negative, got {value!r}")
+    return seconds
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check one leaf value against the type of its default."""
+    if key in DURATION_KEYS:
+        return parse_duration(value, key)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    raise ConfigError(f"{key}: unsupported value {value!r}")  # pragma: no cover
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix}: expected a table, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hidden = {"private_key", "source"}
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in fields or name in hidden:
+            raise ConfigError(f"{key}: unknown key")
+        default = fields[name].default
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, key)
+        else:
+            kwargs[name] = _coerce(key, value, default)
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    def bad(key: str, why: str) -> None:
+        raise ConfigError(f"{key}: {why}")
+
+    if not 0 <= cfg.server.port <= 65535:
+        bad("server.port", f"must be between 0 and 65535, got {cfg.server.port}")
+    if not cfg.server.path.startswith("/"):
+        bad("server.path", f"must start with '/', got {cfg.server.path!r}")
+    if cfg.server.max_body_bytes < 1024:
+        bad("server.max_body_bytes", f"must be at least 1024, got {cfg.server.max_body_bytes}")
+    if cfg.github.app_id < 0:
+        bad("github.app_id", f"must not be negative, got {cfg.github.app_id}")
+    if not re.match(r"^https?://[^/\s]+", cfg.github.api_url):
+        bad("github.api_url", f"must be an http(s) URL, got {cfg.github.api_url!r}")
+    if not cfg.github.command_prefix.strip():
+        bad("github.command_prefix", "must not be empty")
+    if not cfg.redis.url.startswith(("redis://", "rediss://", "unix://")):
+        bad("redis.url", f"must start with redis://, rediss:// or unix://, got {cfg.redis.url!r}")
+    if not cfg.redis.queue or any(c.isspace() for c in cfg.redis.queue):
+        bad("redis.queue", f"must be a non-empty name without spaces, got {cfg.redis.queue!r}")
+    w = cfg.workers
+    if not 0 <= w.count <= 1024:
+        bad("workers.count", f"must be between 0 and 1024, got {w.count}")
+    if w.heartbeat_interval <= 0:
+        bad("workers.heartbeat_interval", "must be more than 0")
+    if w.lease_timeout <= w.heartbeat_interval:
+        bad("workers.lease_timeout", f"must be longer than workers.heartbeat_interval ({w.heartbeat_interval:g}s)")
+    if w.max_attempts < 1:
+        bad("workers.max_attempts", f"must be at least 1, got {w.max_attempts}")
+    if w.retry_backoff_max < w.retry_backoff:
+        bad("workers.retry_backoff_max", "must not be shorter than workers.retry_backoff")
+    j = cfg.jobs
+    if j.backend not in ("lightning", "local"):
+        bad("jobs.backend", f"must be 'lightning' or 'local', got {j.backend!r}")
+    if j.poll_interval <= 0:
+        bad("jobs.poll_interval", "must be more than 0")
+    if j.poll_interval_max < j.poll_interval:
+        bad("jobs.poll_interval_max", "must not be shorter than jobs.poll_interval")
+    if j.default_timeout <= 0:
+        bad("jobs.default_timeout", "must be more than 0")
+    if j.queue_timeout <= 0:
+        bad("jobs.queue_timeout", "must be more than 0")
+    if j.lightning.teamspace and j.lightning.teamspace.count("/") != 1:
+        bad("jobs.lightning.teamspace", f"must look like 'owner/teamspace', got {j.lightning.teamspace!r}")
+    if j.local.max_parallel < 1:
+        bad("jobs.local.max_parallel", f"must be at least 1, got {j.local.max_parallel}")
+    if cfg.report.log_tail_lines < 1:
+        bad("report.log_tail_lines", f"must be at least 1, got {cfg.report.log_tail_lines}")
+    if cfg.log.level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        bad("log.level", f"must be one of debug, info, warning, error, critical, got {cfg.log.level!r}")
+    if cfg.log.format not in ("auto", "text", "journal", "json"):
+        bad("log.format", f"must be one of auto, text, journal, json, got {cfg.log.format!r}")
+
+
+def _read_secret_file(path: str, key: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror or e}") from None
+
+
+def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Returns (file-shaped overrides, secrets). Env values are strings: coerce the non-string ones."""
+    over: dict[str, dict[str, Any]] = {}
+    secrets: dict[str, str] = {}
+    if "GH_APP_ID" in env:
+        raw = env["GH_APP_ID"].strip()
+        if not raw.isdigit():
+            raise ConfigError(f"github.app_id (from GH_APP_ID): expected an integer, got {raw!r}")
+        over.setdefault("github", {})["app_id"] = int(raw)
+    if env.get("GH_PRIVATE_KEY_FILE"):
+        over.setdefault("github", {})["private_key_file"] = env["GH_PRIVATE_KEY_FILE"]
+    if env.get("GH_WEBHOOK_SECRET"):
+        secrets["webhook_secret"] = env["GH_WEBHOOK_SECRET"]
+    if env.get("GH_PRIVATE_KEY"):
+        secrets["private_key"] = env["GH_PRIVATE_KEY"]
+    if env.get("REDIS_URL"):
+        over.setdefault("redis", {})["url"] = env["REDIS_URL"]
+    return over, secrets
+
+
+def resolve_path(explicit: str | None, env: Mapping[str, str]) -> str | None:
+    """-c/--config, else $LITBOTD_CONFIG, else /etc/litbotd/litbotd.toml when it exists (SPEC §2)."""
+    if explicit:
+        return explicit
+    if env.get("LITBOTD_CONFIG"):
+        return env["LITBOTD_CONFIG"]
+    if os.path.exists(DEFAULT_PATH):
+        return DEFAULT_PATH
+    return None
+
+
+def parse(data: Mapping[str, Any], env: Mapping[str, str] | None = None, source: str = "") -> Config:
+    """Build a validated Config from a parsed TOML mapping plus the environment."""
+    env = os.environ if env is None else env
+    merged: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    over, secrets = _env_overrides(env)
+    for section, values in over.items():
+        if not isinstance(merged.get(section, {}), Mapping):
+            raise ConfigError(f"{section}: expected a table")
+        merged.setdefault(section, {}).update(values)
+    cfg: Config = _build(Config, merged, "")
+    gh = cfg.github
+    creds = env.get("CREDENTIALS_DIRECTORY")
+    webhook_secret = secrets.get("webhook_secret", "")
+    private_key = secrets.get("private_key", "")
+    if creds and not webhook_secret and os.path.exists(os.path.join(creds, "webhook-secret")):
+        webhook_secret = _read_secret_file(os.path.join(creds, "webhook-secret"), "github.webhook_secret").strip()
+    if creds and not private_key and os.path.exists(os.path.join(creds, "github-app.pem")):
+        private_key = _read_secret_file(os.path.join(creds, "github-app.pem"), "github.private_key_file")
+    if not private_key and gh.private_key_file:
+        private_key = _read_secret_file(gh.private_key_file, "github.private_key_file")
+    if private_key and "PRIVATE KEY-----" not in private_key:
+        raise ConfigError("github.private_key_file: not a PEM private key (no 'PRIVATE KEY' header)")
+    cfg = dataclasses.replace(
+        cfg,
+        github=dataclasses.replace(gh, webhook_secret=webhook_secret or gh.webhook_secret, private_key=private_key),
+        source=source,
+    )
+    _validate(cfg)
+    return cfg
+
+
+def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the config the way every command does: file (if any), then environment overrides."""
+    env = os.environ if env is None else env
+    path = resolve_path(path, env)
+    if path is None:
+        return parse({}, env, source="built-in defaults + environment")
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: invalid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror or e}") from None
+    return parse(data, env, source=path)
+
+
+def secrets_of(cfg: Config) -> list[str]:
+    """Every secret value in the config, for log scrubbing."""
+    return [s for s in (cfg.github.webhook_secret, cfg.github.private_key) if s]
+
+
+def to_dict(cfg: Config, mask: bool = True) -> dict[str, Any]:
+    """The effective config as nested dicts, secrets masked (for check-config)."""
+    out = dataclasses.asdict(cfg)
+    out.pop("source", None)
+    gh = out["github"]
+    for name in ("webhook_secret", "private_key"):
+        if mask:
+            gh[name] = "***" if gh[name] else "(not set)"
+    return out
+
+
+def render_toml(d: Mapping[str, Any], prefix: str = "") -> str:
+    """A small TOML writer for check-config output."""
+    lines: list[str] = []
+    tables: list[tuple[str, Mapping[str, Any]]] = []
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            tables.append((f"{prefix}{k}", v))
+        else:
+            lines.append(f"{k} = {_toml_value(v)}")
+    out = "\n".join(lines)
+    for name, table in tables:
+        body = render_toml(table, f"{name}.")
+        out += f"\n\n[{name}]\n{body}" if body else ""
+    return out.strip("\n")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return f'"{int(v)}s"'
+    if isinstance(v, float):
+        return f'"{v:g}s"'
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,337 @@
+"""`litbotd run`: wiring, the background loops, signals, reload and drain (SPEC §1, §6, §7).
+
+One process, one event loop: the aiohttp listener, `workers.count` worker coroutines, and four
+small loops — heartbeat (leases, watchdog, status), promoter (delayed → due), sweeper (dead
+workers' tasks back to the queue) and the redelivery sweeper.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import os
+import signal
+import socket
+import time
+from typing import Callable
+
+from aiohttp import web
+
+from . import config as config_mod
+from . import logs, metrics, systemd
+from .backends import make_backend
+from .config import Config, ConfigError
+from .github import GitHubApp
+from .queue import Queue, connect
+from .redeliver import redeliver_once
+from .services import Services
+from .webhook import make_app
+from .worker import REDIS_DOWN, Registry, Worker
+
+log = logs.get("litbotd.daemon")
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Daemon:
+    def __init__(self, cfg: Config, registry: Registry, config_path: str | None = None,
+                 config_loader: Callable[[], Config] | None = None) -> None:
+        self.registry = registry
+        self.config_path = config_path
+        self._load_config = config_loader or (lambda: config_mod.load(config_path))
+        self.host = os.environ.get("LITBOTD_HOST") or socket.gethostname()
+        self.identity = {"host": self.host, "pid": os.getpid(), "boot": _boot_id(), "pidns": _pid_namespace()}
+        self._ids = itertools.count()
+        self.workers: dict[str, tuple[Worker, asyncio.Task]] = {}
+        self._stop = asyncio.Event()
+        self._loops: list[asyncio.Task] = []
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self.started = time.time()
+        redis = connect(cfg.redis.url)
+        self.services = Services(config=cfg, redis=redis, queue=Queue(redis, cfg.redis.queue))
+
+    @property
+    def cfg(self) -> Config:
+        return self.services.config
+
+    # -- life ---------------------------------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        # The handler only schedules: the reload itself runs as a task of its own.
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        try:
+            if not await self._wait_for_redis():
+                return 0
+            await self.start()
+            systemd.notify("READY=1", f"STATUS={self.status_line({})}")
+            log.info("ready", host=self.host, pid=os.getpid(), workers=self.cfg.workers.count,
+                     listen=f"{self.cfg.server.host}:{self.port}" if self.port is not None else "off")
+            await self._stop.wait()
+            systemd.notify("STOPPING=1")
+            await self.drain()
+            return 0
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    def stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("stopping: draining in-flight tasks", grace=f"{self.cfg.workers.shutdown_grace:g}s")
+            self.services.draining = True
+            self._stop.set()
+
+    async def _wait_for_redis(self) -> bool:
+        """READY waits for Redis; a stop request while waiting ends the daemon."""
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                await self.services.redis.ping()
+                return True
+            except REDIS_DOWN as e:
+                log.warning("waiting for redis", url=_safe_url(self.cfg.redis.url), error=type(e).__name__,
+                            retry_in=f"{delay:.1f}s")
+                try:
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                except asyncio.TimeoutError:
+                    delay = min(5.0, delay * 2)
+        return False
+
+    async def start(self) -> None:
+        s = self.services
+        s.backend = make_backend(self.cfg) if self.cfg.workers.count > 0 else None
+        s.github = GitHubApp(s) if self.cfg.github.app_id and self.cfg.github.private_key else None
+        await self._recover_own_host()
+        n = await s.queue.sweep()
+        if n:
+            metrics.REQUEUED.inc(n)
+            log.warning("startup sweep requeued tasks of expired workers", tasks=n)
+        self.resize(self.cfg.workers.count)
+        await self._beat()  # leases exist before the first take
+        self._loops = [asyncio.create_task(c, name=n) for n, c in (
+            ("heartbeat", self._heartbeat_loop()), ("promoter", self._promoter_loop()),
+            ("sweeper", self._sweeper_loop()), ("redeliver", self._redeliver_loop()),
+        )]
+        if self.cfg.server.enabled:
+            self._runner = web.AppRunner(make_app(s), access_log=None, handle_signals=False)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.cfg.server.host, self.cfg.server.port, reuse_address=True)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def _recover_own_host(self) -> None:
+        """Take back at once the processing lists of this host's dead processes (SPEC §6)."""
+        me = self.identity
+        dead = [
+            wid for wid, info in (await self.services.queue.registered()).items()
+            if info.get("host") == me["host"] and info.get("pid") != me["pid"] and (
+                info.get("boot") != me["boot"]
+                or (info.get("pidns") == me["pidns"] and not _pid_alive(int(info.get("pid", 0))))
+            )
+        ]
+        n = await self.services.queue.recover(dead)
+        if dead:
+            metrics.REQUEUED.inc(n)
+            log.warning("took back the tasks of this host's previous run", workers=len(dead), tasks=n)
+
+    async def drain(self) -> None:
+        """Stop taking, let in-flight tasks finish within shutdown_grace, leave the rest queued."""
+        for w, _ in self.workers.values():
+            w.stop()
+        tasks = [t for _, t in self.workers.values()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.cfg.workers.shutdown_grace)
+            for t in pending:
+                t.cancel()
+            if pending:
+                log.warning("shutdown grace over: unfinished tasks stay queued for the next start",
+                            tasks=len(pending))
+                await asyncio.wait(pending)
+        for t in self._loops:
+            t.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        try:
+            await self.services.queue.retire(list(self.workers))
+        except REDIS_DOWN:
+            pass  # leases expire by themselves; the next start recovers what is left
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.services.github is not None:
+            await self.services.github.close()
+        if self.services.backend is not None:
+            await self.services.backend.close()
+        await self.services.redis.aclose()
+        log.info("stopped")
+
+    # -- workers ------------------------------------------------------------------------------------
+    def resize(self, count: int) -> None:
+        """Start or retire workers; a retiring worker finishes its task first."""
+        live = [wid for wid, (w, t) in self.workers.items() if not t.done() and not w._stop.is_set()]
+        for wid in live[count:]:
+            self.workers[wid][0].stop()
+        for _ in range(count - len(live)):
+            wid = f"{self.host}:{os.getpid()}:{next(self._ids)}"
+            worker = Worker(wid, self.services, self.registry)
+            task = asyncio.create_task(worker.run(), name=f"worker {wid}")
+            self.workers[wid] = (worker, task)
+        metrics.WORKERS.set(count)
+
+    def live_workers(self) -> list[Worker]:
+        return [w for w, t in self.workers.values() if not t.done()]
+
+    # -- background loops ---------------------------------------------------------------------------
+    async def _beat(self) -> None:
+        done = [wid for wid, (_, t) in self.workers.items() if t.done()]
+        for wid in done:
+            del self.workers[wid]
+        if done:
+            await self.services.queue.retire(done)
+        infos = {w.id: {**self.identity, "started": self.started, **w.info()} for w in self.live_workers()}
+        await self.services.queue.heartbeat(infos, self.cfg.workers.lease_timeout)
+
+    async def _heartbeat_loop(self) -> None:
+        """Leases and the systemd watchdog share this loop: both prove the event loop is alive."""
+        loop = asyncio.get_running_loop()
+        watchdog = systemd.watchdog_interval()
+        last_ping = 0.0
+        while True:
+            interval = self.cfg.workers.heartbeat_interval
+            if watchdog:
+                interval = min(interval, watchdog)
+            t0 = loop.time()
+            await asyncio.sleep(interval)
+            self.services.loop_lag = max(0.0, loop.time() - t0 - interval)
+            if watchdog and loop.time() - last_ping >= watchdog * 0.9:
+                systemd.notify("WATCHDOG=1")
+                last_ping = loop.time()
+            try:
+                await self._beat()
+                depths = await self.services.queue.depths()
+            except REDIS_DOWN:
+                continue
+            for k, v in depths.items():
+                metrics.QUEUE_DEPTH.labels(k).set(v)
+            systemd.notify(f"STATUS={self.status_line(depths)}")
+
+    def status_line(self, depths: dict[str, int]) -> str:
+        busy = sum(1 for w in self.live_workers() if w.task is not None)
+        return (f"{len(self.live_workers())} workers ({busy} busy); queued {depths.get('queued', 0)}, "
+                f"delayed {depths.get('delayed', 0)}, dead {depths.get('dead', 0)}")
+
+    async def _promoter_loop(self) -> None:
+        """Delayed tasks move to the main list when due; at most one poll a second when idle."""
+        while True:
+            try:
+                moved, nxt = await self.services.queue.promote_due()
+            except REDIS_DOWN:
+                await asyncio.sleep(1.0)
+                continue
+            if moved:
+                log.debug("delayed tasks due", tasks=moved)
+            wait = 1.0 if nxt is None else min(1.0, max(0.0, nxt - time.time()))
+            await asyncio.sleep(wait)
+
+    async def _sweeper_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.5, self.cfg.workers.lease_timeout / 2))
+            try:
+                n = await self.services.queue.sweep()
+            except REDIS_DOWN:
+                continue
+            if n:
+                metrics.REQUEUED.inc(n)
+                log.warning("requeued the tasks of workers whose lease expired", tasks=n)
+
+    async def _redeliver_loop(self) -> None:
+        while True:
+            interval = self.cfg.github.redeliver_interval
+            await asyncio.sleep(interval or 60.0)
+            if not interval or self.services.github is None:
+                continue
+            try:
+                n = await redeliver_once(self.services)
+                if n:
+                    log.info("asked GitHub to redeliver failed webhooks", deliveries=n)
+            except Exception as e:  # the next round tries again
+                log.warning("redelivery sweep failed", error=logs.redact(f"{type(e).__name__}: {e}"))
+
+    # -- reload -------------------------------------------------------------------------------------
+    async def reload(self) -> None:
+        """SIGHUP: validate the new config fully before changing anything (SPEC §7)."""
+        systemd.reloading()
+        try:
+            try:
+                new = await asyncio.to_thread(self._load_config)
+            except ConfigError as e:
+                log.error("reload refused: keeping the running config", error=logs.redact(str(e)))
+                return
+            old = self.cfg
+            changed = [f.name for f in dataclasses.fields(Config)
+                       if f.name != "source" and getattr(old, f.name) != getattr(new, f.name)]
+            fixed = [k for k in ("redis", "server") if getattr(old, k) != getattr(new, k)]
+            if fixed:
+                log.warning("reload: [redis] and [server] changes need a restart; keeping the old values",
+                            sections=",".join(fixed))
+                new = dataclasses.replace(new, redis=old.redis, server=old.server)
+            logs.setup(new.log.level, new.log.format, config_mod.secrets_of(new))
+            self.services.config = new
+            if new.jobs != old.jobs and self.services.backend is not None:
+                old_backend, self.services.backend = self.services.backend, make_backend(new)
+                await old_backend.close()
+            if new.github != old.github:
+                if self.services.github is not None:
+                    await self.services.github.close()
+                self.services.github = GitHubApp(self.services) if new.github.app_id and new.github.private_key else None
+            self.resize(new.workers.count)
+            log.info("reloaded", changed=",".join(changed) or "nothing", workers=new.workers.count)
+        finally:
+            systemd.notify("READY=1")
+
+
+def _safe_url(url: str) -> str:
+    """A Redis URL without its password, for logs."""
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def run(cfg: Config, registry: Registry, config_path: str | None = None) -> int:
+    """Entry point of `litbotd run`: uvloop, then the daemon until SIGTERM."""
+    import uvloop
+
+    if not cfg.github.webhook_secret and cfg.server.enabled:
+        raise ConfigError("github.webhook_secret: not set — refusing to start an unauthenticated webhook "
+                          "listener (set GH_WEBHOOK_SECRET, the config key, or a systemd credential)")
+    logs.setup(cfg.log.level, cfg.log.format, config_mod.secrets_of(cfg))
+
+    async def main() -> int:
+        return await Daemon(cfg, registry, config_path).run()
+
+    return uvloop.run(main())
+

@@ -1,0 +1,149 @@
+"""Logs an operator can read at 3 a.m. (SPEC §7).
+
+One line per event: a message, then `key=value` fields. The fields of the task being handled
+(delivery, task, phase, repo, pr, sha, run, job) come from a context variable, so every line
+written while a task runs carries them. Under systemd (`JOURNAL_STREAM` set) lines get journald's
+`<N>` priority prefix; `format = "json"` writes one JSON object per line. Every line passes a
+redactor that removes configured secrets and anything shaped like a GitHub token.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import os
+import re
+import sys
+import time
+from typing import Any, Iterator
+
+_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("litbotd_log_context", default={})
+_secrets: list[str] = []
+# GitHub tokens (installation ghs_, user gho_/ghu_, PATs ghp_/github_pat_), JWTs, PEM bodies.
+_TOKEN_RE = re.compile(
+    r"(gh[opsur]_[A-Za-z0-9]{16,}|github_pat_[A-Za-z0-9_]{20,}|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----|$))"
+)
+_JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+def set_secrets(values: list[str]) -> None:
+    """Remember the secret values to scrub (called at start and on reload)."""
+    parts: set[str] = set()
+    for v in values:
+        v = v.strip()
+        if len(v) >= 4:
+            parts.add(v)
+            # A PEM also leaks line by line (tracebacks, wrapped output).
+            parts.update(line.strip() for line in v.splitlines() if len(line.strip()) >= 16)
+    _secrets[:] = sorted(parts, key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    for s in _secrets:
+        if s in text:
+            text = text.replace(s, "***")
+    return _TOKEN_RE.sub("***", text)
+
+
+@contextlib.contextmanager
+def context(**fields: Any) -> Iterator[None]:
+    """Add fields to every log line written inside the block (per asyncio task)."""
+    token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def _value(v: Any) -> str:
+    s = str(v)
+    if s == "" or any(c in s for c in ' "=\n\t'):
+        return json.dumps(s)
+    return s
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        self.style_name = style
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {**getattr(record, "ctx", {}), **getattr(record, "kv", {})}
+        msg = record.getMessage()
+        exc = self.formatException(record.exc_info) if record.exc_info else ""
+        if self.style_name == "json":
+            obj = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+                   "msg": msg, **{k: v if isinstance(v, (int, float, bool)) else str(v) for k, v in fields.items()}}
+            if exc:
+                obj["exc"] = exc
+            return redact(json.dumps(obj))
+        kv = " ".join(f"{k}={_value(v)}" for k, v in fields.items())
+        line = f"{msg} {kv}".rstrip()
+        if exc:
+            # Keep a traceback on one journald entry: indent its lines.
+            line += "\n  " + exc.replace("\n", "\n  ")
+        if self.style_name == "journal":
+            return redact(f"<{_JOURNAL_PRIORITY.get(record.levelno, 6)}>{line}")
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return redact(f"{ts}Z {record.levelname:<7} {record.name} {line}")
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.ctx = _context.get()
+        return True
+
+
+def resolve_format(fmt: str) -> str:
+    if fmt == "auto":
+        return "journal" if os.environ.get("JOURNAL_STREAM") else "text"
+    return fmt
+
+
+def setup(level: str = "info", fmt: str = "auto", secrets: list[str] | None = None) -> None:
+    """Configure the root logger (idempotent: reload calls it again with new values)."""
+    set_secrets(secrets or [])
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if getattr(h, "litbotd", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.litbotd = True  # type: ignore[attr-defined]
+        handler.addFilter(_ContextFilter())
+        root.handlers = [handler]
+    handler.setFormatter(_Formatter(resolve_format(fmt)))
+    root.setLevel(level.upper())
+    # Third-party libraries stay quiet unless debugging litbotd itself.
+    for noisy in ("aiohttp.access", "asyncio", "lightning_sdk", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+class Log:
+    """logging.Logger with key=value fields: `log.info("job started", run=key, job=name)`."""
+
+    def __init__(self, name: str) -> None:
+        self._log = logging.getLogger(name)
+
+    def _emit(self, level: int, msg: str, exc_info: bool, kv: dict[str, Any]) -> None:
+        if self._log.isEnabledFor(level):
+            self._log.log(level, msg, exc_info=exc_info, extra={"kv": kv}, stacklevel=3)
+
+    def debug(self, msg: str, **kv: Any) -> None:
+        self._emit(logging.DEBUG, msg, False, kv)
+
+    def info(self, msg: str, **kv: Any) -> None:
+        self._emit(logging.INFO, msg, False, kv)
+
+    def warning(self, msg: str, **kv: Any) -> None:
+        self._emit(logging.WARNING, msg, False, kv)
+
+    def error(self, msg: str, **kv: Any) -> None:
+        self._emit(logging.ERROR, msg, False, kv)
+
+    def exception(self, msg: str, **kv: Any) -> None:
+        self._emit(logging.ERROR, msg, True, kv)
+
+
+def get(name: str) -> Log:
+    return Log(name)

@@ -1,0 +1,21 @@
+"""Prometheus metrics (SPEC §7), served by GET /metrics. Names start with `litbotd_`."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+WEBHOOKS = Counter("litbotd_webhooks", "Webhook deliveries by event and outcome", ["event", "outcome"], registry=REGISTRY)
+TASKS = Counter("litbotd_tasks", "Tasks handled by phase and outcome (done, retry, dead, lost)", ["phase", "outcome"], registry=REGISTRY)
+TASK_SECONDS = Histogram("litbotd_task_seconds", "Time a handler took, by phase", ["phase"], registry=REGISTRY,
+                         buckets=(0.005, 0.02, 0.1, 0.5, 1, 2, 5, 15, 60, 300))
+QUEUE_DEPTH = Gauge("litbotd_queue_depth", "Tasks waiting, by list (queued, delayed, dead)", ["queue"], registry=REGISTRY)
+REQUEUED = Counter("litbotd_requeued_orphans", "Tasks put back on the queue from dead workers", registry=REGISTRY)
+RATELIMIT_REMAINING = Gauge("litbotd_github_ratelimit_remaining", "GitHub API calls left in the current window",
+                            registry=REGISTRY)
+JOBS = Counter("litbotd_jobs", "Jobs seen by backend and status", ["backend", "status"], registry=REGISTRY)
+WORKERS = Gauge("litbotd_workers", "Worker coroutines running in this process", registry=REGISTRY)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)

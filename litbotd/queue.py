@@ -1,0 +1,301 @@
+"""The reliable Redis queue (SPEC §6): a thin adapter, with Lua wherever two steps must be one.
+
+Keys, with `q` = the configured queue name (default "bot_queue"):
+    q                   main list: LPUSH in, BLMOVE out from the right (FIFO)
+    q:processing:<wid>  a worker's in-flight tasks; left only when the task is finished
+    q:lease:<wid>       a worker's lease (PX lease_timeout), renewed by the heartbeat
+    q:workers           hash wid -> JSON {host, pid, started, task, since}
+    q:delayed           sorted set: task JSON scored by due time
+    q:dead              list of dead tasks, each with its last error
+    q:delivery:<id>     a claimed X-GitHub-Delivery (7 days)
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Sequence
+
+import redis.asyncio as aioredis
+
+from .tasks import Task, TaskFormatError
+
+DELIVERY_TTL = 7 * 24 * 3600
+
+# KEYS: processing, main, delayed, dead. ARGV: raw, n_now, now..., n_later, (score, raw)..., dead_raw|"".
+# Returns 0 when the task is no longer in the processing list (it was swept from a worker whose
+# lease expired and runs elsewhere): its successors are then dropped, not duplicated.
+_FINISH = """
+if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end
+local i = 3
+for _ = 1, tonumber(ARGV[2]) do redis.call('LPUSH', KEYS[2], ARGV[i]); i = i + 1 end
+local m = tonumber(ARGV[i]); i = i + 1
+for _ = 1, m do redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
+if ARGV[i] ~= '' then redis.call('LPUSH', KEYS[4], ARGV[i]) end
+return 1
+"""
+
+# KEYS: main, delayed. ARGV: n_now, now..., n_later, (score, raw)...
+_PUSH = """
+local i = 2
+for _ = 1, tonumber(ARGV[1]) do redis.call('LPUSH', KEYS[1], ARGV[i]); i = i + 1 end
+local m = tonumber(ARGV[i]); i = i + 1
+for _ = 1, m do redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
+return 1
+"""
+
+# KEYS: delivery, main, delayed. ARGV: ttl, then as _PUSH. The claim and the push are one step,
+# so a crash can neither queue a delivery twice nor claim it without queueing it.
+_CLAIM_AND_PUSH = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local i = 3
+for _ = 1, tonumber(ARGV[2]) do redis.call('LPUSH', KEYS[2], ARGV[i]); i = i + 1 end
+local m = tonumber(ARGV[i]); i = i + 1
+for _ = 1, m do redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
+return 1
+"""
+
+# KEYS: delayed, main. ARGV: now, limit. Returns {moved, next due score or -1}.
+_PROMOTE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, m in ipairs(due) do
+  redis.call('LPUSH', KEYS[2], m)
+  redis.call('ZREM', KEYS[1], m)
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {#due, nxt[2] or '-1'}
+"""
+
+# KEYS: workers, main. ARGV: prefix, then the worker ids to recover unconditionally (own host,
+# process gone). With no ids: every registered worker whose lease has expired. Checking the lease
+# and moving the list in one script is what keeps a live worker's tasks from ever being taken.
+# Tasks go to the right end of main, so they are the next taken, oldest first.
+_RECOVER = """
+local ids
+local forced = #ARGV > 1
+if forced then ids = {unpack(ARGV, 2)} else ids = redis.call('HKEYS', KEYS[1]) end
+local moved = 0
+for _, wid in ipairs(ids) do
+  local lease = ARGV[1] .. ':lease:' .. wid
+  if forced or redis.call('EXISTS', lease) == 0 then
+    local pl = ARGV[1] .. ':processing:' .. wid
+    while redis.call('LMOVE', pl, KEYS[2], 'LEFT', 'RIGHT') do moved = moved + 1 end
+    redis.call('HDEL', KEYS[1], wid)
+    redis.call('DEL', lease)
+  end
+end
+return moved
+"""
+
+# KEYS: src, dst. ARGV: raw to remove from src, raw to push onto dst.
+_MOVE_ONE = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+def connect(url: str) -> aioredis.Redis:
+    """One client per process; redis-py pools the connections (each blocked BLMOVE holds one)."""
+    return aioredis.Redis.from_url(
+        url, decode_responses=True, socket_connect_timeout=5, socket_keepalive=True,
+        health_check_interval=30,
+    )
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    id: str
+    host: str
+    pid: int
+    alive: bool
+    task: str | None
+    busy_s: float | None
+    processing: int
+
+
+class Queue:
+    def __init__(self, redis: aioredis.Redis, name: str = "bot_queue") -> None:
+        self.redis = redis
+        self.name = name
+        self.delayed = f"{name}:delayed"
+        self.dead = f"{name}:dead"
+        self.workers = f"{name}:workers"
+        self._finish = redis.register_script(_FINISH)
+        self._push = redis.register_script(_PUSH)
+        self._claim = redis.register_script(_CLAIM_AND_PUSH)
+        self._promote = redis.register_script(_PROMOTE)
+        self._recover = redis.register_script(_RECOVER)
+        self._move_one = redis.register_script(_MOVE_ONE)
+
+    def key(self, *parts: str) -> str:
+        """Every key of litbotd's starts with the queue name (one Cluster slot with a hash tag)."""
+        return ":".join((self.name, *parts))
+
+    def processing(self, wid: str) -> str:
+        return self.key("processing", wid)
+
+    def lease(self, wid: str) -> str:
+        return self.key("lease", wid)
+
+    @staticmethod
+    def _split(tasks: Iterable[Task], now: float) -> tuple[list[str], list[str]]:
+        """Argument lists for the Lua scripts: tasks due now, and (score, raw) pairs for later."""
+        now_raw: list[str] = []
+        later: list[str] = []
+        for t in tasks:
+            if t.run_at > now:
+                later += [repr(t.run_at), t.to_json()]
+            else:
+                now_raw.append(t.to_json())
+        return now_raw, later
+
+    # -- producing ------------------------------------------------------------------------------
+    async def enqueue(self, *tasks: Task) -> None:
+        """Tasks due now go onto the main list, later ones into the delayed set, in one step."""
+        now_raw, later = self._split(tasks, time.time())
+        await self._push(keys=[self.name, self.delayed],
+                         args=[len(now_raw), *now_raw, len(later) // 2, *later])
+
+    async def enqueue_delivery(self, delivery_id: str, tasks: Sequence[Task], ttl: int = DELIVERY_TTL) -> bool:
+        """Claim a webhook delivery id and queue its tasks atomically; False if it was seen before."""
+        now_raw, later = self._split(tasks, time.time())
+        ok = await self._claim(keys=[self.key("delivery", delivery_id), self.name, self.delayed],
+                               args=[ttl, len(now_raw), *now_raw, len(later) // 2, *later])
+        return bool(ok)
+
+    async def delivery_seen(self, delivery_id: str) -> bool:
+        return bool(await self.redis.exists(self.key("delivery", delivery_id)))
+
+    # -- consuming ------------------------------------------------------------------------------
+    async def take(self, wid: str, timeout: float) -> str | None:
+        """Block up to `timeout` seconds for a task; it moves into the worker's processing list."""
+        return await self.redis.blmove(self.name, self.processing(wid), timeout, "RIGHT", "LEFT")
+
+    async def finish(self, wid: str, raw: str, successors: Sequence[Task] = (), dead: Task | None = None) -> bool:
+        """Remove a taken task and enqueue what follows it (successors, a retry, or a dead letter)
+        in one atomic step. False when the task had been swept away from this worker."""
+        now_raw, later = self._split(successors, time.time())
+        ok = await self._finish(
+            keys=[self.processing(wid), self.name, self.delayed, self.dead],
+            args=[raw, len(now_raw), *now_raw, len(later) // 2, *later, dead.to_json() if dead else ""],
+        )
+        return bool(ok)
+
+    async def promote_due(self, now: float | None = None, limit: int = 500) -> tuple[int, float | None]:
+        """Move due delayed tasks onto the main list. Returns (moved, next due time or None)."""
+        moved, nxt = await self._promote(keys=[self.delayed, self.name],
+                                         args=[repr(time.time() if now is None else now), limit])
+        nxt = float(nxt)
+        return int(moved), (None if nxt < 0 else nxt)
+
+    # -- leases and recovery --------------------------------------------------------------------
+    async def heartbeat(self, workers: dict[str, dict[str, Any]], lease_timeout: float) -> None:
+        """Renew the leases of this process's workers and publish what each is doing."""
+        if not workers:
+            return
+        px = max(1, int(lease_timeout * 1000))
+        async with self.redis.pipeline(transaction=False) as p:
+            for wid, info in workers.items():
+                p.set(self.lease(wid), "1", px=px)
+            p.hset(self.workers, mapping={wid: json.dumps(info) for wid, info in workers.items()})
+            await p.execute()
+
+    async def sweep(self) -> int:
+        """Put back the tasks of every worker whose lease has expired, on any host."""
+        return int(await self._recover(keys=[self.workers, self.name], args=[self.name]))
+
+    async def recover(self, wids: Sequence[str]) -> int:
+        """Put back the tasks of workers known dead (this host, process gone), without waiting."""
+        if not wids:
+            return 0
+        return int(await self._recover(keys=[self.workers, self.name], args=[self.name, *wids]))
+
+    async def registered(self) -> dict[str, dict[str, Any]]:
+        raw = await self.redis.hgetall(self.workers)
+        out = {}
+        for wid, info in raw.items():
+            try:
+                out[wid] = json.loads(info)
+            except ValueError:
+                out[wid] = {}
+        return out
+
+    async def retire(self, wids: Sequence[str]) -> None:
+        """Forget workers that stopped cleanly; any task they left stays for recovery."""
+        for wid in wids:
+            if await self.redis.llen(self.processing(wid)) == 0:
+                async with self.redis.pipeline(transaction=True) as p:
+                    p.hdel(self.workers, wid).delete(self.lease(wid))
+                    await p.execute()
+
+    # -- inspection -----------------------------------------------------------------------------
+    async def depths(self) -> dict[str, int]:
+        async with self.redis.pipeline(transaction=False) as p:
+            p.llen(self.name).zcard(self.delayed).llen(self.dead)
+            queued, delayed, dead = await p.execute()
+        return {"queued": int(queued), "delayed": int(delayed), "dead": int(dead)}
+
+    async def queued_by_kind(self, limit: int = 10_000) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for raw in await self.redis.lrange(self.name, -limit, -1):
+            try:
+                kind = Task.from_json(raw).kind
+            except TaskFormatError:
+                kind = "(malformed)"
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+    async def oldest_age(self, now: float | None = None) -> float | None:
+        raw = await self.redis.lindex(self.name, -1)
+        if raw is None:
+            return None
+        try:
+            return max(0.0, (now or time.time()) - Task.from_json(raw).created)
+        except TaskFormatError:
+            return None
+
+    async def worker_infos(self, now: float | None = None) -> list[WorkerInfo]:
+        now = now or time.time()
+        reg = await self.registered()
+        wids = sorted(reg)
+        async with self.redis.pipeline(transaction=False) as p:
+            for wid in wids:
+                p.exists(self.lease(wid)).llen(self.processing(wid))
+            res = await p.execute()
+        out = []
+        for i, wid in enumerate(wids):
+            info = reg[wid]
+            since = info.get("since")
+            out.append(WorkerInfo(
+                id=wid, host=info.get("host", "?"), pid=int(info.get("pid", 0)), alive=bool(res[2 * i]),
+                task=info.get("task"), busy_s=round(now - since, 1) if since else None,
+                processing=int(res[2 * i + 1]),
+            ))
+        return out
+
+    # -- the dead letter ------------------------------------------------------------------------
+    async def dead_tasks(self) -> list[tuple[str, Task | None]]:
+        out = []
+        for raw in await self.redis.lrange(self.dead, 0, -1):
+            try:
+                out.append((raw, Task.from_json(raw)))
+            except TaskFormatError:
+                out.append((raw, None))
+        return out
+
+    async def dead_retry(self, task_id: str | None = None) -> int:
+        """Send one dead task (by id) or all of them back to the main list with fresh attempts."""
+        n = 0
+        for raw, task in await self.dead_tasks():
+            if task is None or (task_id is not None and task.id != task_id):
+                continue
+            fresh = replace(task, attempt=0, run_at=0.0, error=None)
+            n += int(await self._move_one(keys=[self.dead, self.name], args=[raw, fresh.to_json()]))
+        return n
+
+    async def dead_purge(self) -> int:
+        async with self.redis.pipeline(transaction=True) as p:
+            p.llen(self.dead).delete(self.dead)
+            n, _ = await p.execute()
+        return int(n)

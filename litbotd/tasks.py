@@ -1,0 +1,80 @@
+"""The task envelope: what sits in `bot_queue` as readable JSON (SPEC §6). Pure.
+
+A task is {"v": 1, "id", "kind", "payload", "attempt", "created", "run_at", "error"}.
+`kind` names the phase or command ("new_event", "start_job", "wait_job", "results", ...);
+`payload` holds what the handler needs; `run_at` > now sends it to the delayed set.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+VERSION = 1
+# Payload keys copied into every log line of the task (SPEC §7).
+CONTEXT_KEYS = ("delivery", "repo", "pr", "sha", "run", "job")
+
+
+class TaskFormatError(ValueError):
+    """A queue entry that is not a task envelope this version understands."""
+
+
+@dataclass(frozen=True)
+class Task:
+    kind: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    attempt: int = 0          # failed attempts so far
+    created: float = field(default_factory=time.time)
+    run_at: float = 0.0       # epoch seconds; 0 = now
+    error: str | None = None  # last error, set on retry and in the dead letter
+    v: int = VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> "Task":
+        try:
+            d = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise TaskFormatError(f"not JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise TaskFormatError("not a JSON object")
+        if d.get("v") != VERSION:
+            raise TaskFormatError(f"unsupported task version {d.get('v')!r} (this litbotd reads v{VERSION})")
+        if not isinstance(d.get("kind"), str) or not isinstance(d.get("id"), str):
+            raise TaskFormatError("missing 'kind' or 'id'")
+        if not isinstance(d.get("payload", {}), dict):
+            raise TaskFormatError("'payload' is not an object")
+        known = {"v", "id", "kind", "payload", "attempt", "created", "run_at", "error"}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def later(self, run_at: float) -> "Task":
+        """The same task to run again at `run_at` (a poll, not a failure)."""
+        return replace(self, run_at=run_at)
+
+    def successor(self, kind: str, payload: dict[str, Any], run_at: float = 0.0) -> "Task":
+        """A new task that follows this one; ids are derived, so a re-run yields the same ids."""
+        return Task(kind=kind, payload=payload, id=derive_id(self.id, kind, payload.get("run", "")), run_at=run_at)
+
+    def context(self) -> dict[str, Any]:
+        ctx: dict[str, Any] = {"task": self.id, "phase": self.kind}
+        for k in CONTEXT_KEYS:
+            if self.payload.get(k) not in (None, ""):
+                ctx[k] = self.payload[k]
+        return ctx
+
+
+def derive_id(parent: str, kind: str, extra: Any = "") -> str:
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"{parent}/{kind}/{extra}").hex
+
+
+def backoff(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Delay before retry number `attempt` (1-based): base doubling per attempt, capped, with jitter
+    in [0.5, 1.0] of the value so that many failing tasks do not retry in lockstep."""
+    raw = min(cap, base * (2 ** max(0, attempt - 1)))
+    return raw * (0.5 + 0.5 * (rng or random).random())
