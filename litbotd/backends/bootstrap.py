@@ -1,0 +1,347 @@
+"""The job's command: fetch the code at the head SHA, run the script, report one result line.
+
+This file is two things:
+- job side (`_job_main`): self-contained, standard library only, Python >= 3.7, because it runs
+  inside the job's image (which has Python but no git). The whole file is shipped as the job's
+  command, zlib+base64 encoded, so no shell quoting of the script or its parameters can go wrong.
+- daemon side (`job_argv`, `shell_command`, `job_env`, `parse_result`): builds that command and
+  reads its result back.
+
+What the job does, in order:
+1. downloads `archive_url` with urllib; `Authorization: Bearer $GITHUB_TOKEN` when the variable is
+   set, kept across redirects to the same origin only (GitHub sends the tarball from codeload);
+2. extracts the tarball into a fresh directory, refusing absolute and `..` paths and links that
+   leave the tree, and strips GitHub's top-level folder;
+3. runs the script with `bash -eo pipefail` in that directory, in its own process group, without
+   GITHUB_TOKEN in its environment; at the deadline the whole group gets SIGTERM, then SIGKILL;
+4. prints exactly one result line as the last line of output and exits with a matching status:
+     litci-exit-code: N          the script exited with N            (exit N)
+     litci-timed-out: T          killed after T seconds              (exit 124)
+     litci-error: REASON         the script never ran (fetch failed)  (exit 125)
+     litci-stopped               stopped by SIGTERM/SIGINT/SIGHUP     (exit 143)
+   When asked (local backend), it also writes the result as JSON to a file.
+The token is never printed: no URL it could be in, no header, no environment dump.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:  # the job side must not import litbotd
+    from litbotd.backends.base import JobSpec
+
+EXIT_TIMEOUT = 124
+EXIT_ERROR = 125
+EXIT_STOPPED = 143
+DOWNLOAD_ATTEMPTS = 3
+SOCKET_TIMEOUT = 60.0
+
+# ---------------------------------------------------------------------------------------------
+# job side
+# ---------------------------------------------------------------------------------------------
+
+
+class _Fail(Exception):
+    """The script could not be run (download or extraction failed)."""
+
+
+def _same_origin(a: str, b: str) -> bool:
+    pa, pb = urllib.parse.urlsplit(a), urllib.parse.urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+
+
+class _Redirect(urllib.request.HTTPRedirectHandler):
+    """Follow redirects; keep the Authorization header only while the origin stays the same."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        auth = req.unredirected_hdrs.get("Authorization")
+        if new is not None and auth and _same_origin(req.full_url, new.full_url):
+            new.add_unredirected_header("Authorization", auth)
+        return new
+
+
+def _download(url: str, token: str | None, dest: str) -> None:
+    opener = urllib.request.build_opener(_Redirect)
+    last = ""
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        req = urllib.request.Request(url, headers={"Accept": "application/vnd.github+json",
+                                                   "User-Agent": "litbotd-bootstrap"})
+        if token:
+            # unredirected: urllib would otherwise copy it to every redirect target
+            req.add_unredirected_header("Authorization", "Bearer " + token)
+        try:
+            with opener.open(req, timeout=SOCKET_TIMEOUT) as resp, open(dest, "wb") as out:
+                shutil.copyfileobj(resp, out, 1 << 20)
+            return
+        except urllib.error.HTTPError as e:
+            last = "HTTP %d %s" % (e.code, e.reason)
+            if e.code < 500 and e.code != 429:
+                break
+        except (urllib.error.URLError, OSError) as e:
+            last = str(getattr(e, "reason", None) or e)
+        if attempt < DOWNLOAD_ATTEMPTS:
+            time.sleep(2 ** attempt)
+    raise _Fail("download of the code failed: " + last)
+
+
+def _inside(rel: str) -> str:
+    """GitHub's `owner-repo-sha/` folder stripped; '' for the folder itself. Rejects escapes."""
+    if rel.startswith("/") or "\\" in rel:
+        raise _Fail("unsafe path in archive: %r" % rel)
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise _Fail("unsafe path in archive: %r" % rel)
+    return "/".join(parts[1:])
+
+
+def _extract(archive: str, root: str) -> None:
+    links = []
+    hardlinks = []
+    with tarfile.open(archive, "r:*") as tf:
+        for m in tf:
+            rel = _inside(m.name)
+            if not rel:
+                continue
+            dest = os.path.join(root, rel)
+            if m.isdir():
+                os.makedirs(dest, exist_ok=True)
+            elif m.isreg():
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                src = tf.extractfile(m)
+                # O_NOFOLLOW|O_EXCL: never write through a link or over an earlier member
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                             0o755 if m.mode & 0o111 else 0o644)
+                with os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)  # type: ignore[misc]
+            elif m.issym():
+                target = m.linkname
+                if target.startswith("/") or ".." in os.path.normpath(os.path.join(os.path.dirname(rel), target)).split("/"):
+                    raise _Fail("unsafe symlink in archive: %r" % m.name)
+                links.append((target, dest))
+            elif m.islnk():
+                hardlinks.append((_inside(m.linkname), dest))
+            # devices and fifos have no place in a source tree: skipped
+    for target_rel, dest in hardlinks:
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copy2(os.path.join(root, target_rel), dest, follow_symlinks=False)
+    # links last, so no member was ever written through one
+    for target, dest in links:
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.symlink(target, dest)
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _write_result(path: str | None, result: dict) -> None:
+    if not path:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _finish(params: dict, line: str, result: dict, code: int) -> int:
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)  # the result is decided: let nothing interrupt its writing
+    sys.stdout.flush()
+    _write_result(params.get("result_file"), result)
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+    return code
+
+
+class _Stopped(BaseException):
+    """SIGTERM/SIGINT/SIGHUP before the script started: unwind out of a blocking download."""
+
+
+def _run_script(script: str, cwd: str, timeout: float, grace: float, stop: dict) -> tuple:
+    """Run the script in its own process group; returns (exit status, timed out)."""
+    stop["starting"] = True  # from here a signal only sets the flag; the loop below acts on it
+    proc = subprocess.Popen(["bash", "-eo", "pipefail", script], cwd=cwd, env=dict(os.environ),
+                            start_new_session=True)
+    stop["pgid"] = proc.pid
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    while True:
+        if stop["requested"] or time.monotonic() >= deadline:
+            timed_out = not stop["requested"]
+            _kill_group(proc.pid, signal.SIGTERM)
+            try:
+                rc = proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc.pid, signal.SIGKILL)
+                rc = proc.wait()
+            break
+        try:
+            rc = proc.wait(timeout=min(max(deadline - time.monotonic(), 0.01), 0.5))
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    # nothing of the script outlives it: background children in its group go too
+    _kill_group(proc.pid, signal.SIGKILL)
+    return (128 - rc if rc < 0 else rc), timed_out
+
+
+def _job_main(argv: list) -> int:
+    params = json.loads(base64.b64decode(argv[0]).decode("utf-8"))
+    token = os.environ.pop("GITHUB_TOKEN", None) or None  # the script does not get it
+    timeout = float(params["timeout"])
+    grace = float(params.get("grace", 10.0))
+    stop = {"requested": False, "starting": False, "pgid": 0}
+    stopped = ("litci-stopped", {"kind": "stopped", "exit_code": None, "detail": ""}, EXIT_STOPPED)
+
+    def on_signal(signum, frame):  # type: ignore[no-untyped-def]
+        stop["requested"] = True
+        if stop["pgid"]:
+            _kill_group(stop["pgid"], signal.SIGTERM)
+        elif not stop["starting"]:
+            raise _Stopped()
+
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, on_signal)
+
+    work = ""
+    try:
+        try:
+            work = tempfile.mkdtemp(prefix="litci-", dir=params.get("workdir") or None)
+            src = os.path.join(work, "src")
+            os.mkdir(src)
+            print("litci: fetching %s@%s" % (params.get("repo", "?"), params.get("sha", "?")[:12]), flush=True)
+            archive = os.path.join(work, "code.tar")
+            _download(params["url"], token, archive)
+            token = None
+            _extract(archive, src)
+            os.unlink(archive)
+            script = os.path.join(work, "script.sh")
+            with open(script, "w") as f:
+                f.write(params["script"])
+            print("litci: running the script (time limit %gs)" % timeout, flush=True)
+            rc, timed_out = _run_script(script, src, timeout, grace, stop)
+        except _Stopped:
+            return _finish(params, *stopped)
+        except (_Fail, tarfile.TarError, OSError) as e:
+            reason = str(e) if isinstance(e, _Fail) else "%s: %s" % (type(e).__name__, e)
+            return _finish(params, "litci-error: " + reason,
+                           {"kind": "error", "exit_code": None, "detail": reason}, EXIT_ERROR)
+        if stop["requested"]:
+            return _finish(params, *stopped)
+        if timed_out:
+            return _finish(params, "litci-timed-out: %g" % timeout,
+                           {"kind": "timeout", "exit_code": None, "detail": "%g" % timeout}, EXIT_TIMEOUT)
+        return _finish(params, "litci-exit-code: %d" % rc, {"kind": "exit", "exit_code": rc, "detail": ""}, rc)
+    finally:
+        if work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# daemon side
+# ---------------------------------------------------------------------------------------------
+
+_CODE_CACHE: list = []
+
+
+def _job_code() -> str:
+    """This file, compressed and base64-encoded: a quoting-safe payload for `python3 -c`."""
+    if not _CODE_CACHE:
+        with open(__file__, "rb") as f:
+            _CODE_CACHE.append(base64.b64encode(zlib.compress(f.read(), 9)).decode("ascii"))
+    return _CODE_CACHE[0]
+
+
+def _params(spec: "JobSpec", workdir: str | None, result_file: str | None, grace: float) -> str:
+    params = {"url": spec.archive_url, "script": spec.script, "timeout": spec.timeout, "repo": spec.repo,
+              "sha": spec.sha, "grace": grace}
+    if workdir:
+        params["workdir"] = workdir
+    if result_file:
+        params["result_file"] = result_file
+    return base64.b64encode(json.dumps(params).encode("utf-8")).decode("ascii")
+
+
+def job_argv(spec: "JobSpec", python: str = "python3", workdir: str | None = None,
+             result_file: str | None = None, grace: float = 10.0) -> list[str]:
+    """argv of the job: `python3 -c CODE PARAMS`. Carries no token (argv is visible in ps)."""
+    code = ("import base64,sys,zlib;exec(compile(zlib.decompress(base64.b64decode('%s')),"
+            "'litci-bootstrap','exec'))" % _job_code())
+    return [python, "-c", code, _params(spec, workdir, result_file, grace)]
+
+
+def shell_command(spec: "JobSpec", grace: float = 10.0) -> str:
+    """The job as one `sh -c` command line (Lightning runs `sh -c COMMAND`).
+
+    Every argument is base64 or a fixed word, so plain single quotes are safe.
+    """
+    argv = job_argv(spec, grace=grace)
+    return ("command -v python3 >/dev/null 2>&1 || "
+            "{ echo 'litci-error: the image has no python3'; exit %d; }; "
+            "exec python3 -c '%s' '%s'" % (EXIT_ERROR, argv[2], argv[3]))
+
+
+def job_env(spec: "JobSpec") -> dict[str, str]:
+    """The job's environment on top of the image's: the workflow env plus GITHUB_TOKEN if any."""
+    env = dict(spec.env)
+    env.pop("GITHUB_TOKEN", None)
+    if spec.token:
+        env["GITHUB_TOKEN"] = spec.token
+    return env
+
+
+class Result(NamedTuple):
+    kind: str               # "exit" | "timeout" | "error" | "stopped"
+    exit_code: int | None
+    detail: str
+
+
+_RESULT_RE = re.compile(r"^litci-(exit-code: (-?\d+)|timed-out: (\S+)|error: (.*)|stopped)\s*$")
+
+
+def parse_result(log_text: str) -> Result | None:
+    """The result line of a job's log: the last line that looks like one, or None."""
+    for line in reversed(log_text.splitlines()[-50:]):
+        m = _RESULT_RE.match(line.strip())
+        if not m:
+            continue
+        if m.group(2) is not None:
+            return Result("exit", int(m.group(2)), "")
+        if m.group(3) is not None:
+            return Result("timeout", None, m.group(3))
+        if m.group(4) is not None:
+            return Result("error", None, m.group(4))
+        return Result("stopped", None, "")
+    return None
+
+
+def result_from_json(data: Any) -> Result | None:
+    """A result file written by the job (local backend)."""
+    if not isinstance(data, dict) or data.get("kind") not in ("exit", "timeout", "error", "stopped"):
+        return None
+    code = data.get("exit_code")
+    return Result(data["kind"], code if isinstance(code, int) else None, str(data.get("detail") or ""))
+
+
+if __name__ == "__main__":
+    sys.exit(_job_main(sys.argv[1:]))

@@ -1,0 +1,152 @@
+"""A verified webhook → the tasks it causes (SPEC §5). Pure: no I/O, no clock beyond Task defaults.
+
+Only what later phases need goes into a task, never the whole payload: the queue stays readable
+and small, and a 25 MB payload does not become a 25 MB task.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .tasks import Task, derive_id
+
+COMMAND_MAX = 1000  # characters of the command line kept in a task
+PR_ACTIONS = ("opened", "synchronize", "reopened")
+LOGGED_EVENTS = ("installation", "installation_repositories")
+
+
+class PayloadError(ValueError):
+    """A payload without a field litbotd needs, or with a field of the wrong type; names the field."""
+
+
+_MISSING = object()
+
+
+def _get(payload: dict[str, Any], path: str, kind: type | tuple[type, ...], *, nullable: bool = False) -> Any:
+    """The value at a dotted path, checked against `kind`; PayloadError names the path otherwise."""
+    node: Any = payload
+    walked: list[str] = []
+    for part in path.split("."):
+        walked.append(part)
+        if not isinstance(node, dict):
+            raise PayloadError(f"payload field {'.'.join(walked[:-1])}: expected an object")
+        node = node.get(part, _MISSING)
+        if node is _MISSING:
+            raise PayloadError(f"payload field {'.'.join(walked)}: missing")
+    if node is None and nullable:
+        return None
+    # bool is an int subclass: an id of `true` is as wrong as a string.
+    if not isinstance(node, kind) or (isinstance(node, bool) and bool not in _as_tuple(kind)):
+        names = " or ".join(t.__name__ for t in _as_tuple(kind))
+        raise PayloadError(f"payload field {path}: expected {names}, got {type(node).__name__}")
+    return node
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _first_pr(items: Any, path: str) -> int | None:
+    if not isinstance(items, list):
+        raise PayloadError(f"payload field {path}: expected list, got {type(items).__name__}")
+    if not items:
+        return None
+    return _get({"pr": items[0]}, "pr.number", int)
+
+
+def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
+              command_prefix: str) -> tuple[list[Task], str]:
+    """The tasks a verified delivery causes, and why; an empty list for everything not queued.
+
+    Raises PayloadError (a ValueError) naming the field when a payload lacks what its event needs.
+    """
+    if not isinstance(payload, dict):
+        raise PayloadError("payload: expected a JSON object")
+    action = payload.get("action")
+    if event == "ping":
+        return [], "ping"
+    if event in LOGGED_EVENTS:
+        return [], "logged"
+    if payload.get("installation") is None:
+        return [], "not an App delivery (no installation)"
+
+    def task(kind: str, **fields: Any) -> list[Task]:
+        base = {
+            "delivery": delivery,
+            "installation": _get(payload, "installation.id", int),
+            "repo": _get(payload, "repository.full_name", str),
+            "event": event,
+            "action": action,
+        }
+        return [Task(kind=kind, payload={**base, **fields}, id=derive_id(delivery, kind))]
+
+    if event == "pull_request":
+        if action in PR_ACTIONS:
+            head_repo = _get(payload, "pull_request.head.repo", dict, nullable=True)
+            head_name = None if head_repo is None else _get(payload, "pull_request.head.repo.full_name", str)
+            base_name = _get(payload, "pull_request.base.repo.full_name", str)
+            return task(
+                "new_event",
+                pr=_get(payload, "pull_request.number", int),
+                sha=_get(payload, "pull_request.head.sha", str),
+                base_ref=_get(payload, "pull_request.base.ref", str),
+                head_repo=head_name,
+                # A deleted head repository can only have been a fork: treat it as untrusted.
+                fork=head_name != base_name,
+                author_association=_get(payload, "pull_request.author_association", str),
+                author=_get(payload, "pull_request.user.login", str),
+                private=_get(payload, "repository.private", bool),
+            ), f"pull_request {action}"
+        if action == "closed":
+            return task(
+                "cancel",
+                pr=_get(payload, "pull_request.number", int),
+                sha=_get(payload, "pull_request.head.sha", str),
+                reason="closed",
+            ), "pull_request closed"
+        return [], f"pull_request action {action!r} is not handled"
+
+    if event == "check_run":
+        if action != "rerequested":
+            return [], f"check_run action {action!r} is not handled"
+        return task(
+            "rerun",
+            sha=_get(payload, "check_run.head_sha", str),
+            check_run_id=_get(payload, "check_run.id", int),
+            external_id=_get(payload, "check_run.external_id", str, nullable=True),
+            check_name=_get(payload, "check_run.name", str),
+            pr=_first_pr(_get(payload, "check_run.pull_requests", list), "check_run.pull_requests"),
+            sender=_get(payload, "sender.login", str),
+        ), "check_run rerequested"
+
+    if event == "check_suite":
+        if action != "rerequested":
+            return [], f"check_suite action {action!r} is not handled"
+        return task(
+            "rerun",
+            sha=_get(payload, "check_suite.head_sha", str),
+            check_run_id=None,
+            pr=_first_pr(_get(payload, "check_suite.pull_requests", list), "check_suite.pull_requests"),
+            sender=_get(payload, "sender.login", str),
+        ), "check_suite rerequested"
+
+    if event == "issue_comment":
+        if action != "created":
+            return [], f"issue_comment action {action!r} is not handled"
+        if _get(payload, "issue", dict).get("pull_request") is None:
+            return [], "comment on an issue, not a pull request"
+        body = _get(payload, "comment.body", str, nullable=True) or ""
+        lines = body.strip().splitlines()
+        line = lines[0].strip() if lines else ""
+        # "/litci run" and "/litci" are commands; "/litcifoo" or a quote of the prefix mid-text are not.
+        if line.split(maxsplit=1)[:1] != [command_prefix]:
+            return [], f"comment is not a {command_prefix} command"
+        return task(
+            "command",
+            pr=_get(payload, "issue.number", int),
+            comment_id=_get(payload, "comment.id", int),
+            body=line[:COMMAND_MAX],
+            user=_get(payload, "comment.user.login", str),
+            author_association=_get(payload, "comment.author_association", str),
+        ), "command"
+
+    return [], f"event {event!r} is not handled"

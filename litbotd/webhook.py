@@ -1,0 +1,194 @@
+"""HTTP: webhook intake, /healthz, /metrics (SPEC §5, §6, §7, §8).
+
+The webhook handler answers in milliseconds: it checks, verifies, maps the delivery to tasks
+(events.tasks_for) and queues them with one atomic Redis step; it never calls GitHub. A refused
+request queues nothing. Refusals that leave the body unread close the connection (lingering_time
+0), so an oversized body is never drained.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.parse
+from typing import Any
+
+import redis.exceptions
+from aiohttp import web
+from gidgethub import ValidationFailure
+from gidgethub.sansio import validate_event
+
+from . import logs, metrics
+from .events import PayloadError, tasks_for
+from .services import Services
+
+log = logs.get(__name__)
+
+REDIS_TIMEOUT = 2.0          # a webhook waits no longer for Redis before answering 503
+HEALTH_TIMEOUT = 1.0
+JSON_TYPES = ("application/json", "application/x-www-form-urlencoded")
+MAX_DELIVERY_ID = 128        # GitHub's are 36-character UUIDs; the id becomes part of a Redis key
+REDIS_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
+UNVERIFIED = "-"             # metric label before the signature is checked: unauthenticated
+                             # callers must not be able to mint label values
+SERVICES_KEY: web.AppKey[Services] = web.AppKey("services", Services)
+
+
+def _json(status: int, body: dict[str, Any]) -> web.Response:
+    return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json")
+
+
+class _Refused(Exception):
+    """A refused webhook: status, metric outcome and the reason given to the caller."""
+
+    def __init__(self, status: int, outcome: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.outcome, self.reason = status, outcome, reason
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    """The body, or _Refused(413) as soon as more than `limit` bytes have arrived (chunked or lying
+    Content-Length): nothing past the limit is read."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise _Refused(413, "too_large", f"body over {limit} bytes")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _parse(body: bytes, content_type: str) -> Any:
+    """JSON, or GitHub's form mode `payload=<urlencoded JSON>`. ValueError when it is neither."""
+    if content_type == "application/x-www-form-urlencoded":
+        form = urllib.parse.parse_qs(body.decode("utf-8"), max_num_fields=16)
+        if "payload" not in form:
+            raise ValueError("form body without payload=")
+        return json.loads(form["payload"][0])
+    return json.loads(body)
+
+
+def make_app(services: Services) -> web.Application:
+    """The aiohttp application: POST [server] path (fixed at startup), GET /healthz, GET /metrics."""
+    app = web.Application(handler_args={"lingering_time": 0})
+    app[SERVICES_KEY] = services
+
+    def refuse_early(request: web.Request) -> _Refused | None:
+        if services.draining:
+            return _Refused(503, "draining", "shutting down")
+        limit = services.config.server.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return _Refused(413, "too_large", f"body over {limit} bytes")
+        return None
+
+    async def expect_handler(request: web.Request) -> None:
+        # "Expect: 100-continue": invite the body only when it would be read.
+        if request.version >= (1, 1) and refuse_early(request) is None:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    async def webhook(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        headers = request.headers
+        delivery = headers.get("X-GitHub-Delivery", "")
+        event = headers.get("X-GitHub-Event", "")
+        fields: dict[str, Any] = {"delivery": delivery or None, "event": event or None}
+        label = UNVERIFIED
+        try:
+            if refused := refuse_early(request):
+                raise refused
+            if not event:
+                raise _Refused(400, "bad_request", "missing X-GitHub-Event header")
+            if not delivery:
+                raise _Refused(400, "bad_request", "missing X-GitHub-Delivery header")
+            if len(delivery) > MAX_DELIVERY_ID or not delivery.isprintable() or " " in delivery:
+                raise _Refused(400, "bad_request", "malformed X-GitHub-Delivery header")
+            content_type = request.content_type
+            if content_type not in JSON_TYPES:
+                raise _Refused(400, "bad_request", f"content type {content_type!r} is not application/json "
+                                                   "or application/x-www-form-urlencoded")
+            body = await _read_limited(request, services.config.server.max_body_bytes)
+            signature = headers.get("X-Hub-Signature-256")
+            secret = services.config.github.webhook_secret
+            if not signature or not secret:
+                raise _Refused(401, "bad_signature", "missing X-Hub-Signature-256 header")
+            # validate_event also accepts "sha1=": this header must carry SHA-256.
+            if not signature.startswith("sha256="):
+                raise _Refused(401, "bad_signature", "X-Hub-Signature-256 is not sha256=")
+            try:
+                validate_event(body, signature=signature, secret=secret)
+            except ValidationFailure:
+                raise _Refused(401, "bad_signature", "signature does not match") from None
+            label = event
+            try:
+                payload = _parse(body, content_type)
+            except (ValueError, UnicodeDecodeError):
+                raise _Refused(400, "bad_request", "body is not JSON") from None
+            if not isinstance(payload, dict):
+                raise _Refused(400, "bad_request", "body is not a JSON object")
+            action = payload.get("action")
+            repo = payload.get("repository")
+            fields.update(action=action if isinstance(action, str) else None,
+                          repo=repo.get("full_name") if isinstance(repo, dict) else None)
+            if event == "ping":
+                return _done(label, "ping", 200, {"ok": True, "zen": payload.get("zen")}, fields, started)
+            try:
+                tasks, reason = tasks_for(event, payload, delivery,
+                                          command_prefix=services.config.github.command_prefix)
+            except PayloadError as e:
+                raise _Refused(400, "bad_request", str(e)) from None
+            if not tasks:
+                # Unclaimed: GitHub may redeliver it harmlessly, and Redis is spared a key per no-op.
+                loud = reason == "logged" or "no installation" in reason
+                return _done(label, "ignored", 200, {"delivery": delivery, "ignored": reason}, fields, started,
+                             reason=reason, quiet=not loud)
+            try:
+                async with asyncio.timeout(REDIS_TIMEOUT):
+                    fresh = await services.queue.enqueue_delivery(delivery, tasks)
+            except REDIS_ERRORS as e:
+                raise _Refused(503, "redis_down", f"queue unavailable ({type(e).__name__})") from None
+            if not fresh:
+                return _done(label, "duplicate", 200, {"delivery": delivery, "duplicate": True}, fields, started)
+            return _done(label, "queued", 202, {"delivery": delivery, "queued": len(tasks)}, fields, started,
+                         tasks=len(tasks))
+        except _Refused as r:
+            return _done(label, r.outcome, r.status, {"error": r.reason}, fields, started,
+                         reason=r.reason, level="warning")
+
+    def _done(label: str, outcome: str, status: int, body: dict[str, Any], fields: dict[str, Any],
+              started: float, *, quiet: bool = False, level: str = "info", **extra: Any) -> web.Response:
+        metrics.WEBHOOKS.labels(label, outcome).inc()
+        emit = log.debug if quiet else log.warning if level == "warning" else log.info
+        # Never the body: only what identifies the delivery (SPEC §8).
+        emit("webhook", **{k: v for k, v in fields.items() if v is not None}, outcome=outcome, status=status,
+             ms=round((time.perf_counter() - started) * 1000, 1), **extra)
+        return _json(status, body)
+
+    async def healthz(request: web.Request) -> web.Response:
+        body: dict[str, Any] = {"redis": False, "loop_lag_s": round(services.loop_lag, 3), "queued": None,
+                                "delayed": None, "dead": None, "oldest_task_age_s": None,
+                                "draining": services.draining}
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT):
+                depths = await services.queue.depths()
+                oldest = await services.queue.oldest_age()
+            body.update(depths, redis=True, oldest_task_age_s=None if oldest is None else round(oldest, 1))
+        except REDIS_ERRORS:
+            pass
+        return _json(200 if body["redis"] and not services.draining else 503, body)
+
+    async def metrics_page(request: web.Request) -> web.Response:
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT):
+                depths = await services.queue.depths()
+            for name, value in depths.items():
+                metrics.QUEUE_DEPTH.labels(name).set(value)
+        except REDIS_ERRORS:
+            pass  # the last known depths stay; the scrape must not fail with Redis
+        return web.Response(body=metrics.render(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    app.router.add_post(services.config.server.path, webhook, expect_handler=expect_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_page)
+    return app

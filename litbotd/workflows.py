@@ -1,0 +1,766 @@
+"""Workflow files → runs (SPEC §4). Pure: no files, network or Redis.
+
+`plan()` takes the text of a repository's workflow files and the pull request's base branch, and
+returns the runs to start, one error per bad file and the workflows whose trigger did not match.
+
+The format is that of the original bot (Borda/GitHub-app-bot), so its files keep working: its
+`mode` key and its `trigger.push` / list-of-events triggers are accepted (push events are not
+handled by litbotd, so they never start anything).
+
+YAML is read with a SafeLoader subclass that first bounds the document: at most MAX_ALIASES
+aliases, MAX_NODES nodes counted with every alias expanded (so a "billion laughs" file is refused
+while it is still being parsed, in bounded memory) and MAX_DEPTH levels of nesting.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import math
+import re
+from dataclasses import dataclass, fields
+from typing import Any, Iterable, Mapping
+
+import yaml
+from yaml.events import AliasEvent
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+MAX_FILE_BYTES = 1_000_000
+MAX_RUNS = 256
+MAX_ALIASES = 100
+MAX_NODES = 10_000
+MAX_DEPTH = 50
+# Cells materialised before `exclude` is applied; beyond this even a file that excludes its way
+# back under MAX_RUNS is refused, so a hostile matrix cannot make a worker spin.
+MAX_MATRIX_PRODUCT = 16 * MAX_RUNS
+
+ROOT_FILES = (".litci.yaml", ".litci.yml")
+WORKFLOW_DIR = ".lightning/workflows/"
+WORKFLOW_EXTS = (".yml", ".yaml")
+
+WORKFLOW_KEYS = ("name", "trigger", "image", "machine", "interruptible", "timeout", "mode", "env",
+                 "parametrize", "run")
+PARAMETRIZE_KEYS = ("matrix", "include", "exclude")
+TRIGGER_EVENTS = ("pull_request", "push")
+EVENT_KEYS = ("branches",)
+RUN_SETTINGS = ("image", "machine", "interruptible", "timeout")  # cell keys that are not env vars
+CELL_FORBIDDEN = ("env", "run")
+MODES = ("info", "debug")
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_NON_WORD = re.compile(r"\W", re.ASCII)
+_DURATION = re.compile(r"\s*(?:\d+(?:\.\d+)?\s*[smhd]\s*)+\Z")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+# ---------------------------------------------------------------------------------------------
+# Public types
+
+@dataclass(frozen=True)
+class Defaults:
+    image: str                                  # [jobs.lightning] default_image
+    machine: str                                # [jobs.lightning] default_machine
+    timeout: float                              # seconds, [jobs] default_timeout
+    machines: frozenset[str] | None = None      # valid machine names; None = don't validate
+
+
+@dataclass(frozen=True)
+class Run:
+    workflow: str
+    file: str
+    check_name: str
+    key: str                    # [a-z0-9-]{,48}, stable for (file, check_name)
+    cell: dict[str, Any]
+    image: str
+    machine: str
+    interruptible: bool
+    timeout: float              # seconds
+    env: dict[str, str]
+    script: str
+
+
+@dataclass(frozen=True)
+class WorkflowError:
+    file: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}" if self.line else f"{self.file}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    runs: list[Run]
+    errors: list[WorkflowError]
+    skipped: list[str]
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths
+
+def is_workflow_path(path: str) -> bool:
+    """A root `.litci.yaml`/`.litci.yml`, or `.lightning/workflows/NAME.yml|.yaml` (not deeper)."""
+    if path in ROOT_FILES:
+        return True
+    if not path.startswith(WORKFLOW_DIR):
+        return False
+    name = path[len(WORKFLOW_DIR):]
+    # Hidden files are skipped, as the original bot's glob did.
+    return ("/" not in name and not name.startswith(".")
+            and any(name.endswith(ext) for ext in WORKFLOW_EXTS))
+
+
+def discover(paths: Iterable[str]) -> list[str]:
+    """The workflow files in a repository file listing, sorted (the order runs are planned in)."""
+    return sorted({p for p in paths if is_workflow_path(p)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded YAML loading
+
+class _Invalid(Exception):
+    """A problem in one file, at a key path inside it (or at a known line)."""
+
+    def __init__(self, path: tuple[str | int, ...], reason: str, line: int | None = None) -> None:
+        super().__init__(reason)
+        self.path = path
+        self.reason = reason
+        self.line = line
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses alias bombs, huge and deeply nested documents while composing."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._expanded = 0              # nodes so far, every alias counted as its whole subtree
+        self._depth = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> expanded size, for nodes fully composed
+
+    def _charge(self, n: int, mark: Any) -> None:
+        self._expanded += n
+        if self._expanded > MAX_NODES:
+            raise _Invalid((), f"document too large: more than {MAX_NODES} YAML nodes"
+                               " (counting every alias expanded)", _line_of(mark))
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        if self.check_event(AliasEvent):
+            event = self.peek_event()
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise _Invalid((), f"too many aliases: more than {MAX_ALIASES}", _line_of(event.start_mark))
+            target = self.anchors.get(event.anchor)
+            if target is not None:
+                size = self._sizes.get(id(target))
+                if size is None:  # the anchor is still being composed: it refers to itself
+                    raise _Invalid((), f"recursive alias *{event.anchor}", _line_of(event.start_mark))
+                self._charge(size, event.start_mark)
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Invalid((), f"nested too deeply: more than {MAX_DEPTH} levels",
+                           _line_of(self.peek_event().start_mark))
+        before = self._expanded
+        self._charge(1, self.peek_event().start_mark)
+        node = super().compose_node(parent, index)
+        self._sizes[id(node)] = self._expanded - before
+        self._depth -= 1
+        return node
+
+
+def _line_of(mark: Any) -> int | None:
+    return mark.line + 1 if mark is not None else None
+
+
+def _decode(raw: str | bytes) -> str:
+    if isinstance(raw, str):
+        # Characters never outnumber UTF-8 bytes, so only a borderline string is encoded to measure.
+        size = len(raw) if len(raw) > MAX_FILE_BYTES else len(raw.encode("utf-8", "surrogatepass"))
+        if size > MAX_FILE_BYTES:
+            raise _Invalid((), f"file too large: more than {MAX_FILE_BYTES} bytes")
+        return raw.removeprefix("\ufeff")
+    if len(raw) > MAX_FILE_BYTES:
+        raise _Invalid((), f"file too large: {len(raw)} bytes, more than {MAX_FILE_BYTES}")
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        raise _Invalid((), f"not valid UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start}",
+                       raw.count(b"\n", 0, e.start) + 1) from None
+
+
+def _load(text: str) -> tuple[Any, Node | None]:
+    """The data of a single-document YAML text and its node tree (for lines and raw scalars)."""
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        raise _Invalid((), f"invalid character {chr(e.character)!r} (U+{e.character:04X})", line) from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        reason = " ".join(p for p in (e.context, e.problem) if p) or "invalid YAML"
+        raise _Invalid((), f"invalid YAML: {reason}", _line_of(mark)) from None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:
+        # e.g. `2024-02-30` resolves as a date that does not exist; `!!int x`.
+        raise _Invalid((), f"invalid YAML value: {e}") from None
+    finally:
+        loader.dispose()
+    return data, node
+
+
+def _check_duplicate_keys(root: Node | None) -> None:
+    """A key written twice in one mapping is an error: YAML would silently keep the last."""
+    seen: set[int] = set()  # aliases share nodes; visit each once
+    stack: list[tuple[Node, tuple[str | int, ...]]] = [(root, ())] if root is not None else []
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, SequenceNode):
+            stack.extend((item, path + (i,)) for i, item in enumerate(node.value))
+        elif isinstance(node, MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                if isinstance(key, ScalarNode) and key.tag != _MERGE_TAG:
+                    line = key.start_mark.line + 1
+                    if (key.tag, key.value) in first:
+                        raise _Invalid(path + (key.value,),
+                                       f"duplicate key (first on line {first[key.tag, key.value]})", line)
+                    first[key.tag, key.value] = line
+                stack.append((value, path + (key.value if isinstance(key, ScalarNode) else "?",)))
+
+
+class _Doc:
+    """Maps key paths of the constructed data back to the YAML nodes they came from."""
+
+    def __init__(self, root: Node | None) -> None:
+        self.root = root
+
+    def _find(self, path: tuple[str | int, ...]) -> tuple[Node | None, Node | None]:
+        """(the key node or sequence item that names the last element, its value node)."""
+        where: Node | None = None
+        node = self.root
+        for elem in path:
+            if isinstance(node, MappingNode):
+                # Reversed: the last of equal keys wins, as in construction (merged keys come first).
+                match = next(((k, v) for k, v in reversed(node.value)
+                              if isinstance(k, ScalarNode) and k.value == str(elem)), None)
+                if match is None:
+                    return where, None
+                where, node = match
+            elif isinstance(node, SequenceNode) and isinstance(elem, int) and elem < len(node.value):
+                where = node = node.value[elem]
+            else:
+                return where, None
+        return where, node
+
+    def line(self, path: tuple[str | int, ...]) -> int | None:
+        """The line of the deepest node of `path` found (the offending key, or its closest parent)."""
+        for n in range(len(path), -1, -1):
+            where, node = self._find(path[:n])
+            if where is not None or node is not None:
+                return ((where or node).start_mark.line + 1)  # type: ignore[union-attr]
+        return None
+
+    def error(self, file: str, e: _Invalid) -> WorkflowError:
+        where = _fmt_path(e.path)
+        return WorkflowError(file, e.line if e.line is not None else self.line(e.path),
+                             f"{where}: {e.reason}" if where else e.reason)
+
+    def text(self, path: tuple[str | int, ...], value: Any) -> str:
+        """A scalar as written (`3.10` stays "3.10", `true` stays "true"), else its str()."""
+        _, node = self._find(path)
+        if isinstance(node, ScalarNode):
+            return node.value
+        return _scalar_text(value)
+
+
+def _scalar_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+
+def _type_name(value: Any) -> str:
+    names = {str: "str", int: "int", float: "float", bool: "bool", dict: "mapping", list: "list",
+             type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool))
+
+
+def _fmt_path(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for elem in path:
+        out += f"[{elem}]" if isinstance(elem, int) else (f".{elem}" if out else str(elem))
+    return out
+
+
+def _unknown_keys(data: Mapping[Any, Any], allowed: tuple[str, ...], path: tuple[str | int, ...],
+                  hint: str = "") -> None:
+    for key in data:
+        if not isinstance(key, str):
+            raise _Invalid(path + (str(key),), f"expected a string key, got {_type_name(key)}")
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            suggestion = f"; did you mean '{close[0]}'?" if close else ""
+            raise _Invalid(path + (key,), f"unknown key (expected one of: {', '.join(allowed)}){suggestion}{hint}")
+
+
+def _want(value: Any, kind: type, what: str, path: tuple[str | int, ...]) -> Any:
+    if not isinstance(value, kind):
+        raise _Invalid(path, f"expected {what}, got {_type_name(value)}")
+    return value
+
+
+def _non_empty_str(value: Any, path: tuple[str | int, ...], single_line: bool = True) -> str:
+    _want(value, str, "a string", path)
+    if not value.strip():
+        raise _Invalid(path, "must not be empty")
+    if single_line and any(c in value for c in "\r\n\t\0"):
+        raise _Invalid(path, "must be a single line")
+    return value
+
+
+def parse_timeout(value: Any) -> float:
+    """Workflow timeout → seconds: a number of minutes, or a duration string ("90s", "1h30m")."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected minutes as a number or a duration like '30m', got {_type_name(value)}")
+    if isinstance(value, (int, float)):
+        seconds = float(value) * 60
+    elif isinstance(value, str) and _DURATION.match(value):
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+    elif isinstance(value, str):
+        raise ValueError(f"expected minutes as a number or a duration like '90s', '30m', '2h', got {value!r}")
+    else:
+        raise ValueError(f"expected minutes as a number or a duration like '30m', got {_type_name(value)}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"must be a positive duration, got {value!r}")
+    return seconds
+
+
+def _machine(value: Any, path: tuple[str | int, ...], defaults: Defaults) -> str:
+    name = _non_empty_str(value, path)
+    if defaults.machines is not None and name not in defaults.machines:
+        valid = sorted(defaults.machines)
+        close = difflib.get_close_matches(name, valid, n=1) or [m for m in valid if m.lower() == name.lower()]
+        shown = ", ".join(valid[:12]) + (f", … ({len(valid)} in all)" if len(valid) > 12 else "")
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise _Invalid(path, f"unknown machine {name!r} (valid: {shown}){hint}")
+    return name
+
+
+def _setting(key: str, value: Any, path: tuple[str | int, ...], defaults: Defaults) -> Any:
+    """One of image/machine/interruptible/timeout, validated (timeout returned in seconds)."""
+    if key == "image":
+        return _non_empty_str(value, path)
+    if key == "machine":
+        return _machine(value, path, defaults)
+    if key == "interruptible":
+        return _want(value, bool, "a boolean (true or false)", path)
+    try:
+        return parse_timeout(value)
+    except ValueError as e:
+        raise _Invalid(path, str(e)) from None
+
+
+def env_name(key: str) -> str:
+    """A matrix key as an environment variable name: non-word characters become "_", case kept."""
+    return _NON_WORD.sub("_", key)
+
+
+@dataclass(frozen=True)
+class _Cell:
+    """One matrix cell: (key, value, text as written) in check-name order."""
+    items: tuple[tuple[str, Any, str], ...]
+
+    def identity(self) -> frozenset[tuple[str, str, Any]]:
+        # Typed, so `1`, `1.0` and `true` (equal in Python) stay distinct cells.
+        return frozenset((k, type(v).__name__, v) for k, v, _ in self.items)
+
+
+@dataclass(frozen=True)
+class _Workflow:
+    name: str
+    file: str
+    path: tuple[str | int, ...]          # () or ("workflows", i): where it sits in its file
+    branches: tuple[str, ...] | None     # None: every base branch; () : not on pull_request
+    settings: dict[str, Any]             # image/machine/interruptible/timeout as written, validated
+    env: dict[str, str]
+    script: str
+    cells: tuple[_Cell, ...] | None      # None: no matrix, one run with the bare name
+
+    def triggered(self, base_branch: str) -> bool:
+        if self.branches is None:
+            return True
+        return branch_matches(self.branches, base_branch)
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """fnmatch-style, GitHub Actions flavour: `*` and `?` stop at "/", `**` crosses it."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and (j := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1:j]
+            body = "^" + body[1:] if body.startswith("!") else body
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = j + 1
+            continue
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def branch_matches(patterns: Iterable[str], branch: str) -> bool:
+    """Whether `branch` matches; a later `!pattern` excludes again (as in GitHub Actions)."""
+    matched = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        if _glob_regex(pattern[1:] if negate else pattern).match(branch):
+            matched = not negate
+    return matched
+
+
+def _trigger(value: Any, path: tuple[str | int, ...]) -> tuple[str, ...] | None:
+    """The base-branch patterns of the pull_request trigger: None = all, () = not triggered."""
+    if value is None or value == {} or value == []:  # every pull_request event, as the original bot did
+        return None
+    if isinstance(value, list):
+        for i, event in enumerate(value):
+            if event not in TRIGGER_EVENTS:
+                raise _Invalid(path + (i,), f"unknown event {event!r} (expected one of: {', '.join(TRIGGER_EVENTS)})")
+        return None if "pull_request" in value else ()
+    _want(value, dict, "a mapping of events or a list of event names", path)
+    _unknown_keys(value, TRIGGER_EVENTS, path)
+    result: tuple[str, ...] | None = ()
+    for event, spec in value.items():
+        epath = path + (event,)
+        if spec is None:
+            patterns: tuple[str, ...] | None = None
+        else:
+            _want(spec, dict, "a mapping", epath)
+            _unknown_keys(spec, EVENT_KEYS, epath)
+            branches = spec.get("branches")
+            if branches is None:
+                patterns = None
+            else:
+                _want(branches, list, "a list of branch patterns", epath + ("branches",))
+                for i, p in enumerate(branches):
+                    _non_empty_str(p, epath + ("branches", i))
+                    try:
+                        _glob_regex(p.removeprefix("!"))
+                    except re.error as e:
+                        raise _Invalid(epath + ("branches", i), f"invalid pattern {p!r}: {e}") from None
+                patterns = tuple(branches) or None  # an empty list filters nothing, as before
+        if event == "pull_request":
+            result = patterns
+    return result
+
+
+def _matrix_cells(value: Any, path: tuple[str | int, ...], doc: _Doc,
+                  defaults: Defaults) -> tuple[_Cell, ...] | None:
+    if value is None:
+        return None
+    _want(value, dict, "a mapping", path)
+    _unknown_keys(value, PARAMETRIZE_KEYS, path)
+    matrix = value.get("matrix") or {}
+    include = value.get("include") or []
+    exclude = value.get("exclude") or []
+    mpath, ipath, xpath = path + ("matrix",), path + ("include",), path + ("exclude",)
+    _want(matrix, dict, "a mapping of lists", mpath)
+    _want(include, list, "a list of cells", ipath)
+    _want(exclude, list, "a list of partial cells", xpath)
+
+    texts: dict[str, list[str]] = {}
+    for key, values in matrix.items():
+        kpath = mpath + (key,)
+        _cell_key(key, kpath, matrix)
+        _want(values, list, "a list", kpath)
+        if not values:
+            raise _Invalid(kpath, "expected a non-empty list")
+        texts[key] = [_cell_value(key, v, kpath + (i,), doc, defaults) for i, v in enumerate(values)]
+
+    for i, entry in enumerate(exclude):
+        _want(entry, dict, "a mapping", xpath + (i,))
+        for key, v in entry.items():
+            if key not in matrix:
+                known = ", ".join(map(str, matrix)) or "the matrix is empty"
+                raise _Invalid(xpath + (i, str(key)), f"not a matrix key ({known})")
+            if not _is_scalar(v):
+                raise _Invalid(xpath + (i, key), f"expected a string, number or boolean, got {_type_name(v)}")
+
+    cells: list[_Cell] = []
+    if matrix:
+        size = math.prod(len(v) for v in matrix.values())
+        if size > MAX_MATRIX_PRODUCT:
+            raise _Invalid(mpath, f"the matrix has {size} combinations; at most {MAX_RUNS} runs are allowed"
+                                  f" per event (and {MAX_MATRIX_PRODUCT} combinations before exclude)")
+        keys = list(matrix)
+        drop = [frozenset((k, type(v).__name__, v) for k, v in e.items()) for e in exclude]
+        for combo in itertools.product(*(range(len(matrix[k])) for k in keys)):
+            cell = _Cell(tuple((k, matrix[k][j], texts[k][j]) for k, j in zip(keys, combo)))
+            ident = cell.identity()
+            if not any(d <= ident for d in drop):
+                cells.append(cell)
+
+    seen = {c.identity() for c in cells}
+    order = {k: n for n, k in enumerate(matrix)}
+    for i, entry in enumerate(include):
+        epath = ipath + (i,)
+        _want(entry, dict, "a mapping", epath)
+        if not entry:
+            raise _Invalid(epath, "an include entry must set at least one key")
+        items = []
+        # Matrix keys first, in matrix order, then the entry's own keys as written.
+        for key in sorted(entry, key=lambda k: (order.get(k, len(order)),)):
+            _cell_key(key, epath + (key,), entry)
+            items.append((key, entry[key], _cell_value(key, entry[key], epath + (key,), doc, defaults)))
+        cell = _Cell(tuple(items))
+        if cell.identity() not in seen:
+            seen.add(cell.identity())
+            cells.append(cell)
+
+    if not matrix and not include:
+        return None  # `parametrize: {}` or empty lists: a single run, as the original bot did
+    if not cells:
+        raise _Invalid(xpath, "every matrix combination is excluded: the workflow would not run")
+    return tuple(cells)
+
+
+def _cell_key(key: Any, path: tuple[str | int, ...], mapping: Mapping[Any, Any]) -> None:
+    if not isinstance(key, str) or not key:
+        raise _Invalid(path, f"expected a non-empty string key, got {_type_name(key) if key != '' else 'empty string'}")
+    if key in CELL_FORBIDDEN:
+        raise _Invalid(path, f"'{key}' is not allowed in a matrix cell (set it at the workflow level)")
+    if key not in RUN_SETTINGS:
+        clash = [k for k in mapping if isinstance(k, str) and k != key and k not in RUN_SETTINGS
+                 and env_name(k) == env_name(key)]
+        if clash:
+            raise _Invalid(path, f"'{key}' and '{clash[0]}' both become environment variable {env_name(key)}")
+
+
+def _cell_value(key: str, value: Any, path: tuple[str | int, ...], doc: _Doc, defaults: Defaults) -> str:
+    """Validates one cell value; returns its text as written."""
+    if key in RUN_SETTINGS:
+        _setting(key, value, path, defaults)
+    elif not _is_scalar(value):
+        raise _Invalid(path, f"expected a string, number or boolean, got {_type_name(value)}")
+    return doc.text(path, value)
+
+
+def _workflow(data: Any, file: str, path: tuple[str | int, ...], doc: _Doc, defaults: Defaults,
+              default_name: str | None) -> _Workflow:
+    if not isinstance(data, dict):
+        raise _Invalid(path, f"expected a mapping of workflow keys, got {_type_name(data)}")
+    hint = " (a list under 'workflows:' is only allowed in .litci.yaml)" if "workflows" in data and not path else ""
+    _unknown_keys(data, WORKFLOW_KEYS, path, hint)
+
+    if "name" in data:
+        name = _non_empty_str(data["name"], path + ("name",))
+    elif default_name is not None:
+        name = default_name
+    else:
+        raise _Invalid(path, "'name' is required for each workflow in a 'workflows:' list")
+
+    if "run" not in data:
+        raise _Invalid(path, "'run' is required: the script to run")
+    script = _non_empty_str(data["run"], path + ("run",), single_line=False)
+
+    settings = {k: _setting(k, data[k], path + (k,), defaults) for k in RUN_SETTINGS if k in data}
+    if "mode" in data and data["mode"] not in MODES:
+        raise _Invalid(path + ("mode",), f"expected one of: {', '.join(MODES)}")
+
+    env: dict[str, str] = {}
+    raw_env = data.get("env") or {}
+    _want(raw_env, dict, "a mapping of names to values", path + ("env",))
+    for key, value in raw_env.items():
+        kpath = path + ("env", str(key))
+        if not isinstance(key, str) or not _ENV_NAME.match(key):
+            raise _Invalid(kpath, "not a valid environment variable name (letters, digits, '_')")
+        if not _is_scalar(value):
+            raise _Invalid(kpath, f"expected a string, number or boolean, got {_type_name(value)}")
+        env[key] = doc.text(kpath, value)
+
+    return _Workflow(
+        name=name, file=file, path=path,
+        branches=_trigger(data.get("trigger"), path + ("trigger",)),
+        settings=settings, env=env, script=script,
+        cells=_matrix_cells(data.get("parametrize"), path + ("parametrize",), doc, defaults),
+    )
+
+
+def _default_name(file: str) -> str:
+    base = file.rsplit("/", 1)[-1]
+    for ext in WORKFLOW_EXTS:
+        base = base.removesuffix(ext)
+    return base.lstrip(".") or base
+
+
+class _FileError(Exception):
+    """A bad file, located: carries the one WorkflowError that file gets."""
+
+    def __init__(self, error: WorkflowError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _workflows(file: str, data: Any, doc: _Doc, defaults: Defaults) -> list[_Workflow]:
+    if data is None:
+        raise _Invalid((), "the file is empty: expected a workflow with at least 'run'")
+    if file in ROOT_FILES and isinstance(data, dict) and "workflows" in data:
+        others = [str(k) for k in data if k != "workflows"]
+        if others:
+            raise _Invalid((others[0],), "cannot be combined with a 'workflows:' list"
+                                         " (put it inside each workflow)")
+        items = _want(data["workflows"], list, "a list of workflows", ("workflows",))
+        if not items:
+            raise _Invalid(("workflows",), "expected at least one workflow")
+        return [_workflow(item, file, ("workflows", i), doc, defaults, None) for i, item in enumerate(items)]
+    return [_workflow(data, file, (), doc, defaults, _default_name(file))]
+
+
+def _read(file: str, raw: str | bytes, defaults: Defaults) -> tuple[list[_Workflow], _Doc]:
+    """The workflows of one file and its node map. Raises _FileError."""
+    doc = _Doc(None)
+    try:
+        data, doc.root = _load(_decode(raw))
+        _check_duplicate_keys(doc.root)
+        return _workflows(file, data, doc, defaults), doc
+    except _Invalid as e:
+        raise _FileError(doc.error(file, e)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+def run_key(file: str, check_name: str) -> str:
+    """Short, stable, [a-z0-9-] id of a run within its SHA (job names are built from it)."""
+    digest = hashlib.sha256(f"{file}\0{check_name}".encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    slug = re.sub(r"[^a-z0-9]+", "-", check_name.lower()).strip("-")[:35].strip("-") or "run"
+    return f"{slug}-{digest}"
+
+
+def _runs(wf: _Workflow, defaults: Defaults) -> list[Run]:
+    runs = []
+    for cell in wf.cells if wf.cells is not None else (None,):
+        settings = dict(wf.settings)
+        env = dict(wf.env)
+        if cell is None:
+            check_name, values = wf.name, {}
+        else:
+            # Check names stay on one line whatever the values hold.
+            shown = (" ".join(text.split()) for _, _, text in cell.items)
+            check_name = f"{wf.name} ({', '.join(shown)})"
+            values = {k: v for k, v, _ in cell.items}
+            for k, v, text in cell.items:
+                if k in RUN_SETTINGS:
+                    settings[k] = parse_timeout(v) if k == "timeout" else v
+                else:
+                    env[env_name(k)] = text
+        runs.append(Run(
+            workflow=wf.name, file=wf.file, check_name=check_name, key=run_key(wf.file, check_name),
+            cell=values,
+            image=settings.get("image", defaults.image),
+            machine=settings.get("machine", defaults.machine),
+            interruptible=settings.get("interruptible", False),
+            timeout=settings.get("timeout", defaults.timeout),
+            env=env, script=wf.script,
+        ))
+    return runs
+
+
+def plan(files: Mapping[str, str | bytes], base_branch: str, defaults: Defaults) -> Plan:
+    """The runs for one pull_request event whose base branch is `base_branch`.
+
+    Every path given is read as a workflow file, in sorted order. A bad file gives one error
+    and no run; a later file loses on a duplicate check name or on going over MAX_RUNS.
+    """
+    runs: list[Run] = []
+    errors: list[WorkflowError] = []
+    skipped: list[str] = []
+    owner: dict[str, str] = {}  # check name -> the file that holds it
+    for file in sorted(files):
+        try:
+            workflows, doc = _read(file, files[file], defaults)
+        except _FileError as e:
+            errors.append(e.error)
+            continue
+        try:
+            file_runs, file_skipped = _triggered_runs(workflows, base_branch, defaults, owner)
+            total = len(runs) + len(file_runs)
+            if total > MAX_RUNS:
+                biggest = max(workflows, key=lambda wf: len(wf.cells or ()))
+                raise _Invalid(biggest.path + ("parametrize",),
+                               f"too many runs: {len(file_runs)} from this file make {total} for this"
+                               f" event, more than the {MAX_RUNS} allowed")
+        except _Invalid as e:
+            errors.append(doc.error(file, e))
+            continue
+        runs.extend(file_runs)
+        skipped.extend(file_skipped)
+        owner.update((r.check_name, file) for r in file_runs)
+    return Plan(runs=runs, errors=errors, skipped=skipped)
+
+
+def _triggered_runs(workflows: list[_Workflow], base_branch: str, defaults: Defaults,
+                    owner: Mapping[str, str]) -> tuple[list[Run], list[str]]:
+    runs: list[Run] = []
+    skipped: list[str] = []
+    names: set[str] = set()
+    for wf in workflows:
+        if not wf.triggered(base_branch):
+            skipped.append(wf.name)
+            continue
+        # A clash within a matrix points at `parametrize`, otherwise at the workflow's name.
+        where = wf.path + ("parametrize" if wf.cells is not None else "name",)
+        for run in _runs(wf, defaults):
+            if run.check_name in owner:
+                raise _Invalid(where, f"check name {run.check_name!r} is already used by {owner[run.check_name]}")
+            if run.check_name in names:
+                raise _Invalid(where, f"check name {run.check_name!r} appears twice in this file")
+            names.add(run.check_name)
+            runs.append(run)
+    return runs, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# Queue payloads
+
+def to_jsonable(run: Run) -> dict[str, Any]:
+    """A Run as plain JSON data (for a queue task payload)."""
+    return {f.name: (dict(v) if isinstance(v := getattr(run, f.name), dict) else v) for f in fields(Run)}
+
+
+def run_from_jsonable(d: Mapping[str, Any]) -> Run:
+    """The inverse of to_jsonable; unknown keys are ignored so newer payloads still load."""
+    try:
+        return Run(
+            workflow=str(d["workflow"]), file=str(d["file"]), check_name=str(d["check_name"]),
+            key=str(d["key"]), cell=dict(d["cell"]), image=str(d["image"]), machine=str(d["machine"]),
+            interruptible=bool(d["interruptible"]), timeout=float(d["timeout"]),
+            env={str(k): str(v) for k, v in d["env"].items()}, script=str(d["script"]),
+        )
+    except KeyError as e:
+        raise ValueError(f"run payload lacks {e.args[0]!r}") from None
