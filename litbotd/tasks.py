@@ -57,9 +57,10 @@ class Task:
         """The same task to run again at `run_at` (a poll, not a failure)."""
         return replace(self, run_at=run_at)
 
-    def successor(self, kind: str, payload: dict[str, Any], run_at: float = 0.0) -> "Task":
-        """A new task that follows this one; ids are derived, so a re-run yields the same ids."""
-        return Task(kind=kind, payload=payload, id=derive_id(self.id, kind, payload.get("run", "")), run_at=run_at)
+    def successor(self, kind: str, payload: dict[str, Any], run_at: float = 0.0, key: str = "") -> "Task":
+        """A new task that follows this one. Its id derives from this one's (and `key`, which tells
+        siblings apart), so the log lines of a chain can be followed by id."""
+        return Task(kind=kind, payload=payload, id=derive_id(self.id, kind, key), run_at=run_at)
 
     def context(self) -> dict[str, Any]:
         ctx: dict[str, Any] = {"task": self.id, "phase": self.kind}

@@ -31,7 +31,6 @@ MAX_DELIVERY_ID = 128        # GitHub's are 36-character UUIDs; the id becomes p
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
 UNVERIFIED = "-"             # metric label before the signature is checked: unauthenticated
                              # callers must not be able to mint label values
-SERVICES_KEY: web.AppKey[Services] = web.AppKey("services", Services)
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:
@@ -69,10 +68,19 @@ def _parse(body: bytes, content_type: str) -> Any:
     return json.loads(body)
 
 
+def _answer(label: str, outcome: str, status: int, body: dict[str, Any], fields: dict[str, Any],
+            started: float, *, level: str = "info", **extra: Any) -> web.Response:
+    """The one metric and the one log line of every webhook request, then its response."""
+    metrics.WEBHOOKS.labels(label, outcome).inc()
+    # Never the body: only what identifies the delivery (SPEC §8).
+    getattr(log, level)("webhook", **{k: v for k, v in fields.items() if v is not None}, outcome=outcome, status=status,
+         ms=round((time.perf_counter() - started) * 1000, 1), **extra)
+    return _json(status, body)
+
+
 def make_app(services: Services) -> web.Application:
     """The aiohttp application: POST [server] path (fixed at startup), GET /healthz, GET /metrics."""
     app = web.Application(handler_args={"lingering_time": 0})
-    app[SERVICES_KEY] = services
 
     def refuse_early(request: web.Request) -> _Refused | None:
         if services.draining:
@@ -105,12 +113,14 @@ def make_app(services: Services) -> web.Application:
                 raise _Refused(400, "bad_request", "malformed X-GitHub-Delivery header")
             content_type = request.content_type
             if content_type not in JSON_TYPES:
-                raise _Refused(400, "bad_request", f"content type {content_type!r} is not application/json "
-                                                   "or application/x-www-form-urlencoded")
+                raise _Refused(400, "bad_request", f"content type {headers.get('Content-Type')!r} is not "
+                                                   "application/json or application/x-www-form-urlencoded")
             body = await _read_limited(request, services.config.server.max_body_bytes)
             signature = headers.get("X-Hub-Signature-256")
             secret = services.config.github.webhook_secret
-            if not signature or not secret:
+            if not secret:  # fail closed; `litbotd run` refuses to start this way anyway
+                raise _Refused(401, "bad_signature", "no webhook secret configured")
+            if not signature:
                 raise _Refused(401, "bad_signature", "missing X-Hub-Signature-256 header")
             # validate_event also accepts "sha1=": this header must carry SHA-256.
             if not signature.startswith("sha256="):
@@ -131,7 +141,7 @@ def make_app(services: Services) -> web.Application:
             fields.update(action=action if isinstance(action, str) else None,
                           repo=repo.get("full_name") if isinstance(repo, dict) else None)
             if event == "ping":
-                return _done(label, "ping", 200, {"ok": True, "zen": payload.get("zen")}, fields, started)
+                return _answer(label, "ping", 200, {"ok": True, "zen": payload.get("zen")}, fields, started)
             try:
                 tasks, reason = tasks_for(event, payload, delivery,
                                           command_prefix=services.config.github.command_prefix)
@@ -140,29 +150,20 @@ def make_app(services: Services) -> web.Application:
             if not tasks:
                 # Unclaimed: GitHub may redeliver it harmlessly, and Redis is spared a key per no-op.
                 loud = reason == "logged" or "no installation" in reason
-                return _done(label, "ignored", 200, {"delivery": delivery, "ignored": reason}, fields, started,
-                             reason=reason, quiet=not loud)
+                return _answer(label, "ignored", 200, {"delivery": delivery, "ignored": reason}, fields, started,
+                               reason=reason, level="info" if loud else "debug")
             try:
                 async with asyncio.timeout(REDIS_TIMEOUT):
                     fresh = await services.queue.enqueue_delivery(delivery, tasks)
             except REDIS_ERRORS as e:
                 raise _Refused(503, "redis_down", f"queue unavailable ({type(e).__name__})") from None
             if not fresh:
-                return _done(label, "duplicate", 200, {"delivery": delivery, "duplicate": True}, fields, started)
-            return _done(label, "queued", 202, {"delivery": delivery, "queued": len(tasks)}, fields, started,
-                         tasks=len(tasks))
+                return _answer(label, "duplicate", 200, {"delivery": delivery, "duplicate": True}, fields, started)
+            return _answer(label, "queued", 202, {"delivery": delivery, "queued": len(tasks)}, fields, started,
+                           tasks=len(tasks))
         except _Refused as r:
-            return _done(label, r.outcome, r.status, {"error": r.reason}, fields, started,
-                         reason=r.reason, level="warning")
-
-    def _done(label: str, outcome: str, status: int, body: dict[str, Any], fields: dict[str, Any],
-              started: float, *, quiet: bool = False, level: str = "info", **extra: Any) -> web.Response:
-        metrics.WEBHOOKS.labels(label, outcome).inc()
-        emit = log.debug if quiet else log.warning if level == "warning" else log.info
-        # Never the body: only what identifies the delivery (SPEC §8).
-        emit("webhook", **{k: v for k, v in fields.items() if v is not None}, outcome=outcome, status=status,
-             ms=round((time.perf_counter() - started) * 1000, 1), **extra)
-        return _json(status, body)
+            return _answer(label, r.outcome, r.status, {"error": r.reason}, fields, started,
+                           reason=r.reason, level="warning")
 
     async def healthz(request: web.Request) -> web.Response:
         body: dict[str, Any] = {"redis": False, "loop_lag_s": round(services.loop_lag, 3), "queued": None,

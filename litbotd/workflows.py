@@ -194,8 +194,9 @@ def _decode(raw: str | bytes) -> str:
 
 def _load(text: str) -> tuple[Any, Node | None]:
     """The data of a single-document YAML text and its node tree (for lines and raw scalars)."""
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # the reader checks every character here
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
     except yaml.reader.ReaderError as e:
@@ -203,13 +204,14 @@ def _load(text: str) -> tuple[Any, Node | None]:
         raise _Invalid((), f"invalid character {chr(e.character)!r} (U+{e.character:04X})", line) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        reason = " ".join(p for p in (e.context, e.problem) if p) or "invalid YAML"
+        reason = ": ".join(p for p in (e.context, e.problem) if p) or "invalid YAML"
         raise _Invalid((), f"invalid YAML: {reason}", _line_of(mark)) from None
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:
         # e.g. `2024-02-30` resolves as a date that does not exist; `!!int x`.
         raise _Invalid((), f"invalid YAML value: {e}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, node
 
 
@@ -261,12 +263,10 @@ class _Doc:
         return where, node
 
     def line(self, path: tuple[str | int, ...]) -> int | None:
-        """The line of the deepest node of `path` found (the offending key, or its closest parent)."""
-        for n in range(len(path), -1, -1):
-            where, node = self._find(path[:n])
-            if where is not None or node is not None:
-                return ((where or node).start_mark.line + 1)  # type: ignore[union-attr]
-        return None
+        """The line of the offending key, or of its closest parent that the file has."""
+        where, node = self._find(path)
+        found = where or node or self.root
+        return found.start_mark.line + 1 if found is not None else None
 
     def error(self, file: str, e: _Invalid) -> WorkflowError:
         where = _fmt_path(e.path)
@@ -307,15 +307,20 @@ def _fmt_path(path: tuple[str | int, ...]) -> str:
     return out
 
 
-def _unknown_keys(data: Mapping[Any, Any], allowed: tuple[str, ...], path: tuple[str | int, ...],
-                  hint: str = "") -> None:
+def _unknown_keys(data: Mapping[Any, Any], allowed: tuple[str, ...], path: tuple[str | int, ...]) -> None:
     for key in data:
         if not isinstance(key, str):
             raise _Invalid(path + (str(key),), f"expected a string key, got {_type_name(key)}")
         if key not in allowed:
             close = difflib.get_close_matches(key, allowed, n=1)
             suggestion = f"; did you mean '{close[0]}'?" if close else ""
-            raise _Invalid(path + (key,), f"unknown key (expected one of: {', '.join(allowed)}){suggestion}{hint}")
+            raise _Invalid(path + (key,), f"unknown key (expected one of: {', '.join(allowed)}){suggestion}")
+
+
+def _opt(data: Mapping[str, Any], key: str, default: Any) -> Any:
+    """An optional key; written as null it means the default, anything else is checked later."""
+    value = data.get(key)
+    return default if value is None else value
 
 
 def _want(value: Any, kind: type, what: str, path: tuple[str | int, ...]) -> Any:
@@ -396,7 +401,7 @@ class _Workflow:
     file: str
     path: tuple[str | int, ...]          # () or ("workflows", i): where it sits in its file
     branches: tuple[str, ...] | None     # None: every base branch; () : not on pull_request
-    settings: dict[str, Any]             # image/machine/interruptible/timeout as written, validated
+    settings: dict[str, Any]             # image/machine/interruptible/timeout (seconds) if written
     env: dict[str, str]
     script: str
     cells: tuple[_Cell, ...] | None      # None: no matrix, one run with the bare name
@@ -473,6 +478,9 @@ def _trigger(value: Any, path: tuple[str | int, ...]) -> tuple[str, ...] | None:
                         _glob_regex(p.removeprefix("!"))
                     except re.error as e:
                         raise _Invalid(epath + ("branches", i), f"invalid pattern {p!r}: {e}") from None
+                if branches and all(p.startswith("!") for p in branches):
+                    raise _Invalid(epath + ("branches",), "needs at least one pattern without '!'"
+                                                          " (a '!pattern' only excludes what an earlier one matched)")
                 patterns = tuple(branches) or None  # an empty list filters nothing, as before
         if event == "pull_request":
             result = patterns
@@ -485,9 +493,9 @@ def _matrix_cells(value: Any, path: tuple[str | int, ...], doc: _Doc,
         return None
     _want(value, dict, "a mapping", path)
     _unknown_keys(value, PARAMETRIZE_KEYS, path)
-    matrix = value.get("matrix") or {}
-    include = value.get("include") or []
-    exclude = value.get("exclude") or []
+    matrix = _opt(value, "matrix", {})
+    include = _opt(value, "include", [])
+    exclude = _opt(value, "exclude", [])
     mpath, ipath, xpath = path + ("matrix",), path + ("include",), path + ("exclude",)
     _want(matrix, dict, "a mapping of lists", mpath)
     _want(include, list, "a list of cells", ipath)
@@ -534,7 +542,7 @@ def _matrix_cells(value: Any, path: tuple[str | int, ...], doc: _Doc,
             raise _Invalid(epath, "an include entry must set at least one key")
         items = []
         # Matrix keys first, in matrix order, then the entry's own keys as written.
-        for key in sorted(entry, key=lambda k: (order.get(k, len(order)),)):
+        for key in sorted(entry, key=lambda k: order.get(k, len(order))):
             _cell_key(key, epath + (key,), entry)
             items.append((key, entry[key], _cell_value(key, entry[key], epath + (key,), doc, defaults)))
         cell = _Cell(tuple(items))
@@ -574,8 +582,9 @@ def _workflow(data: Any, file: str, path: tuple[str | int, ...], doc: _Doc, defa
               default_name: str | None) -> _Workflow:
     if not isinstance(data, dict):
         raise _Invalid(path, f"expected a mapping of workflow keys, got {_type_name(data)}")
-    hint = " (a list under 'workflows:' is only allowed in .litci.yaml)" if "workflows" in data and not path else ""
-    _unknown_keys(data, WORKFLOW_KEYS, path, hint)
+    if "workflows" in data and not path:
+        raise _Invalid(("workflows",), "a list of workflows is only allowed in .litci.yaml at the repository root")
+    _unknown_keys(data, WORKFLOW_KEYS, path)
 
     if "name" in data:
         name = _non_empty_str(data["name"], path + ("name",))
@@ -593,7 +602,7 @@ def _workflow(data: Any, file: str, path: tuple[str | int, ...], doc: _Doc, defa
         raise _Invalid(path + ("mode",), f"expected one of: {', '.join(MODES)}")
 
     env: dict[str, str] = {}
-    raw_env = data.get("env") or {}
+    raw_env = _opt(data, "env", {})
     _want(raw_env, dict, "a mapping of names to values", path + ("env",))
     for key, value in raw_env.items():
         kpath = path + ("env", str(key))

@@ -1,0 +1,208 @@
+"""Jobs on this machine (`[jobs.local]`): one directory per job, one detached runner per job.
+
+Layout of `{workdir}/{name}/` (mode 0700):
+  run.json     what the runner runs: bootstrap argv, environment (no token), slot settings
+  token        the GITHUB_TOKEN, mode 0600; the runner reads and deletes it at once
+  status.json  state, pid, pgid, exit_code, message, timed_out, created/started/finished
+               (written atomically: temp file + rename, by the daemon once, then by the runner)
+  log.txt      the job's combined stdout and stderr
+  result.json  the bootstrap's result (exit code, timeout, fetch error, stopped)
+  stop         exists once `stop` was called
+`os.mkdir` of the directory is the start-or-find lock: whoever creates it starts the job; anyone
+else finds it. Slots for `max_parallel` are flock'ed files in `{workdir}/.slots/`.
+
+The job's environment is built from scratch (PATH, LANG, HOME = the job directory, CI=true, the
+workflow env), never inherited from the daemon, whose environment holds its secrets.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import litbotd
+
+from .base import BackendError, JobNotFound, JobSpec, JobStatus, Offload, check_name, scrub
+from .bootstrap import job_argv, job_env
+from .localrun import boot_id, process_start, write_json_atomic
+
+# A job whose runner has not recorded its pid this long after the directory was made never
+# started (the daemon died between mkdir and spawn).
+NEVER_STARTED_AFTER = 60.0
+TAIL_BLOCK = 64 * 1024
+TAIL_MAX_BYTES = 8 * 1024 * 1024
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, workdir: str, max_parallel: int, *, python: str = sys.executable,
+                 grace: float = 10.0, threads: int = 4, call_timeout: float = 30.0) -> None:
+        self.workdir = Path(workdir)
+        self.max_parallel = max_parallel
+        self.python = python
+        self.grace = grace  # SIGTERM -> SIGKILL delay when a script times out
+        self._offload = Offload(threads, call_timeout, "litci-local")
+
+    # --- interface ---------------------------------------------------------------------------
+    async def start(self, spec: JobSpec) -> JobStatus:
+        check_name(spec.name)
+        try:
+            return await self._offload.run(self._start, spec)
+        except (BackendError, JobNotFound):
+            raise
+        except OSError as e:
+            raise BackendError(scrub(f"cannot start local job {spec.name}: {e}", spec.secrets())) from None
+
+    async def status(self, name: str) -> JobStatus:
+        check_name(name)
+        return await self._offload.run(self._status, name)
+
+    async def log_tail(self, name: str, lines: int) -> str:
+        check_name(name)
+        return await self._offload.run(self._log_tail, name, lines)
+
+    async def stop(self, name: str) -> None:
+        check_name(name)
+        await self._offload.run(self._stop, name)
+
+    async def close(self) -> None:
+        self._offload.close()
+
+    # --- blocking parts (run on the thread pool) ---------------------------------------------
+    def _start(self, spec: JobSpec) -> JobStatus:
+        slots = self.workdir / ".slots"
+        slots.mkdir(parents=True, exist_ok=True)
+        jobdir = self.workdir / spec.name
+        try:
+            jobdir.mkdir(mode=0o700)
+        except FileExistsError:
+            return self._status(spec.name)  # someone started it already: find, don't start
+        env = {"PATH": os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+               "HOME": str(jobdir), "CI": "true", **job_env(spec)}
+        env.pop("GITHUB_TOKEN", None)  # goes through the token file, not run.json
+        write_json_atomic(jobdir / "run.json", {
+            "argv": job_argv(spec, python=self.python, workdir=str(jobdir),
+                             result_file=str(jobdir / "result.json"), grace=self.grace),
+            "env": env, "slots_dir": str(slots), "max_parallel": self.max_parallel,
+        })
+        if spec.token:
+            fd = os.open(jobdir / "token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(spec.token)
+        write_json_atomic(jobdir / "status.json", {"state": "pending", "pid": None, "created": time.time()})
+        pkg_root = str(Path(litbotd.__file__).resolve().parent.parent)
+        runner_env = {"PATH": env["PATH"], "LANG": "C.UTF-8", "PYTHONPATH": pkg_root}
+        try:
+            first = subprocess.Popen([self.python, "-m", "litbotd.backends.localrun", str(jobdir)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, cwd=jobdir, env=runner_env,
+                                     start_new_session=True)
+            first.wait(30)  # it forks the real runner and exits at once
+        except (OSError, subprocess.TimeoutExpired) as e:
+            message = scrub(f"failed to start: cannot run the local runner: {e}", spec.secrets())
+            write_json_atomic(jobdir / "status.json", {"state": "failed", "pid": None, "exit_code": None,
+                                                       "message": message, "finished": time.time()})
+            return JobStatus("failed", None, None, message)
+        return JobStatus("pending", None, None)
+
+    def _read_status(self, jobdir: Path) -> dict[str, Any] | None:
+        try:
+            data = json.loads((jobdir / "status.json").read_text())
+        except FileNotFoundError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _alive(self, st: dict[str, Any]) -> bool:
+        pid = st.get("pid")
+        if not isinstance(pid, int):
+            return False
+        if st.get("boot_id") and st["boot_id"] != boot_id():
+            return False  # the machine rebooted since
+        if st.get("proc_start"):
+            return process_start(pid) == st["proc_start"]  # "" when gone; differs when reused
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def _status(self, name: str) -> JobStatus:
+        jobdir = self.workdir / name
+        if not jobdir.is_dir():
+            raise JobNotFound(name)
+        st = self._read_status(jobdir)
+        if st is None:  # between mkdir and the first status write, or the daemon died there
+            age = time.time() - jobdir.stat().st_mtime
+            if age < NEVER_STARTED_AFTER:
+                return JobStatus("pending", None, None)
+            st = {"state": "pending", "pid": None, "created": jobdir.stat().st_mtime}
+        if st.get("state") in ("succeeded", "failed", "stopped"):
+            return self._to_status(st)
+        stop_requested = (jobdir / "stop").exists()
+        if not self._alive(st):
+            st2 = self._read_status(jobdir) or st  # it may have just written its final status
+            if st2.get("state") in ("succeeded", "failed", "stopped"):
+                return self._to_status(st2)
+            if st2.get("pid") is None and time.time() - float(st2.get("created") or 0) < NEVER_STARTED_AFTER:
+                return JobStatus("stopping" if stop_requested else "pending", None, None)
+            (jobdir / "token").unlink(missing_ok=True)
+            if stop_requested:
+                return JobStatus("stopped", None, None, "stopped")
+            if st2.get("pid") is None:
+                return JobStatus("failed", None, None, "failed to start: the local runner never started")
+            return JobStatus("failed", None, None,
+                             "the local runner died without a final status (machine reboot or killed)")
+        if stop_requested:
+            return JobStatus("stopping", None, None, "stop requested")
+        return self._to_status(st)
+
+    @staticmethod
+    def _to_status(st: dict[str, Any]) -> JobStatus:
+        code = st.get("exit_code")
+        return JobStatus(state=st["state"], exit_code=code if isinstance(code, int) else None, url=None,
+                         message=str(st.get("message") or ""), timed_out=bool(st.get("timed_out")))
+
+    def _stop(self, name: str) -> None:
+        jobdir = self.workdir / name
+        if not jobdir.is_dir():
+            return
+        (jobdir / "stop").touch()  # seen by a runner that has not started the script yet
+        st = self._read_status(jobdir)
+        if st is None or st.get("state") in ("succeeded", "failed", "stopped") or not self._alive(st):
+            return
+        pgid = st.get("pgid")
+        if isinstance(pgid, int) and pgid > 1:
+            try:
+                os.killpg(pgid, signal.SIGTERM)  # the runner and the bootstrap; it kills the script's group
+            except ProcessLookupError:
+                pass
+
+    def _log_tail(self, name: str, lines: int) -> str:
+        jobdir = self.workdir / name
+        if not jobdir.is_dir():
+            raise JobNotFound(name)
+        if lines <= 0:
+            return ""
+        try:
+            f = open(jobdir / "log.txt", "rb")
+        except FileNotFoundError:
+            return ""
+        with f:
+            end = f.seek(0, os.SEEK_END)
+            pos, data = end, b""
+            # read backwards block by block: a huge log is never read whole
+            while pos > 0 and data.count(b"\n") <= lines and end - pos < TAIL_MAX_BYTES:
+                step = min(TAIL_BLOCK, pos)
+                pos -= step
+                f.seek(pos)
+                data = f.read(step) + data
+        text = data.decode("utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])

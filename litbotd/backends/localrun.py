@@ -1,0 +1,169 @@
+"""`python -m litbotd.backends.localrun DIR`: the detached runner of one local job.
+
+Started by `LocalBackend.start` in a new session; it forks once more and the first process exits,
+so the runner belongs to no daemon process: a daemon restart, even SIGKILL, neither kills it nor
+loses what it writes. Everything about the job lives in DIR (see local.py for the layout).
+
+The runner: records its identity in status.json, takes the GITHUB_TOKEN from the 0600 token file
+(deleting it at once), waits for one of `max_parallel` slots (an flock on one of N lock files,
+held until it exits), runs the bootstrap with stdout+stderr to log.txt, and writes the final
+status from the bootstrap's result file. SIGTERM (sent by `stop` to the runner's process group,
+which the bootstrap shares) ends a pending job at once and a running one via the bootstrap,
+which kills the script's process group.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .bootstrap import result_from_json
+
+SLOT_POLL = 0.2  # seconds between tries for a free slot
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Readers see the old or the new file, never a half-written one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def process_start(pid: int) -> str:
+    """The kernel's start time of a process: with the boot id, tells a pid from its reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the "(comm)" field
+
+
+class Runner:
+    def __init__(self, jobdir: Path) -> None:
+        self.dir = jobdir
+        self.run: dict[str, Any] = {}
+        self.status: dict[str, Any] = {}
+        self.stop_requested = False
+        self.child: subprocess.Popen[bytes] | None = None
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM)  # in case only the runner was signalled
+
+    def stopping(self) -> bool:
+        return self.stop_requested or (self.dir / "stop").exists()
+
+    def write(self, **fields: Any) -> None:
+        self.status.update(fields)
+        write_json_atomic(self.dir / "status.json", self.status)
+
+    def log(self, line: str) -> None:
+        with open(self.dir / "log.txt", "a") as f:
+            f.write(line + "\n")
+
+    def take_slot(self) -> int | None:
+        """Blocks until a slot is free (returns its fd, kept open) or a stop is requested (None)."""
+        slots = Path(self.run["slots_dir"])
+        waiting_said = False
+        while not self.stopping():
+            for i in range(int(self.run["max_parallel"])):
+                fd = os.open(slots / f"slot-{i}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return fd
+                except BlockingIOError:
+                    os.close(fd)
+            if not waiting_said:
+                self.log(f"litci: waiting for a free slot (max_parallel={self.run['max_parallel']})")
+                waiting_said = True
+            time.sleep(SLOT_POLL)
+        return None
+
+    def main(self) -> None:
+        self.run = json.loads((self.dir / "run.json").read_text())
+        self.status = json.loads((self.dir / "status.json").read_text())
+        self.write(state="pending", pid=os.getpid(), pgid=os.getpgid(0), boot_id=boot_id(),
+                   proc_start=process_start(os.getpid()))
+        token_file = self.dir / "token"
+        token = ""
+        if token_file.exists():
+            token = token_file.read_text()
+            token_file.unlink()
+        slot = self.take_slot()
+        if slot is None:
+            self.write(state="stopped", message="stopped before it started", finished=time.time())
+            return
+        if self.stopping():
+            self.write(state="stopped", message="stopped before it started", finished=time.time())
+            return
+        env = dict(self.run["env"])
+        if token:
+            env["GITHUB_TOKEN"] = token
+        self.write(state="running", started=time.time())
+        with open(self.dir / "log.txt", "ab") as log:
+            self.child = subprocess.Popen(self.run["argv"], stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT, env=env, cwd=self.dir)
+        rc = self.child.wait()
+        self.write(finished=time.time(), **self.outcome(rc))
+
+    def outcome(self, rc: int) -> dict[str, Any]:
+        try:
+            result = result_from_json(json.loads((self.dir / "result.json").read_text()))
+        except (OSError, ValueError):
+            result = None
+        if result is None:
+            if self.stopping():
+                return {"state": "stopped", "exit_code": None, "message": "stopped"}
+            return {"state": "failed", "exit_code": None,
+                    "message": f"the job's bootstrap ended with status {rc} without a result (killed?)"}
+        if result.kind == "exit":
+            ok = result.exit_code == 0
+            return {"state": "succeeded" if ok else "failed", "exit_code": result.exit_code,
+                    "message": f"exit code {result.exit_code}"}
+        if result.kind == "timeout":
+            return {"state": "failed", "exit_code": None, "timed_out": True,
+                    "message": f"timed out after {result.detail}s"}
+        if result.kind == "error":
+            return {"state": "failed", "exit_code": None, "message": f"failed to start: {result.detail}"}
+        return {"state": "stopped", "exit_code": None, "message": "stopped"}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m litbotd.backends.localrun JOBDIR", file=sys.stderr)
+        return 2
+    # Detach: the starter waits only for this first process; the runner is the forked child.
+    if os.fork() > 0:
+        return 0
+    runner = Runner(Path(argv[0]))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, runner.on_signal)
+    try:
+        runner.main()
+    except Exception as e:  # an unexpected failure must still end in a final status
+        runner.write(state="failed", exit_code=None, finished=time.time(),
+                     message=f"the local runner failed: {type(e).__name__}: {e}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

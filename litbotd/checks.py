@@ -1,0 +1,140 @@
+"""The GitHub side of a PR: workflow files at a ref, check runs, the sticky comment, reactions.
+
+Thin: each function is one or two REST calls through GitHubApp, written so that repeating it
+after a crash finds what the first attempt created instead of creating it again.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+from .github import GitHubApp, GitHubError
+from .queue import Queue
+from .report import MARKER
+from .workflows import MAX_FILE_BYTES, is_workflow_path
+
+RAW = "application/vnd.github.raw+json"
+WORKFLOW_DIR = ".lightning/workflows"
+ROOT_FILES = (".litci.yaml", ".litci.yml")
+
+
+def iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+async def _get_or_none(gh: GitHubApp, path: str, inst: int, **kw: Any) -> Any:
+    try:
+        return await gh.get(path, inst, **kw)
+    except GitHubError as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+async def workflow_files(gh: GitHubApp, inst: int, repo: str, ref: str) -> dict[str, bytes]:
+    """The workflow files at `ref`, by the contents API: one listing plus one call per file, however
+    large the repository (the job fetches the code itself)."""
+    files: dict[str, bytes] = {}
+    params = {"ref": ref}
+    for name in ROOT_FILES:
+        body = await _get_or_none(gh, f"/repos/{repo}/contents/{name}", inst, params=params, accept=RAW)
+        if body is not None:
+            files[name] = _as_bytes(body)
+    listing = await _get_or_none(gh, f"/repos/{repo}/contents/{WORKFLOW_DIR}", inst, params=params)
+    for entry in listing if isinstance(listing, list) else []:
+        path = entry.get("path", "")
+        if entry.get("type") != "file" or not is_workflow_path(path):
+            continue
+        if int(entry.get("size", 0)) > MAX_FILE_BYTES:
+            # Don't download it: the planner rejects any file over the limit by its size.
+            files[path] = b" " * (MAX_FILE_BYTES + 1)
+            continue
+        files[path] = _as_bytes(await gh.get(f"/repos/{repo}/contents/{quote(path)}", inst, params=params, accept=RAW))
+    return files
+
+
+def _as_bytes(body: Any) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    raise GitHubError(500, "expected raw file content from the contents API")
+
+
+async def find_or_create_check(gh: GitHubApp, inst: int, repo: str, sha: str, name: str, external_id: str,
+                               **fields: Any) -> int:
+    """A check run identified by (SHA, name, external_id): found again if it exists, else created."""
+    found = await gh.get(f"/repos/{repo}/commits/{sha}/check-runs", inst,
+                         params={"check_name": name, "filter": "all", "per_page": 100})
+    for run in (found or {}).get("check_runs", []):
+        if run.get("external_id") == external_id:
+            if fields:
+                await update_check(gh, inst, repo, run["id"], **fields)
+            return int(run["id"])
+    created = await gh.post(f"/repos/{repo}/check-runs", inst,
+                            data={"name": name, "head_sha": sha, "external_id": external_id, **fields})
+    return int(created["id"])
+
+
+async def update_check(gh: GitHubApp, inst: int, repo: str, check_id: int, **fields: Any) -> None:
+    await gh.patch(f"/repos/{repo}/check-runs/{check_id}", inst, data=fields)
+
+
+async def permission(gh: GitHubApp, inst: int, repo: str, user: str) -> tuple[str | None, str | None]:
+    body = await _get_or_none(gh, f"/repos/{repo}/collaborators/{quote(user)}/permission", inst)
+    if not body:
+        return None, None
+    return body.get("permission"), body.get("role_name")
+
+
+async def react(gh: GitHubApp, inst: int, repo: str, comment_id: int, content: str) -> None:
+    await gh.post(f"/repos/{repo}/issues/comments/{comment_id}/reactions", inst, data={"content": content})
+
+
+async def pull(gh: GitHubApp, inst: int, repo: str, pr: int) -> dict[str, Any]:
+    return await gh.get(f"/repos/{repo}/pulls/{pr}", inst)
+
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+async def upsert_comment(gh: GitHubApp, queue: Queue, inst: int, repo: str, pr: int, body: str,
+                         known_id: int | None, wait: float = 30.0) -> int:
+    """Edit the PR's summary comment in place, creating it once. A per-PR Redis lock serialises
+    writers (several workers, several daemons), so two never both create it; the hidden marker
+    finds it again when the remembered id is lost."""
+    lock = queue.key("lock", "comment", f"{repo}#{pr}")
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + wait
+    while not await queue.redis.set(lock, token, nx=True, px=int(wait * 1000)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"summary comment of {repo}#{pr} is locked by another worker")
+        await asyncio.sleep(0.05)  # poll the lock with a deadline
+    try:
+        comment_id = known_id or await _find_comment(gh, inst, repo, pr)
+        if comment_id:
+            try:
+                await gh.patch(f"/repos/{repo}/issues/comments/{comment_id}", inst, data={"body": body})
+                return comment_id
+            except GitHubError as e:
+                if e.status != 404:
+                    raise
+                # Deleted by a person: make a new one.
+        created = await gh.post(f"/repos/{repo}/issues/{pr}/comments", inst, data={"body": body})
+        return int(created["id"])
+    finally:
+        await queue.redis.eval(_UNLOCK, 1, lock, token)
+
+
+async def _find_comment(gh: GitHubApp, inst: int, repo: str, pr: int) -> int | None:
+    async for comment in gh.paginate(f"/repos/{repo}/issues/{pr}/comments", inst, params={"per_page": 100}):
+        if MARKER in (comment.get("body") or ""):
+            return int(comment["id"])
+    return None
+

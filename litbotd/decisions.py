@@ -1,0 +1,129 @@
+"""The task state machine's decisions, as pure functions (no Redis, no HTTP).
+
+lifecycle.py gathers the facts (job status, clocks, run state), asks these functions what to do,
+and does it.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+# GitHub's conclusions (SPEC §5).
+SUCCESS, FAILURE, TIMED_OUT, CANCELLED, NEUTRAL, ACTION_REQUIRED = (
+    "success", "failure", "timed_out", "cancelled", "neutral", "action_required")
+WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
+
+
+def job_name(repo: str, sha: str, run_key: str, attempt: int) -> str:
+    """Deterministic, so a crash between starting a job and recording it finds the same job."""
+    digest = hashlib.sha256(f"{repo}\n{sha}\n{run_key}\n{attempt}".encode()).hexdigest()[:20]
+    return f"litci-{digest}"
+
+
+def external_id(run_key: str, attempt: int) -> str:
+    """The check run's external_id: how a re-executed task finds the check run it already created."""
+    return f"{run_key}/{attempt}"
+
+
+def parse_external_id(value: str | None) -> tuple[str, int] | None:
+    if not value or "/" not in value:
+        return None
+    key, _, attempt = value.rpartition("/")
+    return (key, int(attempt)) if attempt.isdigit() else None
+
+
+def next_poll(current: float, first: float, cap: float) -> float:
+    """wait_job polls back off from poll_interval to poll_interval_max."""
+    return min(cap, max(first, current * 1.5))
+
+
+@dataclass(frozen=True)
+class WaitDecision:
+    action: str          # "poll" | "results" | "stop"
+    conclusion: str | None = None
+    message: str = ""
+
+
+def decide_wait(state: str, now: float, queued_at: float, running_since: float | None,
+                timeout: float, queue_timeout: float, grace: float) -> WaitDecision:
+    """What a wait_job poll does with the job's state.
+
+    The job enforces its own timeout (bootstrap kills the script); the bot enforces it again
+    after a grace, for a job whose platform never reports back."""
+    if state in ("succeeded", "failed", "stopped", "unknown"):
+        return WaitDecision("results")
+    if state == "pending" and now - queued_at > queue_timeout:
+        return WaitDecision("stop", TIMED_OUT, f"the job stayed pending longer than {_mins(queue_timeout)} (queue_timeout)")
+    if state in ("running", "stopping") and running_since is not None and now - running_since > timeout + grace:
+        return WaitDecision("stop", TIMED_OUT, f"the job ran longer than its timeout of {_mins(timeout)}")
+    return WaitDecision("poll")
+
+
+def conclusion_for(state: str, exit_code: int | None, timed_out: bool, cancel_reason: str | None) -> str:
+    """A final job state → the check run's conclusion (SPEC §5)."""
+    if cancel_reason:
+        return CANCELLED
+    if timed_out:
+        return TIMED_OUT
+    if state == "succeeded" and exit_code in (0, None):
+        return SUCCESS
+    if state == "failed" or (exit_code not in (None, 0)):
+        return FAILURE
+    return NEUTRAL  # stopped by someone else, or unknown: we cannot say how it went
+
+
+def _mins(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
+@dataclass(frozen=True)
+class Command:
+    verb: str                 # "run" | "cancel" | "ok-to-test" | "unknown"
+    names: tuple[str, ...] = ()
+    text: str = ""
+
+
+_VERBS = ("run", "cancel", "ok-to-test")
+
+
+def parse_command(body: str, prefix: str) -> Command | None:
+    """`/litci run [NAME…]`, `/litci cancel`, `/litci ok-to-test`; None when not addressed to us.
+    Names may be quoted to hold spaces: /litci run "PR checks (3.11)"."""
+    line = body.strip().splitlines()[0].strip() if body.strip() else ""
+    if not line.startswith(prefix) or (len(line) > len(prefix) and not line[len(prefix)].isspace()):
+        return None
+    rest = line[len(prefix):].strip()
+    verb, _, args = rest.partition(" ")
+    if verb not in _VERBS:
+        return Command("unknown", text=line)
+    names = tuple(m.group(1) or m.group(2) for m in re.finditer(r'"([^"]+)"|(\S+)', args))
+    if verb != "run" and names:
+        return Command("unknown", text=line)
+    return Command(verb, names, line)
+
+
+def may_command(permission: str | None, role_name: str | None) -> bool:
+    return (permission or "").lower() in WRITE_PERMISSIONS or (role_name or "").lower() in WRITE_PERMISSIONS
+
+
+def is_trusted(fork: bool, association: str, trusted: tuple[str, ...]) -> bool:
+    """Fork safety: a fork PR by someone outside `trusted_associations` starts nothing unapproved."""
+    return not fork or association.upper() in {a.upper() for a in trusted}
+
+
+def select_runs(check_names: dict[str, str], names: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Runs named by `/litci run NAME…`: a name matches a check name exactly or its workflow prefix
+    ("PR checks" selects every "PR checks (…)"), case-insensitively. Returns (run keys, unknown names)."""
+    if not names:
+        return sorted(check_names), []
+    picked: set[str] = set()
+    unknown = []
+    for name in names:
+        n = name.lower()
+        hits = [k for k, c in check_names.items() if c.lower() == n or c.lower().startswith(n + " (")]
+        if hits:
+            picked.update(hits)
+        else:
+            unknown.append(name)
+    return sorted(picked), unknown

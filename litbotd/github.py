@@ -1,0 +1,330 @@
+"""The GitHub App client: App JWT, installation tokens, retries, rate limits, pacing (SPEC §5).
+
+A thin I/O adapter. It speaks HTTP with aiohttp directly and borrows gidgethub's sans-I/O pieces
+(`gidgethub.apps.get_jwt` for the App JWT, `gidgethub.sansio.create_headers` for the request
+headers). gidgethub's own `GitHubAPI` is not used: it raises on the first 403/429/5xx and has no
+hook for waiting and retrying, and every retry, rate-limit wait and pacing step lives in one loop
+(`request`) here.
+
+- Installation tokens are cached in the process and in Redis (`<queue>:token:<id>`), until five
+  minutes before they expire, so that several daemons share one token. The token is minted under a
+  short Redis lock (`SET NX PX`): concurrent callers mint once, the others wait for the cached copy.
+- 5xx, connection errors and timeouts are retried with exponential backoff and jitter
+  (`MAX_ATTEMPTS` in all). 403/429 rate limits wait as GitHub says: `Retry-After`, else until
+  `x-ratelimit-reset` when `x-ratelimit-remaining` is 0, else (secondary limit) at least a minute,
+  doubling; no single wait is longer than `MAX_WAIT`.
+- Content-creating calls (POST/PATCH/PUT/DELETE with an installation token) pass a sliding-window
+  pacer kept in Redis (`<queue>:pace:<id>`), shared by every daemon: at most `PACE_PER_MINUTE` in
+  any 60 s and `PACE_PER_HOUR` in any hour per installation. A burst below the budget goes out at
+  once; a call over it waits until the oldest call in the window leaves it.
+- Tokens, JWTs and keys never reach a URL, a log line or an exception message.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import secrets
+import time
+import urllib.parse
+from datetime import datetime
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from gidgethub import apps, sansio
+
+from . import logs, metrics
+from .services import Services
+
+log = logs.get("litbotd.github")
+
+USER_AGENT = "litbotd"
+API_VERSION = "2022-11-28"
+TIMEOUT = aiohttp.ClientTimeout(total=120, connect=10, sock_read=60)
+MAX_ATTEMPTS = 5          # per call, for 5xx/connection errors and, separately, for rate-limit waits
+BACKOFF_BASE = 1.0        # seconds; doubles per attempt, with jitter
+BACKOFF_MAX = 30.0
+MAX_WAIT = 15 * 60.0      # the longest single wait for a rate limit
+SECONDARY_WAIT = 60.0     # GitHub: without Retry-After, wait at least a minute
+TOKEN_MARGIN = 5 * 60.0   # a token this close to expiry is replaced
+TOKEN_LOCK_MS = 10_000
+PACE_PER_MINUTE = 80
+PACE_PER_HOUR = 500
+CONTENT_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+
+# KEYS: the installation's window (sorted set, score = time of a call).
+# ARGV: now, per minute, per hour, a unique member. Returns "0" when the call may go (and records
+# it), else the seconds to wait, as a string (a Lua number would reach the client truncated).
+_PACE = """
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return tostring(tonumber(oldest[2]) + 3600 - now)
+end
+local since = '(' .. tostring(now - 60)
+if redis.call('ZCOUNT', KEYS[1], since, '+inf') >= tonumber(ARGV[2]) then
+  local first = redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  return tostring(tonumber(first[2]) + 60 - now)
+end
+redis.call('ZADD', KEYS[1], now, ARGV[4])
+redis.call('EXPIRE', KEYS[1], 3601)
+return '0'
+"""
+
+# KEYS: lock. ARGV: our value. Delete the lock only if we still hold it.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_NEXT_RE = re.compile(r'<([^>]+)>\s*;\s*rel="next"')
+
+
+class GitHubError(Exception):
+    """A GitHub API call that failed for good. `status` is the HTTP status, or 0 when no response
+    came (connection error, timeout). The message never holds a token, JWT or key."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = logs.redact(message)
+        super().__init__(self.message)
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _error_text(body: Any) -> str:
+    if isinstance(body, dict):
+        return str(body.get("message", ""))
+    if isinstance(body, bytes):
+        return body[:200].decode("utf-8", "replace")
+    return str(body)[:200]
+
+
+def _decode(content: bytes, ctype: str, raw: bool) -> Any:
+    """JSON parsed, text as str, anything else (tarballs, raw file contents) as bytes."""
+    if not raw and "json" in ctype:
+        try:
+            return json.loads(content) if content else None
+        except ValueError:
+            pass
+    if not raw and ctype.startswith("text/"):
+        return content.decode("utf-8", "replace")
+    return content
+
+
+class GitHubApp:
+    def __init__(self, services: Services, *, sleep: Callable[[float], Awaitable[Any]] | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        """`sleep` and `clock` are injectable so tests can check waits without waiting."""
+        self.services = services
+        self._sleep = sleep or asyncio.sleep
+        self._clock = clock or time.time
+        self._session: aiohttp.ClientSession | None = None
+        self._tokens: dict[int, tuple[str, float]] = {}
+        self._pace = services.redis.register_script(_PACE)
+        self._unlock = services.redis.register_script(_UNLOCK)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
+        return self._session
+
+    # -- authentication ---------------------------------------------------------------------------
+    def jwt(self) -> str:
+        """The App JWT (RS256; iat 60 s in the past, exp 10 minutes after iat)."""
+        gh = self.services.config.github
+        return apps.get_jwt(app_id=str(gh.app_id), private_key=gh.private_key)
+
+    async def installation_token(self, installation_id: int) -> str:
+        """A token for the installation, shared through Redis until 5 minutes before it expires."""
+        cached = self._tokens.get(installation_id)
+        if cached and cached[1] - TOKEN_MARGIN > self._clock():
+            return cached[0]
+        redis = self.services.redis
+        key = self.services.queue.key("token", str(installation_id))
+        lock = self.services.queue.key("token", str(installation_id), "lock")
+        while True:
+            if (token := await self._shared_token(key, installation_id)) is not None:
+                return token
+            me = secrets.token_hex(8)
+            if await redis.set(lock, me, nx=True, px=TOKEN_LOCK_MS):
+                try:
+                    # Another daemon may have stored one between our read and our lock.
+                    if (token := await self._shared_token(key, installation_id)) is not None:
+                        return token
+                    token, expires = await self._mint(installation_id, None)
+                    ttl = max(1, int(expires - TOKEN_MARGIN - self._clock()))
+                    await redis.set(key, json.dumps({"token": token, "expires_at": expires}), ex=ttl)
+                    self._tokens[installation_id] = (token, expires)
+                    log.info("minted an installation token", installation=installation_id)
+                    return token
+                finally:
+                    await self._unlock(keys=[lock], args=[me])
+            # Someone else is minting: poll for their token (the lock expires if they died).
+            await asyncio.sleep(0.05)
+
+    async def _shared_token(self, key: str, installation_id: int) -> str | None:
+        raw = await self.services.redis.get(key)
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        if data["expires_at"] - TOKEN_MARGIN <= self._clock():
+            return None
+        self._tokens[installation_id] = (data["token"], data["expires_at"])
+        return data["token"]
+
+    async def scoped_token(self, installation_id: int, repo: str) -> str:
+        """A fresh token for one repository with contents:read only, for a job (SPEC §4). Not cached."""
+        token, _ = await self._mint(installation_id, {"repositories": [repo.split("/")[-1]],
+                                                      "permissions": {"contents": "read"}})
+        return token
+
+    async def _mint(self, installation_id: int, scope: dict[str, Any] | None) -> tuple[str, float]:
+        body = await self.post(f"/app/installations/{installation_id}/access_tokens", None, data=scope)
+        return body["token"], _epoch(body["expires_at"])
+
+    async def _forget_token(self, installation_id: int) -> None:
+        self._tokens.pop(installation_id, None)
+        await self.services.redis.delete(self.services.queue.key("token", str(installation_id)))
+
+    # -- requests ---------------------------------------------------------------------------------
+    def _url(self, path: str) -> str:
+        base = self.services.config.github.api_url.rstrip("/")
+        if not path.startswith(("http://", "https://")):
+            return base + "/" + path.lstrip("/")
+        # Absolute URLs come from Link headers; a token must never go to another host.
+        if urllib.parse.urlsplit(path)[:2] != urllib.parse.urlsplit(base)[:2]:
+            raise GitHubError(0, f"refusing to call {urllib.parse.urlsplit(path).netloc}: not the GitHub API host")
+        return path
+
+    async def _wait_for_pace(self, installation_id: int) -> None:
+        key = self.services.queue.key("pace", str(installation_id))
+        while True:
+            wait = float(await self._pace(keys=[key], args=[repr(self._clock()), PACE_PER_MINUTE, PACE_PER_HOUR,
+                                                            secrets.token_hex(8)]))
+            if wait <= 0:
+                return
+            log.info("pacing content-creating GitHub calls", installation=installation_id, wait=round(wait, 2))
+            await self._sleep(min(max(wait, 0.001), MAX_WAIT))
+
+    def _limit_wait(self, status: int, headers: dict[str, str], body: Any, limited: int) -> float | None:
+        """Seconds to wait before retrying a rate-limited response, or None if it is not one."""
+        if status not in (403, 429):
+            return None
+        if "retry-after" in headers:
+            try:
+                return float(headers["retry-after"])
+            except ValueError:
+                pass
+        if headers.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in headers:
+            return max(1.0, float(headers["x-ratelimit-reset"]) - self._clock() + 1)
+        if status == 429 or "secondary rate limit" in _error_text(body).lower():
+            return SECONDARY_WAIT * 2 ** (limited - 1)
+        return None  # a plain 403: a permission problem, not a limit
+
+    async def request(self, method: str, path: str, installation_id: int | None, *, data: Any = None,
+                      params: dict | None = None, accept: str = "application/vnd.github+json",
+                      ) -> tuple[int, dict[str, str], Any]:
+        """One API call; `installation_id` None authenticates as the App (JWT). Returns
+        (status, lower-cased headers, body): parsed JSON, else bytes for the raw media type,
+        else text. Raises GitHubError for a status ≥ 400 once retries are spent."""
+        method = method.upper()
+        url = self._url(path)
+        where = urllib.parse.urlsplit(url).path  # for messages: never the query
+        raw = ".raw" in accept
+        failures = limited = 0
+        reauthed = False
+        while True:
+            if method in CONTENT_METHODS and installation_id is not None:
+                await self._wait_for_pace(installation_id)
+            if installation_id is None:
+                headers = sansio.create_headers(USER_AGENT, accept=accept, jwt=self.jwt())
+            else:
+                headers = sansio.create_headers(USER_AGENT, accept=accept,
+                                                oauth_token=await self.installation_token(installation_id))
+            headers["x-github-api-version"] = API_VERSION
+            kw: dict[str, Any] = {"headers": headers, "params": params}
+            if isinstance(data, (bytes, str)):
+                kw["data"] = data
+            elif data is not None:
+                kw["json"] = data
+            try:
+                async with self._http().request(method, url, **kw) as resp:
+                    status = resp.status
+                    rheaders = {k.lower(): v for k, v in resp.headers.items()}
+                    content = await resp.read()
+                    ctype = resp.content_type
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                failures += 1
+                if failures >= MAX_ATTEMPTS:
+                    raise GitHubError(0, f"{method} {where}: {type(e).__name__} after {failures} attempts") from None
+                wait = self._backoff(failures)
+                log.warning("GitHub unreachable, retrying", method=method, path=where, error=type(e).__name__,
+                            attempt=failures, wait=round(wait, 2))
+                await self._sleep(wait)
+                continue
+            if "x-ratelimit-remaining" in rheaders:
+                metrics.RATELIMIT_REMAINING.set(int(rheaders["x-ratelimit-remaining"]))
+            body = _decode(content, ctype, raw and status < 400)
+            if status < 400:
+                return status, rheaders, body
+            if (wait := self._limit_wait(status, rheaders, body, limited + 1)) is not None \
+                    and limited + 1 < MAX_ATTEMPTS:
+                limited += 1
+                wait = min(wait, MAX_WAIT)
+                log.warning("GitHub rate limit, waiting", method=method, path=where, status=status,
+                            wait=round(wait, 2), remaining=rheaders.get("x-ratelimit-remaining"))
+                await self._sleep(wait)
+                continue
+            if status == 401 and installation_id is not None and not reauthed:
+                # A revoked or stale cached token: mint a new one once.
+                reauthed = True
+                await self._forget_token(installation_id)
+                continue
+            if status >= 500 and failures + 1 < MAX_ATTEMPTS:
+                failures += 1
+                wait = self._backoff(failures)
+                log.warning("GitHub server error, retrying", method=method, path=where, status=status,
+                            attempt=failures, wait=round(wait, 2))
+                await self._sleep(wait)
+                continue
+            raise GitHubError(status, f"{method} {where}: {status} {_error_text(body)}".rstrip())
+
+    @staticmethod
+    def _backoff(attempt: int) -> float:
+        return min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+
+    async def get(self, path: str, installation_id: int | None, **kw: Any) -> Any:
+        return (await self.request("GET", path, installation_id, **kw))[2]
+
+    async def post(self, path: str, installation_id: int | None, **kw: Any) -> Any:
+        return (await self.request("POST", path, installation_id, **kw))[2]
+
+    async def patch(self, path: str, installation_id: int | None, **kw: Any) -> Any:
+        return (await self.request("PATCH", path, installation_id, **kw))[2]
+
+    async def put(self, path: str, installation_id: int | None, **kw: Any) -> Any:
+        return (await self.request("PUT", path, installation_id, **kw))[2]
+
+    async def paginate(self, path: str, installation_id: int | None, params: dict | None = None) -> AsyncIterator[Any]:
+        """Every item of a listing, following Link rel="next" (page numbers or cursors alike).
+        A listing wrapped in an object (`{"total_count": n, "check_runs": [...]}`) yields the list's items."""
+        url: str | None = path
+        while url is not None:
+            _, headers, body = await self.request("GET", url, installation_id, params=params)
+            if isinstance(body, dict):
+                body = next((v for v in body.values() if isinstance(v, list)), [])
+            for item in body:
+                yield item
+            m = _NEXT_RE.search(headers.get("link", ""))
+            url, params = (m.group(1) if m else None), None  # the next link carries the query
+

@@ -1,0 +1,354 @@
+"""The phases (SPEC §1, §4, §5): what each task does, and the tasks that follow it.
+
+    new_event  read the workflow files, create `queued` check runs, one start_job per run
+    start_job  start the job (start-or-find by its deterministic name), check → in_progress
+    wait_job   poll the job with backoff; enforce queue_timeout and the run's timeout
+    results    log tail, conclusion, check → completed, summary comment
+    cancel     stop a SHA's runs (superseded, PR closed, /litci cancel)
+    rerun      check_run / check_suite re-requested: new attempts of recorded runs
+    command    /litci run|cancel|ok-to-test from a PR comment
+
+Every handler may run more than once for the same task (a crash before its finish): each step
+finds what an earlier try created (check runs by external_id, jobs by name, the comment by its
+marker) instead of creating it twice. Decisions come from decisions.py; GitHub calls from checks.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from . import checks, decisions, logs, metrics, report, workflows
+from .backends import machine_names
+from .backends.base import JobNotFound, JobSpec, JobStatus
+from .github import GitHubApp
+from .runstate import RunRef, RunState
+from .services import Services
+from .tasks import Task
+from .worker import Permanent, Registry
+
+log = logs.get("litbotd.lifecycle")
+ROUTING = ("delivery", "installation", "repo", "pr", "sha", "private")
+_machines: frozenset[str] | None = None
+
+
+def _gh(s: Services) -> GitHubApp:
+    if s.github is None:
+        raise Permanent("GitHub App credentials are not configured (github.app_id and the private key)")
+    return s.github
+
+
+def _routing(p: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {**{k: p.get(k) for k in ROUTING}, **extra}
+
+
+async def _defaults(s: Services) -> workflows.Defaults:
+    global _machines
+    cfg = s.config
+    if cfg.jobs.backend == "lightning" and _machines is None:
+        _machines = await asyncio.to_thread(machine_names)  # imports the SDK: not on the loop
+    return workflows.Defaults(image=cfg.jobs.lightning.default_image, machine=cfg.jobs.lightning.default_machine,
+                              timeout=cfg.jobs.default_timeout,
+                              machines=_machines if cfg.jobs.backend == "lightning" else None)
+
+
+def _report_row(run: workflows.Run, attempt: int, st: dict[str, str], log_tail: str = "") -> report.RunReport:
+    def num(k: str) -> float | None:
+        return float(st[k]) if st.get(k) else None
+
+    return report.RunReport(
+        check_name=run.check_name, status=st.get("status") or "queued", conclusion=st.get("conclusion") or None,
+        machine=run.machine, image=run.image, attempt=attempt, started_at=num("started_at"),
+        finished_at=num("finished_at"), details_url=st.get("url") or None, message=st.get("message", ""),
+        log_tail=log_tail,
+    )
+
+
+async def refresh_comment(s: Services, repo: str, pr: int | None, inst: int) -> None:
+    """Re-render the PR's summary comment from the run states of its latest head SHA."""
+    if pr is None or not s.config.report.comment:
+        return
+    rs = RunState(s.queue)
+    info = await rs.pr(repo, pr)
+    head = info.get("head")
+    if not head:
+        return
+    rows = []
+    for key, (run, attempt) in sorted((await rs.runs(repo, head)).items()):
+        rows.append(_report_row(run, attempt, await rs.get(RunRef(repo, head, key, attempt))))
+    if not rows:
+        return
+    body = report.summary_comment(repo, pr, head, rows)
+    known = int(info["comment_id"]) if info.get("comment_id") else None
+    comment_id = await checks.upsert_comment(_gh(s), s.queue, inst, repo, pr, body, known)
+    if comment_id != known:
+        await rs.set_pr_field(repo, pr, comment_id=comment_id)
+
+
+async def _queue_run(s: Services, task: Task, p: dict[str, Any], run: workflows.Run, attempt: int) -> Task:
+    """Create the run's `queued` check run and the start_job task that follows."""
+    gh, rs = _gh(s), RunState(s.queue)
+    ref = RunRef(p["repo"], p["sha"], run.key, attempt)
+    check_id = await checks.find_or_create_check(
+        gh, p["installation"], p["repo"], p["sha"], run.check_name, decisions.external_id(run.key, attempt),
+        status="queued", output=report.check_output(_report_row(run, attempt, {})))
+    await rs.update(ref, status="queued", check_run_id=check_id, queued_at=time.time())
+    log.info("run queued", run=run.key, check=run.check_name, attempt=attempt)
+    return task.successor("start_job", _routing(p, run=run.key, attempt=attempt, check_run_id=check_id),
+                          key=f"{run.key}/{attempt}")
+
+
+# -- phases ------------------------------------------------------------------------------------------
+async def new_event(task: Task, s: Services) -> list[Task]:
+    p = task.payload
+    cfg, gh, rs = s.config, _gh(s), RunState(s.queue)
+    repo, sha, pr, inst = p["repo"], p["sha"], p["pr"], p["installation"]
+    out: list[Task] = []
+    older = await rs.set_head(repo, pr, sha, p["base_ref"], inst)
+    if cfg.jobs.cancel_superseded:
+        out += [task.successor("cancel", _routing(p, sha=old, reason=f"superseded by {sha[:7]}"), key=old)
+                for old in older]
+    trusted = decisions.is_trusted(p.get("fork", False), p.get("author_association", ""),
+                                   cfg.github.trusted_associations)
+    approved = p.get("approved") or (await rs.pr(repo, pr)).get("approved") == sha
+    if not trusted and not approved:
+        await checks.find_or_create_check(
+            gh, inst, repo, sha, "litci", "fork-approval", status="completed", conclusion="action_required",
+            output=report.fork_approval_output(cfg.github.command_prefix))
+        log.info("fork PR from an untrusted author: waiting for ok-to-test", author=p.get("author"))
+        return out
+    # An untrusted fork's workflow files always come from the base branch (SPEC §5).
+    files = await checks.workflow_files(gh, inst, repo, sha if trusted else p["base_ref"])
+    plan = workflows.plan(files, p["base_ref"], await _defaults(s))
+    for err in plan.errors:
+        await checks.find_or_create_check(
+            gh, inst, repo, sha, f"litci: {err.file}", f"error:{err.file}", status="completed",
+            conclusion="failure", output=report.error_check_output(err.file, err.line, err.message))
+        log.warning("invalid workflow file", file=err.file, line=err.line, error=err.message)
+    if not files:
+        await checks.find_or_create_check(gh, inst, repo, sha, "litci", "no-workflows", status="completed",
+                                          conclusion="neutral", output=report.no_workflows_output())
+    new = await rs.add_runs(repo, sha, plan.runs, pr)
+    recorded = await rs.runs(repo, sha)
+    for run in plan.runs:
+        attempt = new.get(run.key)
+        if attempt is None and p.get("action") == "reopened":
+            # Runs a PR's closing cancelled start again when it is reopened.
+            last = recorded[run.key][1]
+            if (await rs.get(RunRef(repo, sha, run.key, last))).get("conclusion") == decisions.CANCELLED:
+                attempt = await rs.new_attempt(repo, sha, run.key)
+        if attempt is not None:
+            out.append(await _queue_run(s, task, p, run, attempt))
+    log.info("workflows planned", runs=len(plan.runs), started=sum(t.kind == "start_job" for t in out),
+             errors=len(plan.errors), skipped=len(plan.skipped))
+    await refresh_comment(s, repo, pr, inst)
+    return out
+
+
+async def start_job(task: Task, s: Services) -> list[Task]:
+    p = task.payload
+    cfg, rs = s.config, RunState(s.queue)
+    repo, sha, key, attempt = p["repo"], p["sha"], p["run"], p["attempt"]
+    ref = RunRef(repo, sha, key, attempt)
+    state = await rs.get(ref)
+    if state.get("conclusion"):
+        return []  # cancelled before it started
+    run, _ = (await rs.runs(repo, sha))[key]
+    name = decisions.job_name(repo, sha, key, attempt)
+    # Public repositories need no token; when we don't know (a re-run), mint one to be safe.
+    token = await _gh(s).scoped_token(p["installation"], repo) if p.get("private") is not False else None
+    spec = JobSpec(name=name, repo=repo, sha=sha, archive_url=f"{cfg.github.api_url}/repos/{repo}/tarball/{sha}",
+                   script=run.script, image=run.image, machine=run.machine, interruptible=run.interruptible,
+                   timeout=run.timeout, env=run.env, token=token)
+    with logs.context(job=name):
+        status = await s.backend.start(spec)
+        metrics.JOBS.labels(s.backend.name, status.state).inc()
+        now = time.time()
+        await rs.update(ref, status="in_progress", job=name, started_at=now, url=status.url or "")
+        if (await rs.get(ref)).get("conclusion") == decisions.CANCELLED:
+            await s.backend.stop(name)  # a cancel raced our start
+            return []
+        fields: dict[str, Any] = {"status": "in_progress", "started_at": checks.iso(now)}
+        if status.url and status.url.startswith(("http://", "https://")):
+            fields["details_url"] = status.url
+        await checks.update_check(_gh(s), p["installation"], repo, int(p["check_run_id"]), **fields)
+        log.info("job started", state=status.state, url=status.url)
+    await refresh_comment(s, repo, p.get("pr"), p["installation"])
+    poll = cfg.jobs.poll_interval
+    return [task.successor("wait_job", {**p, "job": name, "poll": poll, "queued_at": now}, run_at=now + poll,
+                           key=name)]
+
+
+async def wait_job(task: Task, s: Services) -> list[Task]:
+    p = task.payload
+    cfg, rs = s.config, RunState(s.queue)
+    ref = RunRef(p["repo"], p["sha"], p["run"], p["attempt"])
+    state = await rs.get(ref)
+    if state.get("conclusion"):
+        if state["conclusion"] == decisions.CANCELLED:
+            await s.backend.stop(p["job"])
+        return []
+    try:
+        status = await s.backend.status(p["job"])
+    except JobNotFound:
+        status = JobStatus(state="unknown", exit_code=None, url=None, message="the job no longer exists")
+    now = time.time()
+    running_since = p.get("running_since") or (now if status.state in ("running", "stopping") else None)
+    run, _ = (await rs.runs(p["repo"], p["sha"]))[p["run"]]
+    d = decisions.decide_wait(status.state, now, p["queued_at"], running_since, run.timeout,
+                              cfg.jobs.queue_timeout, grace=cfg.jobs.poll_interval_max)
+    if d.action == "poll":
+        poll = decisions.next_poll(p["poll"], cfg.jobs.poll_interval, cfg.jobs.poll_interval_max)
+        return [task.successor("wait_job", {**p, "poll": poll, "running_since": running_since},
+                               run_at=now + poll, key=str(now))]
+    if d.action == "stop":
+        log.warning("stopping the job", reason=d.message)
+        await s.backend.stop(p["job"])
+        return [task.successor("results", {**p, "timed_out": True, "message": d.message}, key="results")]
+    return [task.successor("results", p, key="results")]
+
+
+async def results(task: Task, s: Services) -> list[Task]:
+    p = task.payload
+    rs = RunState(s.queue)
+    ref = RunRef(p["repo"], p["sha"], p["run"], p["attempt"])
+    try:
+        status = await s.backend.status(p["job"])
+        tail = await s.backend.log_tail(p["job"], s.config.report.log_tail_lines)
+    except JobNotFound:
+        status, tail = JobStatus(state="unknown", exit_code=None, url=None, message="the job no longer exists"), ""
+    timed_out = bool(p.get("timed_out") or status.timed_out)
+    conclusion = decisions.conclusion_for(status.state, status.exit_code, timed_out, None)
+    message = p.get("message") or status.message
+    conclusion, message = await rs.conclude(ref, conclusion, message, time.time())
+    metrics.JOBS.labels(s.backend.name, conclusion).inc()
+    await _report_completed(s, p, ref, tail)
+    log.info("run finished", conclusion=conclusion, exit_code=status.exit_code, job=p["job"])
+    await refresh_comment(s, p["repo"], p.get("pr"), p["installation"])
+    return []
+
+
+async def _report_completed(s: Services, p: dict[str, Any], ref: RunRef, tail: str = "") -> None:
+    """Complete the check run from the recorded state; repeating it writes the same thing."""
+    rs = RunState(s.queue)
+    state = await rs.get(ref)
+    run, _ = (await rs.runs(ref.repo, ref.sha))[ref.key]
+    row = _report_row(run, ref.attempt, state, tail)
+    check_id = int(state.get("check_run_id") or p["check_run_id"])
+    await checks.update_check(_gh(s), p["installation"], ref.repo, check_id, status="completed",
+                              conclusion=row.conclusion, completed_at=checks.iso(time.time()),
+                              output=report.check_output(row))
+
+
+async def cancel(task: Task, s: Services) -> list[Task]:
+    """Stop the runs of one SHA (superseded, /litci cancel) or of every SHA of a PR (closed)."""
+    p = task.payload
+    rs = RunState(s.queue)
+    repo = p["repo"]
+    closed = p["reason"] == "closed"
+    reason = "the pull request was closed" if closed else p["reason"]
+    shas = await rs.pr_shas(repo, p["pr"]) if closed or p.get("all_shas") else [p["sha"]]
+    stopped = 0
+    for sha in shas:
+        for key, (run, attempt) in (await rs.runs(repo, sha)).items():
+            ref = RunRef(repo, sha, key, attempt)
+            if not await rs.request_cancel(ref, reason):
+                continue
+            state = await rs.get(ref)
+            if state.get("job"):
+                await s.backend.stop(state["job"])
+            await rs.conclude(ref, decisions.CANCELLED, reason, time.time())
+            if state.get("check_run_id"):
+                await _report_completed(s, {**p, "check_run_id": state["check_run_id"]}, ref)
+            stopped += 1
+    log.info("runs cancelled", runs=stopped, reason=reason)
+    await refresh_comment(s, repo, p.get("pr"), p["installation"])
+    return []
+
+
+async def rerun(task: Task, s: Services) -> list[Task]:
+    """check_run re-requested: that one run again; check_suite re-requested: every run of the SHA."""
+    p = task.payload
+    rs = RunState(s.queue)
+    repo, sha = p["repo"], p["sha"]
+    recorded = await rs.runs(repo, sha)
+    if p.get("check_run_id"):
+        parsed = decisions.parse_external_id(p.get("external_id"))
+        keys = [parsed[0]] if parsed and parsed[0] in recorded else []
+    else:
+        keys = sorted(recorded)
+    if not keys:
+        log.info("re-run requested for a check litbotd has no run for; nothing to do",
+                 check=p.get("check_name"), external_id=p.get("external_id"))
+        return []
+    pr = p.get("pr") or await rs.pr_of(repo, sha)
+    base = _routing(p, pr=pr)
+    return [await _queue_run(s, task, base, recorded[k][0], await rs.new_attempt(repo, sha, k)) for k in keys]
+
+
+async def command(task: Task, s: Services) -> list[Task]:
+    """`/litci run [NAME…]`, `/litci cancel`, `/litci ok-to-test`, from a user who may write."""
+    p = task.payload
+    cfg, gh, rs = s.config, _gh(s), RunState(s.queue)
+    repo, inst, pr = p["repo"], p["installation"], p["pr"]
+    cmd = decisions.parse_command(p.get("body", ""), cfg.github.command_prefix)
+    if cmd is None:
+        return []
+    perm, role = await checks.permission(gh, inst, repo, p["user"])
+    if not decisions.may_command(perm, role) or cmd.verb == "unknown":
+        why = "unknown command" if cmd.verb == "unknown" else f"@{p['user']} lacks write permission ({perm})"
+        log.info("command refused", command=cmd.text, reason=why)
+        await checks.react(gh, inst, repo, p["comment_id"], "confused")
+        return []
+    pull = await checks.pull(gh, inst, repo, pr)
+    head = pull["head"]["sha"]
+    event = {**_routing(p, sha=head, private=pull["base"]["repo"].get("private", False)),
+             "base_ref": pull["base"]["ref"], "author": pull["user"]["login"],
+             "author_association": pull.get("author_association", "NONE"), "action": "command",
+             "fork": (pull["head"].get("repo") or {}).get("full_name") != pull["base"]["repo"]["full_name"]}
+    out: list[Task] = []
+    if cmd.verb == "cancel":
+        out.append(task.successor("cancel", {**event, "all_shas": True, "reason": f"cancelled by @{p['user']}"}))
+    elif cmd.verb == "ok-to-test":
+        await rs.set_pr_field(repo, pr, approved=head)
+        out.append(task.successor("new_event", {**event, "approved": True}))
+    else:
+        recorded = await rs.runs(repo, head)
+        if not recorded:
+            out.append(task.successor("new_event", event))  # never planned: plan it (fork rules apply)
+        else:
+            keys, unknown = decisions.select_runs({k: r.check_name for k, (r, _) in recorded.items()}, cmd.names)
+            if unknown or not keys:
+                log.info("command refused", command=cmd.text, reason=f"no run named {', '.join(unknown)}")
+                await checks.react(gh, inst, repo, p["comment_id"], "confused")
+                return []
+            out += [await _queue_run(s, task, event, recorded[k][0], await rs.new_attempt(repo, head, k)) for k in keys]
+    await checks.react(gh, inst, repo, p["comment_id"], "+1")
+    log.info("command accepted", command=cmd.text, user=p["user"])
+    return out
+
+
+async def on_dead(task: Task, s: Services) -> None:
+    """A task given up on: complete its check run so the PR does not hang (SPEC §6)."""
+    p = task.payload
+    message = f"litbotd gave up after {task.attempt} attempts: {task.error}"
+    if task.kind in ("start_job", "wait_job", "results") and p.get("run"):
+        ref = RunRef(p["repo"], p["sha"], p["run"], p["attempt"])
+        conclusion = decisions.FAILURE if task.kind == "start_job" else decisions.NEUTRAL
+        if task.kind == "start_job":
+            message = f"the job failed to start: {task.error}"
+        await RunState(s.queue).conclude(ref, conclusion, message, time.time())
+        await _report_completed(s, p, ref)
+        await refresh_comment(s, p["repo"], p.get("pr"), p["installation"])
+    elif task.kind == "new_event":
+        await checks.find_or_create_check(
+            _gh(s), p["installation"], p["repo"], p["sha"], "litci", "event-failed", status="completed",
+            conclusion="failure", output={"title": "litbotd could not process this push", "summary": message})
+
+
+REGISTRY = Registry(
+    handlers={"new_event": new_event, "start_job": start_job, "wait_job": wait_job, "results": results,
+              "cancel": cancel, "rerun": rerun, "command": command},
+    on_dead=on_dead,
+)
+

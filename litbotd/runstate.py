@@ -1,0 +1,130 @@
+"""What litbotd remembers about pull requests and runs, in Redis (a thin adapter).
+
+    q:sha:<repo>@<sha>                 hash  spec:<run> -> JSON {run, check_name}, attempt:<run> -> int
+    q:run:<repo>@<sha>:<run>:<attempt> hash  status, check_run_id, job, times, url, message,
+                                             cancel_reason, conclusion (set once: first terminal wins)
+    q:pr:<repo>#<pr>                   hash  head, base_ref, installation, comment_id, approved
+    q:pr:<repo>#<pr>:shas              set   every head SHA seen, for supersede and close
+
+Everything expires after 30 days; GitHub keeps the durable record (check runs, the comment).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .queue import Queue
+from .workflows import Run, run_from_jsonable, to_jsonable
+
+TTL = 30 * 24 * 3600
+
+_CONCLUDE = """
+if redis.call('HSETNX', KEYS[1], 'conclusion', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'message', ARGV[2], 'finished_at', ARGV[3], 'status', 'completed')
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+return redis.call('HMGET', KEYS[1], 'conclusion', 'message')
+"""
+
+
+@dataclass(frozen=True)
+class RunRef:
+    repo: str
+    sha: str
+    key: str
+    attempt: int
+
+
+class RunState:
+    def __init__(self, queue: Queue) -> None:
+        self.q = queue
+        self.r = queue.redis
+
+    def _sha(self, repo: str, sha: str) -> str:
+        return self.q.key("sha", f"{repo}@{sha}")
+
+    def _run(self, ref: RunRef) -> str:
+        return self.q.key("run", f"{ref.repo}@{ref.sha}", ref.key, str(ref.attempt))
+
+    def _pr(self, repo: str, pr: int) -> str:
+        return self.q.key("pr", f"{repo}#{pr}")
+
+    # -- runs of a SHA --------------------------------------------------------------------------------
+    async def add_runs(self, repo: str, sha: str, runs: list[Run], pr: int | None) -> dict[str, int]:
+        """Record the runs planned for a SHA; returns {run key: attempt} of the runs that are new
+        (a redelivered or repeated event plans the same runs, and must not start them twice)."""
+        key = self._sha(repo, sha)
+        async with self.r.pipeline(transaction=True) as p:
+            for run in runs:
+                p.hsetnx(key, f"spec:{run.key}", json.dumps(to_jsonable(run)))
+                p.hsetnx(key, f"attempt:{run.key}", 1)
+            if pr is not None:
+                p.hset(key, "pr", pr)  # a fork PR's check_run events carry no PR number
+            p.expire(key, TTL)
+            res = await p.execute()
+        return {run.key: 1 for i, run in enumerate(runs) if res[2 * i + 1]}
+
+    async def runs(self, repo: str, sha: str) -> dict[str, tuple[Run, int]]:
+        """Every run recorded for a SHA with its latest attempt."""
+        raw = await self.r.hgetall(self._sha(repo, sha))
+        out = {}
+        for field, value in raw.items():
+            if field.startswith("spec:"):
+                k = field[5:]
+                out[k] = (run_from_jsonable(json.loads(value)), int(raw.get(f"attempt:{k}", 1)))
+        return out
+
+    async def pr_of(self, repo: str, sha: str) -> int | None:
+        pr = await self.r.hget(self._sha(repo, sha), "pr")
+        return int(pr) if pr else None
+
+    async def new_attempt(self, repo: str, sha: str, key: str) -> int:
+        return int(await self.r.hincrby(self._sha(repo, sha), f"attempt:{key}", 1))
+
+    # -- one attempt of a run ---------------------------------------------------------------------------
+    async def get(self, ref: RunRef) -> dict[str, str]:
+        return await self.r.hgetall(self._run(ref))
+
+    async def update(self, ref: RunRef, **fields: Any) -> None:
+        values = {k: ("" if v is None else v) for k, v in fields.items()}
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(self._run(ref), mapping=values).expire(self._run(ref), TTL)
+            await p.execute()
+
+    async def conclude(self, ref: RunRef, conclusion: str, message: str, finished_at: float) -> tuple[str, str]:
+        """Record the conclusion unless the run already has one (a cancel and a result racing:
+        the first decides). Returns the conclusion and message in force."""
+        got = await self.r.eval(_CONCLUDE, 1, self._run(ref), conclusion, message, repr(finished_at), TTL)
+        return got[0], got[1] or ""
+
+    async def request_cancel(self, ref: RunRef, reason: str) -> bool:
+        """Mark a run cancelled for the phases that will see it next; False if it already ended."""
+        key = self._run(ref)
+        if await self.r.hexists(key, "conclusion"):
+            return False
+        await self.r.hsetnx(key, "cancel_reason", reason)
+        await self.r.expire(key, TTL)
+        return True
+
+    # -- pull requests ------------------------------------------------------------------------------------
+    async def set_head(self, repo: str, pr: int, sha: str, base_ref: str, installation: int) -> list[str]:
+        """Record a PR's new head; returns its older head SHAs (for cancel_superseded)."""
+        key = self._pr(repo, pr)
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(key, mapping={"head": sha, "base_ref": base_ref, "installation": installation})
+            p.sadd(f"{key}:shas", sha).smembers(f"{key}:shas")
+            p.expire(key, TTL).expire(f"{key}:shas", TTL)
+            res = await p.execute()
+        return sorted(s for s in res[2] if s != sha)
+
+    async def pr(self, repo: str, pr: int) -> dict[str, str]:
+        return await self.r.hgetall(self._pr(repo, pr))
+
+    async def pr_shas(self, repo: str, pr: int) -> list[str]:
+        return sorted(await self.r.smembers(f"{self._pr(repo, pr)}:shas"))
+
+    async def set_pr_field(self, repo: str, pr: int, **fields: Any) -> None:
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(self._pr(repo, pr), mapping=fields).expire(self._pr(repo, pr), TTL)
+            await p.execute()
