@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import faulthandler
 import itertools
 import os
 import signal
@@ -15,12 +16,13 @@ import socket
 import time
 from typing import Callable
 
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from . import config as config_mod
 from . import logs, metrics, systemd
 from .backends import make_backend
-from .config import Config, ConfigError
+from .config import Config, ConfigError, JobsConfig
 from .github import GitHubApp
 from .queue import Queue, connect
 from .redeliver import redeliver_once
@@ -58,7 +60,7 @@ def _pid_alive(pid: int) -> bool:
 
 class Daemon:
     def __init__(self, cfg: Config, registry: Registry, config_path: str | None = None,
-                 config_loader: Callable[[], Config] | None = None) -> None:
+                 config_loader: Callable[[], Config] | None = None, redis: aioredis.Redis | None = None) -> None:
         self.registry = registry
         self.config_path = config_path
         self._load_config = config_loader or (lambda: config_mod.load(config_path))
@@ -68,10 +70,15 @@ class Daemon:
         self.workers: dict[str, tuple[Worker, asyncio.Task]] = {}
         self._stop = asyncio.Event()
         self._loops: list[asyncio.Task] = []
+        self._backend_jobs: JobsConfig | None = None  # the [jobs] the backend was built from
+        self._running = False  # start() done: a SIGHUP before that has nothing to reload yet
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task] = set()  # strong refs: the loop keeps only weak ones
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.started = time.time()
-        redis = connect(cfg.redis.url)
+        self.ready = asyncio.Event()
+        redis = redis if redis is not None else connect(cfg.redis.url)
         self.services = Services(config=cfg, redis=redis, queue=Queue(redis, cfg.redis.queue))
 
     @property
@@ -83,13 +90,14 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        # The handler only schedules: the reload itself runs as a task of its own.
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             if not await self._wait_for_redis():
                 return 0
             await self.start()
+            self._running = True
             systemd.notify("READY=1", f"STATUS={self.status_line({})}")
+            self.ready.set()
             log.info("ready", host=self.host, pid=os.getpid(), workers=self.cfg.workers.count,
                      listen=f"{self.cfg.server.host}:{self.port}" if self.port is not None else "off")
             await self._stop.wait()
@@ -99,6 +107,12 @@ class Daemon:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+
+    def _on_sighup(self) -> None:
+        """The handler only schedules: the reload itself runs as a task of its own."""
+        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     def stop(self) -> None:
         if not self._stop.is_set():
@@ -125,6 +139,7 @@ class Daemon:
     async def start(self) -> None:
         s = self.services
         s.backend = make_backend(self.cfg) if self.cfg.workers.count > 0 else None
+        self._backend_jobs = self.cfg.jobs if s.backend is not None else None
         s.github = GitHubApp(s) if self.cfg.github.app_id and self.cfg.github.private_key else None
         await self._recover_own_host()
         n = await s.queue.sweep()
@@ -134,6 +149,7 @@ class Daemon:
         self.resize(self.cfg.workers.count)
         await self._beat()  # leases exist before the first take
         self._loops = [asyncio.create_task(c, name=n) for n, c in (
+            ("watchdog", self._watchdog_loop()),
             ("heartbeat", self._heartbeat_loop()), ("promoter", self._promoter_loop()),
             ("sweeper", self._sweeper_loop()), ("redeliver", self._redeliver_loop()),
         )]
@@ -214,21 +230,25 @@ class Daemon:
         infos = {w.id: {**self.identity, "started": self.started, **w.info()} for w in self.live_workers()}
         await self.services.queue.heartbeat(infos, self.cfg.workers.lease_timeout)
 
+    async def _watchdog_loop(self) -> None:
+        """WATCHDOG=1 every half WatchdogSec, from the event loop and from nothing else: a blocked
+        loop stops the pings and systemd restarts the daemon, while a slow Redis (which only
+        delays the heartbeat) does not get a healthy daemon killed."""
+        interval = systemd.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
     async def _heartbeat_loop(self) -> None:
-        """Leases and the systemd watchdog share this loop: both prove the event loop is alive."""
+        """Leases, loop lag and STATUS=, every heartbeat_interval."""
         loop = asyncio.get_running_loop()
-        watchdog = systemd.watchdog_interval()
-        last_ping = 0.0
         while True:
             interval = self.cfg.workers.heartbeat_interval
-            if watchdog:
-                interval = min(interval, watchdog)
             t0 = loop.time()
             await asyncio.sleep(interval)
             self.services.loop_lag = max(0.0, loop.time() - t0 - interval)
-            if watchdog and loop.time() - last_ping >= watchdog * 0.9:
-                systemd.notify("WATCHDOG=1")
-                last_ping = loop.time()
             try:
                 await self._beat()
                 depths = await self.services.queue.depths()
@@ -282,35 +302,55 @@ class Daemon:
 
     # -- reload -------------------------------------------------------------------------------------
     async def reload(self) -> None:
-        """SIGHUP: validate the new config fully before changing anything (SPEC §7)."""
-        systemd.reloading()
-        try:
+        """SIGHUP: validate the new config and build its adapters before changing anything (SPEC §7)."""
+        if not self._running or self._stop.is_set():
+            log.warning("reload ignored: the daemon is " + ("stopping" if self._stop.is_set() else "still starting"))
+            return
+        async with self._reload_lock:  # two quick SIGHUPs: the second reload waits for the first
+            systemd.reloading()
             try:
-                new = await asyncio.to_thread(self._load_config)
-            except ConfigError as e:
-                log.error("reload refused: keeping the running config", error=logs.redact(str(e)))
-                return
-            old = self.cfg
-            changed = [f.name for f in dataclasses.fields(Config)
-                       if f.name != "source" and getattr(old, f.name) != getattr(new, f.name)]
-            fixed = [k for k in ("redis", "server") if getattr(old, k) != getattr(new, k)]
-            if fixed:
-                log.warning("reload: [redis] and [server] changes need a restart; keeping the old values",
-                            sections=",".join(fixed))
-                new = dataclasses.replace(new, redis=old.redis, server=old.server)
-            logs.setup(new.log.level, new.log.format, config_mod.secrets_of(new))
-            self.services.config = new
-            if new.jobs != old.jobs and self.services.backend is not None:
-                old_backend, self.services.backend = self.services.backend, make_backend(new)
-                await old_backend.close()
-            if new.github != old.github:
-                if self.services.github is not None:
-                    await self.services.github.close()
-                self.services.github = GitHubApp(self.services) if new.github.app_id and new.github.private_key else None
-            self.resize(new.workers.count)
-            log.info("reloaded", changed=",".join(changed) or "nothing", workers=new.workers.count)
-        finally:
-            systemd.notify("READY=1")
+                await self._reload()
+            except Exception as e:  # an adapter that cannot be built: the running config stays
+                log.error("reload refused: keeping the running config", error=logs.redact(f"{type(e).__name__}: {e}"))
+            finally:
+                depths: dict[str, int] = {}
+                try:
+                    depths = await self.services.queue.depths()
+                except REDIS_DOWN:
+                    pass
+                systemd.notify("READY=1", f"STATUS={self.status_line(depths)}")
+
+    async def _reload(self) -> None:
+        s = self.services
+        try:
+            new = await asyncio.to_thread(self._load_config)
+        except ConfigError as e:
+            log.error("reload refused: keeping the running config", error=logs.redact(str(e)))
+            return
+        old = self.cfg
+        fixed = [k for k in ("redis", "server") if getattr(old, k) != getattr(new, k)]
+        if fixed:
+            log.warning("reload: [redis] and [server] changes need a restart; keeping the old values",
+                        sections=",".join(fixed))
+            new = dataclasses.replace(new, redis=old.redis, server=old.server)
+        changed = [f.name for f in dataclasses.fields(Config)
+                   if f.name != "source" and getattr(old, f.name) != getattr(new, f.name)]
+        # Everything that can fail happens before the first change.
+        backend = s.backend
+        if new.workers.count > 0 and new.jobs != self._backend_jobs:
+            backend = make_backend(new)
+        logs.setup(new.log.level, new.log.format, config_mod.secrets_of(new))
+        s.config = new
+        if backend is not s.backend:
+            old_backend, s.backend, self._backend_jobs = s.backend, backend, new.jobs
+            if old_backend is not None:
+                await old_backend.close()  # jobs keep running; only threads and connections go
+        if new.github != old.github:
+            if s.github is not None:
+                await s.github.close()
+            s.github = GitHubApp(s) if new.github.app_id and new.github.private_key else None
+        self.resize(new.workers.count)
+        log.info("reloaded", changed=",".join(changed) or "nothing", workers=new.workers.count)
 
 
 def _safe_url(url: str) -> str:
@@ -329,6 +369,8 @@ def run(cfg: Config, registry: Registry, config_path: str | None = None) -> int:
         raise ConfigError("github.webhook_secret: not set — refusing to start an unauthenticated webhook "
                           "listener (set GH_WEBHOOK_SECRET, the config key, or a systemd credential)")
     logs.setup(cfg.log.level, cfg.log.format, config_mod.secrets_of(cfg))
+    # A watchdog kill (SIGABRT) then leaves the Python stack of the blocked code in the journal.
+    faulthandler.enable()
 
     async def main() -> int:
         return await Daemon(cfg, registry, config_path).run()

@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, TextIO
 
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("litbotd_log_context", default={})
 _secrets: list[str] = []
@@ -75,7 +75,8 @@ class _Formatter(logging.Formatter):
         exc = self.formatException(record.exc_info) if record.exc_info else ""
         if self.style_name == "json":
             obj = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
-                   "msg": msg, **{k: v if isinstance(v, (int, float, bool)) else str(v) for k, v in fields.items()}}
+                   "msg": msg, **{k: v if v is None or isinstance(v, (int, float, bool)) else str(v)
+                                  for k, v in fields.items()}}
             if exc:
                 obj["exc"] = exc
             return redact(json.dumps(obj))
@@ -96,23 +97,39 @@ class _ContextFilter(logging.Filter):
         return True
 
 
-def resolve_format(fmt: str) -> str:
+def _on_journal(stream: TextIO) -> bool:
+    """systemd sets JOURNAL_STREAM to "<dev>:<inode>" of the stderr it connected to journald. A
+    child whose stderr was redirected elsewhere inherits the variable, so compare the two."""
+    want = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return want == f"{st.st_dev}:{st.st_ino}"
+
+
+def resolve_format(fmt: str, stream: TextIO | None = None) -> str:
+    """"auto" is "journal" when stderr goes to journald, else "text"."""
     if fmt == "auto":
-        return "journal" if os.environ.get("JOURNAL_STREAM") else "text"
+        return "journal" if _on_journal(stream or sys.stderr) else "text"
     return fmt
 
 
-def setup(level: str = "info", fmt: str = "auto", secrets: list[str] | None = None) -> None:
-    """Configure the root logger (idempotent: reload calls it again with new values)."""
+def setup(level: str = "info", fmt: str = "auto", secrets: list[str] | None = None,
+          stream: TextIO | None = None) -> None:
+    """Configure the root logger (idempotent: reload calls it again with new values).
+    `stream` defaults to stderr; tests pass their own."""
     set_secrets(secrets or [])
     root = logging.getLogger()
     handler = next((h for h in root.handlers if getattr(h, "litbotd", False)), None)
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = logging.StreamHandler(stream or sys.stderr)
         handler.litbotd = True  # type: ignore[attr-defined]
         handler.addFilter(_ContextFilter())
         root.handlers = [handler]
-    handler.setFormatter(_Formatter(resolve_format(fmt)))
+    elif stream is not None:
+        handler.setStream(stream)  # type: ignore[attr-defined]
+    handler.setFormatter(_Formatter(resolve_format(fmt, handler.stream)))  # type: ignore[attr-defined]
     root.setLevel(level.upper())
     # Third-party libraries stay quiet unless debugging litbotd itself.
     for noisy in ("aiohttp.access", "asyncio", "lightning_sdk", "urllib3"):

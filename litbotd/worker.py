@@ -62,9 +62,15 @@ class Worker:
         # and nothing can land in a processing list after the sweep emptied it.
         block = min(2.0, cfg.lease_timeout / 2)
         failures = 0
+        leftovers: list[str] = []
         while not self._stop.is_set():
             try:
-                raw = await self.queue.take(self.id, block)
+                if failures:
+                    # A BLMOVE whose reply was lost (connection dropped, Redis restarted) may have
+                    # moved a task into our processing list all the same. Between tasks that list
+                    # is empty, and no sweep takes it while our lease lives: do what is there.
+                    leftovers = await self.queue.redis.lrange(self.queue.processing(self.id), 0, -1)
+                raw = None if leftovers else await self.queue.take(self.id, block)
             except REDIS_DOWN as e:
                 failures += 1
                 delay = min(5.0, 0.1 * 2 ** failures)

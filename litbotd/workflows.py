@@ -198,6 +198,8 @@ def _load(text: str) -> tuple[Any, Node | None]:
     try:
         loader = _BoundedLoader(text)  # the reader checks every character here
         node = loader.get_single_node()
+        # Before construction: merge keys (`<<`) are flattened into the mappings then.
+        _check_duplicate_keys(node)
         data = loader.construct_document(node) if node is not None else None
     except yaml.reader.ReaderError as e:
         line = text.count("\n", 0, e.position) + 1
@@ -503,7 +505,7 @@ def _matrix_cells(value: Any, path: tuple[str | int, ...], doc: _Doc,
 
     texts: dict[str, list[str]] = {}
     for key, values in matrix.items():
-        kpath = mpath + (key,)
+        kpath = mpath + (str(key),)
         _cell_key(key, kpath, matrix)
         _want(values, list, "a list", kpath)
         if not values:
@@ -543,7 +545,7 @@ def _matrix_cells(value: Any, path: tuple[str | int, ...], doc: _Doc,
         items = []
         # Matrix keys first, in matrix order, then the entry's own keys as written.
         for key in sorted(entry, key=lambda k: order.get(k, len(order))):
-            _cell_key(key, epath + (key,), entry)
+            _cell_key(key, epath + (str(key),), entry)
             items.append((key, entry[key], _cell_value(key, entry[key], epath + (key,), doc, defaults)))
         cell = _Cell(tuple(items))
         if cell.identity() not in seen:
@@ -563,10 +565,12 @@ def _cell_key(key: Any, path: tuple[str | int, ...], mapping: Mapping[Any, Any])
     if key in CELL_FORBIDDEN:
         raise _Invalid(path, f"'{key}' is not allowed in a matrix cell (set it at the workflow level)")
     if key not in RUN_SETTINGS:
-        clash = [k for k in mapping if isinstance(k, str) and k != key and k not in RUN_SETTINGS
-                 and env_name(k) == env_name(key)]
-        if clash:
-            raise _Invalid(path, f"'{key}' and '{clash[0]}' both become environment variable {env_name(key)}")
+        # Blame the later of two keys that map to one variable.
+        for k in mapping:
+            if k == key:
+                break
+            if isinstance(k, str) and k not in RUN_SETTINGS and env_name(k) == env_name(key):
+                raise _Invalid(path, f"'{key}' and '{k}' both become environment variable {env_name(key)}")
 
 
 def _cell_value(key: str, value: Any, path: tuple[str | int, ...], doc: _Doc, defaults: Defaults) -> str:
@@ -655,7 +659,6 @@ def _read(file: str, raw: str | bytes, defaults: Defaults) -> tuple[list[_Workfl
     doc = _Doc(None)
     try:
         data, doc.root = _load(_decode(raw))
-        _check_duplicate_keys(doc.root)
         return _workflows(file, data, doc, defaults), doc
     except _Invalid as e:
         raise _FileError(doc.error(file, e)) from None

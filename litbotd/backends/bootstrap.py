@@ -28,6 +28,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -291,14 +292,11 @@ def job_argv(spec: "JobSpec", python: str = "python3", workdir: str | None = Non
 
 
 def shell_command(spec: "JobSpec", grace: float = 10.0) -> str:
-    """The job as one `sh -c` command line (Lightning runs `sh -c COMMAND`).
-
-    Every argument is base64 or a fixed word, so plain single quotes are safe.
-    """
+    """The job as one `sh -c` command line (Lightning runs `sh -c COMMAND`)."""
     argv = job_argv(spec, grace=grace)
     return ("command -v python3 >/dev/null 2>&1 || "
-            "{ echo 'litci-error: the image has no python3'; exit %d; }; "
-            "exec python3 -c '%s' '%s'" % (EXIT_ERROR, argv[2], argv[3]))
+            "{ echo 'litci-error: the image has no python3'; exit %d; }; exec %s"
+            % (EXIT_ERROR, shlex.join(argv)))
 
 
 def job_env(spec: "JobSpec") -> dict[str, str]:
