@@ -45,6 +45,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from http import HTTPStatus
 from typing import Any, Awaitable, Callable
 
 import jwt as pyjwt
@@ -131,7 +132,7 @@ class SpecValidator:
             problems: list[str] = []
             item_params = self._spec["paths"][template].get("parameters", [])
             declared = {}
-            for i, p in enumerate(item_params + op.get("parameters", [])):
+            for p in item_params + op.get("parameters", []):
                 p = self._resolve(p)
                 declared[(p["in"], p["name"])] = p
             for (where, name), p in declared.items():
@@ -379,7 +380,7 @@ class FakeGitHub:
             if inj["times"] > 0 and inj["method"] == method and inj["re"].search(path):
                 inj["times"] -= 1
                 return self._json(inj["status"], inj["body"] if inj["body"] is not None
-                                  else {"message": web.Response(status=inj["status"]).reason},
+                                  else {"message": HTTPStatus(inj["status"]).phrase},
                                   {k: str(v) for k, v in inj["headers"].items()})
         for r_method, regex, handler, auth, scope in _ROUTES:
             m = regex.match(path) if r_method == method else None
@@ -393,7 +394,8 @@ class FakeGitHub:
             except _Reply as e:
                 return self._error(e.status, e.message)
             except (KeyError, ValueError, TypeError) as e:
-                # A malformed request the validator may not have caught: GitHub answers 422.
+                # A malformed request (a missing field, a bad number): GitHub answers 422.
+                self.violations.append(f"{method} {path}: rejected, {type(e).__name__}: {e}")
                 return self._error(422, f"Invalid request: {type(e).__name__} {e}")
         return self._error(404, "Not Found")
 
@@ -424,9 +426,9 @@ class FakeGitHub:
                 (tok["repositories"] is not None and repo.name not in tok["repositories"]):
             raise _Reply(404, "Not Found")
         perms = tok["permissions"]
-        if perms is not None and scope not in perms:
-            raise _Reply(403, "Resource not accessible by integration")
-        if perms is not None and call.method != "GET" and perms[scope] != "write":
+        if perms is None or scope == "metadata":  # every token may read metadata
+            return
+        if perms.get(scope) not in ("read", "write") or (call.method != "GET" and perms[scope] != "write"):
             raise _Reply(403, "Resource not accessible by integration")
 
     def _verify_jwt(self, token: str) -> None:

@@ -74,19 +74,22 @@ class _Formatter(logging.Formatter):
         msg = record.getMessage()
         exc = self.formatException(record.exc_info) if record.exc_info else ""
         if self.style_name == "json":
+            # Redacted before encoding: JSON escaping would hide a secret holding a quote or newline.
             obj = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
-                   "msg": msg, **{k: v if v is None or isinstance(v, (int, float, bool)) else str(v)
-                                  for k, v in fields.items()}}
+                   "msg": redact(msg), **{k: v if v is None or isinstance(v, (int, float, bool)) else redact(str(v))
+                                          for k, v in fields.items()}}
             if exc:
-                obj["exc"] = exc
-            return redact(json.dumps(obj))
+                obj["exc"] = redact(exc)
+            return json.dumps(obj)
         kv = " ".join(f"{k}={_value(v)}" for k, v in fields.items())
         line = f"{msg} {kv}".rstrip()
         if exc:
-            # Keep a traceback on one journald entry: indent its lines.
-            line += "\n  " + exc.replace("\n", "\n  ")
+            line += "\n  " + exc.replace("\n", "\n  ")  # indented: the traceback reads as one event
         if self.style_name == "journal":
-            return redact(f"<{_JOURNAL_PRIORITY.get(record.levelno, 6)}>{line}")
+            # journald makes an entry of every line: each one needs the prefix, or the traceback
+            # under an error would be logged at info and vanish from `journalctl -p err`.
+            prefix = f"<{_JOURNAL_PRIORITY.get(record.levelno, 6)}>"
+            return prefix + redact(line).replace("\n", "\n" + prefix)
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         return redact(f"{ts}Z {record.levelname:<7} {record.name} {line}")
 
@@ -126,7 +129,7 @@ def setup(level: str = "info", fmt: str = "auto", secrets: list[str] | None = No
         handler = logging.StreamHandler(stream or sys.stderr)
         handler.litbotd = True  # type: ignore[attr-defined]
         handler.addFilter(_ContextFilter())
-        root.handlers = [handler]
+        root.addHandler(handler)
     elif stream is not None:
         handler.setStream(stream)  # type: ignore[attr-defined]
     handler.setFormatter(_Formatter(resolve_format(fmt, handler.stream)))  # type: ignore[attr-defined]

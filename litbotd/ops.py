@@ -1,30 +1,64 @@
-"""Operator commands (SPEC §2): status, dead, replay, lint, check-config --online."""
+"""Operator commands (SPEC §2): status, dead, replay, lint, check-config --online.
+
+Each returns the exit status: 0 success, 1 failure (Redis unreachable, no such task, bad file).
+"""
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import json
 import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
 
+from . import logs
 from .config import Config
-from .events import tasks_for
 from .queue import Queue, connect
+from .worker import REDIS_DOWN
+
+GITHUB_CHECK_TIMEOUT = 30.0
 
 
-async def _queue(cfg: Config) -> Queue:
-    return Queue(connect(cfg.redis.url), cfg.redis.queue)
+def _safe_url(url: str) -> str:
+    """A Redis URL without its password."""
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
 
 
-async def status(cfg: Config, as_json: bool) -> int:
-    q = await _queue(cfg)
+@contextlib.asynccontextmanager
+async def _queue(cfg: Config) -> AsyncIterator[Queue]:
+    redis = connect(cfg.redis.url)
     try:
+        yield Queue(redis, cfg.redis.queue)
+    finally:
+        await redis.aclose()
+
+
+def _redis_errors(fn: Callable[..., Awaitable[int]]) -> Callable[..., Awaitable[int]]:
+    """An unreachable Redis is a one-line failure (exit 1), not a traceback."""
+    @functools.wraps(fn)
+    async def wrapper(cfg: Config, *args: Any) -> int:
+        try:
+            return await fn(cfg, *args)
+        except REDIS_DOWN as e:
+            print(f"litbotd: redis at {_safe_url(cfg.redis.url)} is unreachable: "
+                  f"{logs.redact(f'{type(e).__name__}: {e}')}", file=sys.stderr)
+            return 1
+    return wrapper
+
+
+@_redis_errors
+async def status(cfg: Config, as_json: bool) -> int:
+    async with _queue(cfg) as q:
         depths = await q.depths()
         by_kind = await q.queued_by_kind()
         workers = await q.worker_infos()
         oldest = await q.oldest_age()
-    finally:
-        await q.redis.aclose()
     if as_json:
         print(json.dumps({
             **depths, "queued_by_phase": by_kind, "oldest_task_age_s": oldest,
@@ -48,9 +82,9 @@ async def status(cfg: Config, as_json: bool) -> int:
     return 0
 
 
+@_redis_errors
 async def dead(cfg: Config, action: str, task_id: str | None, every: bool) -> int:
-    q = await _queue(cfg)
-    try:
+    async with _queue(cfg) as q:
         if action == "list":
             entries = await q.dead_tasks()
             for raw, task in entries:
@@ -64,16 +98,20 @@ async def dead(cfg: Config, action: str, task_id: str | None, every: bool) -> in
             return 0
         if action == "retry":
             n = await q.dead_retry(None if every else task_id)
+            if not n and not every:
+                print(f"litbotd: no dead task with id {task_id}", file=sys.stderr)
+                return 1
             print(f"requeued {n} task(s)")
-            return 0 if n or every else 1
+            return 0
         n = await q.dead_purge()
         print(f"purged {n} task(s)")
         return 0
-    finally:
-        await q.redis.aclose()
 
 
+@_redis_errors
 async def replay(cfg: Config, path: str, event: str, delivery: str | None) -> int:
+    from .events import tasks_for  # only replay needs the event rules
+
     try:
         payload = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
@@ -88,11 +126,8 @@ async def replay(cfg: Config, path: str, event: str, delivery: str | None) -> in
     if not tasks:
         print(f"nothing to queue: {reason}")
         return 0
-    q = await _queue(cfg)
-    try:
+    async with _queue(cfg) as q:
         fresh = await q.enqueue_delivery(delivery, tasks)
-    finally:
-        await q.redis.aclose()
     if not fresh:
         print(f"delivery {delivery} was already processed; nothing queued")
         return 0
@@ -137,14 +172,43 @@ def _machines() -> frozenset[str] | None:
 
 
 async def check_online(cfg: Config) -> int:
+    """Redis answers, and GitHub accepts the App's JWT (`GET /app`)."""
     ok = True
-    q = await _queue(cfg)
-    try:
-        await q.redis.ping()
-        print(f"redis: ok ({cfg.redis.queue}: {await q.depths()})")
-    except Exception as e:
-        ok = False
-        print(f"redis: FAILED: {type(e).__name__}: {e}")
-    finally:
-        await q.redis.aclose()
+    async with _queue(cfg) as q:
+        try:
+            await q.redis.ping()
+            print(f"redis: ok ({_safe_url(cfg.redis.url)}, {cfg.redis.queue}: {await q.depths()})")
+        except REDIS_DOWN as e:
+            ok = False
+            print(f"redis: FAILED: {_safe_url(cfg.redis.url)}: {logs.redact(f'{type(e).__name__}: {e}')}")
+        ok = await _check_github(cfg, q) and ok
     return 0 if ok else 1
+
+
+async def _check_github(cfg: Config, q: Queue) -> bool:
+    from .github import GitHubApp
+    from .services import Services
+
+    gh_cfg = cfg.github
+    if not gh_cfg.app_id or not gh_cfg.private_key:
+        print("github: FAILED: github.app_id and the private key (github.private_key_file, GH_PRIVATE_KEY "
+              "or the github-app.pem credential) must both be set")
+        return False
+    # Short waits between retries: an operator is watching, and the reason matters more.
+    gh = GitHubApp(Services(config=cfg, redis=q.redis, queue=q), sleep=lambda s: asyncio.sleep(min(s, 1.0)))
+    try:
+        app = await asyncio.wait_for(gh.get("/app", None), GITHUB_CHECK_TIMEOUT)
+    except asyncio.TimeoutError:
+        print(f"github: FAILED: {gh_cfg.api_url} did not answer within {GITHUB_CHECK_TIMEOUT:g}s")
+        return False
+    except Exception as e:  # a bad key fails in the JWT signer, a wrong app id at GitHub (401)
+        hint = " (is github.app_id right, and is the key this App's?)" if getattr(e, "status", None) == 401 else ""
+        print(f"github: FAILED: {logs.redact(f'{type(e).__name__}: {e}')}{hint}")
+        return False
+    finally:
+        await gh.close()
+    if not isinstance(app, dict):
+        print(f"github: FAILED: GET /app answered {type(app).__name__}, not an App")
+        return False
+    print(f"github: ok (app {app.get('name')!r}, slug {app.get('slug')}, id {app.get('id')}, {gh_cfg.api_url})")
+    return True

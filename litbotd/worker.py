@@ -80,6 +80,8 @@ class Worker:
                 await self._pause(delay)
                 continue
             failures = 0
+            while leftovers:  # oldest (rightmost) first
+                await self.process(leftovers.pop())
             if raw is not None:
                 await self.process(raw)
 

@@ -66,6 +66,7 @@ class LightningStandIn:
         self.requests: list[str] = []
         self.stop_to = "stopped"   # state a stop request moves a job to
         self.rename_on_create: str | None = None  # simulate a create racing another creator
+        self.fail_create: int | None = None        # answer creates with this HTTP status
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -93,6 +94,7 @@ class LightningStandIn:
             self.requests.clear()
             self.stop_to = "stopped"
             self.rename_on_create = None
+            self.fail_create = None
 
     def add_job(self, name: str, state: str = "running", logs: list[str] | None = None) -> FakeJob:
         with self._lock:
@@ -166,6 +168,8 @@ class LightningStandIn:
 
     async def _create(self, request: web.Request) -> web.Response:
         body = await request.json()
+        if self.fail_create is not None:
+            return web.json_response({"code": 3, "message": "invalid job spec"}, status=self.fail_create)
         with self._lock:
             self.creates.append(body)
             name = body["name"]

@@ -1,0 +1,225 @@
+"""`litbotd demo`: the whole path, offline, in one process (SPEC §2).
+
+An in-process Redis (fakeredis), a GitHub stand-in on loopback, the local job backend and a
+throw-away git repository whose workflow has a 2-cell matrix: one cell passes, one fails. A signed
+`pull_request` webhook goes to the real listener; the real daemon does the rest. Exit 0 when the
+two checks concluded success and failure.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from . import config as config_mod
+from . import logs
+from .daemon import Daemon
+from .fake_github import FakeGitHub
+from .lifecycle import REGISTRY
+
+REPO = "octo-org/hello-litci"
+WORKFLOW = """\
+# A 2-cell matrix: the "pass" cell exits 0, the "fail" cell exits 1.
+name: demo
+parametrize:
+  matrix:
+    case: ["pass", "fail"]
+timeout: "2m"
+run: |
+  echo "case=$case on $(python3 --version)"
+  python3 hello.py
+  test "$case" = "pass"
+"""
+HELLO = 'print("hello from the code at the PR head")\n'
+EXPECTED = {"demo (pass)": "success", "demo (fail)": "failure"}
+DEADLINE = 90.0
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "Demo", "GIT_AUTHOR_EMAIL": "demo@example.invalid",
+           "GIT_COMMITTER_NAME": "Demo", "GIT_COMMITTER_EMAIL": "demo@example.invalid"}
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout
+
+
+def make_repo(root: Path) -> str:
+    """A throw-away repository with the sample workflow; returns the head SHA."""
+    repo = root / "repo"
+    (repo / ".lightning" / "workflows").mkdir(parents=True)
+    (repo / ".lightning" / "workflows" / "demo.yaml").write_text(WORKFLOW)
+    (repo / "hello.py").write_text(HELLO)
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "Add a litci workflow")
+    return _git(repo, "rev-parse", "HEAD").strip()
+
+
+def _key_pair() -> tuple[str, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return private, public
+
+
+def pull_request_payload(sha: str) -> dict[str, Any]:
+    repo = {"id": 1296269, "name": "hello-litci", "full_name": REPO, "private": True,
+            "owner": {"login": "octo-org", "type": "Organization"}}
+    return {
+        "action": "opened", "number": 1,
+        "pull_request": {
+            "number": 1, "state": "open", "title": "Add a litci workflow", "author_association": "OWNER",
+            "user": {"login": "octocat", "type": "User"},
+            "head": {"ref": "add-ci", "sha": sha, "repo": repo},
+            "base": {"ref": "main", "sha": sha, "repo": repo},
+        },
+        "repository": repo, "installation": {"id": 42}, "sender": {"login": "octocat", "type": "User"},
+    }
+
+
+class Narrator:
+    """Prints what GitHub would show, as it changes: check runs and the PR comment."""
+
+    def __init__(self, gh: FakeGitHub) -> None:
+        self.gh = gh
+        self.seen: dict[int, tuple[str, str | None]] = {}
+        self.comment_versions: dict[int, int] = {}
+
+    def poll(self, t0: float) -> None:
+        for run in self.gh.check_runs:
+            now = (run["status"], run.get("conclusion"))
+            if self.seen.get(run["id"]) != now:
+                self.seen[run["id"]] = now
+                state = now[0] + (f": {now[1]}" if now[1] else "")
+                say(f"  [{time.monotonic() - t0:5.1f}s] check run {run['name']!r} → {state}")
+        for c in self.gh.comments:
+            n = len(c["history"])
+            if self.comment_versions.get(c["id"]) != n:
+                verb = "posted" if c["id"] not in self.comment_versions else "edited"
+                self.comment_versions[c["id"]] = n
+                say(f"  [{time.monotonic() - t0:5.1f}s] PR comment {verb} (version {n})")
+
+    def done(self) -> bool:
+        runs = [r for r in self.gh.check_runs if r["name"] in EXPECTED]
+        return len(runs) == len(EXPECTED) and all(r["status"] == "completed" for r in runs)
+
+
+async def demo(workdir: Path) -> int:
+    import fakeredis
+
+    say("litbotd demo — offline: in-process Redis, a GitHub stand-in, the local job backend\n")
+    sha = await asyncio.to_thread(make_repo, workdir)
+    say(f"1. throw-away repository {REPO} at {sha[:7]} with .lightning/workflows/demo.yaml:")
+    say("".join(f"     {line}\n" for line in WORKFLOW.splitlines()))
+    private_pem, public_pem = await asyncio.to_thread(_key_pair)
+    gh = FakeGitHub(app_id=1, public_key_pem=public_pem)
+    api_url = await gh.start()
+    gh.add_repo(REPO, git_dir=str(workdir / "repo"), private=True, installation_id=42)
+    gh.add_pull(REPO, 1, head_sha=sha, base_ref="main")
+    secret = secrets.token_hex(16)
+    cfg = config_mod.parse({
+        "server": {"host": "127.0.0.1", "port": 0},
+        "github": {"app_id": 1, "api_url": api_url},
+        "redis": {"url": "redis://in-process/0"},
+        "workers": {"count": 2, "heartbeat_interval": "1s", "lease_timeout": "5s", "shutdown_grace": "5s"},
+        "jobs": {"backend": "local", "poll_interval": 0.2, "poll_interval_max": 1,
+                 "local": {"workdir": str(workdir / "jobs"), "max_parallel": 2}},
+        "log": {"level": "warning"},
+    }, env={"GH_PRIVATE_KEY": private_pem, "GH_WEBHOOK_SECRET": secret}, source="demo")
+    logs.setup(cfg.log.level, cfg.log.format, config_mod.secrets_of(cfg))
+    say(f"2. GitHub stand-in at {api_url}; daemon with 2 workers, local backend in {workdir / 'jobs'}")
+    daemon = Daemon(cfg, REGISTRY, redis=fakeredis.FakeAsyncRedis(decode_responses=True))
+    running = asyncio.create_task(daemon.run())
+    ready = asyncio.create_task(daemon.ready.wait())
+    await asyncio.wait([running, ready], return_when=asyncio.FIRST_COMPLETED)
+    if not daemon.ready.is_set():
+        ready.cancel()
+        say("the daemon did not start")
+        await gh.close()
+        return running.result() or 1
+    try:
+        return await _drive(daemon, gh, sha, secret)
+    finally:
+        daemon.stop()
+        await running
+        await gh.close()
+
+
+async def _drive(daemon: Daemon, gh: FakeGitHub, sha: str, secret: str) -> int:
+    body = json.dumps(pull_request_payload(sha)).encode()
+    delivery = f"demo-{secrets.token_hex(8)}"
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    url = f"http://127.0.0.1:{daemon.port}/"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=body, headers={
+            "Content-Type": "application/json", "X-GitHub-Event": "pull_request", "X-GitHub-Delivery": delivery,
+            "X-Hub-Signature-256": signature, "User-Agent": "GitHub-Hookshot/demo"}) as resp:
+            answer = await resp.text()
+    say(f"3. signed pull_request 'opened' webhook → {url}: HTTP {resp.status} {answer}")
+    say("4. phases, as GitHub sees them:")
+    narrator = Narrator(gh)
+    t0 = time.monotonic()
+    while not narrator.done() and time.monotonic() - t0 < DEADLINE:
+        narrator.poll(t0)
+        await asyncio.sleep(0.05)  # a progress display: polls the stand-in's state
+    # The last comment edit follows the last check: wait until the daemon has nothing left to do.
+    while time.monotonic() - t0 < DEADLINE and not await _idle(daemon):
+        await asyncio.sleep(0.05)
+    narrator.poll(t0)
+    return _final_report(gh)
+
+
+async def _idle(daemon: Daemon) -> bool:
+    depths = await daemon.services.queue.depths()
+    return depths["queued"] == 0 and depths["delayed"] == 0 and all(w.task is None for w in daemon.live_workers())
+
+
+def _final_report(gh: FakeGitHub) -> int:
+    say("\n5. check runs on the PR:")
+    got = {}
+    for run in gh.check_runs:
+        got[run["name"]] = run.get("conclusion")
+        out = run.get("output") or {}
+        say(f"   ● {run['name']}: {run['status']} / {run.get('conclusion')}  — {out.get('title', '')}")
+        text = (out.get("text") or "").strip()
+        if text:
+            say("".join(f"       {line}\n" for line in text.splitlines()[-8:]).rstrip())
+    say("\n6. the PR comment (edited in place, never a second one):\n")
+    for c in gh.comments:
+        say("".join(f"   {line}\n" for line in c["body"].splitlines()))
+    ok = got == EXPECTED and len(gh.comments) == 1
+    say(f"\nresult: {'as expected' if ok else 'NOT as expected'} — {got} (expected {EXPECTED}); "
+        f"{len(gh.comments)} comment(s)")
+    return 0 if ok else 1
+
+
+def main() -> int:
+    if shutil.which("git") is None:
+        print("litbotd demo: needs git to make its throw-away repository (apt-get install git)", file=sys.stderr)
+        return 1
+    workdir = Path(tempfile.mkdtemp(prefix="litbotd-demo-"))
+    try:
+        import uvloop
+
+        return uvloop.run(demo(workdir))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,211 @@
+"""Webhook ingress benchmark (a script, not a test): how close litbotd's intake comes to the least
+a webhook receiver must do.
+
+    .venv/bin/python tests/bench/ingress.py [--requests N] [--seconds S] [--concurrency C]
+
+Starts a private redis-server on a free loopback port, then in turn, each as its own process:
+  bare     aiohttp on uvloop: read the body, answer 200
+  minimal  aiohttp on uvloop: read the body, HMAC-SHA256 check (hmac.compare_digest), LPUSH it
+  litbotd  `python -m litbotd run` with workers.count = 0 (the real daemon)
+and drives each from a separate load process: signed ~28 KB pull_request payloads, a distinct
+X-GitHub-Delivery per request (dedup must not short-circuit), C keep-alive connections, until N
+requests or S seconds. The load generator writes raw HTTP/1.1 on uvloop streams so that it, not
+the server, is the cheaper side. Prints requests/s, p50/p99 latency, litbotd's RSS, and the ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PAYLOAD = ROOT / "tests" / "data" / "webhooks" / "pull_request.synchronize.1.json"
+SECRET = "bench-secret"
+WARMUP = 500
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the comparison servers ---------------------------------------------------------------------
+def serve(kind: str, port: int, redis_url: str) -> None:
+    import redis.asyncio as aioredis
+    import uvloop
+    from aiohttp import web
+
+    async def bare(request: web.Request) -> web.Response:
+        await request.read()  # every receiver must take the body off the socket
+        return web.Response(text="ok")
+
+    async def minimal(request: web.Request) -> web.Response:
+        body = await request.read()
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(request.headers.get("X-Hub-Signature-256", ""), expected):
+            return web.Response(status=401)
+        await app["redis"].lpush("bench_minimal", body)
+        return web.Response(status=202, text="queued")
+
+    async def main() -> None:
+        app["redis"] = aioredis.Redis.from_url(redis_url)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await asyncio.Event().wait()
+
+    app = web.Application()
+    app.router.add_post("/", bare if kind == "bare" else minimal)
+    app.router.add_get("/healthz", lambda _: web.Response(text="ok"))  # type: ignore[arg-type, return-value]
+    uvloop.run(main())
+
+
+# -- the load process ---------------------------------------------------------------------------
+def load(port: int, requests: int, seconds: float, concurrency: int, tag: str) -> None:
+    import uvloop
+
+    body = PAYLOAD.read_bytes()
+    signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    head = (f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"X-GitHub-Event: pull_request\r\nX-Hub-Signature-256: {signature}\r\n"
+            f"Content-Length: {len(body)}\r\nX-GitHub-Delivery: ").encode()
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    counter = iter(range(WARMUP + requests))
+    window = [0.0, 0.0]  # first measured send, last measured answer
+
+    async def client(deadline: float) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for i in counter:
+            if time.monotonic() > deadline:
+                break
+            t0 = time.perf_counter()
+            if i == WARMUP:
+                window[0] = t0
+            writer.write(b"%s%s-%d\r\n\r\n%s" % (head, tag.encode(), i, body))
+            answer = await reader.readuntil(b"\r\n\r\n")
+            length = int(answer.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            if i >= WARMUP:
+                window[1] = time.perf_counter()
+                latencies.append(window[1] - t0)
+                status = int(answer[9:12])
+                statuses[status] = statuses.get(status, 0) + 1
+        writer.close()
+
+    async def main() -> None:
+        deadline = time.monotonic() + seconds
+        await asyncio.gather(*(client(deadline) for _ in range(concurrency)))
+
+    uvloop.run(main())
+    latencies.sort()
+    n = len(latencies)
+    if n == 0:
+        raise SystemExit("no request measured: raise --seconds")
+    json.dump({"n": n, "rps": n / (window[1] - window[0]), "p50_ms": latencies[n // 2] * 1000,
+               "p99_ms": latencies[int(n * 0.99)] * 1000, "statuses": statuses}, sys.stdout)
+
+
+# -- orchestration ------------------------------------------------------------------------------
+def wait_http(url: str, proc: subprocess.Popen, deadline_s: float = 30) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"{url} not ready after {deadline_s}s")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def run_one(name: str, cmd: list[str], env: dict[str, str], port: int, args: argparse.Namespace,
+            log: Path) -> dict:
+    with log.open("wb") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        out = subprocess.run(
+            [sys.executable, __file__, "_load", str(port), str(args.requests), str(args.seconds),
+             str(args.concurrency), name], env=env, capture_output=True, text=True, check=True,
+            timeout=args.seconds + 60)
+        result = json.loads(out.stdout)
+        result["rss_mib"] = rss_kib(proc.pid) / 1024
+        return result
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=15000)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--concurrency", type=int, default=64)
+    args = ap.parse_args()
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not on PATH")
+    with tempfile.TemporaryDirectory(prefix="litbotd-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        redis_port = free_port()
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        redis = subprocess.Popen([binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no", "--dir", tmp_s], stdout=subprocess.DEVNULL)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "LITBOTD_", "NOTIFY_SOCKET"))}
+        env.update(PYTHONPATH=str(ROOT), GH_WEBHOOK_SECRET=SECRET)
+        results: dict[str, dict] = {}
+        try:
+            for name in ("bare", "minimal", "litbotd"):
+                port = free_port()
+                if name == "litbotd":
+                    cfg = tmp / "litbotd.toml"
+                    cfg.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\n[redis]\nurl = "{redis_url}"\n'
+                                   '[workers]\ncount = 0\n[github]\nredeliver_interval = 0\n'
+                                   '[log]\nformat = "text"\n')
+                    cmd = [sys.executable, "-m", "litbotd", "run", "-c", str(cfg)]
+                else:
+                    cmd = [sys.executable, __file__, "_serve", name, str(port), redis_url]
+                results[name] = run_one(name, cmd, env, port, args, tmp / f"{name}.log")
+                r = results[name]
+                print(f"{name:8} {r['n']:6d} req  {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
+                      f"p99 {r['p99_ms']:6.2f} ms  RSS {r['rss_mib']:6.1f} MiB  statuses {r['statuses']}",
+                      flush=True)
+        finally:
+            redis.terminate()
+            redis.wait(10)
+    lit, mini, bare = results["litbotd"], results["minimal"], results["bare"]
+    print(f"litbotd/minimal {lit['rps'] / mini['rps']:.2f}x (aim >= 0.8)   minimal/bare {mini['rps'] / bare['rps']:.2f}x"
+          f"   litbotd p99 {lit['p99_ms']:.1f} ms (aim < 20)   litbotd RSS after {lit['rss_mib']:.1f} MiB")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["_serve"]:
+        serve(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif sys.argv[1:2] == ["_load"]:
+        a = sys.argv[2:]
+        load(int(a[0]), int(a[1]), float(a[2]), int(a[3]), a[4])
+    else:
+        main()

@@ -1,0 +1,85 @@
+"""A `litbotd run` with a TEST registry, for the crash-recovery tests (tests/test_daemon_recovery.py).
+
+    python tests/helpers/queue_daemon.py -c CONFIG.toml
+
+Task kinds:
+- "count": appends {"ev": "start", ...} to the Redis list `test:events`, sleeps payload["sleep"]
+  seconds (if any; payload["first_sleep"] instead on the task's very first start, so a test can keep
+  a task in flight in one daemon and let its re-run elsewhere be quick), appends {"ev": "done", ...} and the task id to `test:done`, and returns the
+  successors listed in payload["then"] ([{"kind", "payload"}, ...]).
+- "fail": raises RuntimeError(payload.get("msg", "boom")).
+Every event carries the worker id and the pid, so a test can tell which process ran what.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from litbotd import config as config_mod, logs  # noqa: E402
+from litbotd.daemon import Daemon  # noqa: E402
+from litbotd.services import Services  # noqa: E402
+from litbotd.tasks import Task  # noqa: E402
+from litbotd.worker import Registry  # noqa: E402
+
+DAEMON: Daemon | None = None
+
+
+def _worker_of(task: Task) -> str:
+    for w in DAEMON.live_workers() if DAEMON else ():
+        if w.task is task:
+            return w.id
+    return "?"
+
+
+async def _event(s: Services, ev: str, task: Task, wid: str) -> None:
+    await s.redis.rpush("test:events", json.dumps(
+        {"ev": ev, "id": task.id, "wid": wid, "pid": os.getpid(), "t": time.time(), "attempt": task.attempt}))
+
+
+async def count(task: Task, s: Services):
+    wid = _worker_of(task)
+    await _event(s, "start", task, wid)
+    sleep = task.payload.get("sleep", 0)
+    if "first_sleep" in task.payload and await s.redis.sadd("test:started", task.id):
+        sleep = task.payload["first_sleep"]
+    if sleep:
+        await asyncio.sleep(float(sleep))
+    async with s.redis.pipeline(transaction=True) as p:
+        p.rpush("test:events", json.dumps({"ev": "done", "id": task.id, "wid": wid, "pid": os.getpid(),
+                                           "t": time.time(), "attempt": task.attempt}))
+        p.rpush("test:done", task.id)
+        await p.execute()
+    return [task.successor(t["kind"], t.get("payload", {})) for t in task.payload.get("then", [])]
+
+
+async def fail(task: Task, s: Services):
+    raise RuntimeError(task.payload.get("msg", "boom"))
+
+
+REGISTRY = Registry(handlers={"count": count, "fail": fail})
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("-c", "--config", required=True)
+    args = p.parse_args()
+    cfg = config_mod.load(args.config)
+    logs.setup(cfg.log.level, "text", config_mod.secrets_of(cfg))
+
+    async def run() -> int:
+        global DAEMON
+        DAEMON = Daemon(cfg, REGISTRY, args.config)
+        return await DAEMON.run()
+
+    import uvloop
+    return uvloop.run(run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

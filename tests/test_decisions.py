@@ -1,0 +1,81 @@
+"""The phases' pure decisions: no Redis, no HTTP."""
+from __future__ import annotations
+
+from hypothesis import given, strategies as st
+
+from litbotd import decisions as d
+
+
+def test_job_name_is_deterministic_and_distinct_per_attempt():
+    a = d.job_name("o/r", "a" * 40, "ci-3-11-1a2b3c4d", 1)
+    assert a == d.job_name("o/r", "a" * 40, "ci-3-11-1a2b3c4d", 1)
+    assert a != d.job_name("o/r", "a" * 40, "ci-3-11-1a2b3c4d", 2)
+    assert a != d.job_name("o/other", "a" * 40, "ci-3-11-1a2b3c4d", 1)
+    assert a.startswith("litci-") and len(a) <= 60 and a.replace("-", "").isalnum()
+
+
+def test_external_id_round_trip():
+    assert d.parse_external_id(d.external_id("ci-x-1234", 3)) == ("ci-x-1234", 3)
+    assert d.parse_external_id("fork-approval") is None
+    assert d.parse_external_id(None) is None
+    assert d.parse_external_id("key/notanumber") is None
+
+
+@given(st.floats(0.1, 100), st.floats(0.1, 50), st.floats(50, 500))
+def test_next_poll_backs_off_within_bounds(current, first, cap):
+    nxt = d.next_poll(current, first, cap)
+    assert first <= nxt <= cap
+    assert nxt >= min(cap, current)
+
+
+def test_decide_wait():
+    now = 10_000.0
+    assert d.decide_wait("succeeded", now, 0, None, 60, 600, 30).action == "results"
+    assert d.decide_wait("failed", now, 0, None, 60, 600, 30).action == "results"
+    assert d.decide_wait("pending", now, now - 10, None, 60, 600, 30).action == "poll"
+    pending_too_long = d.decide_wait("pending", now, now - 601, None, 60, 600, 30)
+    assert (pending_too_long.action, pending_too_long.conclusion) == ("stop", d.TIMED_OUT)
+    assert "queue_timeout" in pending_too_long.message
+    assert d.decide_wait("running", now, 0, now - 80, 60, 600, 30).action == "poll"  # within the grace
+    too_long = d.decide_wait("running", now, 0, now - 91, 60, 600, 30)
+    assert (too_long.action, too_long.conclusion) == ("stop", d.TIMED_OUT)
+    assert "1 min" in too_long.message
+
+
+def test_conclusions():
+    assert d.conclusion_for("succeeded", 0, False, None) == d.SUCCESS
+    assert d.conclusion_for("failed", 1, False, None) == d.FAILURE
+    assert d.conclusion_for("failed", None, False, None) == d.FAILURE
+    assert d.conclusion_for("failed", 124, True, None) == d.TIMED_OUT
+    assert d.conclusion_for("stopped", None, False, None) == d.NEUTRAL
+    assert d.conclusion_for("unknown", None, False, None) == d.NEUTRAL
+    assert d.conclusion_for("running", None, False, "superseded by abc1234") == d.CANCELLED
+
+
+def test_parse_command():
+    assert d.parse_command("/litci run", "/litci") == d.Command("run", (), "/litci run")
+    assert d.parse_command('/litci run "PR checks (3.11)" lint\nthanks', "/litci").names == ("PR checks (3.11)", "lint")
+    assert d.parse_command("  /litci cancel  ", "/litci").verb == "cancel"
+    assert d.parse_command("/litci ok-to-test", "/litci").verb == "ok-to-test"
+    assert d.parse_command("/litci frobnicate", "/litci").verb == "unknown"
+    assert d.parse_command("/litci cancel now", "/litci").verb == "unknown"
+    assert d.parse_command("/litcix run", "/litci") is None
+    assert d.parse_command("please /litci run", "/litci") is None
+    assert d.parse_command("", "/litci") is None
+
+
+def test_permissions_and_trust():
+    assert d.may_command("write", None) and d.may_command("admin", "admin") and d.may_command("read", "maintain")
+    assert not d.may_command("read", "triage") and not d.may_command(None, None)
+    trusted = ("OWNER", "MEMBER", "COLLABORATOR")
+    assert d.is_trusted(False, "NONE", trusted)           # not a fork
+    assert d.is_trusted(True, "member", trusted)
+    assert not d.is_trusted(True, "FIRST_TIME_CONTRIBUTOR", trusted)
+
+
+def test_select_runs():
+    names = {"k1": "PR checks (3.11)", "k2": "PR checks (3.12)", "k3": "lint"}
+    assert d.select_runs(names, ()) == (["k1", "k2", "k3"], [])
+    assert d.select_runs(names, ("pr checks",)) == (["k1", "k2"], [])
+    assert d.select_runs(names, ("PR checks (3.12)", "LINT")) == (["k2", "k3"], [])
+    assert d.select_runs(names, ("docs",)) == ([], ["docs"])

@@ -1,0 +1,289 @@
+"""The GitHub App client against FakeGitHub: real HTTP on loopback, real Redis, the request checked
+against GitHub's OpenAPI description and the App JWT verified with the test key pair."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import AsyncIterator, Callable
+
+import pytest
+
+from litbotd import config, github
+from litbotd.fake_github import FakeGitHub
+from litbotd.github import GitHubApp, GitHubError
+from litbotd.queue import Queue, connect
+from litbotd.services import Services
+
+from .conftest import DATA, RedisServer, free_port
+
+APP_ID = 7
+PRIVATE_KEY = (DATA / "keys" / "app.pem").read_text()
+PUBLIC_KEY = (DATA / "keys" / "app.pub.pem").read_text()
+SPEC = str(DATA / "rest-subset.json")
+REPO = "octo/hello"
+SHA = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
+
+
+class Clock:
+    """A clock that only moves when the client sleeps: waits are recorded, never spent."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeGitHub]:
+    gh = FakeGitHub(app_id=APP_ID, public_key_pem=PUBLIC_KEY, spec_path=SPEC)
+    await gh.start()
+    gh.add_repo(REPO, {SHA: {"README.md": "hello\n", ".litci.yaml": "run: true\n"}})
+    gh.add_pull(REPO, 1, head_sha=SHA)
+    yield gh
+    await gh.close()
+    assert gh.violations == []  # every request the client made is one GitHub documents
+
+
+def make_services(redis_url: str, api_url: str) -> Services:
+    cfg = config.parse({"github": {"app_id": APP_ID, "private_key_file": str(DATA / "keys" / "app.pem"),
+                                   "api_url": api_url},
+                        "redis": {"url": redis_url}}, env={})
+    r = connect(redis_url)
+    return Services(config=cfg, redis=r, queue=Queue(r, cfg.redis.queue))
+
+
+@pytest.fixture
+async def make_app(redis_server: RedisServer, fake: FakeGitHub) -> AsyncIterator[Callable[..., GitHubApp]]:
+    made: list[GitHubApp] = []
+
+    def factory(clock: Clock | None = None, api_url: str | None = None) -> GitHubApp:
+        clock = clock or Clock()
+        services = make_services(redis_server.url, api_url or fake.url)
+        app = GitHubApp(services, sleep=clock.sleep, clock=clock)
+        services.github = app
+        made.append(app)
+        return app
+
+    yield factory
+    for app in made:
+        await app.close()
+        await app.services.redis.aclose()
+
+
+# -- tokens -----------------------------------------------------------------------------------------
+async def test_token_minted_once_and_shared_through_redis(fake: FakeGitHub, make_app) -> None:
+    a, b = make_app(), make_app()
+    ta, tb = await asyncio.gather(a.installation_token(1), b.installation_token(1))
+    assert ta == tb
+    assert fake.count("POST", r"^/app/installations/1/access_tokens$") == 1
+    # A third daemon finds it in Redis; the token works.
+    c = make_app()
+    assert await c.installation_token(1) == ta
+    pr = await c.get(f"/repos/{REPO}/pulls/1", 1)
+    assert pr["head"]["sha"] == SHA
+    assert fake.count("POST", r"/access_tokens$") == 1
+    assert await c.services.redis.exists(c.services.queue.key("token", "1"))
+
+
+async def test_token_refreshed_within_five_minutes_of_expiry(fake: FakeGitHub, make_app) -> None:
+    clock = Clock()
+    app = make_app(clock)
+    first = await app.installation_token(1)
+    clock.t += fake.token_ttl - 5 * 60 - 5   # still more than 5 minutes left
+    assert await app.installation_token(1) == first
+    assert fake.count("POST", r"/access_tokens$") == 1
+    clock.t += 10                              # now less than 5 minutes left
+    second = await app.installation_token(1)
+    assert second != first
+    assert fake.count("POST", r"/access_tokens$") == 2
+
+
+async def test_scoped_token_is_fresh_and_limited_to_one_repo_contents_read(fake: FakeGitHub, make_app) -> None:
+    app = make_app()
+    installation = await app.installation_token(1)
+    scoped = await app.scoped_token(1, REPO)
+    again = await app.scoped_token(1, REPO)
+    assert len({installation, scoped, again}) == 3   # never cached, never the shared token
+    assert fake.tokens[scoped]["repositories"] == ["hello"]
+    assert fake.tokens[scoped]["permissions"] == {"contents": "read"}
+    assert fake.tokens[installation]["repositories"] is None
+
+
+async def test_revoked_token_is_minted_again_once(fake: FakeGitHub, make_app) -> None:
+    app = make_app()
+    await app.installation_token(1)
+    fake.tokens.clear()  # GitHub forgot it: the next call gets 401
+    assert (await app.get(f"/repos/{REPO}/pulls/1", 1))["number"] == 1
+    assert fake.count("POST", r"/access_tokens$") == 2
+
+
+# -- retries and rate limits ------------------------------------------------------------------------
+async def test_502_is_retried_with_backoff_and_has_one_effect(fake: FakeGitHub, make_app) -> None:
+    clock = Clock()
+    app = make_app(clock)
+    fake.inject("POST", r"/check-runs$", 502)
+    run = await app.post(f"/repos/{REPO}/check-runs", 1, data={"name": "tests", "head_sha": SHA})
+    assert run["id"] == fake.check_runs[0]["id"]
+    assert len(fake.check_runs) == 1
+    assert fake.count("POST", r"/check-runs$") == 2
+    assert len(clock.sleeps) == 1 and 0.5 <= clock.sleeps[0] <= 1.5
+
+
+async def test_5xx_gives_up_after_bounded_attempts(fake: FakeGitHub, make_app) -> None:
+    clock = Clock()
+    app = make_app(clock)
+    fake.inject("GET", r"/pulls/1$", 503, times=100)
+    with pytest.raises(GitHubError) as e:
+        await app.get(f"/repos/{REPO}/pulls/1", 1)
+    assert e.value.status == 503
+    assert fake.count("GET", r"/pulls/1$") == github.MAX_ATTEMPTS
+    assert clock.sleeps == sorted(clock.sleeps) or len(clock.sleeps) == github.MAX_ATTEMPTS - 1
+
+
+@pytest.mark.parametrize("status,headers,body,expected", [
+    (429, {"Retry-After": "7"}, None, (7, 7)),
+    (403, {"Retry-After": "30"}, {"message": "You have exceeded a secondary rate limit."}, (30, 30)),
+    (403, {}, {"message": "You have exceeded a secondary rate limit. Please wait a few minutes."}, (60, 60)),
+    (403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "+120"}, {"message": "API rate limit exceeded"},
+     (120, 122)),
+], ids=["429-retry-after", "secondary-retry-after", "secondary-no-header", "primary"])
+async def test_rate_limits_wait_as_told_then_retry(fake: FakeGitHub, make_app, status: int, headers: dict,
+                                                   body: dict | None, expected: tuple[float, float]) -> None:
+    clock = Clock()
+    app = make_app(clock)
+    await app.installation_token(1)
+    if headers.get("x-ratelimit-reset", "").startswith("+"):
+        headers = {**headers, "x-ratelimit-reset": str(int(clock.t) + int(headers["x-ratelimit-reset"]))}
+    fake.inject("GET", r"/pulls/1$", status, headers=headers, body=body)
+    pr = await app.get(f"/repos/{REPO}/pulls/1", 1)
+    assert pr["number"] == 1
+    assert fake.count("GET", r"/pulls/1$") == 2
+    assert len(clock.sleeps) == 1 and expected[0] <= clock.sleeps[0] <= expected[1]
+
+
+async def test_rate_limit_wait_is_capped(fake: FakeGitHub, make_app) -> None:
+    clock = Clock()
+    app = make_app(clock)
+    fake.inject("GET", r"^/app$", 429, headers={"Retry-After": "86400"})
+    assert (await app.get("/app", None))["id"] == APP_ID
+    assert clock.sleeps == [github.MAX_WAIT]
+
+
+async def test_plain_403_and_404_are_not_retried(fake: FakeGitHub, make_app) -> None:
+    clock = Clock()
+    app = make_app(clock)
+    fake.inject("GET", r"/pulls/1$", 403, body={"message": "Resource not accessible by integration"})
+    with pytest.raises(GitHubError) as e:
+        await app.get(f"/repos/{REPO}/pulls/1", 1)
+    assert e.value.status == 403
+    with pytest.raises(GitHubError) as e:
+        await app.get(f"/repos/{REPO}/pulls/99", 1)
+    assert e.value.status == 404
+    assert clock.sleeps == []
+    assert fake.count("GET", r"/pulls/") == 2
+
+
+async def test_connection_refused_is_retried_then_raised(make_app) -> None:
+    clock = Clock()
+    app = make_app(clock, api_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(GitHubError) as e:
+        await app.get("/app", None)
+    assert e.value.status == 0
+    assert len(clock.sleeps) == github.MAX_ATTEMPTS - 1
+    assert "eyJ" not in str(e.value)
+
+
+async def test_link_to_another_host_is_refused(fake: FakeGitHub, make_app) -> None:
+    app = make_app()
+    with pytest.raises(GitHubError, match="not the GitHub API host"):
+        await app.get("http://127.0.0.2:1/steal", 1)
+    assert fake.count("POST", r"/access_tokens$") == 0
+
+
+# -- pagination -------------------------------------------------------------------------------------
+async def test_paginate_follows_page_and_cursor_links(fake: FakeGitHub, make_app) -> None:
+    app = make_app()
+    for i in range(7):
+        await app.post(f"/repos/{REPO}/issues/1/comments", 1, data={"body": f"c{i}"})
+    bodies = [c["body"] async for c in app.paginate(f"/repos/{REPO}/issues/1/comments", 1, {"per_page": 3})]
+    assert bodies == [f"c{i}" for i in range(7)]
+    assert fake.count("GET", r"/issues/1/comments$") == 3
+    # Cursor pagination (deliveries, newest first).
+    guids = [fake.add_delivery(f"g{i}", age=100 - i)["guid"] for i in range(5)]
+    got = [d["guid"] async for d in app.paginate("/app/hook/deliveries", None, {"per_page": 2})]
+    assert got == guids[::-1]
+    assert fake.count("GET", r"^/app/hook/deliveries$") == 3
+    # A listing wrapped in an object yields the list's items.
+    for name in ("a", "b", "c"):
+        await app.post(f"/repos/{REPO}/check-runs", 1, data={"name": name, "head_sha": SHA})
+    names = [r["name"] async for r in app.paginate(f"/repos/{REPO}/commits/{SHA}/check-runs", 1, {"per_page": 2})]
+    assert sorted(names) == ["a", "b", "c"]
+
+
+# -- pacing -----------------------------------------------------------------------------------------
+async def test_burst_of_content_creating_calls_stays_under_80_per_minute(fake: FakeGitHub, make_app) -> None:
+    clock = Clock()
+    app = make_app(clock)
+    t0 = clock.t
+    sent: list[float] = []
+    for i in range(100):
+        await app.post(f"/repos/{REPO}/statuses/{SHA}", 1, data={"state": "pending", "context": f"c{i}"})
+        sent.append(clock.t)  # the clock moves only in sleeps, so this is when the call went out
+    assert len(fake.statuses) == 100
+    assert sent[github.PACE_PER_MINUTE - 1] == t0            # a burst within the budget is not slowed
+    assert all(sent[i + 80] - sent[i] >= 60 for i in range(len(sent) - 80))
+    assert sent[-1] - t0 < 61                                  # and waits no longer than needed
+    waited = len(clock.sleeps)
+    await app.get(f"/repos/{REPO}/pulls/1", 1)                 # reads are not paced
+    assert len(clock.sleeps) == waited
+
+
+async def test_pacing_budget_is_shared_by_daemons_and_hourly(fake: FakeGitHub, make_app,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(github, "PACE_PER_MINUTE", 3)
+    monkeypatch.setattr(github, "PACE_PER_HOUR", 5)
+    clock = Clock()
+    a, b = make_app(clock), make_app(clock)
+    t0 = clock.t
+    sent = []
+    for app in (a, a, a, b, b, b):
+        await app.post(f"/repos/{REPO}/statuses/{SHA}", 1, data={"state": "success"})
+        sent.append(clock.t - t0)
+    assert sent[:3] == [0, 0, 0]
+    assert 60 <= sent[3] == sent[4] < 61      # b waits for a's calls to leave the minute
+    assert 3600 <= sent[5] < 3601             # the sixth waits for the first to leave the hour
+
+
+# -- secrets ----------------------------------------------------------------------------------------
+async def test_no_token_jwt_or_key_in_errors_or_logs(fake: FakeGitHub, make_app, caplog: pytest.LogCaptureFixture,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.DEBUG)
+    app = make_app()
+    token = await app.installation_token(1)
+    jwt = app.jwt()
+    fake.inject("GET", r"/pulls/1$", 502)
+    fake.inject("GET", r"/pulls/1$", 429, headers={"Retry-After": "1"})
+    # GitHub echoing a credential back must not carry it into our exception.
+    fake.inject("GET", r"/pulls/1$", 422, body={"message": f"bad {token} {jwt}"})
+    with pytest.raises(GitHubError) as e:
+        await app.get(f"/repos/{REPO}/pulls/1", 1)
+    down = make_app(api_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(GitHubError) as e2:
+        await down.get("/app", None)
+    key_lines = [line for line in PRIVATE_KEY.splitlines() if "-----" not in line]
+    text = str(e.value) + e.value.message + str(e2.value) + "".join(
+        f"{r.getMessage()} {getattr(r, 'kv', '')}" for r in caplog.records)
+    out = capsys.readouterr()
+    text += out.out + out.err
+    assert caplog.records, "the retries should have been logged"
+    for secret in (token, jwt, *key_lines):
+        assert secret not in text
+    assert "***" in e.value.message
