@@ -91,7 +91,12 @@ async def permission(gh: GitHubApp, inst: int, repo: str, user: str) -> tuple[st
 
 
 async def react(gh: GitHubApp, inst: int, repo: str, comment_id: int, content: str) -> None:
-    await gh.post(f"/repos/{repo}/issues/comments/{comment_id}/reactions", inst, data={"content": content})
+    """Acknowledge a command. A comment deleted meanwhile (404) must not undo the command."""
+    try:
+        await gh.post(f"/repos/{repo}/issues/comments/{comment_id}/reactions", inst, data={"content": content})
+    except GitHubError as e:
+        if e.status != 404:
+            raise
 
 
 async def pull(gh: GitHubApp, inst: int, repo: str, pr: int) -> dict[str, Any]:

@@ -48,6 +48,17 @@ def _pid_namespace() -> str:
         return ""
 
 
+def _process_start() -> str:
+    """When this process started, in clock ticks since boot: with the boot id and the pid it names
+    one process, so a later process that got the same pid (pid 1 in a container, a unit started at
+    boot) is told apart from this one."""
+    try:
+        with open("/proc/self/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -65,7 +76,8 @@ class Daemon:
         self.config_path = config_path
         self._load_config = config_loader or (lambda: config_mod.load(config_path))
         self.host = os.environ.get("LITBOTD_HOST") or socket.gethostname()
-        self.identity = {"host": self.host, "pid": os.getpid(), "boot": _boot_id(), "pidns": _pid_namespace()}
+        self.identity = {"host": self.host, "pid": os.getpid(), "boot": _boot_id(), "pidns": _pid_namespace(),
+                         "pstart": _process_start()}
         self._ids = itertools.count()
         self.workers: dict[str, tuple[Worker, asyncio.Task]] = {}
         self._stop = asyncio.Event()
@@ -128,7 +140,7 @@ class Daemon:
                 await self.services.redis.ping()
                 return True
             except REDIS_DOWN as e:
-                log.warning("waiting for redis", url=_safe_url(self.cfg.redis.url), error=type(e).__name__,
+                log.warning("waiting for redis", url=logs.safe_url(self.cfg.redis.url), error=type(e).__name__,
                             retry_in=f"{delay:.1f}s")
                 try:
                     await asyncio.wait_for(self._stop.wait(), delay)
@@ -163,13 +175,22 @@ class Daemon:
     async def _recover_own_host(self) -> None:
         """Take back at once the processing lists of this host's dead processes (SPEC §6)."""
         me = self.identity
-        dead = [
-            wid for wid, info in (await self.services.queue.registered()).items()
-            if info.get("host") == me["host"] and info.get("pid") != me["pid"] and (
-                info.get("boot") != me["boot"]
-                or (info.get("pidns") == me["pidns"] and not _pid_alive(int(info.get("pid", 0))))
-            )
-        ]
+
+        def gone(info: dict) -> bool:
+            if info.get("host") != me["host"]:
+                return False
+            if info.get("boot") != me["boot"]:
+                return True  # the host rebooted since
+            if info.get("pidns") != me["pidns"]:
+                return False  # another container on this host name: its pids mean nothing here
+            if info.get("pid") == me["pid"]:
+                # Our pid, so not a live other process: an earlier one (same pid after a restart:
+                # its worker ids are ours, and its tasks would sit under our live leases) unless it
+                # is this very process (another Daemon in it, as in tests).
+                return info.get("pstart") != me["pstart"]
+            return not _pid_alive(int(info.get("pid", 0)))
+
+        dead = [wid for wid, info in (await self.services.queue.registered()).items() if gone(info)]
         n = await self.services.queue.recover(dead)
         if dead:
             metrics.REQUEUED.inc(n)
@@ -351,14 +372,6 @@ class Daemon:
             s.github = GitHubApp(s) if new.github.app_id and new.github.private_key else None
         self.resize(new.workers.count)
         log.info("reloaded", changed=",".join(changed) or "nothing", workers=new.workers.count)
-
-
-def _safe_url(url: str) -> str:
-    """A Redis URL without its password, for logs."""
-    if "@" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
 
 
 def run(cfg: Config, registry: Registry, config_path: str | None = None) -> int:

@@ -5,6 +5,7 @@ and small, and a 25 MB payload does not become a 25 MB task.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from .tasks import Task, derive_id
@@ -18,31 +19,28 @@ class PayloadError(ValueError):
     """A payload without a field litbotd needs, or with a field of the wrong type; names the field."""
 
 
-_MISSING = object()
+@functools.cache
+def _split(path: str) -> tuple[str, ...]:
+    return tuple(path.split("."))
 
 
-def _get(payload: dict[str, Any], path: str, kind: type | tuple[type, ...], *, nullable: bool = False) -> Any:
+def _get(payload: dict[str, Any], path: str, kind: type, *, nullable: bool = False) -> Any:
     """The value at a dotted path, checked against `kind`; PayloadError names the path otherwise."""
     node: Any = payload
-    walked: list[str] = []
-    for part in path.split("."):
-        walked.append(part)
+    parts = _split(path)
+    for i, part in enumerate(parts):
         if not isinstance(node, dict):
-            raise PayloadError(f"payload field {'.'.join(walked[:-1])}: expected an object")
-        node = node.get(part, _MISSING)
-        if node is _MISSING:
-            raise PayloadError(f"payload field {'.'.join(walked)}: missing")
+            raise PayloadError(f"payload field {'.'.join(parts[:i])}: expected an object")
+        try:
+            node = node[part]
+        except KeyError:
+            raise PayloadError(f"payload field {'.'.join(parts[:i + 1])}: missing") from None
     if node is None and nullable:
         return None
     # bool is an int subclass: an id of `true` is as wrong as a string.
-    if not isinstance(node, kind) or (isinstance(node, bool) and bool not in _as_tuple(kind)):
-        names = " or ".join(t.__name__ for t in _as_tuple(kind))
-        raise PayloadError(f"payload field {path}: expected {names}, got {type(node).__name__}")
+    if not isinstance(node, kind) or (node is True or node is False) and kind is not bool:
+        raise PayloadError(f"payload field {path}: expected {kind.__name__}, got {type(node).__name__}")
     return node
-
-
-def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
 
 
 def _first_pr(items: Any, path: str) -> int | None:

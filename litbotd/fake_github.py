@@ -296,7 +296,8 @@ class FakeGitHub:
     # -- seeding and inspection -------------------------------------------------------------------
     def add_repo(self, full_name: str, files_by_sha: dict[str, dict[str, str | bytes]] | None = None, *,
                  git_dir: str | None = None, private: bool = False, installation_id: int = 1) -> None:
-        """A repository: its trees by SHA (or any ref name) in memory, or a local git repository."""
+        """A repository: its trees by SHA (or any ref name) in memory, the first one also being the
+        default branch `main`; or a local git repository."""
         trees = {sha: {p: c.encode() if isinstance(c, str) else c for p, c in files.items()}
                  for sha, files in (files_by_sha or {}).items()}
         self.repos[full_name] = _Repo(full_name, next(self._ids), private, installation_id, trees, git_dir)
@@ -727,6 +728,8 @@ class FakeGitHub:
     # -- repository contents ------------------------------------------------------------------------
     async def _resolve(self, repo: _Repo, ref: str) -> str | None:
         if repo.git_dir is None:
+            if ref == repo.default_branch and ref not in repo.trees:
+                return next(iter(repo.trees), None)  # the first tree given stands for the default branch
             return ref if ref in repo.trees else None
         rc, out = await _git(repo.git_dir, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
         return out.decode().strip() if rc == 0 else None

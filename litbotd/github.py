@@ -54,23 +54,29 @@ PACE_PER_HOUR = 500
 CONTENT_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 
 # KEYS: the installation's window (sorted set, score = time of a call).
-# ARGV: now, per minute, per hour, a unique member. Returns "0" when the call may go (and records
-# it), else the seconds to wait, as a string (a Lua number would reach the client truncated).
+# ARGV: now, now - 60, now - 3600 (computed by the client: Lua's tostring keeps too few digits for
+# epoch seconds), per minute, per hour, a unique member. Returns "ok" when the call may go (and
+# records it), else the seconds to wait, rounded up to the millisecond, as a string (a Lua number
+# would reach the client truncated to an integer).
 _PACE = """
 local now = tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+local wait = 0
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[5]) then
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return tostring(tonumber(oldest[2]) + 3600 - now)
+  wait = tonumber(oldest[2]) + 3600 - now
+else
+  local since = '(' .. ARGV[2]
+  if redis.call('ZCOUNT', KEYS[1], since, '+inf') >= tonumber(ARGV[4]) then
+    local first = redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    wait = tonumber(first[2]) + 60 - now
+  else
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[6])
+    redis.call('EXPIRE', KEYS[1], 3601)
+    return 'ok'
+  end
 end
-local since = '(' .. tostring(now - 60)
-if redis.call('ZCOUNT', KEYS[1], since, '+inf') >= tonumber(ARGV[2]) then
-  local first = redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-  return tostring(tonumber(first[2]) + 60 - now)
-end
-redis.call('ZADD', KEYS[1], now, ARGV[4])
-redis.call('EXPIRE', KEYS[1], 3601)
-return '0'
+return string.format('%.3f', math.max(math.ceil(wait * 1000) / 1000, 0.001))
 """
 
 # KEYS: lock. ARGV: our value. Delete the lock only if we still hold it.
@@ -209,12 +215,14 @@ class GitHubApp:
     async def _wait_for_pace(self, installation_id: int) -> None:
         key = self.services.queue.key("pace", str(installation_id))
         while True:
-            wait = float(await self._pace(keys=[key], args=[repr(self._clock()), PACE_PER_MINUTE, PACE_PER_HOUR,
-                                                            secrets.token_hex(8)]))
-            if wait <= 0:
+            now = self._clock()
+            verdict = await self._pace(keys=[key], args=[repr(now), repr(now - 60), repr(now - 3600), PACE_PER_MINUTE,
+                                                         PACE_PER_HOUR, secrets.token_hex(8)])
+            if verdict == "ok":
                 return
+            wait = float(verdict)
             log.info("pacing content-creating GitHub calls", installation=installation_id, wait=round(wait, 2))
-            await self._sleep(min(max(wait, 0.001), MAX_WAIT))
+            await self._sleep(min(wait, MAX_WAIT))
 
     def _limit_wait(self, status: int, headers: dict[str, str], body: Any, limited: int) -> float | None:
         """Seconds to wait before retrying a rate-limited response, or None if it is not one."""

@@ -25,6 +25,8 @@ _TOKEN_RE = re.compile(
     r"(gh[opsur]_[A-Za-z0-9]{16,}|github_pat_[A-Za-z0-9_]{20,}|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----|$))"
 )
+# The password in a URL such as redis://:pass@host or rediss://user:pass@host.
+_URL_PASSWORD_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@", re.I)
 _JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
@@ -44,7 +46,12 @@ def redact(text: str) -> str:
     for s in _secrets:
         if s in text:
             text = text.replace(s, "***")
-    return _TOKEN_RE.sub("***", text)
+    return _URL_PASSWORD_RE.sub(r"\1***@", _TOKEN_RE.sub("***", text))
+
+
+def safe_url(url: str) -> str:
+    """A URL fit for a log line or a message: its password replaced by ***."""
+    return _URL_PASSWORD_RE.sub(r"\1***@", url)
 
 
 @contextlib.contextmanager

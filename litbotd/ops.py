@@ -22,14 +22,6 @@ from .worker import REDIS_DOWN
 GITHUB_CHECK_TIMEOUT = 30.0
 
 
-def _safe_url(url: str) -> str:
-    """A Redis URL without its password."""
-    if "@" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
-
-
 @contextlib.asynccontextmanager
 async def _queue(cfg: Config) -> AsyncIterator[Queue]:
     redis = connect(cfg.redis.url)
@@ -46,7 +38,7 @@ def _redis_errors(fn: Callable[..., Awaitable[int]]) -> Callable[..., Awaitable[
         try:
             return await fn(cfg, *args)
         except REDIS_DOWN as e:
-            print(f"litbotd: redis at {_safe_url(cfg.redis.url)} is unreachable: "
+            print(f"litbotd: redis at {logs.safe_url(cfg.redis.url)} is unreachable: "
                   f"{logs.redact(f'{type(e).__name__}: {e}')}", file=sys.stderr)
             return 1
     return wrapper
@@ -177,10 +169,10 @@ async def check_online(cfg: Config) -> int:
     async with _queue(cfg) as q:
         try:
             await q.redis.ping()
-            print(f"redis: ok ({_safe_url(cfg.redis.url)}, {cfg.redis.queue}: {await q.depths()})")
+            print(f"redis: ok ({logs.safe_url(cfg.redis.url)}, {cfg.redis.queue}: {await q.depths()})")
         except REDIS_DOWN as e:
             ok = False
-            print(f"redis: FAILED: {_safe_url(cfg.redis.url)}: {logs.redact(f'{type(e).__name__}: {e}')}")
+            print(f"redis: FAILED: {logs.safe_url(cfg.redis.url)}: {logs.redact(f'{type(e).__name__}: {e}')}")
         ok = await _check_github(cfg, q) and ok
     return 0 if ok else 1
 

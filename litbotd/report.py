@@ -10,16 +10,17 @@ or fenced blocks, so it cannot inject Markdown, HTML or @-mentions, nor break th
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 MAX_OUTPUT_CHARS = 65_535
 MAX_COMMENT_CHARS = 65_536            # GitHub's limit of an issue comment body
 MARKER = "<!-- litbotd:summary -->"
 
-# CSI (colours, cursor moves), OSC (titles, hyperlinks; ended by BEL or ST), other ESC pairs,
-# and the 8-bit CSI.
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]|\x9b[0-?]*[ -/]*[@-~]")
+# CSI (colours, cursor moves), OSC (titles, hyperlinks; ended by BEL or ST), nF sequences such
+# as charset choices (ESC ( B), other ESC pairs, and the 8-bit CSI.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -/]+[0-~]"
+                   r"|\x1b[@-Z\\-_]|\x9b[0-?]*[ -/]*[@-~]")
 # Control characters that are neither newline nor tab (after ANSI codes are gone).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _BACKTICKS = re.compile(r"`+")
@@ -59,7 +60,8 @@ class RunReport:
     """Everything needed to render one run's check run and its row in the summary comment."""
     check_name: str
     status: str                # "queued" | "in_progress" | "completed"
-    conclusion: str | None     # "success" | "failure" | "timed_out" | "cancelled" | "neutral" | "action_required" | None
+    conclusion: str | None     # None until completed; then "success" | "failure" | "timed_out" |
+                               # "cancelled" | "neutral" | "action_required"
     machine: str
     image: str
     attempt: int               # 1-based
@@ -97,6 +99,8 @@ def _clip_end(text: str, max_bytes: int, mark: str = "…") -> str:
     """`text` cut at the end to at most `max_bytes` UTF-8 bytes, `mark` showing the cut."""
     if _utf8_len(text) <= max_bytes:
         return text
+    if _utf8_len(mark) > max_bytes:
+        mark = ""
     room = max(0, max_bytes - _utf8_len(mark))
     return text.encode("utf-8", "surrogatepass")[:room].decode("utf-8", "ignore") + mark
 
@@ -150,7 +154,7 @@ def duration_text(seconds: float | None) -> str:
     """"42s", "1m 05s", "2h 03m"; "—" when unknown."""
     if seconds is None:
         return "—"
-    total = max(0, int(round(seconds)))
+    total = max(0, round(seconds))
     if total < 60:
         return f"{total}s"
     if total < 3600:
@@ -159,14 +163,19 @@ def duration_text(seconds: float | None) -> str:
 
 
 def _code(text: str) -> str:
-    """`text` as an inline code span that is safe inside a table cell: on one line, fenced with
-    more backticks than it holds, pipes escaped (GitHub unescapes `\\|` in tables, code spans too)."""
+    """`text` as an inline code span, on one line, fenced with more backticks than it holds."""
     text = " ".join(text.split())
     if not text:
         return ""
     fence = "`" * (max((len(m) for m in _BACKTICKS.findall(text)), default=0) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{text}{pad}{fence}".replace("|", "\\|")
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _cell(text: str, max_bytes: int = 1000) -> str:
+    """A code span for a table cell: pipes escaped (GitHub unescapes `\\|` in tables, code spans
+    too), long values cut so one cell cannot eat the whole budget; "—" when empty."""
+    return _code(_clip_end(text, max_bytes)).replace("|", "\\|") or "—"
 
 
 def _fenced(text: str, info: str = "") -> str:
@@ -212,18 +221,16 @@ def check_output(r: RunReport) -> dict[str, str]:
 
     lines = [f"**{outcome}**" + (f": {_code(_clip_end(r.message, 2000))}" if r.message.strip() else ""), "",
              "| Machine | Image | Duration | Attempt |", "|---|---|---|---|",
-             f"| {_code(r.machine) or '—'} | {_code(r.image) or '—'} | {duration_text(duration)} | {r.attempt} |"]
+             f"| {_cell(r.machine)} | {_cell(r.image)} | {duration_text(duration)} | {r.attempt} |"]
     if link := _link(r.details_url, "Job details"):
         lines += ["", link]
     summary = _clip_end("\n".join(lines), MAX_OUTPUT_CHARS)
 
     text = ""
     if r.log_tail:
-        # Room for the fences: the log can hold at most a few backtick runs longer than 3.
         body = tail(r.log_tail, max_lines=10 ** 9, max_chars=MAX_OUTPUT_CHARS - 200)
-        text = _fenced(body, "text")
-        if _utf8_len(text) > MAX_OUTPUT_CHARS:  # a log of very long backtick runs: plain, cut
-            text = _clip_end(body, MAX_OUTPUT_CHARS)
+        # Shorten freak backtick runs so the fence that must outgrow them fits the 200 spare bytes.
+        text = _fenced(re.sub(r"`{16,}", "`" * 15, body), "text")
     return {"title": _clip_end(title, 1000), "summary": summary, "text": text}
 
 
@@ -285,7 +292,7 @@ def _row(r: RunReport) -> str:
     status = f"{_EMOJI.get(r.state, '•')} {_outcome(r)}"
     if r.attempt > 1:
         status += f" (attempt {r.attempt})"
-    return (f"| {status} | {_code(r.check_name)} | {duration_text(r.duration)} | "
+    return (f"| {status} | {_cell(r.check_name)} | {duration_text(r.duration)} | "
             f"{_link(r.details_url, 'details') or '—'} |")
 
 

@@ -18,8 +18,9 @@ import hashlib
 import itertools
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 from yaml.events import AliasEvent
@@ -147,7 +148,7 @@ class _BoundedLoader(yaml.SafeLoader):
             raise _Invalid((), f"document too large: more than {MAX_NODES} YAML nodes"
                                " (counting every alias expanded)", _line_of(mark))
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node:
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         if self.check_event(AliasEvent):
             event = self.peek_event()
             self._aliases += 1
@@ -279,7 +280,7 @@ class _Doc:
         """A scalar as written (`3.10` stays "3.10", `true` stays "true"), else its str()."""
         _, node = self._find(path)
         if isinstance(node, ScalarNode):
-            return node.value
+            return str(node.value)
         return _scalar_text(value)
 
 
@@ -337,7 +338,7 @@ def _non_empty_str(value: Any, path: tuple[str | int, ...], single_line: bool = 
         raise _Invalid(path, "must not be empty")
     if single_line and any(c in value for c in "\r\n\t\0"):
         raise _Invalid(path, "must be a single line")
-    return value
+    return str(value)
 
 
 def parse_timeout(value: Any) -> float:

@@ -15,6 +15,8 @@ Endpoints (found by reading lightning_sdk 2026.10.13 and by logging unknown requ
   GET  /v1/projects/{p}/jobs/{id}               job by id
   PUT  /v1/projects/{p}/jobs/{id}               update, {"state": "stop"} stops
   GET  /v1/projects/{p}/page-logs?jobIds=ID     log lines
+  GET  /v1/projects/{p}/jobs/{id}/download-logs the saved log file's URL (asked when page-logs is
+                                                empty), then a plain GET of that URL
   POST /v1/sdk-command-history                  the SDK's telemetry of failed calls
 Anything else is recorded in `unknown` and answered 404.
 """
@@ -120,6 +122,8 @@ class LightningStandIn:
         r.add_get("/v1/projects/{pid}/jobs/{id}", self._get)
         r.add_put("/v1/projects/{pid}/jobs/{id}", self._update)
         r.add_get("/v1/projects/{pid}/page-logs", self._page_logs)
+        r.add_get("/v1/projects/{pid}/jobs/{id}/download-logs", self._download_logs)
+        r.add_get("/saved-logs/{id}", self._saved_logs)
         r.add_post("/v1/sdk-command-history", self._telemetry)
         r.add_route("*", "/{tail:.*}", self._unknown)
         self._runner = web.AppRunner(app)
@@ -208,6 +212,13 @@ class LightningStandIn:
         entries = [{"message": line, "line": i + 1}
                    for jid in ids if jid in self.jobs for i, line in enumerate(self.jobs[jid].logs)]
         return web.json_response({"entries": entries})
+
+    async def _download_logs(self, request: web.Request) -> web.Response:
+        return web.json_response({"url": f"{self.url}/saved-logs/{request.match_info['id']}"})
+
+    async def _saved_logs(self, request: web.Request) -> web.Response:
+        job = self.jobs.get(request.match_info["id"])
+        return web.Response(text="".join(f"{line}\n" for line in job.logs) if job else "")
 
     async def _telemetry(self, request: web.Request) -> web.Response:
         self.telemetry.append(await request.json())

@@ -54,12 +54,13 @@ def test_task_rejects_what_it_cannot_read(raw, why):
 
 def test_successor_ids_are_deterministic_and_distinct():
     parent = Task(kind="new_event", payload={})
-    a1 = parent.successor("start_job", {"run": "r1"})
-    a2 = parent.successor("start_job", {"run": "r1"})
-    b = parent.successor("start_job", {"run": "r2"})
-    assert a1.id == a2.id == derive_id(parent.id, "start_job", "r1")
+    a1 = parent.successor("start_job", {"run": "r1"}, key="r1")
+    a2 = parent.successor("start_job", {"run": "r1"}, key="r1")
+    b = parent.successor("start_job", {"run": "r2"}, key="r2")
+    assert a1.id == a2.id == derive_id(parent.id, "start_job", "r1")  # a re-run yields the same ids
     assert b.id != a1.id
-    assert parent.successor("results", {"run": "r1"}).id != a1.id
+    assert parent.successor("results", {"run": "r1"}, key="r1").id != a1.id
+    assert Task(kind="new_event").successor("start_job", {}, key="r1").id != a1.id  # other parent
     later = a1.later(999.0)
     assert later.id == a1.id and later.run_at == 999.0
 
@@ -105,7 +106,7 @@ async def test_enqueue_take_finish_fifo_and_successors(q):
     raw = await q.take("w1", 0.1)
     assert Task.from_json(raw).payload == {"i": 0}  # FIFO
     assert await q.redis.lrange(q.processing("w1"), 0, -1) == [raw]
-    nxt = Task.from_json(raw).successor("results", {"run": "r"})
+    nxt = Task.from_json(raw).successor("results", {"run": "r"}, key="r")
     later = Task(kind="poll", run_at=time.time() + 3600)
     assert await q.finish("w1", raw, [nxt, later]) is True
     assert await q.redis.llen(q.processing("w1")) == 0

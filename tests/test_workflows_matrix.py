@@ -14,7 +14,7 @@ from litbotd.workflows import Defaults, plan
 
 D = Defaults(image="ubuntu:22.04", machine="CPU", timeout=3600.0)
 F = ".lightning/workflows/m.yml"
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Values whose YAML text is distinct across types, so distinct cells get distinct check names
 # unless the reference model says otherwise.
@@ -136,7 +136,7 @@ def test_runs_survive_a_json_trip(p: dict[str, Any]) -> None:
 BRANCH = st.from_regex(r"[a-z0-9._-]{1,8}(/[a-z0-9._-]{1,8}){0,3}", fullmatch=True)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(BRANCH)
 def test_glob_basics(branch: str) -> None:
     assert wf.branch_matches([branch], branch)                       # a literal name matches itself

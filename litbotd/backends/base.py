@@ -61,8 +61,6 @@ class JobSpec:
 
     def __post_init__(self) -> None:
         check_name(self.name)
-        if not re.fullmatch(r"[0-9a-f]{40}", self.sha):
-            raise BackendError(f"invalid sha {self.sha!r}: expected 40 hex digits")
         if not self.archive_url.startswith(("http://", "https://")):
             raise BackendError("archive_url must be an http(s) URL")
         if self.timeout <= 0:
@@ -131,7 +129,12 @@ class Offload:
 
     async def run(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(loop.run_in_executor(self._pool, fn, *args), timeout or self.timeout)
+        try:
+            fut = loop.run_in_executor(self._pool, fn, *args)
+        except RuntimeError:  # shut down: a reload replaced this backend
+            raise BackendError("the backend is closed") from None
+        return await asyncio.wait_for(fut, timeout or self.timeout)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # Calls already queued still finish: tasks in flight during a reload keep their answers.
+        self._pool.shutdown(wait=False)

@@ -25,6 +25,7 @@ The token is never printed: no URL it could be in, no header, no environment dum
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import re
@@ -93,8 +94,8 @@ def _download(url: str, token: str | None, dest: str) -> None:
             last = "HTTP %d %s" % (e.code, e.reason)
             if e.code < 500 and e.code != 429:
                 break
-        except (urllib.error.URLError, OSError) as e:
-            last = str(getattr(e, "reason", None) or e)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            last = "%s: %s" % (type(e).__name__, getattr(e, "reason", None) or e)
         if attempt < DOWNLOAD_ATTEMPTS:
             time.sleep(2 ** attempt)
     raise _Fail("download of the code failed: " + last)
@@ -131,7 +132,8 @@ def _extract(archive: str, root: str) -> None:
                     shutil.copyfileobj(src, out, 1 << 20)  # type: ignore[misc]
             elif m.issym():
                 target = m.linkname
-                if target.startswith("/") or ".." in os.path.normpath(os.path.join(os.path.dirname(rel), target)).split("/"):
+                resolved = os.path.normpath(os.path.join(os.path.dirname(rel), target))
+                if target.startswith("/") or resolved.split("/")[0] == "..":
                     raise _Fail("unsafe symlink in archive: %r" % m.name)
                 links.append((target, dest))
             elif m.islnk():
@@ -243,7 +245,7 @@ def _job_main(argv: list) -> int:
             rc, timed_out = _run_script(script, src, timeout, grace, stop)
         except _Stopped:
             return _finish(params, *stopped)
-        except (_Fail, tarfile.TarError, OSError) as e:
+        except Exception as e:  # whatever broke before the script ran is not the script's failure
             reason = str(e) if isinstance(e, _Fail) else "%s: %s" % (type(e).__name__, e)
             return _finish(params, "litci-error: " + reason,
                            {"kind": "error", "exit_code": None, "detail": reason}, EXIT_ERROR)

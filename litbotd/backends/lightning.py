@@ -147,6 +147,9 @@ class LightningBackend:
             await asyncio.wait_for(asyncio.shield(fut), self.stop_wait)
         except asyncio.TimeoutError:
             log.info("lightning stop still in progress job=%s", name)
+        else:
+            if self._stopping.get(name) is fut:
+                del self._stopping[name]
 
     async def close(self) -> None:
         self._offload.close()
@@ -252,7 +255,9 @@ class LightningBackend:
         if state == "Completed":
             return JobStatus("succeeded", 0, url, "exit code 0")
         if state == "Stopped":
-            return JobStatus("failed", None, url, PREEMPTED) if preempted else JobStatus("stopped", None, url, "stopped")
+            if preempted:
+                return JobStatus("failed", None, url, PREEMPTED)
+            return JobStatus("stopped", None, url, "stopped")
         if state != "Failed":
             return JobStatus("unknown", None, url, f"unknown Lightning state {state}")
         try:

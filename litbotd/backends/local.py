@@ -11,8 +11,10 @@ Layout of `{workdir}/{name}/` (mode 0700):
 `os.mkdir` of the directory is the start-or-find lock: whoever creates it starts the job; anyone
 else finds it. Slots for `max_parallel` are flock'ed files in `{workdir}/.slots/`.
 
-The job's environment is built from scratch (PATH, LANG, HOME = the job directory, CI=true, the
-workflow env), never inherited from the daemon, whose environment holds its secrets.
+  home/        the job's HOME
+The job's environment is built from scratch (PATH, LANG, HOME, CI=true, the workflow env), never
+inherited from the daemon, whose environment holds its secrets. `image`, `machine` and
+`interruptible` do not apply: the job runs on this machine, as the daemon's user.
 """
 from __future__ import annotations
 
@@ -83,8 +85,10 @@ class LocalBackend:
             jobdir.mkdir(mode=0o700)
         except FileExistsError:
             return self._status(spec.name)  # someone started it already: find, don't start
+        home = jobdir / "home"  # not the job dir itself: a script must not trip over status.json
+        home.mkdir()
         env = {"PATH": os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-               "HOME": str(jobdir), "CI": "true", **job_env(spec)}
+               "HOME": str(home), "CI": "true", **job_env(spec)}
         env.pop("GITHUB_TOKEN", None)  # goes through the token file, not run.json
         write_json_atomic(jobdir / "run.json", {
             "argv": job_argv(spec, python=self.python, workdir=str(jobdir),

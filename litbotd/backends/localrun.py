@@ -46,12 +46,14 @@ def boot_id() -> str:
 
 
 def process_start(pid: int) -> str:
-    """The kernel's start time of a process: with the boot id, tells a pid from its reuse."""
+    """The kernel's start time of a live process ("" when gone or a zombie): with the boot id,
+    tells a pid from its reuse."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return ""
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the "(comm)" field
+    fields = stat.rsplit(")", 1)[1].split()  # fields after "(comm)": state is field 3, starttime 22
+    return "" if fields[0] == "Z" else fields[19]
 
 
 class Runner:

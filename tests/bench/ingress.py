@@ -22,11 +22,14 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+import redis as syncredis
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,6 +137,13 @@ def wait_http(url: str, proc: subprocess.Popen, deadline_s: float = 30) -> None:
     raise SystemExit(f"{url} not ready after {deadline_s}s")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process: per-request CPU is robust where wall rates are not
+    (a busy shared machine)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -147,11 +157,13 @@ def run_one(name: str, cmd: list[str], env: dict[str, str], port: int, args: arg
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        cpu0 = cpu_s(proc.pid)
         out = subprocess.run(
             [sys.executable, __file__, "_load", str(port), str(args.requests), str(args.seconds),
              str(args.concurrency), name], env=env, capture_output=True, text=True, check=True,
             timeout=args.seconds + 60)
         result = json.loads(out.stdout)
+        result["cpu_us"] = (cpu_s(proc.pid) - cpu0) / (result["n"] + WARMUP) * 1e6
         result["rss_mib"] = rss_kib(proc.pid) / 1024
         return result
     finally:
@@ -161,13 +173,16 @@ def run_one(name: str, cmd: list[str], env: dict[str, str], port: int, args: arg
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=15000)
-    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--requests", type=int, default=10000, help="measured requests per run")
+    ap.add_argument("--seconds", type=float, default=20.0, help="upper bound of one run")
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     args = ap.parse_args()
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not on PATH")
+    names = ("bare", "minimal", "litbotd")
+    runs: dict[str, list[dict]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory(prefix="litbotd-bench-") as tmp_s:
         tmp = Path(tmp_s)
         redis_port = free_port()
@@ -176,29 +191,41 @@ def main() -> None:
                                   "--appendonly", "no", "--dir", tmp_s], stdout=subprocess.DEVNULL)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "LITBOTD_", "NOTIFY_SOCKET"))}
         env.update(PYTHONPATH=str(ROOT), GH_WEBHOOK_SECRET=SECRET)
-        results: dict[str, dict] = {}
         try:
-            for name in ("bare", "minimal", "litbotd"):
-                port = free_port()
-                if name == "litbotd":
-                    cfg = tmp / "litbotd.toml"
-                    cfg.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\n[redis]\nurl = "{redis_url}"\n'
-                                   '[workers]\ncount = 0\n[github]\nredeliver_interval = 0\n'
-                                   '[log]\nformat = "text"\n')
-                    cmd = [sys.executable, "-m", "litbotd", "run", "-c", str(cfg)]
-                else:
-                    cmd = [sys.executable, __file__, "_serve", name, str(port), redis_url]
-                results[name] = run_one(name, cmd, env, port, args, tmp / f"{name}.log")
-                r = results[name]
-                print(f"{name:8} {r['n']:6d} req  {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
-                      f"p99 {r['p99_ms']:6.2f} ms  RSS {r['rss_mib']:6.1f} MiB  statuses {r['statuses']}",
-                      flush=True)
+            # Interleaved rounds: a neighbour's burst of CPU use spreads over all three servers.
+            for rnd in range(args.rounds):
+                for name in names:
+                    port = free_port()
+                    if name == "litbotd":
+                        cfg = tmp / "litbotd.toml"
+                        cfg.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\n'
+                                       f'[redis]\nurl = "{redis_url}"\n[workers]\ncount = 0\n'
+                                       '[github]\nredeliver_interval = 0\n[log]\nformat = "text"\n')
+                        cmd = [sys.executable, "-m", "litbotd", "run", "-c", str(cfg)]
+                    else:
+                        cmd = [sys.executable, __file__, "_serve", name, str(port), redis_url]
+                    r = run_one(f"{name}{rnd}", cmd, env, port, args, tmp / f"{name}.log")
+                    runs[name].append(r)
+                    print(f"round {rnd} {name:8} {r['n']:6d} req {r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
+                          f"p99 {r['p99_ms']:6.2f} ms  server CPU {r['cpu_us']:5.0f} us/req  "
+                          f"RSS {r['rss_mib']:5.1f} MiB  {r['statuses']}", flush=True)
+                syncredis.Redis(port=redis_port).flushall()  # the minimal handler's bodies add up
         finally:
             redis.terminate()
             redis.wait(10)
-    lit, mini, bare = results["litbotd"], results["minimal"], results["bare"]
-    print(f"litbotd/minimal {lit['rps'] / mini['rps']:.2f}x (aim >= 0.8)   minimal/bare {mini['rps'] / bare['rps']:.2f}x"
-          f"   litbotd p99 {lit['p99_ms']:.1f} ms (aim < 20)   litbotd RSS after {lit['rss_mib']:.1f} MiB")
+    med = {n: {k: statistics.median(r[k] for r in runs[n]) for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "rss_mib")}
+           for n in names}
+    print(f"\nmedians of {args.rounds} rounds, {args.requests} signed {PAYLOAD.stat().st_size // 1024} KB "
+          f"pull_request deliveries each, {args.concurrency} connections:")
+    for n in names:
+        m = med[n]
+        print(f"  {n:8} {m['rps']:7.0f} req/s  p50 {m['p50_ms']:6.2f} ms  p99 {m['p99_ms']:6.2f} ms  "
+              f"server CPU {m['cpu_us']:5.0f} us/req  RSS {m['rss_mib']:5.1f} MiB")
+    lit, mini, bare = med["litbotd"], med["minimal"], med["bare"]
+    print(f"  litbotd/minimal {lit['rps'] / mini['rps']:.2f}x req/s, {mini['cpu_us'] / lit['cpu_us']:.2f}x by CPU "
+          f"(aim >= 0.8); minimal/bare {mini['rps'] / bare['rps']:.2f}x req/s, "
+          f"{bare['cpu_us'] / mini['cpu_us']:.2f}x by CPU; litbotd p99 {lit['p99_ms']:.1f} ms (aim < 20); "
+          f"litbotd RSS after {lit['rss_mib']:.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Task kinds:
 - "count": appends {"ev": "start", ...} to the Redis list `test:events`, sleeps payload["sleep"]
   seconds (if any; payload["first_sleep"] instead on the task's very first start, so a test can keep
   a task in flight in one daemon and let its re-run elsewhere be quick), appends {"ev": "done", ...} and the task id to `test:done`, and returns the
-  successors listed in payload["then"] ([{"kind", "payload"}, ...]).
+  successors listed in payload["then"] ([{"kind", "payload", "key"}, ...]).
 - "fail": raises RuntimeError(payload.get("msg", "boom")).
 Every event carries the worker id and the pid, so a test can tell which process ran what.
 """
@@ -55,7 +55,8 @@ async def count(task: Task, s: Services):
                                            "t": time.time(), "attempt": task.attempt}))
         p.rpush("test:done", task.id)
         await p.execute()
-    return [task.successor(t["kind"], t.get("payload", {})) for t in task.payload.get("then", [])]
+    return [task.successor(t["kind"], t.get("payload", {}), key=t.get("key", str(i)))
+            for i, t in enumerate(task.payload.get("then", []))]
 
 
 async def fail(task: Task, s: Services):

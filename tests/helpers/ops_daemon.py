@@ -1,0 +1,285 @@
+"""A real litbotd daemon with a small test registry, for the operations tests (SPEC §7).
+
+    python tests/helpers/ops_daemon.py CONFIG.toml
+
+It runs `litbotd.daemon.run` — uvloop, signals, sd_notify, reload, drain — exactly as `litbotd run`
+does, with these task kinds instead of the CI phases:
+
+    sleep  {"s": seconds}   await asyncio.sleep; records its id in <queue>:test:done (a set) and
+                            counts runs in <queue>:test:runs (duplicates show as runs > done)
+    block  {"s": seconds}   time.sleep: blocks the event loop; sends X_BLOCK=start / X_BLOCK=end
+                            to $NOTIFY_SOCKET around it, so a test sees where the block falls
+                            among the WATCHDOG=1 datagrams
+    fail   {"message": m}   raises RuntimeError(m) (retried, then dead-lettered)
+    log    {"message": m}   writes an info line and an error line holding m
+
+The test side (start, status, stop) lives here too, so each test reads as its scenario.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+# -- the daemon side --------------------------------------------------------------------------------
+def _registry() -> Any:
+    from litbotd import logs, systemd
+    from litbotd.services import Services
+    from litbotd.tasks import Task
+    from litbotd.worker import Registry
+
+    log = logs.get("litbotd.test")
+
+    async def sleep(task: Task, services: Services) -> None:
+        await asyncio.sleep(float(task.payload.get("s", 0)))
+        q = services.queue
+        async with services.redis.pipeline(transaction=True) as p:
+            p.sadd(q.key("test", "done"), task.id).incr(q.key("test", "runs"))
+            await p.execute()
+
+    async def block(task: Task, services: Services) -> None:
+        systemd.notify("X_BLOCK=start")
+        time.sleep(float(task.payload["s"]))  # on purpose: the event loop stops here
+        systemd.notify("X_BLOCK=end")
+
+    async def fail(task: Task, services: Services) -> None:
+        raise RuntimeError(task.payload["message"])
+
+    async def log_lines(task: Task, services: Services) -> None:
+        log.info("handler says", detail=task.payload["message"])
+        log.error(f"handler failed: {task.payload['message']}")
+
+    return Registry(handlers={"sleep": sleep, "block": block, "fail": fail, "log": log_lines})
+
+
+def main(argv: Sequence[str]) -> int:
+    sys.path.insert(0, str(ROOT))
+    from litbotd import config, daemon
+
+    path = argv[1]
+    try:
+        cfg = config.load(path)
+        return daemon.run(cfg, _registry(), path)
+    except config.ConfigError as e:
+        print(f"litbotd: config error: {e}", file=sys.stderr)
+        return 1
+
+
+# -- the test side ----------------------------------------------------------------------------------
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of a daemon or CLI subprocess: nothing from the developer's shell that
+    litbotd reads, this checkout importable."""
+    drop = ("GH_", "LITBOTD_", "LIGHTNING_", "NOTIFY_SOCKET", "WATCHDOG_", "JOURNAL_STREAM", "CREDENTIALS_DIRECTORY")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop) and k != "REDIS_URL"}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+def write_config(path: Path, redis_url: str, *, queue: str = "bot_queue", workers: int = 2,
+                 server_port: int | None = None, extra: str = "", log_format: str = "text") -> Path:
+    """A config for a test daemon: the local backend in a tmp dir, fast heartbeats."""
+    server = (f'[server]\nenabled = true\nhost = "127.0.0.1"\nport = {server_port}\n'
+              if server_port is not None else "[server]\nenabled = false\n")
+    path.write_text(f"""{server}
+[github]
+webhook_secret = "test-webhook-secret"
+redeliver_interval = 0
+
+[redis]
+url = "{redis_url}"
+queue = "{queue}"
+
+[workers]
+count = {workers}
+heartbeat_interval = "0.25s"
+lease_timeout = "2s"
+max_attempts = 2
+retry_backoff = "0.05s"
+shutdown_grace = "10s"
+
+[jobs]
+backend = "local"
+
+[jobs.local]
+workdir = "{path.parent / 'jobs'}"
+
+[log]
+level = "info"
+format = "{log_format}"
+{extra}""")
+    return path
+
+
+def start(config: Path, log_path: Path, **env: str) -> subprocess.Popen:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(config)],
+                                stdout=log, stderr=subprocess.STDOUT, env=clean_env(**env), cwd=ROOT)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20) -> int:
+    """SIGTERM, then the exit status (SIGKILL if it does not drain in time)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        raise
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`python -m litbotd ARGS` as an operator would run it."""
+    return subprocess.run([sys.executable, "-m", "litbotd", *args], capture_output=True, text=True,
+                          env=env or clean_env(), cwd=ROOT, timeout=timeout)
+
+
+def status(config: Path) -> dict[str, Any]:
+    r = cli("status", "--json", "-c", str(config))
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def alive_workers(config: Path, pid: int) -> int:
+    return sum(1 for w in status(config)["workers"] if w["alive"] and w.get("pid") == pid)
+
+
+def wait_for(what: str, probe: Callable[[], T], timeout: float = 20.0, every: float = 0.1) -> T:
+    """Poll until `probe()` is truthy; its value, or AssertionError naming `what`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+
+
+class FakeSystemd:
+    """Receives sd_notify datagrams on a thread (so a blocked daemon cannot delay the receiver)
+    and keeps each with its arrival time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._recv, daemon=True)
+        self._thread.start()
+
+    def _recv(self) -> None:
+        while not self._done.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            with self._lock:
+                self.messages.append((time.monotonic(), data.decode()))
+
+    def lines(self) -> list[tuple[float, str]]:
+        """Every field of every datagram, in order (one datagram may hold several)."""
+        with self._lock:
+            return [(t, f) for t, m in self.messages for f in m.split("\n")]
+
+    def wait_field(self, pred: Callable[[str], bool], after: int = 0, timeout: float = 20.0) -> int:
+        """Index (in lines()) of the first field at or after `after` that satisfies pred."""
+        def probe() -> int | None:
+            for i, (_, f) in enumerate(self.lines()[after:], after):
+                if pred(f):
+                    return i + 1  # truthy even for index 0
+            return None
+        return wait_for("a notify field", probe, timeout, every=0.02) - 1
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(2)
+        self.sock.close()
+
+def throwaway_key() -> tuple[str, str]:
+    """A fresh RSA key pair (private PEM, public PEM) standing in for a GitHub App's key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return private, public
+
+
+class FakeGitHubApp:
+    """Just enough of the GitHub API for `check-config --online`: GET /app answers the App when
+    the JWT verifies with `public_pem` and names `app_id`, else 401 — echoing `echo` in its
+    message, as a careless proxy might echo a token."""
+
+    def __init__(self, public_pem: str, app_id: int, echo: str = "") -> None:
+        self.public_pem, self.app_id, self.echo = public_pem, app_id, echo
+        self.calls = 0
+        self.port = 0
+        self._started = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        self._started.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        from aiohttp import web
+        import jwt
+
+        async def app_route(request: web.Request) -> web.Response:
+            self.calls += 1
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            try:
+                claims = jwt.decode(token, self.public_pem, algorithms=["RS256"])
+                assert scheme.lower() == "bearer" and str(claims["iss"]) == str(self.app_id)
+            except Exception:
+                return web.json_response({"message": f"A JSON web token could not be decoded {self.echo}".strip()},
+                                         status=401)
+            return web.json_response({"id": self.app_id, "slug": "litbotd-test", "name": "litbotd test app"})
+
+        async def main() -> None:
+            app = web.Application()
+            app.router.add_get("/app", app_route)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self._stop = asyncio.Event()
+            self._started.set()
+            await self._stop.wait()
+            await runner.cleanup()
+
+        self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(main())
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(5)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,321 @@
+"""Crash recovery with real daemon processes (SPEC §6, §7, §8): SIGKILL with tasks in flight, a second
+daemon taking over a dead one's tasks by lease, SIGTERM drain, idle cost, malformed input.
+
+Each daemon is `tests/helpers/queue_daemon.py` (litbotd's Daemon with a test registry) against a
+private redis-server. Readiness is the "ready" log line; every wait polls with a deadline.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from litbotd.tasks import Task
+
+ROOT = Path(__file__).resolve().parent.parent
+HELPER = ROOT / "tests" / "helpers" / "queue_daemon.py"
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(cond, timeout: float, what: str, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class DaemonProc:
+    def __init__(self, tmp: Path, redis_url: str, name: str, host: str, **workers) -> None:
+        self.name, self.host = name, host
+        self.dir = tmp / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log = self.dir / "stderr.log"
+        w = {"count": 4, "heartbeat_interval": "500ms", "lease_timeout": "30s", "shutdown_grace": "10s",
+             "retry_backoff": "200ms", **workers}
+        body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in w.items())
+        self.config = self.dir / "litbotd.toml"
+        self.config.write_text(
+            f'[server]\nenabled = false\n\n[redis]\nurl = "{redis_url}"\n\n[workers]\n{body}\n\n'
+            f'[jobs]\nbackend = "local"\n\n[jobs.local]\nworkdir = "{self.dir / "jobs"}"\n\n'
+            f'[github]\nredeliver_interval = 0\n\n[log]\nlevel = "info"\n')
+        self.proc: subprocess.Popen | None = None
+        self.runs = 0
+
+    def start(self, wait: bool = True) -> "DaemonProc":
+        self.runs += 1
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("GH_", "LITBOTD_", "NOTIFY_SOCKET", "WATCHDOG_", "CREDENTIALS_DIRECTORY"))
+               and k != "REDIS_URL"}
+        env.update(LITBOTD_HOST=self.host, PYTHONPATH=str(ROOT))
+        self._log_offset = self.log.stat().st_size if self.log.exists() else 0
+        self.proc = subprocess.Popen([sys.executable, str(HELPER), "-c", str(self.config)], cwd=ROOT, env=env,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=open(self.log, "ab"))
+        if wait:
+            wait_for(self._ready, 20, f"{self.name} to log 'ready'")
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[self._log_offset:] if self.log.exists() else ""
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.output()[-3000:]}")
+        return re.search(r"litbotd\.daemon ready\b", self.output()) is not None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def term(self, timeout: float = 20) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler, if enabled, dumps the stacks
+            time.sleep(0.5)
+            raise AssertionError(f"{self.name} did not exit {timeout}s after SIGTERM:\n{self.output()[-4000:]}")
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def daemons(tmp_path, redis_server):
+    made: list[DaemonProc] = []
+    host = f"testhost-{uuid.uuid4().hex[:8]}"
+
+    def make(name: str = "d1", **workers) -> DaemonProc:
+        d = DaemonProc(tmp_path, redis_server.url, name, host, **workers)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.close()
+
+
+def events(r) -> list[dict]:
+    return [json.loads(e) for e in r.lrange("test:events", 0, -1)]
+
+
+def queued_ids(r) -> set[str]:
+    """Ids of every task still held anywhere in the queue: main list, processing lists, delayed."""
+    raws = r.lrange("bot_queue", 0, -1) + r.zrange("bot_queue:delayed", 0, -1)
+    for k in r.keys("bot_queue:processing:*"):
+        raws += r.lrange(k, 0, -1)
+    return {json.loads(x)["id"] for x in raws}
+
+
+def processing(r) -> dict[str, list[str]]:
+    return {k: [json.loads(x)["id"] for x in r.lrange(k, 0, -1)] for k in r.keys("bot_queue:processing:*")}
+
+
+def enqueue(r, *tasks: Task) -> None:
+    r.lpush("bot_queue", *[t.to_json() for t in tasks])
+
+
+# 2 -------------------------------------------------------------------------------------------------
+def test_sigkill_with_tasks_in_flight_then_restart(daemons, redis_server):
+    r = redis_server.client()
+    d = daemons("d1", count=4, lease_timeout="30s").start()
+    tasks = [Task(kind="count", payload={"i": i, "sleep": 0.3}) for i in range(40)]
+    enqueue(r, *tasks)
+    all_ids = {t.id for t in tasks}
+    wait_for(lambda: r.llen("test:done") >= 8 and sum(map(len, processing(r).values())) >= 3, 15,
+             "some tasks done and several in flight")
+    d.kill()
+    killed_at = time.monotonic()
+    old_pid = d.pid
+    in_flight = {k: v for k, v in processing(r).items() if v}
+    unacked = queued_ids(r)
+    acked = all_ids - unacked
+    assert sum(map(len, in_flight.values())) >= 2, in_flight
+    assert len(acked) >= 8
+    done_before = collections.Counter(r.lrange("test:done", 0, -1))
+    assert acked <= set(done_before)  # acked means its handler finished and it left the queue
+
+    d.start()
+    # The restarted daemon took its old processing lists back at once, before being ready:
+    # not after the 30 s lease.
+    assert all(r.llen(k) == 0 for k in in_flight)  # new worker ids (new pid): these stay empty
+    assert not any(json.loads(v).get("pid") == old_pid for v in r.hvals("bot_queue:workers"))
+    wait_for(lambda: set(r.lrange("test:done", 0, -1)) >= all_ids, 20, "every task done after the restart")
+    assert time.monotonic() - killed_at < 30 - 5, "recovery waited for the lease"
+    evs = events(r)
+    new_starts = [e for e in evs if e["ev"] == "start" and e["pid"] == d.pid]
+    assert not {e["id"] for e in new_starts} & acked, "an acknowledged task ran again after the restart"
+    assert {e["id"] for e in new_starts} >= {i for ids in in_flight.values() for i in ids}
+    assert {e["id"] for e in evs if e["ev"] == "done"} == all_ids
+    assert all(e["wid"].startswith(f"{d.host}:") for e in evs)
+    # the old workers are gone from the registry, the new ones are there
+    reg = [json.loads(v) for v in r.hvals("bot_queue:workers")]
+    assert reg and all(x["pid"] == d.pid for x in reg)
+    assert d.term() == 0
+
+
+# 3 -------------------------------------------------------------------------------------------------
+def test_a_second_daemon_recovers_a_dead_daemons_tasks_by_lease(daemons, redis_server):
+    r = redis_server.client()
+    lease, beat = 3.0, 0.5
+    a = daemons("a", count=2, lease_timeout=f"{lease}s", heartbeat_interval=f"{beat}s").start()
+    tasks = [Task(kind="count", payload={"i": i, "first_sleep": 60, "sleep": 0.2}) for i in range(2)]
+    enqueue(r, *tasks)
+    wait_for(lambda: sum(1 for e in events(r) if e["ev"] == "start") == 2, 10, "a to start both tasks")
+    b = daemons("b", count=2, lease_timeout=f"{lease}s", heartbeat_interval=f"{beat}s").start()
+    assert r.llen("test:done") == 0 and r.llen("bot_queue") == 0  # b's startup took nothing of a's
+    a.kill()
+    killed_at = time.time()
+    held = processing(r)
+    assert sorted(i for v in held.values() for i in v) == sorted(t.id for t in tasks)
+    wait_for(lambda: r.llen("test:done") >= 2, lease + lease / 2 + 5, "b to complete a's tasks")
+    evs = events(r)
+    done = {e["id"]: e for e in evs if e["ev"] == "done"}
+    assert set(done) == {t.id for t in tasks}
+    assert all(e["pid"] == b.pid for e in done.values())
+    for e in done.values():
+        after = e["t"] - killed_at
+        print(f"recovered {after:.2f}s after the kill")
+        # not before a's lease ran out (it was renewed at most one heartbeat before the kill) ...
+        assert after >= lease - beat - 0.2, f"a live lease was ignored: recovered {after:.2f}s after the kill"
+        # ... and within the lease plus one sweep interval (+ the 0.2 s re-run and some slack)
+        assert after <= lease + lease / 2 + 0.2 + 1.0, f"recovered only {after:.2f}s after the kill"
+    assert r.llen("bot_queue:processing:" + next(iter(held)).split(":", 2)[2]) == 0
+    assert b.term() == 0
+
+
+# 7 -------------------------------------------------------------------------------------------------
+def test_sigterm_lets_the_running_task_finish_and_exits_0(daemons, redis_server):
+    r = redis_server.client()
+    d = daemons("d1", count=2, shutdown_grace="10s").start()
+    t = Task(kind="count", payload={"sleep": 1.0})
+    enqueue(r, t)
+    wait_for(lambda: r.llen("test:events") >= 1, 5, "the task to start")
+    t0 = time.monotonic()
+    assert d.term() == 0
+    took = time.monotonic() - t0
+    assert r.lrange("test:done", 0, -1) == [t.id]
+    assert 0.5 <= took < 10, took  # it waited for the task, not for the grace
+    assert all(r.llen(k) == 0 for k in r.keys("bot_queue:processing:*"))
+    out = d.output()
+    assert "stopping: draining in-flight tasks" in out and "stopped" in out
+    assert r.hlen("bot_queue:workers") == 0  # retired cleanly
+
+
+def test_a_task_longer_than_the_grace_stays_for_the_next_start(daemons, redis_server):
+    r = redis_server.client()
+    d = daemons("d1", count=2, shutdown_grace="1s", lease_timeout="30s").start()
+    t = Task(kind="count", payload={"first_sleep": 60, "sleep": 0.1})
+    enqueue(r, t)
+    wait_for(lambda: r.llen("test:events") >= 1, 5, "the task to start")
+    t0 = time.monotonic()
+    assert d.term() == 0
+    assert time.monotonic() - t0 < 6
+    assert "shutdown grace over" in d.output()
+    assert r.llen("test:done") == 0
+    held = processing(r)
+    assert [i for v in held.values() for i in v] == [t.id]
+    d.start()
+    wait_for(lambda: r.lrange("test:done", 0, -1) == [t.id], 10, "the task to complete after the next start")
+    assert [e["pid"] for e in events(r) if e["ev"] == "done"] == [d.pid]
+    assert d.term() == 0
+
+
+# 8 -------------------------------------------------------------------------------------------------
+def test_an_idle_daemon_makes_only_a_few_redis_commands(daemons, redis_server):
+    r = redis_server.client()
+    d = daemons("d1", count=4, heartbeat_interval="2s", lease_timeout="10s").start()
+    time.sleep(1.0)  # measuring, not synchronising: let startup settle
+    r.config_resetstat()
+    t0 = time.monotonic()
+    time.sleep(3.0)
+    stats = r.info("commandstats")
+    elapsed = time.monotonic() - t0
+    total = r.info("stats")["total_commands_processed"] - 2  # our own INFO commands
+    rate = total / elapsed
+    breakdown = {k: v["calls"] for k, v in stats.items()}
+    print(f"idle: {rate:.1f} commands/s: {breakdown}")
+    assert rate < 15, f"{rate:.1f} commands/s while idle: {breakdown}"
+    assert total > 0  # the measurement sees the daemon at all (heartbeats, BLMOVE)
+    assert d.term() == 0
+
+
+# 10 ------------------------------------------------------------------------------------------------
+def test_malformed_json_goes_to_the_dead_letter_and_the_daemon_carries_on(daemons, redis_server):
+    r = redis_server.client()
+    d = daemons("d1", count=1).start()
+    r.lpush("bot_queue", "{this is not json", json.dumps({"v": 99, "id": "x", "kind": "count"}))
+    good = Task(kind="count")
+    enqueue(r, good)
+    wait_for(lambda: r.lrange("test:done", 0, -1) == [good.id], 10, "the good task after the bad ones")
+    dead = [json.loads(x) for x in r.lrange("bot_queue:dead", 0, -1)]
+    assert len(dead) == 2
+    by_raw = {x["payload"]["raw"]: x for x in dead}
+    assert by_raw["{this is not json"]["error"].startswith("not JSON")
+    assert "unsupported task version 99" in next(x["error"] for raw, x in by_raw.items() if raw.startswith("{\"v\""))
+    assert d.proc.poll() is None
+    assert "malformed task sent to the dead letter" in d.output()
+    assert all(r.llen(k) == 0 for k in r.keys("bot_queue:processing:*"))
+    assert d.term() == 0
+
+
+# a restart that gets the same pid (containers: pid 1; a VM's boot-time unit: often the same pid) ----
+async def test_a_restart_with_the_same_pid_still_takes_back_the_old_tasks(redis_server, aredis, monkeypatch,
+                                                                         tmp_path):
+    from litbotd import config as config_mod
+    from litbotd.daemon import Daemon
+    from litbotd.queue import Queue, connect
+    from litbotd.worker import Registry
+
+    host = f"pidreuse-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv("LITBOTD_HOST", host)
+    cfg = config_mod.parse({"server": {"enabled": False}, "redis": {"url": redis_server.url},
+                            "workers": {"count": 1, "lease_timeout": "30s", "heartbeat_interval": "1s"},
+                            "github": {"redeliver_interval": 0},
+                            "jobs": {"backend": "local", "local": {"workdir": str(tmp_path / "jobs")}}}, env={})
+
+    async def count(task, s):
+        await s.redis.rpush("test:done", task.id)
+
+    d = Daemon(cfg, Registry(handlers={"count": count}), redis=connect(redis_server.url))
+    # What the previous process with this very pid left: a registered worker with a live lease and
+    # a task in its processing list. Its worker id is the one this daemon's first worker gets.
+    q = Queue(aredis)
+    old_wid = f"{host}:{os.getpid()}:0"
+    t = Task(kind="count")
+    await q.enqueue(t)
+    assert await q.take(old_wid, 1) is not None
+    await q.heartbeat({old_wid: {**d.identity, "pstart": "an earlier process", "started": time.time() - 60,
+                                 "task": t.id, "since": time.time() - 5}}, 30)
+    await d.start()
+    try:
+        deadline = time.monotonic() + 8
+        while await aredis.lrange("test:done", 0, -1) != [t.id]:
+            assert time.monotonic() < deadline, (
+                "the previous process's task was never done: it sits in a processing list under a live "
+                f"lease: {processing(redis_server.client())}")
+            await asyncio.sleep(0.05)
+    finally:
+        d.stop()
+        await d.drain()

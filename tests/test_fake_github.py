@@ -1,0 +1,239 @@
+"""FakeGitHub itself: its validator and auth can fail, and its answers look like GitHub's."""
+from __future__ import annotations
+
+import base64
+import io
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+from typing import AsyncIterator
+
+import aiohttp
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from litbotd.fake_github import FakeGitHub
+
+from conftest import DATA
+
+APP_ID = 7
+PRIVATE_KEY = (DATA / "keys" / "app.pem").read_text()
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def app_jwt(*, key: str = PRIVATE_KEY, iss: int = APP_ID, lifetime: int = 600) -> str:
+    now = int(time.time()) - 60
+    return jwt.encode({"iat": now, "exp": now + lifetime, "iss": str(iss)}, key, algorithm="RS256")
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeGitHub]:
+    gh = FakeGitHub(app_id=APP_ID, public_key_pem=(DATA / "keys" / "app.pub.pem").read_text(),
+                    spec_path=str(DATA / "rest-subset.json"))
+    await gh.start()
+    gh.add_repo("octo/hello", {SHA: {"README.md": "hi\n", ".lightning/workflows/ci.yml": "run: pytest\n",
+                                     "bin/tool": b"\x00\x01"}})
+    gh.add_repo("octo/other", {SHA: {"x": "y"}})
+    gh.add_pull("octo/hello", 5, head_sha=SHA)
+    yield gh
+    await gh.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def mint(http: aiohttp.ClientSession, fake: FakeGitHub, body: dict | None = None) -> str:
+    async with http.post(f"{fake.url}/app/installations/1/access_tokens", json=body,
+                         headers={"Authorization": f"Bearer {app_jwt()}"}) as r:
+        assert r.status == 201
+        return (await r.json())["token"]
+
+
+async def test_validator_rejects_a_bad_body_and_an_unknown_path(fake: FakeGitHub, http: aiohttp.ClientSession) -> None:
+    token = await mint(http, fake)
+    auth = {"Authorization": f"token {token}"}
+    async with http.post(f"{fake.url}/repos/octo/hello/check-runs", json={"head_sha": SHA}, headers=auth) as r:
+        assert r.status == 422
+    async with http.get(f"{fake.url}/repos/octo/hello/secrets", headers=auth) as r:
+        assert r.status == 404
+    async with http.get(f"{fake.url}/repos/octo/hello/commits/{SHA}/check-runs?status=done&bogus=1",
+                        headers=auth) as r:
+        assert r.status == 200
+    assert len(fake.violations) == 4
+    assert "'name' is a required property" in fake.violations[0]
+    assert "no such operation" in fake.violations[1]
+    assert "'done' is not one of" in fake.violations[2]
+    assert "unknown query parameter 'bogus'" in fake.violations[3]
+    assert fake.check_runs == []
+
+
+@pytest.mark.parametrize("make", [
+    lambda: app_jwt(key=rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()),
+    lambda: app_jwt(iss=APP_ID + 1),
+    lambda: app_jwt(lifetime=3600),
+    lambda: "not-a-jwt",
+], ids=["other-key", "other-app", "too-long", "garbage"])
+async def test_bad_app_jwt_is_refused(fake: FakeGitHub, http: aiohttp.ClientSession, make) -> None:
+    async with http.get(f"{fake.url}/app", headers={"Authorization": f"Bearer {make()}"}) as r:
+        assert r.status == 401
+    async with http.get(f"{fake.url}/app", headers={"Authorization": f"Bearer {app_jwt()}"}) as r:
+        assert r.status == 200 and (await r.json())["id"] == APP_ID
+
+
+async def test_tokens_are_checked_with_their_scope(fake: FakeGitHub, http: aiohttp.ClientSession) -> None:
+    scoped = await mint(http, fake, {"repositories": ["hello"], "permissions": {"contents": "read"}})
+    assert fake.tokens[scoped]["permissions"] == {"contents": "read"}
+    auth = {"Authorization": f"token {scoped}"}
+    async with http.get(f"{fake.url}/repos/octo/hello/contents/README.md", headers=auth) as r:
+        assert r.status == 200
+    async with http.post(f"{fake.url}/repos/octo/hello/check-runs", json={"name": "x", "head_sha": SHA},
+                         headers=auth) as r:
+        assert r.status == 403
+    async with http.get(f"{fake.url}/repos/octo/other/contents/x", headers=auth) as r:
+        assert r.status == 404
+    async with http.get(f"{fake.url}/repos/octo/hello/contents/README.md",
+                        headers={"Authorization": "token ghs_forged"}) as r:
+        assert r.status == 401
+    async with http.post(f"{fake.url}/app/installations/1/access_tokens", json={"repositories": ["nope"]},
+                         headers={"Authorization": f"Bearer {app_jwt()}"}) as r:
+        assert r.status == 422
+    assert fake.violations == []
+
+
+async def test_check_runs_lifecycle_and_list_filters(fake: FakeGitHub, http: aiohttp.ClientSession) -> None:
+    auth = {"Authorization": f"token {await mint(http, fake)}"}
+    base = f"{fake.url}/repos/octo/hello"
+    ids = []
+    for name, ext in (("lint", "k1"), ("test", "k2"), ("test", "k3")):
+        async with http.post(f"{base}/check-runs", json={"name": name, "head_sha": SHA, "external_id": ext},
+                             headers=auth) as r:
+            assert r.status == 201
+            ids.append((await r.json())["id"])
+    async with http.patch(f"{base}/check-runs/{ids[0]}", json={"conclusion": "success", "output": {
+            "title": "ok", "summary": "fine"}}, headers=auth) as r:
+        run = await r.json()
+        assert run["status"] == "completed" and run["completed_at"] and run["output"]["title"] == "ok"
+
+    async def listing(query: str) -> list[tuple[str, str]]:
+        async with http.get(f"{base}/commits/{SHA}/check-runs?{query}", headers=auth) as r:
+            return [(c["name"], c["external_id"]) for c in (await r.json())["check_runs"]]
+
+    assert sorted(await listing("")) == [("lint", "k1"), ("test", "k3")]          # latest per name
+    assert sorted(await listing("filter=all")) == [("lint", "k1"), ("test", "k2"), ("test", "k3")]
+    assert await listing("check_name=lint") == [("lint", "k1")]
+    assert sorted(await listing("status=queued&filter=all")) == [("test", "k2"), ("test", "k3")]
+    async with http.get(f"{base}/commits/{SHA}/check-runs?filter=all&per_page=2", headers=auth) as r:
+        assert 'rel="next"' in r.headers["Link"] and "page=2" in r.headers["Link"]
+    assert [len(c["history"]) for c in fake.check_runs] == [2, 1, 1]
+    async with http.patch(f"{base}/check-runs/{ids[1]}", json={"status": "completed"}, headers=auth) as r:
+        assert r.status == 422  # GitHub needs a conclusion to complete a run
+    assert len(fake.violations) == 1
+
+
+async def test_comments_reactions_permission_pulls(fake: FakeGitHub, http: aiohttp.ClientSession) -> None:
+    auth = {"Authorization": f"token {await mint(http, fake)}"}
+    base = f"{fake.url}/repos/octo/hello"
+    async with http.post(f"{base}/issues/5/comments", json={"body": "<!-- litci -->"}, headers=auth) as r:
+        c = await r.json()
+        assert r.status == 201 and c["user"]["type"] == "Bot" and c["html_url"].endswith(f"#issuecomment-{c['id']}")
+    async with http.patch(f"{base}/issues/comments/{c['id']}", json={"body": "v2"}, headers=auth) as r:
+        assert (await r.json())["body"] == "v2"
+    for expected in (201, 200):  # the same reaction twice: GitHub answers 200 the second time
+        async with http.post(f"{base}/issues/comments/{c['id']}/reactions", json={"content": "+1"},
+                             headers=auth) as r:
+            assert r.status == expected
+    assert fake.comments[0]["history"] == ["<!-- litci -->", "v2"] and len(fake.reactions) == 1
+    fake.set_permission("octo/hello", "alice", "maintain")
+    async with http.get(f"{base}/collaborators/alice/permission", headers=auth) as r:
+        assert (await r.json())["permission"] == "write" and True
+    async with http.get(f"{base}/collaborators/mallory/permission", headers=auth) as r:
+        assert (await r.json())["permission"] == "none"
+    async with http.get(f"{base}/pulls/5", headers=auth) as r:
+        pr = await r.json()
+        assert pr["head"]["sha"] == SHA and pr["base"]["ref"] == "main" and pr["author_association"] == "OWNER"
+    async with http.get(f"{base}/pulls/5/files", headers=auth) as r:
+        assert sorted(f["filename"] for f in await r.json()) == [".lightning/workflows/ci.yml", "README.md",
+                                                                "bin/tool"]
+    assert fake.violations == []
+
+
+async def test_contents_and_tarball_from_memory(fake: FakeGitHub, http: aiohttp.ClientSession) -> None:
+    auth = {"Authorization": f"token {await mint(http, fake)}"}
+    base = f"{fake.url}/repos/octo/hello"
+    async with http.get(f"{base}/contents/README.md?ref={SHA}", headers=auth) as r:
+        f = await r.json()
+        assert f["type"] == "file" and base64.b64decode(f["content"]) == b"hi\n"
+    async with http.get(f"{base}/contents/bin/tool?ref={SHA}",
+                        headers={**auth, "Accept": "application/vnd.github.raw+json"}) as r:
+        assert await r.read() == b"\x00\x01"
+    async with http.get(f"{base}/contents/.lightning?ref={SHA}", headers=auth) as r:
+        assert [(e["name"], e["type"]) for e in await r.json()] == [("workflows", "dir")]
+    async with http.get(f"{base}/contents/missing.txt?ref={SHA}", headers=auth) as r:
+        assert r.status == 404
+    async with http.get(f"{base}/tarball/{SHA}", headers=auth, allow_redirects=False) as r:
+        assert r.status == 302 and "/_codeload/" in r.headers["Location"]
+    async with http.get(f"{base}/tarball/{SHA}", headers=auth) as r:
+        data = await r.read()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        assert sorted(tar.getnames()) == [f"octo-hello-{SHA[:7]}/{p}" for p in
+                                          (".lightning/workflows/ci.yml", "README.md", "bin/tool")]
+    assert fake.violations == []
+
+
+async def test_contents_and_tarball_from_a_git_repository(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".litci.yaml").write_text("run: echo hi\n")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-qm", "one")
+    head = git("rev-parse", "HEAD")
+    fake = FakeGitHub(app_id=APP_ID, spec_path=str(DATA / "rest-subset.json"))
+    await fake.start()
+    try:
+        fake.add_repo("octo/git", git_dir=str(repo))
+        auth = {"Authorization": "token anything"}  # no public key: credentials are not checked
+        async with http.get(f"{fake.url}/repos/octo/git/contents/.litci.yaml?ref={head}",
+                            headers={**auth, "Accept": "application/vnd.github.raw+json"}) as r:
+            assert await r.read() == b"run: echo hi\n"
+        async with http.get(f"{fake.url}/repos/octo/git/tarball/{head}", headers=auth) as r:
+            with tarfile.open(fileobj=io.BytesIO(await r.read()), mode="r:gz") as tar:
+                assert f"octo-git-{head[:7]}/.litci.yaml" in tar.getnames()
+        assert fake.violations == []
+    finally:
+        await fake.close()
+
+
+async def test_redelivery_attempt_is_recorded_as_a_new_delivery(fake: FakeGitHub, http: aiohttp.ClientSession) -> None:
+    d = fake.add_delivery("g", status_code=502)
+    async with http.post(f"{fake.url}/app/hook/deliveries/{d['id']}/attempts",
+                         headers={"Authorization": f"Bearer {app_jwt()}"}) as r:
+        assert r.status == 202
+    async with http.get(f"{fake.url}/app/hook/deliveries?status=success",
+                        headers={"Authorization": f"Bearer {app_jwt()}"}) as r:
+        listed = await r.json()
+    assert [(x["guid"], x["redelivery"], x["status_code"]) for x in listed] == [("g", True, 200)]
+    assert fake.violations == []
+
+
+async def test_injected_fault_answers_the_next_matching_requests(fake: FakeGitHub,
+                                                                 http: aiohttp.ClientSession) -> None:
+    fake.inject("GET", r"^/rate_limit$", 429, headers={"Retry-After": 3}, times=2)
+    statuses = []
+    for _ in range(3):
+        async with http.get(f"{fake.url}/rate_limit") as r:
+            statuses.append((r.status, r.headers.get("Retry-After")))
+    assert statuses == [(429, "3"), (429, "3"), (200, None)]
+    assert fake.count("GET", r"^/rate_limit$") == 3
