@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import faulthandler
 import itertools
 import os
@@ -203,15 +204,11 @@ class Daemon:
         tasks = [t for _, t in self.workers.values()]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.cfg.workers.shutdown_grace)
-            for t in pending:
-                t.cancel()
             if pending:
                 log.warning("shutdown grace over: unfinished tasks stay queued for the next start",
                             tasks=len(pending))
-                await asyncio.wait(pending)
-        for t in self._loops:
-            t.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+                await _cancel_all(pending)
+        await _cancel_all(self._loops)
         try:
             await self.services.queue.retire(list(self.workers))
         except REDIS_DOWN:
@@ -372,6 +369,20 @@ class Daemon:
             s.github = GitHubApp(s) if new.github.app_id and new.github.private_key else None
         self.resize(new.workers.count)
         log.info("reloaded", changed=",".join(changed) or "nothing", workers=new.workers.count)
+
+
+async def _cancel_all(tasks) -> None:
+    """Cancel the tasks and wait until they are done, cancelling again while one still runs: on
+    Python 3.11, asyncio.wait_for (which redis-py uses for its socket timeout) can swallow a
+    cancellation that races with a reply, and a `while True` loop would then run on forever."""
+    tasks = list(tasks)
+    while running := [t for t in tasks if not t.done()]:
+        for t in running:
+            t.cancel()
+        await asyncio.wait(running, timeout=0.5)
+    for t in tasks:
+        if not t.cancelled():
+            t.exception()  # retrieved: no "exception was never retrieved" noise
 
 
 def run(cfg: Config, registry: Registry, config_path: str | None = None) -> int:

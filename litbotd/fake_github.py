@@ -406,7 +406,7 @@ class FakeGitHub:
             if scheme.lower() != "bearer" or not cred:
                 raise _Reply(401, "A JSON web token could not be decoded")
             if self.public_key_pem:
-                self._verify_jwt(cred)
+                self._verify_jwt(cred, self.public_key_pem)
             return
         if "owner" in call.args:
             call.repo = self.repos.get(f"{call.args['owner']}/{call.args['repo']}")
@@ -432,9 +432,9 @@ class FakeGitHub:
         if perms.get(scope) not in ("read", "write") or (call.method != "GET" and perms[scope] != "write"):
             raise _Reply(403, "Resource not accessible by integration")
 
-    def _verify_jwt(self, token: str) -> None:
+    def _verify_jwt(self, token: str, public_key_pem: str) -> None:
         try:
-            claims = pyjwt.decode(token, self.public_key_pem, algorithms=["RS256"],
+            claims = pyjwt.decode(token, public_key_pem, algorithms=["RS256"],
                                   options={"require": ["iat", "exp", "iss"]}, leeway=5)
         except pyjwt.PyJWTError:
             raise _Reply(401, "A JSON web token could not be decoded") from None
@@ -676,13 +676,16 @@ class FakeGitHub:
         return self._json(200, self._comment_json(c))
 
     async def _react(self, call: _Call) -> web.Response:
-        c = self._comment(call)
+        # Commands arrive in users' comments the fake never saw created (they come in webhooks):
+        # any comment id of a known repository may get a reaction.
+        assert call.repo is not None
+        cid = int(call.args["comment_id"])
         content = call.body["content"]
         for r in self.reactions:
-            if r["comment_id"] == c["id"] and r["content"] == content:
+            if r["comment_id"] == cid and r["content"] == content:
                 return self._json(200, {k: v for k, v in r.items() if k not in ("comment_id", "repo")})
         r = {"id": next(self._ids), "node_id": "REA_1", "user": BOT, "content": content,
-             "created_at": _iso(time.time()), "comment_id": c["id"], "repo": c["repo"]}
+             "created_at": _iso(time.time()), "comment_id": cid, "repo": call.repo.full_name}
         self.reactions.append(r)
         return self._json(201, {k: v for k, v in r.items() if k not in ("comment_id", "repo")})
 

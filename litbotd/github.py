@@ -29,7 +29,7 @@ import secrets
 import time
 import urllib.parse
 from datetime import datetime
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncGenerator, Awaitable, Callable
 
 import aiohttp
 from gidgethub import apps, sansio
@@ -285,10 +285,10 @@ class GitHubApp:
             body = _decode(content, ctype, raw and status < 400)
             if status < 400:
                 return status, rheaders, body
-            if (wait := self._limit_wait(status, rheaders, body, limited + 1)) is not None \
-                    and limited + 1 < MAX_ATTEMPTS:
+            told = self._limit_wait(status, rheaders, body, limited + 1)
+            if told is not None and limited + 1 < MAX_ATTEMPTS:
                 limited += 1
-                wait = min(wait, MAX_WAIT)
+                wait = min(told, MAX_WAIT)
                 log.warning("GitHub rate limit, waiting", method=method, path=where, status=status,
                             wait=round(wait, 2), remaining=rheaders.get("x-ratelimit-remaining"))
                 await self._sleep(wait)
@@ -323,7 +323,7 @@ class GitHubApp:
     async def put(self, path: str, installation_id: int | None, **kw: Any) -> Any:
         return (await self.request("PUT", path, installation_id, **kw))[2]
 
-    async def paginate(self, path: str, installation_id: int | None, params: dict | None = None) -> AsyncIterator[Any]:
+    async def paginate(self, path: str, installation_id: int | None, params: dict | None = None) -> AsyncGenerator[Any, None]:
         """Every item of a listing, following Link rel="next" (page numbers or cursors alike).
         A listing wrapped in an object (`{"total_count": n, "check_runs": [...]}`) yields the list's items."""
         url: str | None = path

@@ -37,16 +37,18 @@ def set_secrets(values: list[str]) -> None:
         v = v.strip()
         if len(v) >= 4:
             parts.add(v)
-            # A PEM also leaks line by line (tracebacks, wrapped output).
-            parts.update(line.strip() for line in v.splitlines() if len(line.strip()) >= 16)
+            # A PEM also leaks line by line (tracebacks, wrapped output); its BEGIN/END lines are no secret.
+            parts.update(ln.strip() for ln in v.splitlines() if len(ln.strip()) >= 16 and not ln.startswith("-----"))
     _secrets[:] = sorted(parts, key=len, reverse=True)
 
 
 def redact(text: str) -> str:
+    # Shapes first: a whole PEM block becomes one *** (also in its repr, newlines escaped).
+    text = _URL_PASSWORD_RE.sub(r"\1***@", _TOKEN_RE.sub("***", text))
     for s in _secrets:
         if s in text:
             text = text.replace(s, "***")
-    return _URL_PASSWORD_RE.sub(r"\1***@", _TOKEN_RE.sub("***", text))
+    return text
 
 
 def safe_url(url: str) -> str:
@@ -79,7 +81,7 @@ class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = {**getattr(record, "ctx", {}), **getattr(record, "kv", {})}
         msg = record.getMessage()
-        exc = self.formatException(record.exc_info) if record.exc_info else ""
+        exc = record.exc_text or (self.formatException(record.exc_info) if record.exc_info else "")
         if self.style_name == "json":
             # Redacted before encoding: JSON escaping would hide a secret holding a quote or newline.
             obj = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
@@ -99,6 +101,22 @@ class _Formatter(logging.Formatter):
             return prefix + redact(line).replace("\n", "\n" + prefix)
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         return redact(f"{ts}Z {record.levelname:<7} {record.name} {line}")
+
+
+def _scrubbed_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    """Record factory: the message and traceback are redacted when the record is made, so every
+    handler (pytest's caplog, a syslog handler someone adds) sees them scrubbed, not only ours."""
+    record = _base_factory(*args, **kwargs)
+    try:
+        record.msg, record.args = redact(record.getMessage()), None
+    except Exception:  # a bad %-format: leave it to logging's own error report
+        return record
+    if record.exc_info and record.exc_info[0] is not None:
+        record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+    return record
+
+
+_base_factory = logging.getLogRecordFactory()
 
 
 class _ContextFilter(logging.Filter):
@@ -130,6 +148,8 @@ def setup(level: str = "info", fmt: str = "auto", secrets: list[str] | None = No
     """Configure the root logger (idempotent: reload calls it again with new values).
     `stream` defaults to stderr; tests pass their own."""
     set_secrets(secrets or [])
+    if logging.getLogRecordFactory() is not _scrubbed_record:
+        logging.setLogRecordFactory(_scrubbed_record)
     root = logging.getLogger()
     handler = next((h for h in root.handlers if getattr(h, "litbotd", False)), None)
     if handler is None:
@@ -154,6 +174,7 @@ class Log:
 
     def _emit(self, level: int, msg: str, exc_info: bool, kv: dict[str, Any]) -> None:
         if self._log.isEnabledFor(level):
+            kv = {k: v if v is None or isinstance(v, (int, float, bool)) else redact(str(v)) for k, v in kv.items()}
             self._log.log(level, msg, exc_info=exc_info, extra={"kv": kv}, stacklevel=3)
 
     def debug(self, msg: str, **kv: Any) -> None:

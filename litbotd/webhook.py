@@ -2,8 +2,8 @@
 
 The webhook handler answers in milliseconds: it checks, verifies, maps the delivery to tasks
 (events.tasks_for) and queues them with one atomic Redis step; it never calls GitHub. A refused
-request queues nothing. Refusals that leave the body unread close the connection (lingering_time
-0), so an oversized body is never drained.
+request queues nothing. A refusal that leaves the body unread answers `Connection: close` and
+closes (lingering_time 0): an oversized body is never drained.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
         if size > limit:
             raise _Refused(413, "too_large", f"body over {limit} bytes")
         chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return b"".join(chunks)
 
 
 def _parse(body: bytes, content_type: str) -> Any:
@@ -73,8 +73,8 @@ def _answer(label: str, outcome: str, status: int, body: dict[str, Any], fields:
     """The one metric and the one log line of every webhook request, then its response."""
     metrics.WEBHOOKS.labels(label, outcome).inc()
     # Never the body: only what identifies the delivery (SPEC §8).
-    getattr(log, level)("webhook", **{k: v for k, v in fields.items() if v is not None}, outcome=outcome, status=status,
-         ms=round((time.perf_counter() - started) * 1000, 1), **extra)
+    getattr(log, level)("webhook", **{k: v for k, v in fields.items() if v is not None}, outcome=outcome,
+                        status=status, ms=round((time.perf_counter() - started) * 1000, 1), **extra)
     return _json(status, body)
 
 
@@ -136,10 +136,10 @@ def make_app(services: Services) -> web.Application:
                 raise _Refused(400, "bad_request", "body is not JSON") from None
             if not isinstance(payload, dict):
                 raise _Refused(400, "bad_request", "body is not a JSON object")
-            action = payload.get("action")
-            repo = payload.get("repository")
+            action, repo, inst = payload.get("action"), payload.get("repository"), payload.get("installation")
             fields.update(action=action if isinstance(action, str) else None,
-                          repo=repo.get("full_name") if isinstance(repo, dict) else None)
+                          repo=repo.get("full_name") if isinstance(repo, dict) else None,
+                          installation=inst.get("id") if isinstance(inst, dict) else None)
             if event == "ping":
                 return _answer(label, "ping", 200, {"ok": True, "zen": payload.get("zen")}, fields, started)
             try:
@@ -162,8 +162,11 @@ def make_app(services: Services) -> web.Application:
             return _answer(label, "queued", 202, {"delivery": delivery, "queued": len(tasks)}, fields, started,
                            tasks=len(tasks))
         except _Refused as r:
-            return _answer(label, r.outcome, r.status, {"error": r.reason}, fields, started,
+            resp = _answer(label, r.outcome, r.status, {"error": r.reason}, fields, started,
                            reason=r.reason, level="warning")
+            if not request.content.is_eof():
+                resp.force_close()  # the unread rest of the body is never read: say so
+            return resp
 
     async def healthz(request: web.Request) -> web.Response:
         body: dict[str, Any] = {"redis": False, "loop_lag_s": round(services.loop_lag, 3), "queued": None,

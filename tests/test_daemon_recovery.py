@@ -91,9 +91,11 @@ class DaemonProc:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGABRT)  # faulthandler, if enabled, dumps the stacks
+            self.proc.send_signal(signal.SIGUSR2)  # the helper prints its asyncio tasks' stacks
             time.sleep(0.5)
-            raise AssertionError(f"{self.name} did not exit {timeout}s after SIGTERM:\n{self.output()[-4000:]}")
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler dumps the threads' stacks
+            time.sleep(0.5)
+            raise AssertionError(f"{self.name} did not exit {timeout}s after SIGTERM:\n{self.output()[-12000:]}")
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -139,20 +141,25 @@ def enqueue(r, *tasks: Task) -> None:
 # 2 -------------------------------------------------------------------------------------------------
 def test_sigkill_with_tasks_in_flight_then_restart(daemons, redis_server):
     r = redis_server.client()
-    d = daemons("d1", count=4, lease_timeout="30s").start()
-    tasks = [Task(kind="count", payload={"i": i, "sleep": 0.3}) for i in range(40)]
+    d = daemons("d1", count=6, lease_timeout="30s").start()
+    # Three tasks hang on their first run, so they are surely mid-task at the kill; the others
+    # flow past them (0.1 s each) on the remaining workers.
+    stuck = {10, 20, 30}
+    tasks = [Task(kind="count", payload={"i": i, **({"first_sleep": 60} if i in stuck else {}), "sleep": 0.1})
+             for i in range(40)]
     enqueue(r, *tasks)
     all_ids = {t.id for t in tasks}
-    wait_for(lambda: r.llen("test:done") >= 8 and sum(map(len, processing(r).values())) >= 3, 15,
-             "some tasks done and several in flight")
+    stuck_ids = {tasks[i].id for i in stuck}
+    wait_for(lambda: r.llen("test:done") >= 15 and stuck_ids <= {e["id"] for e in events(r)}, 15,
+             "some tasks done and the stuck ones in flight")
     d.kill()
     killed_at = time.monotonic()
     old_pid = d.pid
     in_flight = {k: v for k, v in processing(r).items() if v}
     unacked = queued_ids(r)
     acked = all_ids - unacked
-    assert sum(map(len, in_flight.values())) >= 2, in_flight
-    assert len(acked) >= 8
+    assert stuck_ids <= {i for ids in in_flight.values() for i in ids}, in_flight
+    assert len(acked) >= 15
     done_before = collections.Counter(r.lrange("test:done", 0, -1))
     assert acked <= set(done_before)  # acked means its handler finished and it left the queue
 

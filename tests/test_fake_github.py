@@ -150,9 +150,14 @@ async def test_comments_reactions_permission_pulls(fake: FakeGitHub, http: aioht
                              headers=auth) as r:
             assert r.status == expected
     assert fake.comments[0]["history"] == ["<!-- litci -->", "v2"] and len(fake.reactions) == 1
+    # A user's command comment reached litbotd in a webhook only: it can still get a reaction.
+    async with http.post(f"{base}/issues/comments/987654/reactions", json={"content": "confused"},
+                         headers=auth) as r:
+        assert r.status == 201
+    assert [(x["comment_id"], x["content"]) for x in fake.reactions][-1] == (987654, "confused")
     fake.set_permission("octo/hello", "alice", "maintain")
     async with http.get(f"{base}/collaborators/alice/permission", headers=auth) as r:
-        assert (await r.json())["permission"] == "write" and True
+        assert (await r.json())["permission"] == "write"
     async with http.get(f"{base}/collaborators/mallory/permission", headers=auth) as r:
         assert (await r.json())["permission"] == "none"
     async with http.get(f"{base}/pulls/5", headers=auth) as r:

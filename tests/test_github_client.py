@@ -9,7 +9,7 @@ from typing import AsyncIterator, Callable
 
 import pytest
 
-from litbotd import config, github
+from litbotd import config, github, metrics
 from litbotd.fake_github import FakeGitHub
 from litbotd.github import GitHubApp, GitHubError
 from litbotd.queue import Queue, connect
@@ -91,6 +91,8 @@ async def test_token_minted_once_and_shared_through_redis(fake: FakeGitHub, make
     assert pr["head"]["sha"] == SHA
     assert fake.count("POST", r"/access_tokens$") == 1
     assert await c.services.redis.exists(c.services.queue.key("token", "1"))
+    # The gauge follows x-ratelimit-remaining of the last answer.
+    assert metrics.REGISTRY.get_sample_value("litbotd_github_ratelimit_remaining") == 5000 - len(fake.requests)
 
 
 async def test_token_refreshed_within_five_minutes_of_expiry(fake: FakeGitHub, make_app) -> None:

@@ -170,6 +170,7 @@ async def test_oversized_content_length_is_413_without_reading_the_body(intake: 
            b"Content-Length: 100000000\r\n\r\n{\"acti")
     answer, closed = await intake.raw(req)
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b"Connection: close" in answer
     assert closed  # not kept alive to drain the rest
     assert nothing_queued(intake)
 
@@ -179,6 +180,20 @@ async def test_oversized_with_expect_continue_gets_413_instead_of_100(intake: In
            b"X-GitHub-Event: pull_request\r\nX-GitHub-Delivery: d-1\r\nContent-Length: 100000000\r\n\r\n")
     answer, _ = await intake.raw(req)
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+
+
+async def test_expect_continue_within_the_limit_is_invited(intake: Intake) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", intake.port)
+    try:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers(PR_OPENED).items())
+        writer.write(f"POST /hook HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n{head}"
+                     f"Content-Length: {len(PR_OPENED)}\r\n\r\n".encode())
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(PR_OPENED)
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)).startswith(b"HTTP/1.1 202 ")
+    finally:
+        writer.close()
+    assert len(intake.queued()) == 1
 
 
 async def test_chunked_oversize_is_413_once_past_the_limit(intake: Intake) -> None:

@@ -3,7 +3,7 @@ only (`workers.count = 0`), on loopback, with a private redis-server."""
 from __future__ import annotations
 
 import asyncio
-import json
+import http.client
 import os
 import signal
 import subprocess
@@ -39,7 +39,6 @@ class DaemonProc:
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "LITBOTD_", "NOTIFY_SOCKET"))}
         env.update(GH_WEBHOOK_SECRET=SECRET, PYTHONPATH=str(ROOT))
-        self.env = env
         self.proc = subprocess.Popen([sys.executable, "-m", "litbotd", "run", "-c", str(self.config)],
                                      env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
         self.wait_ready()
@@ -59,8 +58,6 @@ class DaemonProc:
         pytest.fail(f"litbotd not ready after {deadline_s}s:\n{self.log.read_text()[-3000:]}")
 
     def status(self, path: str) -> int:
-        import http.client
-
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         try:
             conn.request("GET", path)
@@ -93,7 +90,7 @@ def db(daemon: DaemonProc) -> Iterator[syncredis.Redis]:
 
 
 async def post(url: str, body: bytes, hdrs: dict[str, str]) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=hdrs) as r:
+    async with aiohttp.ClientSession() as session, session.post(url, data=body, headers=hdrs) as r:
         return r.status, await r.json()
 
 
@@ -171,7 +168,7 @@ async def test_oversized_bodies_are_413_and_not_read(daemon: DaemonProc, db: syn
 
 async def test_metrics_count_queued_pull_requests(daemon: DaemonProc, db: syncredis.Redis) -> None:
     async def queued_count() -> float:
-        async with aiohttp.ClientSession() as http, http.get(daemon.url + "/metrics") as r:
+        async with aiohttp.ClientSession() as session, session.get(daemon.url + "/metrics") as r:
             for line in (await r.text()).splitlines():
                 if line.startswith('litbotd_webhooks_total{event="pull_request",outcome="queued"}'):
                     return float(line.split()[-1])
@@ -188,15 +185,15 @@ async def test_redis_down_then_back_health_and_sigterm(tmp_path_factory: pytest.
     redis.start()
     d = DaemonProc(tmp_path_factory.mktemp("daemon"), redis)
     try:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(d.url + "/healthz") as r:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(d.url + "/healthz") as r:
                 assert (r.status, (await r.json())["redis"]) == (200, True)
             redis.stop(kill=True)
             t0 = time.monotonic()
             status, _ = await post(d.url + "/", PR_OPENED, headers(PR_OPENED, delivery="while-down"))
             assert status == 503
             assert time.monotonic() - t0 < 3
-            async with http.get(d.url + "/healthz") as r:
+            async with session.get(d.url + "/healthz") as r:
                 assert (r.status, (await r.json())["redis"]) == (503, False)
             redis.start()
             status, _ = await post(d.url + "/", PR_OPENED, headers(PR_OPENED, delivery="while-down"))

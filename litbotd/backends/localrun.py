@@ -108,11 +108,7 @@ class Runner:
         if token_file.exists():
             token = token_file.read_text()
             token_file.unlink()
-        slot = self.take_slot()
-        if slot is None:
-            self.write(state="stopped", message="stopped before it started", finished=time.time())
-            return
-        if self.stopping():
+        if self.take_slot() is None or self.stopping():  # the slot stays held until this process exits
             self.write(state="stopped", message="stopped before it started", finished=time.time())
             return
         env = dict(self.run["env"])

@@ -12,6 +12,11 @@ does, with these task kinds instead of the CI phases:
                             among the WATCHDOG=1 datagrams
     fail   {"message": m}   raises RuntimeError(m) (retried, then dead-lettered)
     log    {"message": m}   writes an info line and an error line holding m
+    leak   {"what": w}      raises an error holding a secret the daemon knows but the task does
+                            not carry: w = "webhook_secret", "private_key" (its body lines), or
+                            "token" ($TEST_INSTALLATION_TOKEN)
+    github {"path": p}      GET p from the GitHub API as the App (FakeGitHubApp answers 401,
+                            echoing a token in its message)
 
 The test side (start, status, stop) lives here too, so each test reads as its scenario.
 """
@@ -61,7 +66,19 @@ def _registry() -> Any:
         log.info("handler says", detail=task.payload["message"])
         log.error(f"handler failed: {task.payload['message']}")
 
-    return Registry(handlers={"sleep": sleep, "block": block, "fail": fail, "log": log_lines})
+    async def leak(task: Task, services: Services) -> None:
+        gh = services.config.github
+        secret = {"webhook_secret": gh.webhook_secret, "private_key": gh.private_key,
+                  "token": os.environ.get("TEST_INSTALLATION_TOKEN", "")}[task.payload["what"]]
+        log.info("about to fail", detail=secret)
+        raise RuntimeError(f"signature check against {secret!r} failed")
+
+    async def github(task: Task, services: Services) -> None:
+        assert services.github is not None, "no [github] app_id and key configured"
+        await services.github.get(task.payload["path"], None)
+
+    return Registry(handlers={"sleep": sleep, "block": block, "fail": fail, "log": log_lines, "leak": leak,
+                              "github": github})
 
 
 def main(argv: Sequence[str]) -> int:
@@ -259,9 +276,15 @@ class FakeGitHubApp:
                                          status=401)
             return web.json_response({"id": self.app_id, "slug": "litbotd-test", "name": "litbotd test app"})
 
+        async def other(request: web.Request) -> web.Response:
+            self.calls += 1
+            return web.json_response({"message": f"Bad credentials {self.echo}".strip(),
+                                      "documentation_url": "https://docs.github.com/rest"}, status=401)
+
         async def main() -> None:
             app = web.Application()
             app.router.add_get("/app", app_route)
+            app.router.add_route("*", "/{tail:.*}", other)
             runner = web.AppRunner(app)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)

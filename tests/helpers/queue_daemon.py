@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import os
+import signal
 import sys
 import time
 
@@ -66,15 +68,25 @@ async def fail(task: Task, s: Services):
 REGISTRY = Registry(handlers={"count": count, "fail": fail})
 
 
+def _dump_tasks() -> None:
+    for t in asyncio.all_tasks():
+        print(f"--- {t!r}", file=sys.stderr)
+        t.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("-c", "--config", required=True)
     args = p.parse_args()
     cfg = config_mod.load(args.config)
     logs.setup(cfg.log.level, "text", config_mod.secrets_of(cfg))
+    faulthandler.enable()
 
     async def run() -> int:
         global DAEMON
+        # For a test that sees a hang: SIGUSR2 prints every asyncio task's stack to stderr.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, _dump_tasks)
         DAEMON = Daemon(cfg, REGISTRY, args.config)
         return await DAEMON.run()
 

@@ -1,0 +1,207 @@
+"""Secrets never appear (SPEC §7, §8): a GitHub App private key, a webhook secret and an
+installation token are driven through failing paths — bad configs, check-config, handlers that
+raise with a secret in the message, a GitHub error body echoing the token — and every byte of
+output is searched: a daemon's stdout/stderr, the CLI's output, pytest's caplog, and what sits in
+Redis (dead letters with their errors, queues, worker records)."""
+from __future__ import annotations
+
+import logging
+import re
+import secrets as pysecrets
+import string
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from helpers import ops_daemon as od
+from litbotd import logs
+from litbotd.config import parse
+from litbotd.queue import Queue, connect
+from litbotd.services import Services
+from litbotd.tasks import Task
+from litbotd.worker import Registry, Worker
+
+APP_ID = 4242
+
+
+class Secrets:
+    def __init__(self) -> None:
+        self.pem, self.public = od.throwaway_key()
+        self.webhook = "whsec-" + pysecrets.token_urlsafe(24)
+        self.token = "ghs_" + "".join(pysecrets.choice(string.ascii_letters + string.digits) for _ in range(36))
+
+    def needles(self) -> list[str]:
+        # PEM body lines of 16+ characters (a shorter last line holds too little to matter, and
+        # would match by chance); the whole PEM is covered by its lines.
+        body = [ln for ln in self.pem.splitlines() if "-----" not in ln and len(ln) >= 16]
+        assert len(body) > 20
+        return [self.webhook, self.token, *body]
+
+    def assert_absent(self, text: str, where: str) -> None:
+        for s in self.needles():
+            assert s not in text, f"a secret ({s[:8]}…) leaked into {where}:\n{text[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def sec() -> Secrets:
+    return Secrets()
+
+
+@pytest.fixture
+def creds(tmp_path: Path, sec: Secrets) -> Path:
+    """$CREDENTIALS_DIRECTORY as systemd's LoadCredential= fills it."""
+    d = tmp_path / "credentials"
+    d.mkdir()
+    (d / "github-app.pem").write_text(sec.pem)
+    (d / "webhook-secret").write_text(sec.webhook + "\n")
+    return d
+
+
+# -- configs and check-config -------------------------------------------------------------------------
+def test_bad_config_errors_name_the_key_not_the_secret(tmp_path: Path, sec: Secrets) -> None:
+    (tmp_path / "app.pem").write_text(sec.pem)
+    cases = {
+        # A wrong type next to the secrets.
+        "github.app_id": f'[github]\napp_id = "abc"\nwebhook_secret = "{sec.webhook}"\n'
+                         f'private_key_file = "{tmp_path / "app.pem"}"\n',
+        # An impossible value elsewhere, secrets set.
+        "workers.count": f'[github]\nwebhook_secret = "{sec.webhook}"\n[workers]\ncount = -1\n',
+    }
+    for key, text in cases.items():
+        cfg = tmp_path / "litbotd.toml"
+        cfg.write_text(text)
+        for cmd in ("check-config", "run"):
+            r = od.cli(cmd, "-c", str(cfg), timeout=30)
+            assert r.returncode == 1 and key in r.stderr, (key, cmd, r.stderr)
+            sec.assert_absent(r.stdout + r.stderr, f"`litbotd {cmd}` with a bad {key}")
+
+
+def test_a_secret_of_the_wrong_type_is_not_echoed(tmp_path: Path) -> None:
+    """An all-digit secret written without quotes is a TOML integer: the error names the key and
+    the type, not the value."""
+    cfg = tmp_path / "litbotd.toml"
+    cfg.write_text("[github]\nwebhook_secret = 36954989396393151018\n")
+    r = od.cli("check-config", "-c", str(cfg), timeout=30)
+    assert r.returncode == 1 and "github.webhook_secret" in r.stderr
+    assert "36954989396393151018" not in r.stdout + r.stderr, r.stderr
+
+
+def test_check_config_masks_every_secret(tmp_path: Path, sec: Secrets, creds: Path) -> None:
+    cfg = tmp_path / "litbotd.toml"
+    cfg.write_text(f'[github]\napp_id = {APP_ID}\n')
+    for env in (od.clean_env(CREDENTIALS_DIRECTORY=str(creds)),
+                od.clean_env(GH_PRIVATE_KEY=sec.pem, GH_WEBHOOK_SECRET=sec.webhook)):
+        r = od.cli("check-config", "-c", str(cfg), env=env)
+        assert r.returncode == 0, r.stderr
+        assert re.search(r'^webhook_secret = "\*\*\*"$', r.stdout, re.M)
+        assert re.search(r'^private_key = "\*\*\*"$', r.stdout, re.M)
+        sec.assert_absent(r.stdout + r.stderr, "check-config output")
+
+
+def test_check_config_masks_the_redis_password(tmp_path: Path) -> None:
+    cfg = tmp_path / "litbotd.toml"
+    cfg.write_text('[redis]\nurl = "redis://:redis-pass-123@127.0.0.1:1/0"\n')
+    r = od.cli("check-config", "-c", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert re.search(r'^url = "redis://:\*\*\*@127.0.0.1:1/0"$', r.stdout, re.M), r.stdout
+
+
+# -- a daemon's failing paths ----------------------------------------------------------------------
+@pytest.fixture
+def fake_github(sec: Secrets) -> Iterator[od.FakeGitHubApp]:
+    fake = od.FakeGitHubApp(sec.public, APP_ID, echo=f"(token {sec.token} is not valid)")
+    yield fake
+    fake.close()
+
+
+def _dump_redis(client) -> str:
+    """Every key and value, as text."""
+    out = []
+    for key in client.keys("*"):
+        kind = client.type(key)
+        value = {"string": lambda: client.get(key), "list": lambda: client.lrange(key, 0, -1),
+                 "hash": lambda: client.hgetall(key), "set": lambda: client.smembers(key),
+                 "zset": lambda: client.zrange(key, 0, -1, withscores=True)}[kind]()
+        out.append(f"{key} {kind} {value}")
+    return "\n".join(out)
+
+
+@pytest.mark.slow
+def test_daemon_failures_never_show_a_secret(tmp_path: Path, redis_server, sec: Secrets, creds: Path,
+                                             fake_github: od.FakeGitHubApp) -> None:
+    cfg = od.write_config(tmp_path / "litbotd.toml", redis_server.url, workers=2)
+    cfg.write_text(cfg.read_text().replace('webhook_secret = "test-webhook-secret"\n',
+                                           f'api_url = "{fake_github.url}"\n'))
+    env = {"CREDENTIALS_DIRECTORY": str(creds), "GH_APP_ID": str(APP_ID), "TEST_INSTALLATION_TOKEN": sec.token}
+    log = tmp_path / "daemon.log"
+    r = redis_server.client()
+    proc = od.start(cfg, log, **env)
+    try:
+        tasks = [Task(kind="leak", payload={"what": w, "repo": "o/r", "pr": 1})
+                 for w in ("webhook_secret", "private_key", "token")]
+        tasks.append(Task(kind="github", payload={"path": "/installation/repositories"}))
+        r.lpush("bot_queue", *(t.to_json() for t in tasks))
+        od.wait_for("4 dead letters", lambda: r.llen("bot_queue:dead") == 4)
+
+        c = ("-c", str(cfg))
+        outputs = {name: od.cli(*args, *c, env=od.clean_env(**env)) for name, args in {
+            "dead list": ("dead", "list"), "status": ("status", "--json"), "check-config": ("check-config",)}.items()}
+        dead_list = outputs["dead list"].stdout
+        redis_text = _dump_redis(r)
+        assert od.stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    daemon_output = log.read_text()
+    # The failing paths ran: each error is there, scrubbed.
+    # (repr of the PEM: one *** for the whole block, its escaped final newline kept)
+    assert len(re.findall(r"signature check against '\*\*\*(?:\\n)?' failed", dead_list)) == 3, dead_list
+    assert "GitHubError: GET /installation/repositories: 401 Bad credentials (token *** is not valid)" in dead_list
+    assert "first failure of this task" in daemon_output and "Traceback" in daemon_output
+    assert daemon_output.count("about to fail") >= 3
+    assert fake_github.calls >= 2
+    sec.assert_absent(daemon_output, "the daemon's stdout/stderr")
+    sec.assert_absent(redis_text, "Redis (dead letters, queues, worker records)")
+    for name, out in outputs.items():
+        assert out.returncode == 0, out.stderr
+        sec.assert_absent(out.stdout + out.stderr, f"`litbotd {name}`")
+
+
+# -- in process: caplog sees scrubbed records too -------------------------------------------------------
+async def test_worker_logs_and_dead_letter_are_scrubbed_for_every_handler(
+        redis_server, sec: Secrets, caplog: pytest.LogCaptureFixture) -> None:
+    """Redaction happens when a record is made, so caplog (or any other handler) gets it clean,
+    including the traceback of an exception whose message holds the key."""
+    cfg = parse({"workers": {"max_attempts": 2, "retry_backoff": 0.01}},
+                env={"GH_PRIVATE_KEY": sec.pem, "GH_WEBHOOK_SECRET": sec.webhook})
+    logs.setup("debug", "text", [sec.pem, sec.webhook])
+    caplog.set_level(logging.DEBUG)
+
+    async def handler(task: Task, services: Services) -> None:
+        logs.get("litbotd.github").warning(f"GitHub said: {{'message': 'Bad credentials', 'token': '{sec.token}'}}")
+        logging.getLogger("aiohttp.client").error("raw third-party line with %s", sec.webhook)
+        raise ValueError(f"could not sign with key {services.config.github.private_key}")
+
+    redis = connect(redis_server.url)
+    services = Services(config=cfg, redis=redis, queue=Queue(redis, "secq"))
+    try:
+        await services.queue.enqueue(Task(kind="k", payload={"repo": "o/r"}))
+        worker = Worker("w1", services, Registry(handlers={"k": handler}))
+        await worker.process(await services.queue.take("w1", 1))  # fails: retry, traceback logged
+        await services.queue.promote_due(now=9e9)
+        await worker.process(await services.queue.take("w1", 1))  # fails again: dead letter
+        dead = await redis.lrange("secq:dead", 0, -1)
+    finally:
+        await redis.aclose()
+        logs.setup("info", "text", [])
+
+    assert len(dead) == 1 and "ValueError: could not sign with key ***" in dead[0]
+    assert any("Bad credentials" in r.getMessage() for r in caplog.records)
+    assert any(r.exc_text and "ValueError" in r.exc_text for r in caplog.records)
+    sec.assert_absent(caplog.text, "caplog")
+    for rec in caplog.records:
+        sec.assert_absent(rec.getMessage() + (rec.exc_text or "") + str(getattr(rec, "kv", "")), "a log record")
+    sec.assert_absent("\n".join(dead), "the dead letter")
