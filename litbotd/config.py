@@ -149,7 +149,9 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         return value
     if isinstance(default, str):
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            # Never echo a secret's value, even a mistyped one.
+            shown = f"a {type(value).__name__}" if key in SECRET_KEYS else repr(value)
+            raise ConfigError(f"{key}: expected a string, got {shown}")
         return value
     if isinstance(default, tuple):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -330,6 +332,8 @@ def to_dict(cfg: Config, mask: bool = True) -> dict[str, Any]:
     for name in ("webhook_secret", "private_key"):
         if mask:
             gh[name] = "***" if gh[name] else "(not set)"
+    if mask:  # redis://:PASSWORD@host
+        out["redis"]["url"] = re.sub(r"(://[^/\s:@]*:)[^/\s@]+@", r"\1***@", out["redis"]["url"])
     return out
 
 

@@ -82,7 +82,7 @@ def _key_pair() -> tuple[str, str]:
 
 
 def pull_request_payload(sha: str) -> dict[str, Any]:
-    repo = {"id": 1296269, "name": "hello-litci", "full_name": REPO, "private": True,
+    repo = {"id": 1296269, "name": "hello-litci", "full_name": REPO, "private": False,
             "owner": {"login": "octo-org", "type": "Organization"}}
     return {
         "action": "opened", "number": 1,
@@ -133,7 +133,7 @@ async def demo(workdir: Path) -> int:
     private_pem, public_pem = await asyncio.to_thread(_key_pair)
     gh = FakeGitHub(app_id=1, public_key_pem=public_pem)
     api_url = await gh.start()
-    gh.add_repo(REPO, git_dir=str(workdir / "repo"), private=True, installation_id=42)
+    gh.add_repo(REPO, git_dir=str(workdir / "repo"), installation_id=42)
     gh.add_pull(REPO, 1, head_sha=sha, base_ref="main")
     secret = secrets.token_hex(16)
     cfg = config_mod.parse({

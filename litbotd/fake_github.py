@@ -253,6 +253,20 @@ async def _git(git_dir: str, *args: str) -> tuple[int, bytes]:
 _Handler = Callable[["FakeGitHub", _Call], Awaitable[web.StreamResponse]]
 
 
+class Hold:
+    """A request parked until the test releases it (to kill a client in the middle of a call)."""
+
+    def __init__(self, method: str, regex: re.Pattern[str]) -> None:
+        self.method = method
+        self.re = regex
+        self.used = False
+        self.reached = asyncio.Event()
+        self.released = asyncio.Event()
+
+    def release(self) -> None:
+        self.released.set()
+
+
 class FakeGitHub:
     def __init__(self, *, app_id: int = 1, public_key_pem: str | None = None, spec_path: str | None = None) -> None:
         self.app_id = app_id
@@ -273,6 +287,7 @@ class FakeGitHub:
         self.pulls: dict[tuple[str, int], dict[str, Any]] = {}
         self.permissions: dict[tuple[str, str], str] = {}
         self._injections: list[dict[str, Any]] = []
+        self._holds: list[Hold] = []
         self._ids = itertools.count(1000)
         self._runner: web.AppRunner | None = None
 
@@ -342,6 +357,12 @@ class FakeGitHub:
         self._injections.append({"method": method.upper(), "re": re.compile(path_regex), "status": status,
                                  "headers": headers or {}, "body": body, "times": times})
 
+    def hold(self, method: str, path_regex: str) -> "Hold":
+        """The next matching request waits until `release()`; `reached` is set when it arrives."""
+        h = Hold(method.upper(), re.compile(path_regex))
+        self._holds.append(h)
+        return h
+
     def count(self, method: str, path_regex: str) -> int:
         """How many requests matched (method, re.search on the path)."""
         rx = re.compile(path_regex)
@@ -377,6 +398,13 @@ class FakeGitHub:
         query = dict(request.query)
         if self.validator is not None:
             self.violations += self.validator.check(method, path, query, body, bool(raw))
+        for h in self._holds:
+            if not h.used and h.method == method and h.re.search(path):
+                # Applied after release even if the client went away meanwhile: the worst case
+                # of a crash, GitHub did it but the caller never heard.
+                h.used = True
+                h.reached.set()
+                await h.released.wait()
         for inj in self._injections:
             if inj["times"] > 0 and inj["method"] == method and inj["re"].search(path):
                 inj["times"] -= 1
@@ -414,6 +442,8 @@ class FakeGitHub:
                 raise _Reply(404, "Not Found")
         if auth == "any":
             return
+        if not cred and call.method == "GET" and call.repo is not None and not call.repo.private:
+            return  # a public repository reads without credentials, as on GitHub
         if scheme.lower() not in ("token", "bearer") or not cred:
             raise _Reply(401, "Requires authentication")
         if not self.public_key_pem:

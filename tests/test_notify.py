@@ -120,3 +120,21 @@ def test_daemon_notifies_systemd_through_its_life(tmp_path: Path, redis_server, 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_ready_waits_until_redis_answers(tmp_path: Path, redis_server, fake_systemd: FakeSystemd) -> None:
+    """Started before Redis: STATUS= says what it waits for, READY=1 only once Redis is up."""
+    redis_server.stop()
+    cfg = od.write_config(tmp_path / "litbotd.toml", redis_server.url, workers=1)
+    proc = od.start(cfg, tmp_path / "daemon.log", NOTIFY_SOCKET=str(fake_systemd.path))
+    try:
+        fake_systemd.wait_field(lambda f: f == f"STATUS=waiting for redis at {redis_server.url}")
+        assert "READY=1" not in [f for _, f in fake_systemd.lines()]
+        redis_server.start()  # same port
+        fake_systemd.wait_field(lambda f: f == "READY=1")
+        assert od.stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -3,6 +3,9 @@ down while tasks keep flowing, none is lost; a broken config is logged, naming t
 the running config stays; a later good reload works."""
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
 import signal
 from pathlib import Path
 
@@ -107,3 +110,59 @@ def test_reload_changes_log_level_and_secrets(tmp_path: Path, redis_server) -> N
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_a_retiring_worker_finishes_its_task_first(tmp_path: Path, redis_server) -> None:
+    cfg = od.write_config(tmp_path / "litbotd.toml", redis_server.url, workers=2)
+    log = tmp_path / "daemon.log"
+    r = redis_server.client()
+    proc = od.start(cfg, log)
+    try:
+        od.wait_for("2 workers", lambda: od.alive_workers(cfg, proc.pid) == 2)
+        long = Task(kind="sleep", payload={"s": 4})
+        r.lpush("bot_queue", long.to_json())
+        od.wait_for("the task in flight", lambda: long.id in str(r.hvals("bot_queue:workers")))
+
+        _set_workers(cfg, 0)
+        proc.send_signal(signal.SIGHUP)
+        # The idle worker goes at once; the busy one stays until its task is done, then goes too.
+        busy = od.wait_for("only the busy worker left", lambda: (
+            ws := [w for w in od.status(cfg)["workers"] if w["alive"] and w["pid"] == proc.pid]) and len(ws) == 1 and ws)
+        assert busy[0]["task"] == long.id
+        od.wait_for("no workers", lambda: od.alive_workers(cfg, proc.pid) == 0)
+        assert r.sismember("bot_queue:test:done", long.id)
+        assert r.llen("bot_queue") == 0 and not r.keys("bot_queue:processing:*")
+        assert od.stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def test_reload_is_ignored_before_start_and_while_stopping(redis_server, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Before start() the recovery sweep has not run, and a draining daemon must not grow: a SIGHUP
+    then changes nothing."""
+    from litbotd.config import parse
+    from litbotd.daemon import Daemon
+    from litbotd.worker import Registry
+
+    cfg = parse({"server": {"enabled": False}, "redis": {"url": redis_server.url},
+                 "workers": {"count": 1, "heartbeat_interval": "0.2s", "lease_timeout": "2s"},
+                 "github": {"redeliver_interval": 0},
+                 "jobs": {"backend": "local", "local": {"workdir": str(tmp_path / "jobs")}}}, env={})
+    bigger = dataclasses.replace(cfg, workers=dataclasses.replace(cfg.workers, count=3))
+    caplog.set_level(logging.WARNING)
+    d = Daemon(cfg, Registry(), config_loader=lambda: bigger)
+    await d.reload()
+    assert not d.workers and "reload ignored: the daemon is still starting" in caplog.text
+
+    run = asyncio.create_task(d.run())
+    await asyncio.wait_for(d.ready.wait(), 10)
+    assert len(d.live_workers()) == 1
+    d.stop()
+    await d.reload()
+    assert "reload ignored: the daemon is stopping" in caplog.text
+    assert await asyncio.wait_for(run, 10) == 0
+    assert d.cfg.workers.count == 1 and len(d.workers) == 1
