@@ -128,15 +128,16 @@ async def new_event(task: Task, s: Services) -> list[Task]:
     if not files:
         await checks.find_or_create_check(gh, inst, repo, sha, "litci", "no-workflows", status="completed",
                                           conclusion="neutral", output=report.no_workflows_output())
-    new = await rs.add_runs(repo, sha, plan.runs, pr)
+    new = await rs.add_runs(repo, sha, plan.runs, pr, owner=task.id)
     recorded = await rs.runs(repo, sha)
     for run in plan.runs:
         attempt = new.get(run.key)
         if attempt is None and p.get("action") == "reopened":
-            # Runs a PR's closing cancelled start again when it is reopened.
+            # Runs that closing the PR cancelled start again when it is reopened.
+            attempt = await rs.owned_attempt(repo, sha, run.key, task.id)
             last = recorded[run.key][1]
-            if (await rs.get(RunRef(repo, sha, run.key, last))).get("conclusion") == decisions.CANCELLED:
-                attempt = await rs.new_attempt(repo, sha, run.key)
+            if attempt is None and (await rs.get(RunRef(repo, sha, run.key, last))).get("conclusion") == decisions.CANCELLED:
+                attempt = await rs.new_attempt(repo, sha, run.key, task.id)
         if attempt is not None:
             out.append(await _queue_run(s, task, p, run, attempt))
     log.info("workflows planned", runs=len(plan.runs), started=sum(t.kind == "start_job" for t in out),
@@ -238,6 +239,7 @@ async def _report_completed(s: Services, p: dict[str, Any], ref: RunRef, tail: s
     await checks.update_check(_gh(s), p["installation"], ref.repo, check_id, status="completed",
                               conclusion=row.conclusion, completed_at=checks.iso(time.time()),
                               output=report.check_output(row))
+    await rs.update(ref, reported=1)
 
 
 async def cancel(task: Task, s: Services) -> list[Task]:
@@ -252,13 +254,14 @@ async def cancel(task: Task, s: Services) -> list[Task]:
     for sha in shas:
         for key, (run, attempt) in (await rs.runs(repo, sha)).items():
             ref = RunRef(repo, sha, key, attempt)
-            if not await rs.request_cancel(ref, reason):
-                continue
             state = await rs.get(ref)
+            if state.get("reported") or state.get("conclusion") not in (None, decisions.CANCELLED):
+                continue  # reported already, or a result won the race and results reports it
+            await rs.request_cancel(ref, reason)
             if state.get("job"):
                 await s.backend.stop(state["job"])
-            await rs.conclude(ref, decisions.CANCELLED, reason, time.time())
-            if state.get("check_run_id"):
+            conclusion, _ = await rs.conclude(ref, decisions.CANCELLED, reason, time.time())
+            if conclusion == decisions.CANCELLED and state.get("check_run_id"):
                 await _report_completed(s, {**p, "check_run_id": state["check_run_id"]}, ref)
             stopped += 1
     log.info("runs cancelled", runs=stopped, reason=reason)
@@ -283,7 +286,7 @@ async def rerun(task: Task, s: Services) -> list[Task]:
         return []
     pr = p.get("pr") or await rs.pr_of(repo, sha)
     base = _routing(p, pr=pr)
-    return [await _queue_run(s, task, base, recorded[k][0], await rs.new_attempt(repo, sha, k)) for k in keys]
+    return [await _queue_run(s, task, base, recorded[k][0], await rs.new_attempt(repo, sha, k, task.id)) for k in keys]
 
 
 async def command(task: Task, s: Services) -> list[Task]:
@@ -322,7 +325,7 @@ async def command(task: Task, s: Services) -> list[Task]:
                 log.info("command refused", command=cmd.text, reason=f"no run named {', '.join(unknown)}")
                 await checks.react(gh, inst, repo, p["comment_id"], "confused")
                 return []
-            out += [await _queue_run(s, task, event, recorded[k][0], await rs.new_attempt(repo, head, k)) for k in keys]
+            out += [await _queue_run(s, task, event, recorded[k][0], await rs.new_attempt(repo, head, k, task.id)) for k in keys]
     await checks.react(gh, inst, repo, p["comment_id"], "+1")
     log.info("command accepted", command=cmd.text, user=p["user"])
     return out

@@ -19,6 +19,17 @@ from .workflows import Run, run_from_jsonable, to_jsonable
 
 TTL = 30 * 24 * 3600
 
+# KEYS: sha hash. ARGV: run key, owner task id, ttl.
+_NEW_ATTEMPT = """
+local mine = 'by:' .. ARGV[2] .. ':' .. ARGV[1]
+local n = redis.call('HGET', KEYS[1], mine)
+if n then return tonumber(n) end
+n = redis.call('HINCRBY', KEYS[1], 'attempt:' .. ARGV[1], 1)
+redis.call('HSET', KEYS[1], mine, n)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return n
+"""
+
 _CONCLUDE = """
 if redis.call('HSETNX', KEYS[1], 'conclusion', ARGV[1]) == 1 then
   redis.call('HSET', KEYS[1], 'message', ARGV[2], 'finished_at', ARGV[3], 'status', 'completed')
@@ -51,19 +62,22 @@ class RunState:
         return self.q.key("pr", f"{repo}#{pr}")
 
     # -- runs of a SHA --------------------------------------------------------------------------------
-    async def add_runs(self, repo: str, sha: str, runs: list[Run], pr: int | None) -> dict[str, int]:
-        """Record the runs planned for a SHA; returns {run key: attempt} of the runs that are new
-        (a redelivered or repeated event plans the same runs, and must not start them twice)."""
+    async def add_runs(self, repo: str, sha: str, runs: list[Run], pr: int | None, owner: str) -> dict[str, int]:
+        """Record the runs planned for a SHA by task `owner`; returns {run key: attempt} of the runs
+        this task is to start: the ones it recorded first — also when it runs again after a crash,
+        since its successors were never committed — but not those of another event for the SHA."""
         key = self._sha(repo, sha)
         async with self.r.pipeline(transaction=True) as p:
             for run in runs:
                 p.hsetnx(key, f"spec:{run.key}", json.dumps(to_jsonable(run)))
                 p.hsetnx(key, f"attempt:{run.key}", 1)
+                p.hsetnx(key, f"owner:{run.key}:1", owner)
             if pr is not None:
                 p.hset(key, "pr", pr)  # a fork PR's check_run events carry no PR number
             p.expire(key, TTL)
-            res = await p.execute()
-        return {run.key: 1 for i, run in enumerate(runs) if res[2 * i + 1]}
+            await p.execute()
+        owners = await self.r.hmget(key, [f"owner:{run.key}:1" for run in runs]) if runs else []
+        return {run.key: 1 for run, o in zip(runs, owners) if o == owner}
 
     async def runs(self, repo: str, sha: str) -> dict[str, tuple[Run, int]]:
         """Every run recorded for a SHA with its latest attempt."""
@@ -79,8 +93,13 @@ class RunState:
         pr = await self.r.hget(self._sha(repo, sha), "pr")
         return int(pr) if pr else None
 
-    async def new_attempt(self, repo: str, sha: str, key: str) -> int:
-        return int(await self.r.hincrby(self._sha(repo, sha), f"attempt:{key}", 1))
+    async def owned_attempt(self, repo: str, sha: str, key: str, owner: str) -> int | None:
+        n = await self.r.hget(self._sha(repo, sha), f"by:{owner}:{key}")
+        return int(n) if n else None
+
+    async def new_attempt(self, repo: str, sha: str, key: str, owner: str) -> int:
+        """The next attempt of a run, for task `owner`; the same number if that task asks again."""
+        return int(await self.r.eval(_NEW_ATTEMPT, 1, self._sha(repo, sha), key, owner, TTL))
 
     # -- one attempt of a run ---------------------------------------------------------------------------
     async def get(self, ref: RunRef) -> dict[str, str]:
