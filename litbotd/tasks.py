@@ -13,6 +13,8 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import orjson
+
 VERSION = 1
 # Payload keys copied into every log line of the task (SPEC §7).
 CONTEXT_KEYS = ("delivery", "repo", "pr", "sha", "run", "job")
@@ -37,7 +39,7 @@ class Task:
         # Not dataclasses.asdict: it deep-copies the payload, a measurable cost on the webhook path.
         d = {"attempt": self.attempt, "created": self.created, "error": self.error, "id": self.id,
              "kind": self.kind, "payload": self.payload, "run_at": self.run_at, "v": self.v}
-        return json.dumps(d, separators=(",", ":"), sort_keys=True)
+        return orjson.dumps(d, option=orjson.OPT_SORT_KEYS).decode()
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> "Task":

@@ -13,6 +13,7 @@ import time
 import urllib.parse
 from typing import Any
 
+import orjson
 import redis.exceptions
 from aiohttp import web
 from gidgethub import ValidationFailure
@@ -64,8 +65,9 @@ def _parse(body: bytes, content_type: str) -> Any:
         form = urllib.parse.parse_qs(body.decode("utf-8"), max_num_fields=16)
         if "payload" not in form:
             raise ValueError("form body without payload=")
-        return json.loads(form["payload"][0])
-    return json.loads(body)
+        return orjson.loads(form["payload"][0])
+    # orjson: parsing the payload is the largest cost of a webhook after the signature.
+    return orjson.loads(body)
 
 
 def _answer(label: str, outcome: str, status: int, body: dict[str, Any], fields: dict[str, Any],
