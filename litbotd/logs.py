@@ -44,7 +44,9 @@ def set_secrets(values: list[str]) -> None:
 
 def redact(text: str) -> str:
     # Shapes first: a whole PEM block becomes one *** (also in its repr, newlines escaped).
-    text = _URL_PASSWORD_RE.sub(r"\1***@", _TOKEN_RE.sub("***", text))
+    text = _TOKEN_RE.sub("***", text)
+    if "://" in text:  # the URL pattern is the slow one: most lines hold no URL
+        text = _URL_PASSWORD_RE.sub(r"\1***@", text)
     for s in _secrets:
         if s in text:
             text = text.replace(s, "***")
@@ -66,9 +68,12 @@ def context(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
+_NEEDS_QUOTES = re.compile(r'[\s"=]')
+
+
 def _value(v: Any) -> str:
     s = str(v)
-    if s == "" or any(c in s for c in ' "=\n\t'):
+    if s == "" or _NEEDS_QUOTES.search(s):
         return json.dumps(s)
     return s
 
@@ -173,8 +178,8 @@ class Log:
         self._log = logging.getLogger(name)
 
     def _emit(self, level: int, msg: str, exc_info: bool, kv: dict[str, Any]) -> None:
+        # Fields are redacted by the formatter, with the whole line: once per line is enough.
         if self._log.isEnabledFor(level):
-            kv = {k: v if v is None or isinstance(v, (int, float, bool)) else redact(str(v)) for k, v in kv.items()}
             self._log.log(level, msg, exc_info=exc_info, extra={"kv": kv}, stacklevel=3)
 
     def debug(self, msg: str, **kv: Any) -> None:

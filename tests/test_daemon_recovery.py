@@ -204,8 +204,8 @@ def test_a_second_daemon_recovers_a_dead_daemons_tasks_by_lease(daemons, redis_s
     for e in done.values():
         after = e["t"] - killed_at
         print(f"recovered {after:.2f}s after the kill")
-        # not before a's lease ran out (it was renewed at most one heartbeat before the kill) ...
-        assert after >= lease - beat - 0.2, f"a live lease was ignored: recovered {after:.2f}s after the kill"
+        # not before a's lease ran out (renewed about one heartbeat before the kill; allow a late beat) ...
+        assert after >= lease - 2 * beat - 0.2, f"a live lease was ignored: recovered {after:.2f}s after the kill"
         # ... and within the lease plus one sweep interval (+ the 0.2 s re-run and some slack)
         assert after <= lease + lease / 2 + 0.2 + 1.0, f"recovered only {after:.2f}s after the kill"
     assert r.llen("bot_queue:processing:" + next(iter(held)).split(":", 2)[2]) == 0

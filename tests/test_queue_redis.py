@@ -143,7 +143,7 @@ async def test_a_live_workers_long_task_is_never_swept(aredis, redis_server):
             await asyncio.sleep(0.005)
         assert time.monotonic() - started > 3 * s.config.workers.lease_timeout
     await sweeper.aclose()
-    assert sweeps >= 200 and moved == 0
+    assert sweeps >= 100 and moved == 0, (sweeps, moved)
     assert [e for e in log if e[0] == "start"] == [("start", t.id)]
     assert await aredis.lrange("test:done", 0, -1) == [t.id]
 
