@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import faulthandler
+import gc
 import itertools
 import os
 import signal
@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from . import config as config_mod
-from . import logs, metrics, systemd
+from . import logs, metrics, procinfo, systemd
 from .backends import make_backend
 from .config import Config, ConfigError, JobsConfig
 from .github import GitHubApp
@@ -34,42 +34,6 @@ from .worker import REDIS_DOWN, Registry, Worker
 log = logs.get("litbotd.daemon")
 
 
-def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def _pid_namespace() -> str:
-    try:
-        return str(os.stat("/proc/self/ns/pid").st_ino)
-    except OSError:
-        return ""
-
-
-def _process_start() -> str:
-    """When this process started, in clock ticks since boot: with the boot id and the pid it names
-    one process, so a later process that got the same pid (pid 1 in a container, a unit started at
-    boot) is told apart from this one."""
-    try:
-        with open("/proc/self/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Daemon:
     def __init__(self, cfg: Config, registry: Registry, config_path: str | None = None,
                  config_loader: Callable[[], Config] | None = None, redis: aioredis.Redis | None = None) -> None:
@@ -77,8 +41,8 @@ class Daemon:
         self.config_path = config_path
         self._load_config = config_loader or (lambda: config_mod.load(config_path))
         self.host = os.environ.get("LITBOTD_HOST") or socket.gethostname()
-        self.identity = {"host": self.host, "pid": os.getpid(), "boot": _boot_id(), "pidns": _pid_namespace(),
-                         "pstart": _process_start()}
+        self.identity = {"host": self.host, "pid": os.getpid(), "boot": procinfo.boot_id(), "pidns": procinfo.pid_namespace(),
+                         "pstart": procinfo.process_start(os.getpid())}
         self._ids = itertools.count()
         self.workers: dict[str, tuple[Worker, asyncio.Task]] = {}
         self._stop = asyncio.Event()
@@ -193,7 +157,7 @@ class Daemon:
                 # its worker ids are ours, and its tasks would sit under our live leases) unless it
                 # is this very process (another Daemon in it, as in tests).
                 return info.get("pstart") != me["pstart"]
-            return not _pid_alive(int(info.get("pid", 0)))
+            return not procinfo.pid_alive(int(info.get("pid", 0)))
 
         dead = [wid for wid, info in (await self.services.queue.registered()).items() if gone(info)]
         n = await self.services.queue.recover(dead)

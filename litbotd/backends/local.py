@@ -29,9 +29,10 @@ from typing import Any
 
 import litbotd
 
+from ..procinfo import boot_id, process_start
 from .base import BackendError, JobNotFound, JobSpec, JobStatus, Offload, check_name, scrub
 from .bootstrap import job_argv, job_env
-from .localrun import boot_id, process_start, write_json_atomic
+from .localrun import write_json_atomic
 
 # A job whose runner has not recorded its pid this long after the directory was made never
 # started (the daemon died between mkdir and spawn).

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..procinfo import boot_id, process_start
 from .bootstrap import result_from_json
 
 SLOT_POLL = 0.2  # seconds between tries for a free slot
@@ -36,24 +37,6 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def process_start(pid: int) -> str:
-    """The kernel's start time of a live process ("" when gone or a zombie): with the boot id,
-    tells a pid from its reuse."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    fields = stat.rsplit(")", 1)[1].split()  # fields after "(comm)": state is field 3, starttime 22
-    return "" if fields[0] == "Z" else fields[19]
 
 
 class Runner:
