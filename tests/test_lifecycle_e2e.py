@@ -180,3 +180,25 @@ async def test_closed_pr_cancels_running_jobs(redis_server, world, tmp_path):
     run = world.runs(sha)[0]
     assert run["conclusion"] == "cancelled" and "closed" in run["output"]["summary"]
 
+
+
+async def test_a_job_that_will_not_start_completes_its_check(redis_server, world, tmp_path):
+    """start_job fails every attempt (the jobs directory cannot be made): after max_attempts the
+    task is dead-lettered and its check run completed as a failure saying why — no check hangs."""
+    sha = sha_of("nostart")
+    await world.start({sha: {".lightning/workflows/ci.yaml": "name: ci\nrun: echo never\n"}})
+    world.pull(sha)
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the jobs directory should be")
+    data = config_data(redis_server.url, world.url, blocker, workers={"max_attempts": 2})
+    async with InProcessDaemon(data) as d:
+        await d.send("pull_request", pr_payload("opened", sha))
+        await wait_until(lambda: _completed(world, sha, 1), 30, "the check to complete")
+        await wait_until(d.idle, 20, "idle")
+        dead = await d.daemon.services.queue.dead_tasks()
+    run = world.runs(sha)[0]
+    assert run["conclusion"] == "failure"
+    assert "failed to start" in run["output"]["summary"] + run["output"]["title"]
+    assert [t.kind for _, t in dead] == ["start_job"] and dead[0][1].attempt == 2
+    assert "ci" in world.gh.comments[0]["body"]
+    world.assert_no_duplicates()
