@@ -69,7 +69,8 @@ def make_repo(root: Path) -> str:
     return _git(repo, "rev-parse", "HEAD").strip()
 
 
-def _key_pair() -> tuple[str, str]:
+def throwaway_key() -> tuple[str, str]:
+    """A fresh RSA key pair (private PEM, public PEM) standing in for a GitHub App's key."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -130,7 +131,7 @@ async def demo(workdir: Path) -> int:
     sha = await asyncio.to_thread(make_repo, workdir)
     say(f"1. throw-away repository {REPO} at {sha[:7]} with .lightning/workflows/demo.yaml:")
     say("".join(f"     {line}\n" for line in WORKFLOW.splitlines()))
-    private_pem, public_pem = await asyncio.to_thread(_key_pair)
+    private_pem, public_pem = await asyncio.to_thread(throwaway_key)
     gh = FakeGitHub(app_id=1, public_key_pem=public_pem)
     api_url = await gh.start()
     gh.add_repo(REPO, git_dir=str(workdir / "repo"), installation_id=42)

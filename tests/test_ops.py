@@ -12,6 +12,7 @@ import pytest
 
 from conftest import free_port
 from helpers import ops_daemon as od
+from litbotd.demo import throwaway_key
 from litbotd.tasks import Task
 
 DATA = Path(__file__).parent / "data"
@@ -148,7 +149,7 @@ def test_replay_enqueues_a_payload_as_if_delivered(redis_server, cfg: Path, tmp_
 # -- check-config ---------------------------------------------------------------------------------------
 @pytest.fixture
 def github_app() -> Iterator[tuple[od.FakeGitHubApp, str]]:
-    private, public = od.throwaway_key()
+    private, public = throwaway_key()
     fake = od.FakeGitHubApp(public, app_id=4242)
     yield fake, private
     fake.close()
@@ -186,7 +187,7 @@ def test_check_config_online_succeeds_with_the_apps_key(tmp_path: Path, redis_se
 
 def test_check_config_online_fails_with_another_key_or_app_id(tmp_path: Path, redis_server, github_app) -> None:
     fake, _ = github_app
-    other, _ = od.throwaway_key()
+    other, _ = throwaway_key()
     cfg = _app_config(tmp_path, redis_server.url, fake.url, other)
     code, out, _ = run("check-config", "--online", "-c", str(cfg))
     assert code == 1 and "redis: ok" in out
@@ -197,7 +198,7 @@ def test_check_config_online_fails_with_another_key_or_app_id(tmp_path: Path, re
 
 
 def test_check_config_online_names_an_unreachable_github(tmp_path: Path, redis_server) -> None:
-    private, _ = od.throwaway_key()
+    private, _ = throwaway_key()
     cfg = _app_config(tmp_path, redis_server.url, f"http://127.0.0.1:{free_port()}", private)
     code, out, _ = run("check-config", "--online", "-c", str(cfg))
     assert code == 1 and re.search(r"github: FAILED: GitHubError: GET /app: Client\w*Error after \d+ attempts", out), out

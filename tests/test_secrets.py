@@ -17,6 +17,7 @@ import pytest
 from helpers import ops_daemon as od
 from litbotd import logs
 from litbotd.config import parse
+from litbotd.demo import throwaway_key
 from litbotd.queue import Queue, connect
 from litbotd.services import Services
 from litbotd.tasks import Task
@@ -27,7 +28,7 @@ APP_ID = 4242
 
 class Secrets:
     def __init__(self) -> None:
-        self.pem, self.public = od.throwaway_key()
+        self.pem, self.public = throwaway_key()
         self.webhook = "whsec-" + pysecrets.token_urlsafe(24)
         self.token = "ghs_" + "".join(pysecrets.choice(string.ascii_letters + string.digits) for _ in range(36))
 

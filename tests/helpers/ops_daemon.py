@@ -229,19 +229,6 @@ class FakeSystemd:
         self._thread.join(2)
         self.sock.close()
 
-def throwaway_key() -> tuple[str, str]:
-    """A fresh RSA key pair (private PEM, public PEM) standing in for a GitHub App's key."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
-
-
 class FakeGitHubApp:
     """Just enough of the GitHub API for `check-config --online`: GET /app answers the App when
     the JWT verifies with `public_pem` and names `app_id`, else 401 — echoing `echo` in its
