@@ -7,6 +7,7 @@
     cancel     stop a SHA's runs (superseded, PR closed, /litci cancel)
     rerun      check_run / check_suite re-requested: new attempts of recorded runs
     command    /litci run|cancel|ok-to-test from a PR comment
+    comment    the sticky summary comment, edited a moment after a change (coalesced)
 
 Every handler may run more than once for the same task (a crash before its finish): each step
 finds what an earlier try created (check runs by external_id, jobs by name, the comment by its
@@ -30,6 +31,7 @@ from .worker import Permanent, Registry
 log = logs.get("litbotd.lifecycle")
 ROUTING = ("delivery", "installation", "repo", "pr", "sha", "private")
 _machines: frozenset[str] | None = None
+COMMENT_DEBOUNCE = 1.0  # seconds
 
 
 def _gh(s: Services) -> GitHubApp:
@@ -83,6 +85,30 @@ async def refresh_comment(s: Services, repo: str, pr: int | None, inst: int) -> 
     comment_id = await checks.upsert_comment(_gh(s), s.queue, inst, repo, pr, body, known)
     if comment_id != known:
         await rs.set_pr_field(repo, pr, comment_id=comment_id)
+
+
+async def _comment_soon(task: Task, s: Services, repo: str, pr: int | None, inst: int) -> list[Task]:
+    """A coalesced summary-comment edit: each change bumps the PR's version and schedules a
+    `comment` task a moment later, which edits the comment only if nothing newer has been shown.
+    A burst of run changes (a matrix starting) costs one edit, not one per run and phase."""
+    if pr is None or not s.config.report.comment:
+        return []
+    await RunState(s.queue).bump_version(repo, pr)
+    return [task.successor("comment", {"repo": repo, "pr": pr, "installation": inst},
+                           run_at=time.time() + COMMENT_DEBOUNCE, key="comment")]
+
+
+async def comment(task: Task, s: Services) -> list[Task]:
+    """Edit the summary comment, unless an earlier comment task already showed this version."""
+    p = task.payload
+    rs = RunState(s.queue)
+    info = await rs.pr(p["repo"], p["pr"])
+    version = int(info.get("version") or 0)
+    if version <= int(info.get("commented") or -1):
+        return []
+    await refresh_comment(s, p["repo"], p["pr"], p["installation"])  # renders the state as of now
+    await rs.set_pr_field(p["repo"], p["pr"], commented=version)
+    return []
 
 
 async def _queue_run(s: Services, task: Task, p: dict[str, Any], run: workflows.Run, attempt: int) -> Task:
@@ -142,8 +168,7 @@ async def new_event(task: Task, s: Services) -> list[Task]:
             out.append(await _queue_run(s, task, p, run, attempt))
     log.info("workflows planned", runs=len(plan.runs), started=sum(t.kind == "start_job" for t in out),
              errors=len(plan.errors), skipped=len(plan.skipped))
-    await refresh_comment(s, repo, pr, inst)
-    return out
+    return out + await _comment_soon(task, s, repo, pr, inst)
 
 
 async def start_job(task: Task, s: Services) -> list[Task]:
@@ -174,10 +199,9 @@ async def start_job(task: Task, s: Services) -> list[Task]:
             fields["details_url"] = status.url
         await checks.update_check(_gh(s), p["installation"], repo, int(p["check_run_id"]), **fields)
         log.info("job started", state=status.state, url=status.url)
-    await refresh_comment(s, repo, p.get("pr"), p["installation"])
     poll = cfg.jobs.poll_interval
     return [task.successor("wait_job", {**p, "job": name, "poll": poll, "queued_at": now}, run_at=now + poll,
-                           key=name)]
+                           key=name), *await _comment_soon(task, s, repo, p.get("pr"), p["installation"])]
 
 
 async def wait_job(task: Task, s: Services) -> list[Task]:
@@ -225,8 +249,7 @@ async def results(task: Task, s: Services) -> list[Task]:
     metrics.JOBS.labels(s.backend.name, conclusion).inc()
     await _report_completed(s, p, ref, tail)
     log.info("run finished", conclusion=conclusion, exit_code=status.exit_code, job=p["job"])
-    await refresh_comment(s, p["repo"], p.get("pr"), p["installation"])
-    return []
+    return await _comment_soon(task, s, p["repo"], p.get("pr"), p["installation"])
 
 
 async def _report_completed(s: Services, p: dict[str, Any], ref: RunRef, tail: str = "") -> None:
@@ -265,8 +288,7 @@ async def cancel(task: Task, s: Services) -> list[Task]:
                 await _report_completed(s, {**p, "check_run_id": state["check_run_id"]}, ref)
             stopped += 1
     log.info("runs cancelled", runs=stopped, reason=reason)
-    await refresh_comment(s, repo, p.get("pr"), p["installation"])
-    return []
+    return await _comment_soon(task, s, repo, p.get("pr"), p["installation"])
 
 
 async def rerun(task: Task, s: Services) -> list[Task]:
@@ -286,7 +308,8 @@ async def rerun(task: Task, s: Services) -> list[Task]:
         return []
     pr = p.get("pr") or await rs.pr_of(repo, sha)
     base = _routing(p, pr=pr)
-    return [await _queue_run(s, task, base, recorded[k][0], await rs.new_attempt(repo, sha, k, task.id)) for k in keys]
+    out = [await _queue_run(s, task, base, recorded[k][0], await rs.new_attempt(repo, sha, k, task.id)) for k in keys]
+    return out + await _comment_soon(task, s, repo, pr, p["installation"])
 
 
 async def command(task: Task, s: Services) -> list[Task]:
@@ -326,6 +349,7 @@ async def command(task: Task, s: Services) -> list[Task]:
                 await checks.react(gh, inst, repo, p["comment_id"], "confused")
                 return []
             out += [await _queue_run(s, task, event, recorded[k][0], await rs.new_attempt(repo, head, k, task.id)) for k in keys]
+            out += await _comment_soon(task, s, repo, pr, inst)
     await checks.react(gh, inst, repo, p["comment_id"], "+1")
     log.info("command accepted", command=cmd.text, user=p["user"])
     return out
@@ -351,7 +375,7 @@ async def on_dead(task: Task, s: Services) -> None:
 
 REGISTRY = Registry(
     handlers={"new_event": new_event, "start_job": start_job, "wait_job": wait_job, "results": results,
-              "cancel": cancel, "rerun": rerun, "command": command},
+              "cancel": cancel, "rerun": rerun, "command": command, "comment": comment},
     on_dead=on_dead,
 )
 

@@ -3,7 +3,8 @@
     q:sha:<repo>@<sha>                 hash  spec:<run> -> JSON {run, check_name}, attempt:<run> -> int
     q:run:<repo>@<sha>:<run>:<attempt> hash  status, check_run_id, job, times, url, message,
                                              cancel_reason, conclusion (set once: first terminal wins)
-    q:pr:<repo>#<pr>                   hash  head, base_ref, installation, comment_id, approved
+    q:pr:<repo>#<pr>                   hash  head, base_ref, installation, comment_id, approved,
+                                             version (changes), commented (version shown)
     q:pr:<repo>#<pr>:shas              set   every head SHA seen, for supersede and close
 
 Everything expires after 30 days; GitHub keeps the durable record (check runs, the comment).
@@ -142,6 +143,13 @@ class RunState:
 
     async def pr_shas(self, repo: str, pr: int) -> list[str]:
         return sorted(await self.r.smembers(f"{self._pr(repo, pr)}:shas"))
+
+    async def bump_version(self, repo: str, pr: int) -> int:
+        """Count a change worth showing in the PR's summary comment."""
+        async with self.r.pipeline(transaction=True) as p:
+            p.hincrby(self._pr(repo, pr), "version", 1).expire(self._pr(repo, pr), TTL)
+            n, _ = await p.execute()
+        return int(n)
 
     async def set_pr_field(self, repo: str, pr: int, **fields: Any) -> None:
         async with self.r.pipeline(transaction=True) as p:
