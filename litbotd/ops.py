@@ -135,7 +135,9 @@ def lint(directory: str, base: str, cfg: Config) -> int:
     if not root.is_dir():
         print(f"litbotd: {directory} is not a directory", file=sys.stderr)
         return 1
-    paths = workflows.discover(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    # Only where workflow files may be: a checkout can be huge (node_modules, data).
+    candidates = [root / ".litci.yaml", root / ".litci.yml", *sorted((root / ".lightning" / "workflows").glob("*"))]
+    paths = workflows.discover(str(p.relative_to(root)) for p in candidates if p.is_file())
     files = {p: (root / p).read_bytes() for p in paths}
     defaults = workflows.Defaults(image=cfg.jobs.lightning.default_image, machine=cfg.jobs.lightning.default_machine,
                                   timeout=cfg.jobs.default_timeout, machines=_machines())

@@ -1,0 +1,49 @@
+"""`litbotd lint [DIR]`: what a checkout's workflow files would run (SPEC §2)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def lint(directory: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "litbotd", "lint", str(directory), *args],
+                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+
+
+def test_lint_prints_the_runs_and_their_check_names(tmp_path):
+    wf = tmp_path / ".lightning" / "workflows"
+    wf.mkdir(parents=True)
+    (wf / "ci.yaml").write_text("name: ci\nmachine: CPU\nparametrize:\n  matrix: {py: ['3.10', '3.11']}\nrun: pytest\n")
+    (tmp_path / ".litci.yaml").write_text("name: docs\nrun: make docs\n")
+    (tmp_path / "node_modules").mkdir()
+    (tmp_path / "node_modules" / "x.yaml").write_text("not: a workflow")
+    out = lint(tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "ci (3.10)" in out.stdout and "ci (3.11)" in out.stdout and "docs" in out.stdout
+    assert "3 run(s) from 2 file(s), 0 error(s)" in out.stdout
+
+
+def test_lint_names_the_file_and_line_of_an_error(tmp_path):
+    wf = tmp_path / ".lightning" / "workflows"
+    wf.mkdir(parents=True)
+    (wf / "bad.yml").write_text("name: bad\nrun: echo\ntimout: 5\n")
+    out = lint(tmp_path)
+    assert out.returncode == 1
+    assert "error: .lightning/workflows/bad.yml:3:" in out.stdout and "timout" in out.stdout
+
+
+def test_lint_with_no_workflow_files_says_nothing_would_run(tmp_path):
+    out = lint(tmp_path)
+    assert out.returncode == 0 and "nothing would run" in out.stdout
+
+
+def test_lint_skips_workflows_whose_trigger_does_not_match_the_base(tmp_path):
+    (tmp_path / ".litci.yml").write_text("name: rel\ntrigger: {pull_request: {branches: ['release/*']}}\nrun: x\n")
+    assert "skipped" in lint(tmp_path, "--base", "main").stdout
+    assert "1 run(s)" in lint(tmp_path, "--base", "release/1.0").stdout
+
+
+def test_lint_of_a_missing_directory_fails(tmp_path):
+    out = lint(tmp_path / "nope")
+    assert out.returncode == 1 and "not a directory" in out.stderr
