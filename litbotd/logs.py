@@ -153,6 +153,10 @@ def setup(level: str = "info", fmt: str = "auto", secrets: list[str] | None = No
     """Configure the root logger (idempotent: reload calls it again with new values).
     `stream` defaults to stderr; tests pass their own."""
     set_secrets(secrets or [])
+    # Lines carry no file, line, thread or process fields: skip computing them for every record
+    # (the logging HOWTO's "Optimization" settings; this matters on the webhook path).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     if logging.getLogRecordFactory() is not _scrubbed_record:
         logging.setLogRecordFactory(_scrubbed_record)
     root = logging.getLogger()
@@ -180,7 +184,7 @@ class Log:
     def _emit(self, level: int, msg: str, exc_info: bool, kv: dict[str, Any]) -> None:
         # Fields are redacted by the formatter, with the whole line: once per line is enough.
         if self._log.isEnabledFor(level):
-            self._log.log(level, msg, exc_info=exc_info, extra={"kv": kv}, stacklevel=3)
+            self._log.log(level, msg, exc_info=exc_info, extra={"kv": kv})
 
     def debug(self, msg: str, **kv: Any) -> None:
         self._emit(logging.DEBUG, msg, False, kv)

@@ -6,6 +6,7 @@ A task is {"v": 1, "id", "kind", "payload", "attempt", "created", "run_at", "err
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -76,7 +77,8 @@ class Task:
 
 
 def derive_id(parent: str, kind: str, extra: Any = "") -> str:
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"{parent}/{kind}/{extra}").hex
+    """32 hex digits, like a fresh id; a hash, so the same inputs give the same id."""
+    return hashlib.blake2b(f"{parent}/{kind}/{extra}".encode(), digest_size=16).hexdigest()
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:

@@ -92,6 +92,27 @@ async def aredis(redis_server: RedisServer):
     await client.aclose()
 
 
+@pytest.fixture(autouse=True)
+def reap_leftover_jobs(tmp_path: Path) -> Iterator[None]:
+    """Local jobs run detached, by design outliving whoever started them: after each test, kill
+    any process group still running from that test's directory, so a failed test leaks nothing."""
+    yield
+    marker = str(tmp_path).encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "cmdline").read_bytes():
+                pid = int(proc.name)
+                pgid = os.getpgid(pid)
+                if pgid == os.getpgid(0):
+                    os.kill(pid, 9)  # a child in pytest's own group: never signal the group
+                else:
+                    os.killpg(pgid, 9)
+        except (OSError, ProcessLookupError):
+            pass
+
+
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No config from the developer's environment leaks into a test."""
