@@ -11,6 +11,7 @@ import sys
 from typing import Sequence
 
 from . import config as config_mod
+from .backends.base import BackendError
 from .config import Config, ConfigError
 
 
@@ -69,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(ops.replay(cfg, args.file, args.event, args.delivery))
     except ConfigError as e:
         print(f"litbotd: config error: {e}", file=sys.stderr)
+        return 1
+    except BackendError as e:  # e.g. Lightning credentials or teamspace missing at start
+        print(f"litbotd: cannot start the job backend: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 1
