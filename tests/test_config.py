@@ -1,6 +1,10 @@
 """Config parsing (SPEC §3): durations, errors that name the key, environment and credential overrides."""
 from __future__ import annotations
 
+import dataclasses
+import tomllib
+from pathlib import Path
+
 import pytest
 
 from litbotd import config as config_mod
@@ -154,3 +158,29 @@ def test_secrets_are_masked_in_the_effective_config():
     assert "topsecret" not in text and "PRIVATE KEY" not in text
     assert 'webhook_secret = "***"' in text
     assert set(config_mod.secrets_of(cfg)) == {"topsecret", PEM}
+
+
+def test_the_sample_config_documents_every_key_with_its_default():
+    """litbotd.toml at the repository root is the reference: every key, each at its default."""
+    sample = Path(__file__).resolve().parents[1] / "litbotd.toml"
+    data = tomllib.loads(sample.read_text())
+    assert config_mod.parse(data, env={}) == config_mod.parse({}, env={})
+
+    def keys(cls: type, prefix: str = "") -> set[str]:
+        out = set()
+        for f in dataclasses.fields(cls):
+            if f.name in ("private_key", "source"):
+                continue
+            if dataclasses.is_dataclass(f.default):
+                out |= keys(type(f.default), f"{prefix}{f.name}.")
+            else:
+                out.add(prefix + f.name)
+        return out
+
+    def present(d: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for k, v in d.items():
+            out |= present(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k}
+        return out
+
+    assert present(data) == keys(config_mod.Config)
