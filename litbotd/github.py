@@ -320,9 +320,6 @@ class GitHubApp:
     async def patch(self, path: str, installation_id: int | None, **kw: Any) -> Any:
         return (await self.request("PATCH", path, installation_id, **kw))[2]
 
-    async def put(self, path: str, installation_id: int | None, **kw: Any) -> Any:
-        return (await self.request("PUT", path, installation_id, **kw))[2]
-
     async def paginate(self, path: str, installation_id: int | None, params: dict | None = None) -> AsyncGenerator[Any, None]:
         """Every item of a listing, following Link rel="next" (page numbers or cursors alike).
         A listing wrapped in an object (`{"total_count": n, "check_runs": [...]}`) yields the list's items."""

@@ -139,7 +139,7 @@ async def new_event(task: Task, s: Services) -> list[Task]:
     approved = p.get("approved") or (await rs.pr(repo, pr)).get("approved") == sha
     if not trusted and not approved:
         await checks.find_or_create_check(
-            gh, inst, repo, sha, "litci", "fork-approval", status="completed", conclusion="action_required",
+            gh, inst, repo, sha, "litci", "fork-approval", status="completed", conclusion=decisions.ACTION_REQUIRED,
             output=report.fork_approval_output(cfg.github.command_prefix))
         log.info("fork PR from an untrusted author: waiting for ok-to-test", author=p.get("author"))
         return out
@@ -149,11 +149,11 @@ async def new_event(task: Task, s: Services) -> list[Task]:
     for err in plan.errors:
         await checks.find_or_create_check(
             gh, inst, repo, sha, f"litci: {err.file}", f"error:{err.file}", status="completed",
-            conclusion="failure", output=report.error_check_output(err.file, err.line, err.message))
+            conclusion=decisions.FAILURE, output=report.error_check_output(err.file, err.line, err.message))
         log.warning("invalid workflow file", file=err.file, line=err.line, error=err.message)
     if not files:
         await checks.find_or_create_check(gh, inst, repo, sha, "litci", "no-workflows", status="completed",
-                                          conclusion="neutral", output=report.no_workflows_output())
+                                          conclusion=decisions.NEUTRAL, output=report.no_workflows_output())
     new = await rs.add_runs(repo, sha, plan.runs, pr, owner=task.id)
     recorded = await rs.runs(repo, sha)
     for run in plan.runs:
@@ -370,7 +370,7 @@ async def on_dead(task: Task, s: Services) -> None:
     elif task.kind == "new_event":
         await checks.find_or_create_check(
             _gh(s), p["installation"], p["repo"], p["sha"], "litci", "event-failed", status="completed",
-            conclusion="failure", output={"title": "litbotd could not process this push", "summary": message})
+            conclusion=decisions.FAILURE, output={"title": "litbotd could not process this push", "summary": message})
 
 
 REGISTRY = Registry(

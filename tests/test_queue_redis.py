@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import random
 import time
 
-import pytest
 import redis.exceptions
 
 from litbotd import config as config_mod
