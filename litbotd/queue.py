@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
 import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.sentinel import Sentinel
 
 from .tasks import Task, TaskFormatError
 
@@ -95,12 +98,34 @@ return 1
 """
 
 
-def connect(url: str) -> aioredis.Redis:
-    """One client per process; redis-py pools the connections (each blocked BLMOVE holds one)."""
-    return aioredis.Redis.from_url(
-        url, decode_responses=True, socket_connect_timeout=5, socket_keepalive=True,
-        health_check_interval=30,
-    )
+# The one answer to "is Redis unavailable right now?" for every loop, worker and command: any error
+# Redis can give — a dropped connection, a timeout, and the server's own refusals during trouble
+# (OOM at maxmemory, READONLY while a replica is promoted, LOADING, MASTERDOWN, BUSY) — is an
+# outage to wait out, never a reason for a worker or loop to end.
+REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
+
+
+def connect(url: str, sentinels: Sequence[str] = (), master: str = "mymaster") -> aioredis.Redis:
+    """One client per process; redis-py pools the connections (each blocked BLMOVE holds one).
+    With `sentinels`, every new connection asks Sentinel for the current primary, and a connection
+    to a demoted primary is dropped (redis-py turns its READONLY into a ConnectionError), so the
+    next attempt follows a failover. url's username, password and db still apply."""
+    opts: dict[str, Any] = dict(decode_responses=True, socket_connect_timeout=5, socket_keepalive=True,
+                                health_check_interval=30)
+    if not sentinels:
+        return aioredis.Redis.from_url(url, **opts)
+    u = urllib.parse.urlsplit(url)
+    db = u.path.strip("/")
+    auth = {"username": urllib.parse.unquote(u.username) if u.username else None,
+            "password": urllib.parse.unquote(u.password) if u.password else None}
+    nodes = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in sentinels)]
+    sentinel = Sentinel(nodes, socket_connect_timeout=2, socket_timeout=2)
+    return sentinel.master_for(master, db=int(db) if db.isdigit() else 0, **auth, **opts)
+
+
+def connect_config(rcfg: Any) -> aioredis.Redis:
+    """connect() for a [redis] section (config.RedisConfig)."""
+    return connect(rcfg.url, rcfg.sentinels, rcfg.sentinel_master)
 
 
 @dataclass(frozen=True)

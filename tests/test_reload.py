@@ -165,4 +165,4 @@ async def test_reload_is_ignored_before_start_and_while_stopping(redis_server, t
     await d.reload()
     assert "reload ignored: the daemon is stopping" in caplog.text
     assert await asyncio.wait_for(run, 10) == 0
-    assert d.cfg.workers.count == 1 and len(d.workers) == 1
+    assert d.cfg.workers.count == 1 and len(d.workers) <= 1  # no worker started by the late reload
