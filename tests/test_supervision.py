@@ -172,7 +172,8 @@ def test_two_daemons_with_one_host_name_never_take_each_others_tasks(tmp_path, r
         od.wait_for("daemon B's workers", lambda: sum(1 for w in od.status(cfg)["workers"]
                                                       if w["alive"] and w["host"] == host) == 4)
         od.wait_for("both tasks done", lambda: runs_and_done(r)[1] == {t.id for t in tasks}, timeout=30)
-        time.sleep(0.5)  # a second run elsewhere would end within this
+        od.wait_for("nothing queued or in flight", lambda: r.llen("bot_queue") == 0 and not any(
+            r.llen(k) for k in r.keys("bot_queue:processing:*")), timeout=30)
         runs, _ = runs_and_done(r)
         assert runs == 2, f"{runs} runs of 2 tasks: daemon B took daemon A's live tasks"
         wids = [w["id"] for w in od.status(cfg)["workers"]]
