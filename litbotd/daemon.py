@@ -26,7 +26,7 @@ from .backends import make_backend
 from .config import Config, ConfigError, JobsConfig
 from .github import GitHubApp
 from .pool import WorkerPool, cancel_all
-from .queue import REDIS_UNAVAILABLE, Queue, connect_config
+from .queue import REDIS_UNAVAILABLE, connect_config, queue_config
 from .services import Services
 from .webhook import make_app
 from .worker import Registry, Worker
@@ -55,7 +55,7 @@ class Daemon:
         self.port: int | None = None
         self.ready = asyncio.Event()
         redis = redis if redis is not None else connect_config(cfg.redis)
-        self.services = Services(config=cfg, redis=redis, queue=Queue(redis, cfg.redis.queue))
+        self.services = Services(config=cfg, redis=redis, queue=queue_config(redis, cfg.redis))
         self.pool = WorkerPool(self.services, registry, self.identity)
         self.services.health = self.pool.liveness
 

@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from . import logs
 from .config import Config
-from .queue import REDIS_UNAVAILABLE, Queue, connect_config
+from .queue import REDIS_UNAVAILABLE, Queue, connect_config, queue_config
 
 GITHUB_CHECK_TIMEOUT = 30.0
 
@@ -25,7 +25,7 @@ GITHUB_CHECK_TIMEOUT = 30.0
 async def _queue(cfg: Config) -> AsyncIterator[Queue]:
     redis = connect_config(cfg.redis)
     try:
-        yield Queue(redis, cfg.redis.queue)
+        yield queue_config(redis, cfg.redis)
     finally:
         await redis.aclose()
 

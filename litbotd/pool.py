@@ -53,6 +53,7 @@ class WorkerPool:
         self._running = False
         self._loop_tasks: list[asyncio.Task] = []
         self._last_beat = time.monotonic()
+        self._primary: Any = None  # with Sentinel: the primary's address at the last heartbeat
         workers = lambda: self.services.config.workers  # noqa: E731 - read afresh: SIGHUP
         self.loops: list[Loop] = [
             Loop("heartbeat", lambda: workers().heartbeat_interval, self._heartbeat),
@@ -219,12 +220,29 @@ class WorkerPool:
             del self.workers[wid]
         if done:
             await self.services.queue.retire(done)
+        await self._follow_failover()
         infos = {w.id: self._info(w) for w in self.live_workers()}
         await self.services.queue.heartbeat(infos, self.cfg.workers.lease_timeout)
         depths = await self.services.queue.depths()
         for k, v in depths.items():
             metrics.QUEUE_DEPTH.labels(k).set(v)
         systemd.notify(f"STATUS={self.status_line(depths)}")
+
+    async def _follow_failover(self) -> None:
+        """With Sentinel, ask for the primary every heartbeat. When it moved, drop every connection
+        (the demoted primary may accept writes until Sentinel reconfigures it, and they would be
+        lost), and have each worker look in its processing list on the new primary first."""
+        get = getattr(self.services.redis.connection_pool, "get_master_address", None)
+        if get is None:
+            return
+        addr = await get()
+        if self._primary is not None and addr != self._primary:
+            log.warning("redis primary moved (Sentinel failover): reconnecting", old=f"{self._primary[0]}:{self._primary[1]}",
+                        new=f"{addr[0]}:{addr[1]}")
+            await self.services.redis.connection_pool.disconnect(inuse_connections=True)
+            for w in self.live_workers():
+                w.recheck = True
+        self._primary = addr
 
     def status_line(self, depths: dict[str, int]) -> str:
         live = self.live_workers()

@@ -119,13 +119,18 @@ def connect(url: str, sentinels: Sequence[str] = (), master: str = "mymaster") -
     auth = {"username": urllib.parse.unquote(u.username) if u.username else None,
             "password": urllib.parse.unquote(u.password) if u.password else None}
     nodes = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in sentinels)]
-    sentinel = Sentinel(nodes, socket_connect_timeout=2, socket_timeout=2)
+    sentinel = Sentinel(nodes, sentinel_kwargs={"socket_connect_timeout": 2, "socket_timeout": 2}, **opts)
     return sentinel.master_for(master, db=int(db) if db.isdigit() else 0, **auth, **opts)
 
 
 def connect_config(rcfg: Any) -> aioredis.Redis:
     """connect() for a [redis] section (config.RedisConfig)."""
     return connect(rcfg.url, rcfg.sentinels, rcfg.sentinel_master)
+
+
+def queue_config(redis: aioredis.Redis, rcfg: Any) -> "Queue":
+    """The Queue for a [redis] section: with Sentinel, deliveries wait for one replica."""
+    return Queue(redis, rcfg.queue, ack_replicas=1 if rcfg.sentinels else 0)
 
 
 @dataclass(frozen=True)
@@ -139,10 +144,17 @@ class WorkerInfo:
     processing: int
 
 
+class NotReplicated(redis.exceptions.RedisError):
+    """No replica confirmed a write in time (Sentinel setups): it must not be acknowledged."""
+
+
 class Queue:
-    def __init__(self, redis: aioredis.Redis, name: str = "bot_queue") -> None:
+    def __init__(self, redis: aioredis.Redis, name: str = "bot_queue", ack_replicas: int = 0) -> None:
         self.redis = redis
         self.name = name
+        # With Sentinel: a delivery is acknowledged only once this many replicas hold it, so a
+        # failover (asynchronous replication) cannot drop a webhook GitHub was told we have.
+        self.ack_replicas = ack_replicas
         self.delayed = f"{name}:delayed"
         self.dead = f"{name}:dead"
         self.workers = f"{name}:workers"
@@ -187,6 +199,9 @@ class Queue:
         now_raw, later = self._split(tasks, time.time())
         ok = await self._claim(keys=[self.key("delivery", delivery_id), self.name, self.delayed],
                                args=[ttl, len(now_raw), *now_raw, len(later) // 2, *later])
+        if ok and self.ack_replicas and await self.redis.wait(self.ack_replicas, 1000) < self.ack_replicas:
+            # Kept on the primary all the same: a redelivery finds it claimed and answers 200.
+            raise NotReplicated("no replica confirmed the delivery within 1s (redis.sentinels is set)")
         return bool(ok)
 
     async def delivery_seen(self, delivery_id: str) -> bool:

@@ -47,6 +47,7 @@ class Worker:
         self.registry = registry
         self.task: Task | None = None
         self.since: float | None = None
+        self.recheck = True  # look in our processing list before the next take (start, failover)
         self._stop = asyncio.Event()
 
     @property
@@ -66,11 +67,11 @@ class Worker:
         # and nothing can land in a processing list after the sweep emptied it.
         block = min(2.0, cfg.lease_timeout / 2)
         failures = 0
-        recheck = True  # a restarted worker may find the task it was doing when it failed
+        self.recheck = True  # a restarted worker may find the task it was doing when it failed
         leftovers: list[str] = []
         while not self._stop.is_set():
             try:
-                if failures or recheck:
+                if failures or self.recheck:
                     # A BLMOVE whose reply was lost (connection dropped, Redis restarted) may have
                     # moved a task into our processing list all the same. Between tasks that list
                     # is empty, and no sweep takes it while our lease lives: do what is there.
@@ -84,7 +85,7 @@ class Worker:
                                 retry_in=f"{delay:.1f}s")
                 await self._pause(delay)
                 continue
-            failures, recheck = 0, False
+            failures, self.recheck = 0, False
             while leftovers:  # oldest (rightmost) first
                 await self.process(leftovers.pop())
             if raw is not None:
