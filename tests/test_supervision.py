@@ -197,6 +197,18 @@ def make_services(redis, **workers) -> Services:
     return Services(config=cfg, redis=redis, queue=Queue(redis, cfg.redis.queue))
 
 
+async def healthz_in_process(services: Services) -> int:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from litbotd.webhook import make_app
+
+    services.config = dataclasses.replace(services.config, github=dataclasses.replace(
+        services.config.github, webhook_secret="x"))
+    async with TestClient(TestServer(make_app(services))) as client:
+        resp = await client.get("/healthz")
+        return resp.status
+
+
 async def until(cond, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while not (v := await cond()):
@@ -232,15 +244,22 @@ async def test_a_hung_handler_is_cancelled_retried_then_dead_lettered(aredis):
         await pool.stop(2)
 
 
-async def test_a_worker_that_fails_unexpectedly_is_restarted_and_liveness_says_so(aredis, caplog):
+async def test_a_worker_that_fails_unexpectedly_is_restarted_and_liveness_says_so(aredis, caplog, tmp_path,
+                                                                                  monkeypatch):
     """An error outside a handler (here: finishing a task) ends the worker: the pool logs it once,
     restarts it with backoff, the restarted worker does the task it held, and while workers stay
     down longer than a lease the pool reports it (so /healthz answers 503 and the watchdog starves)."""
     s = make_services(aredis, count=2, lease_timeout="600ms", heartbeat_interval="100ms")
+    systemd = od.FakeSystemd(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(systemd.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # a ping every 0.1s while healthy
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    pings = lambda: sum(1 for _, f in systemd.lines() if f == "WATCHDOG=1")  # noqa: E731
     async def count(task: Task, _s):
         await aredis.rpush("test:done", task.id)
 
     pool = make_pool(s, Registry(handlers={"count": count}))
+    s.health = pool.liveness
     broken = True
     real_finish = s.queue.finish
 
@@ -257,6 +276,10 @@ async def test_a_worker_that_fails_unexpectedly_is_restarted_and_liveness_says_s
         await s.queue.enqueue(*tasks)
         await until(lambda: asyncio.sleep(0, pool.liveness()), 10, "liveness to report the workers down")
         assert "of 2 workers alive" in pool.liveness()
+        assert await healthz_in_process(s) == 503
+        starved = pings()
+        await asyncio.sleep(0.5)  # five ping intervals
+        assert pings() == starved, "the watchdog was fed while workers were down"
         errors = [r for r in caplog.records if "failed unexpectedly; restarting it" in r.getMessage()]
         assert errors and all(r.kv["error"] == "RuntimeError: a bug in finish" for r in errors)
         broken = False
@@ -269,5 +292,8 @@ async def test_a_worker_that_fails_unexpectedly_is_restarted_and_liveness_says_s
         assert not await aredis.keys("bot_queue:processing:*") or all(
             [await aredis.llen(k) == 0 for k in await aredis.keys("bot_queue:processing:*")])
         assert pool.restarts >= 2
+        assert await healthz_in_process(s) == 200
+        await until(lambda: asyncio.sleep(0, pings() > starved), 5, "the watchdog fed again")
     finally:
         await pool.stop(2)
+        systemd.close()
