@@ -20,9 +20,9 @@ def key_problem(pem: str) -> str | None:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         return f"github.private_key_file: not a readable PEM private key ({reason[:200]})"
     if not isinstance(key, rsa.RSAPrivateKey):
-        kind = type(key).__name__.lstrip("_").replace("PrivateKey", "") or "non-RSA"
-        return (f"github.private_key_file: a {kind} key, but a GitHub App private key must be RSA "
-                "(download one from the App's settings page)")
+        kind = type(key).__name__.lstrip("_").replace("PrivateKey", "").replace("EllipticCurve", "EC")
+        return (f"github.private_key_file: an {kind or 'non-RSA'} key, but a GitHub App private key must be "
+                "RSA (download one from the App's settings page)")
     return None
 
 
