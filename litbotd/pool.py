@@ -36,6 +36,7 @@ class Loop:
     name: str
     interval: Callable[[], float]
     step: Callable[[], Awaitable[float | None]]
+    wait_first: bool = False  # the first round after one interval, not at start
 
 
 class WorkerPool:
@@ -58,8 +59,9 @@ class WorkerPool:
         self.loops: list[Loop] = [
             Loop("heartbeat", lambda: workers().heartbeat_interval, self._heartbeat),
             Loop("promoter", lambda: 1.0, self._promote),
-            Loop("sweeper", lambda: max(0.5, workers().lease_timeout / 2), self._sweep),
-            Loop("redeliver", lambda: self.services.config.github.redeliver_interval or 60.0, self._redeliver),
+            Loop("sweeper", lambda: max(0.5, workers().lease_timeout / 2), self._sweep, wait_first=True),
+            Loop("redeliver", lambda: self.services.config.github.redeliver_interval or 60.0, self._redeliver,
+                 wait_first=True),
         ]
         if (interval := systemd.watchdog_interval()) is not None:
             self.loops.append(Loop("watchdog", lambda: interval, self._watchdog))
@@ -171,6 +173,8 @@ class WorkerPool:
 
     async def _periodic(self, lp: Loop) -> None:
         outages = 0
+        if lp.wait_first:
+            await asyncio.sleep(lp.interval())
         while True:
             wait = None
             try:
