@@ -62,6 +62,11 @@ class Annotation:
     end_column: int | None = None
     title: str | None = None
 
+    def as_note(self) -> str:
+        """"error: Title: message", for a command listed in the output text."""
+        command = next(k for k, v in LEVELS.items() if v == self.level)
+        return f"{command}: {self.title + ': ' if self.title else ''}{self.message}"
+
     def to_api(self) -> dict[str, Any]:
         """One item of a check run's `output.annotations` (needs a path)."""
         start = self.start_line or 1

@@ -302,8 +302,8 @@ async def _report_completed(s: Services, p: dict[str, Any], ref: RunRef, tail: s
     run, _ = (await rs.runs(ref.repo, ref.sha))[ref.key]
     row = _report_row(run, ref.attempt, state, tail)
     if found is not None:
-        notes = tuple(f"{a.level}: {a.title + ': ' if a.title else ''}{a.message}" for a in found.messages)
-        row = dataclasses.replace(row, tests=found.tests_text, annotations=len(found.annotations), notes=notes)
+        row = dataclasses.replace(row, tests=found.tests_text, annotations=len(found.annotations),
+                                  notes=tuple(a.as_note() for a in found.messages))
     check_id = int(state.get("check_run_id") or p["check_run_id"])
     output = report.check_output(row)
     gh, inst = _gh(s), p["installation"]
