@@ -105,3 +105,18 @@ def test_batches_of_at_most_fifty() -> None:
     assert [len(b) for b in out] == [50, 50, 23]
     assert [b["message"] for chunk in out for b in chunk] == [str(i) for i in range(123)]
     assert batches([]) == []
+
+
+def test_check_output_counts_tests_and_lists_commands_without_a_file() -> None:
+    from litbotd.report import MAX_OUTPUT_CHARS, RunReport, check_output
+
+    s = scan("::error title=Setup::db down\n::warning::```oops\nlitci-tests: 5 passed, 1 failed, 2 skipped, 0 errors\n")
+    row = RunReport(check_name="ci", status="completed", conclusion="failure", machine="CPU", image="img", attempt=1,
+                    started_at=0.0, finished_at=3.0, details_url=None, log_tail="x\n" * 100_000,
+                    tests=s.tests_text, annotations=7, notes=tuple(a.as_note() for a in s.messages * 5000))
+    out = check_output(row)
+    assert "**Tests:** `5 passed, 1 failed, 2 skipped, 0 errors`" in out["summary"]
+    assert "**Annotations:** 7 on the changed files" in out["summary"]
+    assert out["text"].startswith("**Messages**\n\n````text\nerror: Setup: db down\nwarning: ```oops\n")
+    assert len(out["text"].encode()) <= MAX_OUTPUT_CHARS
+    assert out["text"].rstrip().endswith("x\n```")  # the log tail still follows, within the budget
