@@ -229,7 +229,7 @@ async def start_job(task: Task, s: Services) -> list[Task]:
         log.info("job started", state=status.state, url=status.url)
     poll = cfg.jobs.poll_interval
     return [task.successor("wait_job", {**p, "job": name, "poll": poll, "queued_at": now}, run_at=now + poll,
-                           key=name), *await _comment_soon(task, s, repo, p.get("pr"), p["installation"])]
+                           key=name), *await _comment_soon(task, s, repo, await _pr_of(s, p), p["installation"])]
 
 
 async def wait_job(task: Task, s: Services) -> list[Task]:
@@ -282,7 +282,13 @@ async def results(task: Task, s: Services) -> list[Task]:
     await _report_completed(s, p, ref, tail, found)
     log.info("run finished", conclusion=conclusion, exit_code=status.exit_code, job=p["job"],
              annotations=len(found.annotations), tests=found.tests_text or None)
-    return await _comment_soon(task, s, p["repo"], p.get("pr"), p["installation"])
+    return await _comment_soon(task, s, p["repo"], await _pr_of(s, p), p["installation"])
+
+
+async def _pr_of(s: Services, p: dict[str, Any]) -> int | None:
+    """The PR whose comment shows a run: the task's, else the one recorded for its commit since
+    (a push started the runs, then the PR's event for the same commit found them running)."""
+    return p.get("pr") or await RunState(s.queue).pr_of(p["repo"], p["sha"])
 
 
 def _last_lines(text: str, n: int) -> str:

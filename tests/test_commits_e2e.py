@@ -216,3 +216,28 @@ async def test_workflow_commands_and_junit_failures_become_annotations(redis_ser
     assert _annotation_requests(run)[len(sizes):] == [expected - 50]
     assert run["annotations"] == first
     world.assert_no_duplicates()
+
+
+async def test_a_push_and_a_pr_on_one_commit_start_each_run_once_and_the_comment_follows(redis_server, world,
+                                                                                         tmp_path):
+    """The original bot's `trigger: [push, pull_request]`: pushing a PR's branch sends both events
+    for one commit. The runs start once, and the PR's comment shows how they ended even when the
+    push started them."""
+    sha = sha_of("push-and-pr")
+    both = "name: ci\ntrigger: [push, pull_request]\nparametrize:\n  matrix: {py: ['3.10', '3.11']}\n" \
+           "run: test \"$py\" != 3.11\n"
+    await world.start({sha: {".lightning/workflows/ci.yaml": both}})
+    world.pull(sha)
+    jobs = tmp_path / "jobs"
+    async with InProcessDaemon(config_data(redis_server.url, world.url, jobs)) as d:
+        assert await d.send("push", push_payload("topic", sha)) == 202
+        await wait_until(lambda: len(world.runs(sha)) == 2, 30, "the push's check runs")
+        from harness import pr_payload
+        assert await d.send("pull_request", pr_payload("synchronize", sha)) == 202
+        await wait_until(lambda: _completed(world, sha, 2), 60, "both runs")
+        await wait_until(d.idle, 20, "idle")
+    assert world.conclusions(sha) == EXPECTED
+    assert _job_dirs(jobs) == 2
+    body = world.gh.comments[0]["body"]
+    assert "Failed" in body and "Passed" in body and "Queued" not in body and "Running" not in body, body
+    world.assert_no_duplicates()
