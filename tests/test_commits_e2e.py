@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from harness import INSTALLATION, REPO, GitHubWorld, InProcessDaemon, config_data, sha_of, wait_until
+from harness import INSTALLATION, REPO, GitHubWorld, InProcessDaemon, config_data, pr_payload, sha_of, wait_until
 from litbotd import decisions, workflows
 from litbotd.tasks import Task
 
@@ -232,7 +232,6 @@ async def test_a_push_and_a_pr_on_one_commit_start_each_run_once_and_the_comment
     async with InProcessDaemon(config_data(redis_server.url, world.url, jobs)) as d:
         assert await d.send("push", push_payload("topic", sha)) == 202
         await wait_until(lambda: len(world.runs(sha)) == 2, 30, "the push's check runs")
-        from harness import pr_payload
         assert await d.send("pull_request", pr_payload("synchronize", sha)) == 202
         await wait_until(lambda: _completed(world, sha, 2), 60, "both runs")
         await wait_until(d.idle, 20, "idle")
