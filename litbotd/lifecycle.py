@@ -272,7 +272,7 @@ async def results(task: Task, s: Services) -> list[Task]:
         log_text = await s.backend.log_tail(p["job"], max(lines, annotations.SCAN_LINES))
     except JobNotFound:
         status, log_text = JobStatus(state="unknown", exit_code=None, url=None, message="the job no longer exists"), ""
-    found = annotations.scan(log_text)
+    found = await asyncio.to_thread(annotations.scan, log_text)  # megabytes of log: not on the loop
     tail = _last_lines(log_text, lines)
     timed_out = bool(p.get("timed_out") or status.timed_out)
     conclusion = decisions.conclusion_for(status.state, status.exit_code, timed_out, None)
