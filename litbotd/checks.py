@@ -97,7 +97,8 @@ async def add_annotations(gh: GitHubApp, inst: int, repo: str, check_id: int, ou
     taken = 0
     for batch in batches:
         try:
-            await gh.patch(f"/repos/{repo}/check-runs/{check_id}", inst, data={"output": {**output, "annotations": batch}})
+            await gh.patch(f"/repos/{repo}/check-runs/{check_id}", inst,
+                           data={"output": {**output, "annotations": batch}})
             taken += len(batch)
         except GitHubError as e:
             if e.status != 422:

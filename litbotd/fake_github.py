@@ -599,7 +599,8 @@ class FakeGitHub:
         output = dict(body.get("output") or {})
         added = output.pop("annotations", None) or []
         if len(added) > MAX_ANNOTATIONS_PER_REQUEST:  # GitHub's limit, refused before anything changes
-            raise _Reply(422, f"Invalid request. Only {MAX_ANNOTATIONS_PER_REQUEST} annotations are allowed per request.")
+            raise _Reply(422, f"Invalid request. Only {MAX_ANNOTATIONS_PER_REQUEST} annotations are allowed"
+                              " per request.")
         for k in ("name", "details_url", "external_id", "status", "conclusion", "started_at", "completed_at",
                   "output", "actions"):
             if k in body:

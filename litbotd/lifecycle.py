@@ -433,8 +433,8 @@ async def on_dead(task: Task, s: Services) -> None:
 
 
 REGISTRY = Registry(
-    handlers={"new_event": new_event, "new_commit": new_commit, "start_job": start_job, "wait_job": wait_job, "results": results,
-              "cancel": cancel, "rerun": rerun, "command": command, "comment": comment},
+    handlers={"new_event": new_event, "start_job": start_job, "wait_job": wait_job, "results": results,
+              "new_commit": new_commit, "cancel": cancel, "rerun": rerun, "command": command, "comment": comment},
     on_dead=on_dead,
 )
 
