@@ -231,7 +231,7 @@ def check_output(r: RunReport) -> dict[str, str]:
     if r.tests:
         lines += ["", f"**Tests:** {_code(r.tests)}"]
     if r.annotations:
-        lines += ["", f"**Annotations:** {r.annotations} on the changed files"]
+        lines += ["", f"**Annotations:** {r.annotations}, on the lines they name"]
     summary = _clip_end("\n".join(lines), MAX_OUTPUT_CHARS)
 
     text = ""

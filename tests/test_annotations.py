@@ -116,7 +116,7 @@ def test_check_output_counts_tests_and_lists_commands_without_a_file() -> None:
                     tests=s.tests_text, annotations=7, notes=tuple(a.as_note() for a in s.messages * 5000))
     out = check_output(row)
     assert "**Tests:** `5 passed, 1 failed, 2 skipped, 0 errors`" in out["summary"]
-    assert "**Annotations:** 7 on the changed files" in out["summary"]
+    assert "**Annotations:** 7, on the lines they name" in out["summary"]
     assert out["text"].startswith("**Messages**\n\n````text\nerror: Setup: db down\nwarning: ```oops\n")
     assert len(out["text"].encode()) <= MAX_OUTPUT_CHARS
     assert out["text"].rstrip().endswith("x\n```")  # the log tail still follows, within the budget

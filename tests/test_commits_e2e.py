@@ -199,7 +199,7 @@ async def test_workflow_commands_and_junit_failures_become_annotations(redis_ser
 
         assert run["conclusion"] == "failure"
         assert "1 passed, 2 failed, 0 skipped, 0 errors" in run["output"]["summary"]
-        assert f"{expected} on the changed files" in run["output"]["summary"]
+        assert f"{expected}, on the lines they name" in run["output"]["summary"]
         assert "error: Setup: no file: listed in the output" in run["output"]["text"]
 
         # At-least-once: a `results` step that runs again (a crash after some batches went out)
