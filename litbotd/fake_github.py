@@ -258,9 +258,10 @@ _Handler = Callable[["FakeGitHub", _Call], Awaitable[web.StreamResponse]]
 class Hold:
     """A request parked until the test releases it (to kill a client in the middle of a call)."""
 
-    def __init__(self, method: str, regex: re.Pattern[str]) -> None:
+    def __init__(self, method: str, regex: re.Pattern[str], when: Callable[[Any], bool] | None = None) -> None:
         self.method = method
         self.re = regex
+        self.when = when
         self.used = False
         self.reached = asyncio.Event()
         self.released = asyncio.Event()
@@ -359,9 +360,10 @@ class FakeGitHub:
         self._injections.append({"method": method.upper(), "re": re.compile(path_regex), "status": status,
                                  "headers": headers or {}, "body": body, "times": times})
 
-    def hold(self, method: str, path_regex: str) -> "Hold":
-        """The next matching request waits until `release()`; `reached` is set when it arrives."""
-        h = Hold(method.upper(), re.compile(path_regex))
+    def hold(self, method: str, path_regex: str, when: Callable[[Any], bool] | None = None) -> "Hold":
+        """The next matching request (and whose JSON body satisfies `when`, if given) waits until
+        `release()`; `reached` is set when it arrives."""
+        h = Hold(method.upper(), re.compile(path_regex), when)
         self._holds.append(h)
         return h
 
@@ -401,7 +403,7 @@ class FakeGitHub:
         if self.validator is not None:
             self.violations += self.validator.check(method, path, query, body, bool(raw))
         for h in self._holds:
-            if not h.used and h.method == method and h.re.search(path):
+            if not h.used and h.method == method and h.re.search(path) and (h.when is None or h.when(body)):
                 # Applied after release even if the client went away meanwhile: the worst case
                 # of a crash, GitHub did it but the caller never heard.
                 h.used = True
