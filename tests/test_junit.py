@@ -150,6 +150,12 @@ def test_doctype_and_entities_are_refused(tmp_path: Path, text: str) -> None:
         read_junit(str(tmp_path / "r.xml"))
 
 
+def test_every_case_is_counted_and_the_first_failures_kept(tmp_path: Path) -> None:
+    (tmp_path / "r.xml").write_text("<testsuite>" + '<testcase name="f"><error/></testcase>' * 5000 + "</testsuite>")
+    report = read_junit(str(tmp_path / "r.xml"), max_cases=10)
+    assert report["errors"] == 5000 and len(report["cases"]) == 10
+
+
 def test_undeclared_entities_and_broken_xml_are_refused(tmp_path: Path) -> None:
     for text in ("<testsuite>&lol;</testsuite>", "<testsuite><testcase>", "not xml at all", ""):
         (tmp_path / "r.xml").write_text(text)

@@ -229,14 +229,14 @@ def _refuse(*args):  # type: ignore[no-untyped-def]
     raise BadReport("DOCTYPE and entity declarations are not allowed (entities are never expanded)")
 
 
-def read_junit(path: str, max_bytes: int = MAX_REPORT_BYTES) -> dict:
+def read_junit(path: str, max_bytes: int = MAX_REPORT_BYTES, max_cases: int = MAX_REPORT_ANNOTATIONS) -> dict:
     """Counts and failed/errored cases of a JUnit XML file (pytest xunit1/xunit2, Ant/Maven
     Surefire, most other producers): {"passed", "failed", "skipped", "errors", "cases": [...]},
     each case {"name", "classname", "file", "line", "kind", "message", "text"}.
 
     Streamed through expat with DOCTYPE and entity declarations refused, so no entity is ever
     expanded (a "billion laughs" file fails at its first declaration); a file over `max_bytes`
-    is refused before it is read."""
+    is refused before it is read. Every case is counted, the first `max_cases` failed ones kept."""
     import xml.parsers.expat  # here: an image without expat still runs its jobs, and says why reports fail
 
     size = os.path.getsize(path)
@@ -276,7 +276,7 @@ def read_junit(path: str, max_bytes: int = MAX_REPORT_BYTES) -> dict:
             state["text"] = None
         elif tag == "testcase" and case is not None:
             out[state["outcome"]] += 1
-            if state["outcome"] in ("failed", "errors"):
+            if state["outcome"] in ("failed", "errors") and len(out["cases"]) < max_cases:
                 out["cases"].append(case)
             state["case"] = None
 
