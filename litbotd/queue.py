@@ -197,9 +197,16 @@ class Queue:
     async def enqueue_delivery(self, delivery_id: str, tasks: Sequence[Task], ttl: int = DELIVERY_TTL) -> bool:
         """Claim a webhook delivery id and queue its tasks atomically; False if it was seen before."""
         now_raw, later = self._split(tasks, time.time())
-        ok = await self._claim(keys=[self.key("delivery", delivery_id), self.name, self.delayed],
-                               args=[ttl, len(now_raw), *now_raw, len(later) // 2, *later])
-        if ok and self.ack_replicas and await self.redis.wait(self.ack_replicas, 1000) < self.ack_replicas:
+        keys = [self.key("delivery", delivery_id), self.name, self.delayed]
+        args = [ttl, len(now_raw), *now_raw, len(later) // 2, *later]
+        if not self.ack_replicas:
+            return bool(await self._claim(keys=keys, args=args))
+        # WAIT counts the replicas that have this connection's writes: one pipeline, one connection.
+        async with self.redis.pipeline(transaction=False) as p:
+            await self._claim(keys=keys, args=args, client=p)
+            p.wait(self.ack_replicas, 1000)
+            ok, acked = await p.execute()
+        if ok and acked < self.ack_replicas:
             # Kept on the primary all the same: a redelivery finds it claimed and answers 200.
             raise NotReplicated("no replica confirmed the delivery within 1s (redis.sentinels is set)")
         return bool(ok)
