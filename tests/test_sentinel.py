@@ -187,3 +187,17 @@ def test_a_forced_failover_under_load_loses_nothing(tmp_path, sentinel_setup):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_without_a_replica_a_delivery_is_not_acknowledged(aredis):
+    """With Sentinel a delivery waits for one replica; with none, the webhook gets a 503 (the queue
+    raises a Redis error) while the claim stays, so GitHub's redelivery is answered 200, queued once."""
+    from litbotd.queue import REDIS_UNAVAILABLE, NotReplicated, Queue
+
+    q = Queue(aredis, ack_replicas=1)
+    t = Task(kind="new_event")
+    with pytest.raises(NotReplicated) as e:
+        await q.enqueue_delivery("d-1", [t])
+    assert isinstance(e.value, REDIS_UNAVAILABLE)
+    assert await aredis.lrange("bot_queue", 0, -1) == [t.to_json()]
+    assert await Queue(aredis).enqueue_delivery("d-1", [Task(kind="new_event")]) is False
