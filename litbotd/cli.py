@@ -93,6 +93,11 @@ def _check_config(cfg: Config, online: bool) -> int:
         problems.append("github.app_id / private key not set: litbotd cannot call GitHub")
     for p in problems:
         print(f"# warning: {p}", file=sys.stderr)
+    if cfg.jobs.backend == "local" and cfg.jobs.local.sandbox:  # what `run` refuses (make_backend)
+        from .backends.sandbox import problem
+        if why := problem(cfg.jobs.local.network):
+            print(f"litbotd: cannot start the job backend: {why}", file=sys.stderr)
+            return 1
     if online:
         from .ops import check_online
         return asyncio.run(check_online(cfg))

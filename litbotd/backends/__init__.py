@@ -1,6 +1,7 @@
 """Job backends: where CI jobs run (local machine or Lightning AI). See base.py for the interface."""
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from .base import Backend, BackendError, JobNotFound, JobSpec, JobStatus
@@ -16,8 +17,18 @@ def make_backend(cfg: "Config") -> Backend:
     """The backend `[jobs] backend` names. Lightning checks its teamspace and credentials here."""
     if cfg.jobs.backend == "local":
         from .local import LocalBackend
+        from .sandbox import problem
 
-        return LocalBackend(cfg.jobs.local.workdir, cfg.jobs.local.max_parallel)
+        loc = cfg.jobs.local
+        if loc.sandbox and (why := problem(loc.network)):
+            raise BackendError(why)  # never run a job unsandboxed by surprise
+        # what the sandbox masks should it sit under /etc or /usr: the config file, key and credentials
+        hidden = [cfg.github.private_key_file, os.environ.get("CREDENTIALS_DIRECTORY", "")]
+        if cfg.source and os.path.isfile(cfg.source):
+            hidden.append(cfg.source)
+        return LocalBackend(loc.workdir, loc.max_parallel, sandbox=loc.sandbox, network=loc.network,
+                            writable_paths=loc.writable_paths, hidden=hidden, max_log_bytes=loc.max_log_bytes,
+                            keep=loc.keep)
     if cfg.jobs.backend == "lightning":
         from .lightning import LightningBackend
 
