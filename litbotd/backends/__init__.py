@@ -10,18 +10,26 @@ from .lightning import machine_names
 if TYPE_CHECKING:
     from litbotd.config import Config
 
-__all__ = ["Backend", "BackendError", "JobNotFound", "JobSpec", "JobStatus", "machine_names", "make_backend"]
+__all__ = ["Backend", "BackendError", "JobNotFound", "JobSpec", "JobStatus", "check", "machine_names", "make_backend"]
+
+
+def check(cfg: "Config") -> None:
+    """Offline checks `litbotd run` and check-config make before anything starts: BackendError
+    when the local backend's sandbox cannot work on this machine (never run jobs unsandboxed)."""
+    if cfg.jobs.backend == "local" and cfg.jobs.local.sandbox:
+        from .sandbox import problem
+
+        if why := problem(cfg.jobs.local.network):
+            raise BackendError(why)
 
 
 def make_backend(cfg: "Config") -> Backend:
     """The backend `[jobs] backend` names. Lightning checks its teamspace and credentials here."""
     if cfg.jobs.backend == "local":
         from .local import LocalBackend
-        from .sandbox import problem
 
+        check(cfg)
         loc = cfg.jobs.local
-        if loc.sandbox and (why := problem(loc.network)):
-            raise BackendError(why)  # never run a job unsandboxed by surprise
         # what the sandbox masks should it sit under /etc or /usr: the config file, key and credentials
         hidden = [cfg.github.private_key_file, os.environ.get("CREDENTIALS_DIRECTORY", "")]
         if cfg.source and os.path.isfile(cfg.source):
