@@ -86,7 +86,7 @@ def bwrap_argv(spec: dict[str, Any], work: str, cwd: str, info_fd: int, block_fd
                resolv_fd: int | None) -> list[str]:
     """The bwrap command line, in mount order: system, fresh dirs, the job's binds, then the masks."""
     argv = [shutil.which("bwrap") or "bwrap", *_unshare(spec["network"]), "--die-with-parent",
-            "--uid", str(UID), "--gid", str(GID), "--hostname", "litci"]
+            "--uid", str(UID), "--gid", str(GID)]  # no --hostname: systemd's ProtectHostname= forbids sethostname
     exposed = []
     for d in SYSTEM_DIRS:
         if os.path.islink(d):  # merged /usr: /bin -> usr/bin
