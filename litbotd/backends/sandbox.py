@@ -1,6 +1,7 @@
 """The local jobs' sandbox: bubblewrap namespaces, and slirp4netns for outbound-only network.
 
-`python -m litbotd.backends.sandbox SPEC ERROR_FILE WORK -- COMMAND...` is what the job's bootstrap
+`python -I .../litbotd/backends/sandbox.py SPEC ERROR_FILE WORK -- COMMAND...` (standard library
+only, run as a file so that no package import slows each job down) is what the job's bootstrap
 runs instead of the bare script, after it fetched the code (so the fetch never depends on the
 network mode). It starts COMMAND under `bwrap` with new user, PID, IPC, UTS, cgroup and (unless
 `network = "host"`) network namespaces:
@@ -264,7 +265,7 @@ def encode_spec(network: str, writable: Sequence[str], hidden: Sequence[str]) ->
 
 def main(argv: list[str]) -> int:
     if len(argv) < 5 or argv[3] != "--":
-        print("usage: python -m litbotd.backends.sandbox SPEC ERROR_FILE WORK -- COMMAND...", file=sys.stderr)
+        print("usage: sandbox.py SPEC ERROR_FILE WORK -- COMMAND...", file=sys.stderr)
         return 2
     spec = json.loads(base64.b64decode(argv[0]))
     return run(spec, argv[1], argv[2], argv[4:])
