@@ -217,6 +217,25 @@ def test_run_and_check_config_say_why_the_sandbox_cannot_work(case, redis_server
     assert out.returncode == 0, out.stderr
 
 
+def test_a_writable_path_that_does_not_exist_is_named_at_start(redis_server, tmp_path: Path) -> None:
+    out = cli(tmp_path, "check-config", "/usr/bin:/bin", redis_server.url,
+              f'network = "none"\nwritable_paths = ["{tmp_path}/missing"]\n')
+    assert out.returncode == 1 and f"jobs.local.writable_paths: {tmp_path}/missing" in out.stderr, out.stderr
+
+
+def test_demo_runs_its_known_good_job_unsandboxed_where_bwrap_is_missing_and_says_so(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for d in ("/usr/bin", "/bin"):
+        for f in Path(d).iterdir():
+            if f.name not in ("bwrap", "slirp4netns") and not (bin_dir / f.name).exists():
+                (bin_dir / f.name).symlink_to(f)
+    out = subprocess.run([sys.executable, "-m", "litbotd", "demo"], capture_output=True, text=True, timeout=120,
+                         env={"PATH": str(bin_dir), "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr
+    assert "UNSANDBOXED" in out.stdout and "bubblewrap package" in out.stdout
+
+
 def test_secrets_under_etc_are_masked_and_the_job_sees_only_its_binds(tmp_path: Path) -> None:
     spec_ = {"network": "none", "writable": [str(tmp_path / "home")], "hidden": ["/etc/hostname", "/nonexistent"]}
     argv = sandbox.bwrap_argv(spec_, str(tmp_path / "work"), str(tmp_path / "work"), 3, 4, None)

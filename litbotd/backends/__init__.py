@@ -21,6 +21,9 @@ def check(cfg: "Config") -> None:
 
         if why := problem(cfg.jobs.local.network):
             raise BackendError(why)
+        for path in cfg.jobs.local.writable_paths:
+            if not os.path.isdir(path):
+                raise BackendError(f"jobs.local.writable_paths: {path} is not an existing directory")
 
 
 def make_backend(cfg: "Config") -> Backend:
