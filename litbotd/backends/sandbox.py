@@ -38,7 +38,6 @@ import sys
 import time
 from typing import Any, Sequence
 
-NETWORKS = ("isolated", "none", "host")
 UID = GID = 65534  # "nobody" inside the job's user namespace
 SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 ALWAYS_HIDDEN = ("/etc/litbotd", "/etc/shadow", "/etc/gshadow", "/etc/ssh", "/etc/sudoers", "/etc/sudoers.d")
@@ -210,7 +209,7 @@ def run(spec: dict[str, Any], error_file: str, work: str, command: list[str]) ->
     info_r, info_w = os.pipe()
     block_r, block_w = os.pipe()
     resolv_fd = None
-    if spec["network"] != "none":
+    if spec["network"] != "none" and os.path.exists("/etc/resolv.conf"):
         resolv_r, resolv_w = os.pipe()
         if spec["network"] == "isolated":
             text = SLIRP_DNS.encode()
