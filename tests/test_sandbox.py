@@ -181,6 +181,22 @@ async def test_a_sandbox_that_cannot_start_fails_the_job_never_runs_it_bare(serv
     assert not ran.exists()
 
 
+async def test_sandbox_false_is_the_explicit_opt_out_for_trusted_code(server: TarballServer, tmp_path: Path) -> None:
+    """The job then runs as the daemon's user with its view of the machine: here, the test's files."""
+    visible = tmp_path / "host-file"
+    visible.write_text("the host's\n")
+    b = LocalBackend(str(tmp_path / "jobs"), 1, grace=1.0, sandbox=False, max_log_bytes=65536)
+    try:
+        await b.start(spec(server, "litci-bare", f"cat {visible}\nseq 1 100000\n"))
+        st = await wait_final(b, "litci-bare")
+        assert st.state == "succeeded"
+        assert (await b.log_tail("litci-bare", 2)).splitlines() == ["100000", "litci-exit-code: 0"]
+        assert "the host's" in (tmp_path / "jobs" / "litci-bare" / "log.txt").read_text()  # in the kept head
+        assert (tmp_path / "jobs" / "litci-bare" / "log.txt").stat().st_size <= 65536 + 512  # capped all the same
+    finally:
+        await b.close()
+
+
 def cli(tmp_path: Path, command: str, path: str, redis_url: str, toml: str) -> subprocess.CompletedProcess:
     cfg = tmp_path / "litbotd.toml"
     cfg.write_text(f'[server]\nport = 0\nhost = "127.0.0.1"\n[jobs]\nbackend = "local"\n[jobs.local]\n'
