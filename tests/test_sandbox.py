@@ -252,6 +252,19 @@ def test_demo_runs_its_known_good_job_unsandboxed_where_bwrap_is_missing_and_say
     assert "UNSANDBOXED" in out.stdout and "bubblewrap package" in out.stdout
 
 
+async def test_a_daemon_file_under_etc_is_masked_in_the_job(server: TarballServer, tmp_path: Path) -> None:
+    """/etc is visible read-only; the daemon's config or key there is not (here /etc/hostname plays it)."""
+    assert Path("/etc/hostname").read_text().strip()
+    b = LocalBackend(str(tmp_path / "jobs"), 1, grace=1.0, network="none", hidden=["/etc/hostname"])
+    try:
+        await b.start(spec(server, "litci-etc", "echo \"HOST=[$(cat /etc/hostname)]\"\nhead -c 40 /etc/os-release\n"))
+        assert (await wait_final(b, "litci-etc")).state == "succeeded"
+        log = await b.log_tail("litci-etc", 20)
+    finally:
+        await b.close()
+    assert "HOST=[]" in log and "NAME=" in log, log  # masked; the rest of /etc is there
+
+
 def test_secrets_under_etc_are_masked_and_the_job_sees_only_its_binds(tmp_path: Path) -> None:
     spec_ = {"network": "none", "writable": [str(tmp_path / "home")], "hidden": ["/etc/hostname", "/nonexistent"]}
     argv = sandbox.bwrap_argv(spec_, str(tmp_path / "work"), str(tmp_path / "work"), 3, 4, None)
