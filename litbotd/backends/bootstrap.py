@@ -465,7 +465,8 @@ def _job_main(argv: list) -> int:
             print("litci-workspace: %s" % src, flush=True)  # absolute paths in annotations → repo paths
             rc, timed_out = _run_script(argv, src, timeout, grace, stop)
             # outside the sandbox, whose processes are all gone by now; report_lines keeps to src
-            if params.get("reports") and not stop["requested"] and not os.path.exists(sandbox_error or "-/-"):
+            sandbox_failed = bool(sandbox_error) and os.path.exists(sandbox_error)
+            if params.get("reports") and not stop["requested"] and not sandbox_failed:
                 _print_reports(src, params["reports"])
         except _Stopped:
             return _finish(params, *stopped)
