@@ -50,6 +50,10 @@ NO_BWRAP = ("jobs.local.sandbox: bwrap not found on PATH: install the bubblewrap
             "(or set jobs.local.sandbox = false, for trusted code only)")
 NO_SLIRP = ('jobs.local.network = "isolated": slirp4netns not found on PATH: install the slirp4netns package '
             '(or set jobs.local.network = "none")')
+TUN = "/dev/net/tun"
+NO_TUN = (f'jobs.local.network = "isolated": slirp4netns needs {TUN} readable and writable by this user '
+          '(mode 0666 on Debian/Ubuntu; under systemd see BindPaths=/DeviceAllow= in the unit), '
+          'or set jobs.local.network = "none"')
 NO_USERNS = ("jobs.local.sandbox: bwrap cannot create user namespaces on this machine ({detail}): allow them "
              "with sysctl kernel.unprivileged_userns_clone=1 (Debian) or kernel.apparmor_restrict_unprivileged_userns=0 "
              "(Ubuntu 24.04+), or set jobs.local.sandbox = false (trusted code only)")
@@ -62,6 +66,8 @@ def problem(network: str, timeout: float = 10.0) -> str | None:
         return NO_BWRAP
     if network == "isolated" and shutil.which("slirp4netns") is None:
         return NO_SLIRP
+    if network == "isolated" and not os.access(TUN, os.R_OK | os.W_OK):
+        return NO_TUN
     try:
         r = subprocess.run([bwrap, *_unshare(network), "--die-with-parent", "--ro-bind", "/", "/", "true"],
                            stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
