@@ -1,4 +1,5 @@
-"""The supervised worker pool (SPEC §6): this process's workers and periodic loops, kept alive.
+"""The supervised worker pool (SPEC §6): this process's workers and periodic loops (heartbeat,
+promoter, sweeper, redelivery, job-directory pruning, watchdog), kept alive.
 
 - A worker holds its lease before its first take (a crash in between leaves nothing unswept).
 - A Redis error of any kind is an outage, waited out inside the worker or loop (queue.REDIS_UNAVAILABLE).
@@ -62,6 +63,7 @@ class WorkerPool:
             Loop("sweeper", lambda: max(0.5, workers().lease_timeout / 2), self._sweep, wait_first=True),
             Loop("redeliver", lambda: self.services.config.github.redeliver_interval or 60.0, self._redeliver,
                  wait_first=True),
+            Loop("prune", lambda: min(max(self.services.config.jobs.local.keep / 4, 1.0), 300.0), self._prune),
         ]
         if (interval := systemd.watchdog_interval()) is not None:
             self.loops.append(Loop("watchdog", lambda: interval, self._watchdog))
@@ -278,6 +280,18 @@ class WorkerPool:
                 log.info("asked GitHub to redeliver failed webhooks", deliveries=n)
         except Exception as e:  # GitHub trouble is expected here: the next round tries again
             log.warning("redelivery sweep failed", error=logs.redact(f"{type(e).__name__}: {e}"))
+
+    async def _prune(self) -> None:
+        """Delete finished local job directories older than jobs.local.keep (never a running job's)."""
+        prune = getattr(self.services.backend, "prune", None)  # the local backend's
+        if prune is None:
+            return
+        try:
+            n = await prune()
+            if n:
+                log.info("deleted finished job directories", jobs=n, keep=f"{self.cfg.jobs.local.keep:g}s")
+        except Exception as e:  # the next round tries again
+            log.warning("pruning job directories failed", error=logs.redact(f"{type(e).__name__}: {e}"))
 
     async def _watchdog(self) -> None:
         """WATCHDOG=1 from the event loop, only while the pool is alive: a blocked loop, or workers
