@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from . import durations
 from .safeyaml import MAX_ALIASES, MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES  # noqa: F401 (the limits, for callers)
 from .safeyaml import Invalid as _Invalid
 from .safeyaml import NodeMap, decode, load
@@ -49,9 +50,6 @@ MODES = ("info", "debug")
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _NON_WORD = re.compile(r"\W", re.ASCII)
-_DURATION = re.compile(r"\s*(?:\d+(?:\.\d+)?\s*[smhd]\s*)+\Z")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,8 +182,8 @@ def parse_timeout(value: Any) -> float:
         raise ValueError(f"expected minutes as a number or a duration like '30m', got {_type_name(value)}")
     if isinstance(value, (int, float)):
         seconds = float(value) * 60
-    elif isinstance(value, str) and _DURATION.match(value):
-        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+    elif isinstance(value, str) and (parsed := durations.seconds(value)) is not None:
+        seconds = parsed
     elif isinstance(value, str):
         raise ValueError(f"expected minutes as a number or a duration like '90s', '30m', '2h', got {value!r}")
     else:
