@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import durations
+from . import durations, redaction
 
 DEFAULT_PATH = "/etc/litbotd/litbotd.toml"
 SECRET_KEYS = {"github.private_key", "github.webhook_secret"}
@@ -379,7 +379,7 @@ def to_dict(cfg: Config, mask: bool = True) -> dict[str, Any]:
         if mask:
             gh[name] = "***" if gh[name] else "(not set)"
     if mask:  # redis://:PASSWORD@host
-        out["redis"]["url"] = re.sub(r"(://[^/\s:@]*:)[^/\s@]+@", r"\1***@", out["redis"]["url"])
+        out["redis"]["url"] = redaction.mask_url(out["redis"]["url"])
     return out
 
 
