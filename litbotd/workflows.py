@@ -36,6 +36,7 @@ MAX_MATRIX_PRODUCT = 16 * MAX_RUNS
 ROOT_FILES = (".litci.yaml", ".litci.yml")
 WORKFLOW_DIR = ".lightning/workflows/"
 WORKFLOW_EXTS = (".yml", ".yaml")
+LOCATIONS = f"{', '.join(ROOT_FILES)} or {WORKFLOW_DIR}*{', *'.join(WORKFLOW_EXTS)}"  # for messages
 
 WORKFLOW_KEYS = ("name", "trigger", "image", "machine", "interruptible", "timeout", "mode", "env",
                  "parametrize", "run", "reports")
