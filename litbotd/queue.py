@@ -69,21 +69,19 @@ local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {#due, nxt[2] or '-1'}
 """
 
-# KEYS: workers, main. ARGV: prefix, then the worker ids to recover unconditionally (own host,
-# process gone). With no ids: every registered worker whose lease has expired. Checking the lease
-# and moving the list in one script is what keeps a live worker's tasks from ever being taken.
-# Tasks go to the right end of main, so they are the next taken, oldest first.
+# KEYS: workers, main, then each worker's lease and processing list. ARGV: "force" or "", then the
+# worker ids, one per (lease, processing) pair. Without "force": only a worker whose lease has
+# expired; with it, unconditionally (own host, process gone). Checking the lease and moving the
+# list in one script is what keeps a live worker's tasks from ever being taken. Tasks go to the
+# right end of main, so they are the next taken, oldest first. Every key comes in KEYS (Cluster).
 _RECOVER = """
-local ids
-local forced = #ARGV > 1
-if forced then ids = {unpack(ARGV, 2)} else ids = redis.call('HKEYS', KEYS[1]) end
+local forced = ARGV[1] == 'force'
 local moved = 0
-for _, wid in ipairs(ids) do
-  local lease = ARGV[1] .. ':lease:' .. wid
+for i = 2, #ARGV do
+  local lease, pl = KEYS[2 * i - 1], KEYS[2 * i]
   if forced or redis.call('EXISTS', lease) == 0 then
-    local pl = ARGV[1] .. ':processing:' .. wid
     while redis.call('LMOVE', pl, KEYS[2], 'LEFT', 'RIGHT') do moved = moved + 1 end
-    redis.call('HDEL', KEYS[1], wid)
+    redis.call('HDEL', KEYS[1], ARGV[i])
     redis.call('DEL', lease)
   end
 end
@@ -250,13 +248,19 @@ class Queue:
 
     async def sweep(self) -> int:
         """Put back the tasks of every worker whose lease has expired, on any host."""
-        return int(await self._recover(keys=[self.workers, self.name], args=[self.name]))
+        return await self._recover_workers(await self.redis.hkeys(self.workers), forced=False)
 
     async def recover(self, wids: Sequence[str]) -> int:
         """Put back the tasks of workers known dead (this host, process gone), without waiting."""
+        return await self._recover_workers(wids, forced=True)
+
+    async def _recover_workers(self, wids: Sequence[str], forced: bool) -> int:
         if not wids:
             return 0
-        return int(await self._recover(keys=[self.workers, self.name], args=[self.name, *wids]))
+        keys = [self.workers, self.name]
+        for wid in wids:
+            keys += [self.lease(wid), self.processing(wid)]
+        return int(await self._recover(keys=keys, args=["force" if forced else "", *wids]))
 
     async def registered(self) -> dict[str, dict[str, Any]]:
         raw = await self.redis.hgetall(self.workers)
