@@ -31,7 +31,7 @@ ADAPTERS = {
     "systemd": {"systemd"},
 }
 APP = {"lifecycle", "worker", "pool", "webhook", "redeliver", "services", "preflight"}
-ENTRY = {"__main__", "daemon", "cli", "ops", "demo", "fake_github"}
+ENTRY = {"__main__", "daemon", "cli", "ops", "demo", "demo_github"}
 
 LAYERS = [("pure", PURE), ("support", SUPPORT), ("adapters", set().union(*ADAPTERS.values())),
           ("app", APP), ("entry", ENTRY)]
@@ -146,6 +146,14 @@ def test_no_import_cycles() -> None:
     for m in sorted(GRAPH):
         if m not in seen:
             walk(m, [m])
+
+
+def test_the_product_holds_no_test_double() -> None:
+    """Test-only libraries stay in tests/; fakeredis (the demo's in-process Redis) only in demo.py."""
+    for module, (_, libs) in GRAPH.items():
+        roots = {lib.split(".")[0] for lib in libs}
+        assert not roots & {"jsonschema", "referencing", "pytest", "hypothesis"}, module
+        assert module == "demo" or "fakeredis" not in roots, module
 
 
 def test_the_reader_sees_runtime_imports_only(tmp_path: Path) -> None:

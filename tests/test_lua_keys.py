@@ -49,7 +49,7 @@ def product_scripts() -> dict[str, str]:
     """Every module-level Lua script in litbotd: `module.NAME` -> text."""
     found = {}
     for info in pkgutil.walk_packages(litbotd.__path__, "litbotd."):
-        if info.name.endswith(("__main__", "bootstrap", "fake_github", "demo_github")):
+        if info.name.endswith("__main__"):  # running it would run the CLI
             continue
         module = importlib.import_module(info.name)
         for name, value in vars(module).items():
