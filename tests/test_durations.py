@@ -24,3 +24,11 @@ def test_not_a_duration_without_a_bare_unit(text: str) -> None:
 def test_a_bare_number_counts_in_the_callers_unit() -> None:
     assert durations.seconds("7", bare_unit="s") == 7.0
     assert durations.seconds("7", bare_unit="m") == 420.0
+
+
+def test_one_backoff_doubles_caps_and_never_overflows() -> None:
+    from litbotd.backoff import backoff
+
+    assert [backoff(n, 0.5, 30.0, jitter=False) for n in (1, 2, 3, 7, 8)] == [0.5, 1.0, 2.0, 30.0, 30.0]
+    assert backoff(5000, 0.1, 5.0, jitter=False) == 5.0  # a long outage: the exponent is bounded
+    assert 2.5 <= backoff(5000, 0.1, 5.0) <= 5.0
