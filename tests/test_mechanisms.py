@@ -1,4 +1,5 @@
-"""One duration grammar (durations.py) serves the config and workflow files alike."""
+"""One of each mechanism: the duration grammar (durations.py) serves the config and workflow files
+alike; one backoff (backoff.py) serves every retry."""
 from __future__ import annotations
 
 import pytest
