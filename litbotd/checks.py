@@ -21,6 +21,12 @@ WORKFLOW_DIR = ".lightning/workflows"
 ROOT_FILES = (".litci.yaml", ".litci.yml")
 
 
+def repo_path(repo: str) -> str:
+    """`/repos/OWNER/NAME`, each part percent-encoded: nothing from a payload shapes a path."""
+    owner, _, name = repo.partition("/")
+    return f"/repos/{quote(owner, safe='')}/{quote(name, safe='')}"
+
+
 def iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
@@ -40,10 +46,10 @@ async def workflow_files(gh: GitHubApp, inst: int, repo: str, ref: str) -> dict[
     files: dict[str, bytes] = {}
     params = {"ref": ref}
     for name in ROOT_FILES:
-        body = await _get_or_none(gh, f"/repos/{repo}/contents/{name}", inst, params=params, accept=RAW)
+        body = await _get_or_none(gh, f"{repo_path(repo)}/contents/{name}", inst, params=params, accept=RAW)
         if body is not None:
             files[name] = _as_bytes(body)
-    listing = await _get_or_none(gh, f"/repos/{repo}/contents/{WORKFLOW_DIR}", inst, params=params)
+    listing = await _get_or_none(gh, f"{repo_path(repo)}/contents/{WORKFLOW_DIR}", inst, params=params)
     for entry in listing if isinstance(listing, list) else []:
         path = entry.get("path", "")
         if entry.get("type") != "file" or not is_workflow_path(path):
@@ -52,7 +58,7 @@ async def workflow_files(gh: GitHubApp, inst: int, repo: str, ref: str) -> dict[
             # Don't download it: the planner rejects any file over the limit by its size.
             files[path] = b" " * (MAX_FILE_BYTES + 1)
             continue
-        files[path] = _as_bytes(await gh.get(f"/repos/{repo}/contents/{quote(path)}", inst, params=params, accept=RAW))
+        files[path] = _as_bytes(await gh.get(f"{repo_path(repo)}/contents/{quote(path)}", inst, params=params, accept=RAW))
     return files
 
 
@@ -67,24 +73,24 @@ def _as_bytes(body: Any) -> bytes:
 async def find_or_create_check(gh: GitHubApp, inst: int, repo: str, sha: str, name: str, external_id: str,
                                **fields: Any) -> int:
     """A check run identified by (SHA, name, external_id): found again if it exists, else created."""
-    found = await gh.get(f"/repos/{repo}/commits/{sha}/check-runs", inst,
+    found = await gh.get(f"{repo_path(repo)}/commits/{sha}/check-runs", inst,
                          params={"check_name": name, "filter": "all", "per_page": 100})
     for run in (found or {}).get("check_runs", []):
         if run.get("external_id") == external_id:
             if fields:
                 await update_check(gh, inst, repo, run["id"], **fields)
             return int(run["id"])
-    created = await gh.post(f"/repos/{repo}/check-runs", inst,
+    created = await gh.post(f"{repo_path(repo)}/check-runs", inst,
                             data={"name": name, "head_sha": sha, "external_id": external_id, **fields})
     return int(created["id"])
 
 
 async def update_check(gh: GitHubApp, inst: int, repo: str, check_id: int, **fields: Any) -> None:
-    await gh.patch(f"/repos/{repo}/check-runs/{check_id}", inst, data=fields)
+    await gh.patch(f"{repo_path(repo)}/check-runs/{check_id}", inst, data=fields)
 
 
 async def permission(gh: GitHubApp, inst: int, repo: str, user: str) -> tuple[str | None, str | None]:
-    body = await _get_or_none(gh, f"/repos/{repo}/collaborators/{quote(user)}/permission", inst)
+    body = await _get_or_none(gh, f"{repo_path(repo)}/collaborators/{quote(user, safe='')}/permission", inst)
     if not body:
         return None, None
     return body.get("permission"), body.get("role_name")
@@ -93,14 +99,14 @@ async def permission(gh: GitHubApp, inst: int, repo: str, user: str) -> tuple[st
 async def react(gh: GitHubApp, inst: int, repo: str, comment_id: int, content: str) -> None:
     """Acknowledge a command. A comment deleted meanwhile (404) must not undo the command."""
     try:
-        await gh.post(f"/repos/{repo}/issues/comments/{comment_id}/reactions", inst, data={"content": content})
+        await gh.post(f"{repo_path(repo)}/issues/comments/{comment_id}/reactions", inst, data={"content": content})
     except GitHubError as e:
         if e.status != 404:
             raise
 
 
 async def pull(gh: GitHubApp, inst: int, repo: str, pr: int) -> dict[str, Any]:
-    return await gh.get(f"/repos/{repo}/pulls/{pr}", inst)
+    return await gh.get(f"{repo_path(repo)}/pulls/{pr}", inst)
 
 
 _UNLOCK = """
@@ -125,20 +131,20 @@ async def upsert_comment(gh: GitHubApp, queue: Queue, inst: int, repo: str, pr: 
         comment_id = known_id or await _find_comment(gh, inst, repo, pr)
         if comment_id:
             try:
-                await gh.patch(f"/repos/{repo}/issues/comments/{comment_id}", inst, data={"body": body})
+                await gh.patch(f"{repo_path(repo)}/issues/comments/{comment_id}", inst, data={"body": body})
                 return comment_id
             except GitHubError as e:
                 if e.status != 404:
                     raise
                 # Deleted by a person: make a new one.
-        created = await gh.post(f"/repos/{repo}/issues/{pr}/comments", inst, data={"body": body})
+        created = await gh.post(f"{repo_path(repo)}/issues/{pr}/comments", inst, data={"body": body})
         return int(created["id"])
     finally:
         await queue.redis.eval(_UNLOCK, 1, lock, token)
 
 
 async def _find_comment(gh: GitHubApp, inst: int, repo: str, pr: int) -> int | None:
-    async for comment in gh.paginate(f"/repos/{repo}/issues/{pr}/comments", inst, params={"per_page": 100}):
+    async for comment in gh.paginate(f"{repo_path(repo)}/issues/{pr}/comments", inst, params={"per_page": 100}):
         if MARKER in (comment.get("body") or ""):
             return int(comment["id"])
     return None

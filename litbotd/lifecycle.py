@@ -183,7 +183,7 @@ async def start_job(task: Task, s: Services) -> list[Task]:
     name = decisions.job_name(repo, sha, key, attempt)
     # Public repositories need no token; when we don't know (a re-run), mint one to be safe.
     token = await _gh(s).scoped_token(p["installation"], repo) if p.get("private") is not False else None
-    spec = JobSpec(name=name, repo=repo, sha=sha, archive_url=f"{cfg.github.api_url}/repos/{repo}/tarball/{sha}",
+    spec = JobSpec(name=name, repo=repo, sha=sha, archive_url=f"{cfg.github.api_url}{checks.repo_path(repo)}/tarball/{sha}",
                    script=run.script, image=run.image, machine=run.machine, interruptible=run.interruptible,
                    timeout=run.timeout, env=run.env, token=token)
     with logs.context(job=name):
