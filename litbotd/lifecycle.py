@@ -118,7 +118,8 @@ async def _queue_run(s: Services, task: Task, p: dict[str, Any], run: workflows.
     check_id = await checks.find_or_create_check(
         gh, p["installation"], p["repo"], p["sha"], run.check_name, decisions.external_id(run.key, attempt),
         status="queued", output=report.check_output(_report_row(run, attempt, {})))
-    await rs.update(ref, status="queued", check_run_id=check_id, queued_at=time.time())
+    if not await rs.transition(ref, ("", "queued"), status="queued", check_run_id=check_id, queued_at=time.time()):
+        await rs.update(ref, check_run_id=check_id)  # repeated after a cancel ended it: keep its state
     log.info("run queued", run=run.key, check=run.check_name, attempt=attempt)
     return task.successor("start_job", _routing(p, run=run.key, attempt=attempt, check_run_id=check_id),
                           key=f"{run.key}/{attempt}")
@@ -161,8 +162,8 @@ async def new_event(task: Task, s: Services) -> list[Task]:
         if attempt is None and p.get("action") == "reopened":
             # Runs that closing the PR cancelled start again when it is reopened.
             attempt = await rs.owned_attempt(repo, sha, run.key, task.id)
-            last = recorded[run.key][1]
-            if attempt is None and (await rs.get(RunRef(repo, sha, run.key, last))).get("conclusion") == decisions.CANCELLED:
+            last = await rs.get(RunRef(repo, sha, run.key, recorded[run.key][1]))
+            if attempt is None and decisions.restart_on_reopen(last.get("conclusion")):
                 attempt = await rs.new_attempt(repo, sha, run.key, task.id)
         if attempt is not None:
             out.append(await _queue_run(s, task, p, run, attempt))
@@ -176,13 +177,13 @@ async def start_job(task: Task, s: Services) -> list[Task]:
     cfg, rs = s.config, RunState(s.queue)
     repo, sha, key, attempt = p["repo"], p["sha"], p["run"], p["attempt"]
     ref = RunRef(repo, sha, key, attempt)
-    state = await rs.get(ref)
-    if state.get("conclusion"):
+    if not decisions.may_start(await rs.get(ref)):
         return []  # cancelled before it started
     run, _ = (await rs.runs(repo, sha))[key]
     name = decisions.job_name(repo, sha, key, attempt)
-    # Public repositories need no token; when we don't know (a re-run), mint one to be safe.
-    token = await _gh(s).scoped_token(p["installation"], repo) if p.get("private") is not False else None
+    token = await _gh(s).scoped_token(p["installation"], repo) if decisions.needs_token(p.get("private")) else None
+    if not decisions.may_start(await rs.get(ref)):
+        return []  # cancelled while the token was minted: start nothing
     spec = JobSpec(name=name, repo=repo, sha=sha, archive_url=f"{cfg.github.api_url}{checks.repo_path(repo)}/tarball/{sha}",
                    script=run.script, image=run.image, machine=run.machine, interruptible=run.interruptible,
                    timeout=run.timeout, env=run.env, token=token)
@@ -190,14 +191,21 @@ async def start_job(task: Task, s: Services) -> list[Task]:
         status = await s.backend.start(spec)
         metrics.JOBS.labels(s.backend.name, status.state).inc()
         now = time.time()
-        await rs.update(ref, status="in_progress", job=name, started_at=now, url=status.url or "")
-        if (await rs.get(ref)).get("conclusion") == decisions.CANCELLED:
-            await s.backend.stop(name)  # a cancel raced our start
+        # One atomic step: a run that a racing cancel ended (or is ending) never goes back to running.
+        # in_progress again: this task re-executed after a crash (the job name is deterministic).
+        if not await rs.transition(ref, ("queued", "", "in_progress"), status="in_progress", job=name, started_at=now,
+                                   url=status.url or ""):
+            await s.backend.stop(name)  # a cancel raced our start: it could not see the job yet
+            log.info("run cancelled while its job started; job stopped")
             return []
         fields: dict[str, Any] = {"status": "in_progress", "started_at": checks.iso(now)}
         if status.url and status.url.startswith(("http://", "https://")):
             fields["details_url"] = status.url
         await checks.update_check(_gh(s), p["installation"], repo, int(p["check_run_id"]), **fields)
+        if (await rs.get(ref)).get("conclusion"):
+            # Concluded while our in_progress write was in flight: make sure the last write is the conclusion.
+            await _report_completed(s, p, ref)
+            return []
         log.info("job started", state=status.state, url=status.url)
     poll = cfg.jobs.poll_interval
     return [task.successor("wait_job", {**p, "job": name, "poll": poll, "queued_at": now}, run_at=now + poll,
@@ -278,9 +286,10 @@ async def cancel(task: Task, s: Services) -> list[Task]:
         for key, (run, attempt) in (await rs.runs(repo, sha)).items():
             ref = RunRef(repo, sha, key, attempt)
             state = await rs.get(ref)
-            if state.get("reported") or state.get("conclusion") not in (None, decisions.CANCELLED):
-                continue  # reported already, or a result won the race and results reports it
+            if decisions.cancel_skips(state):
+                continue
             await rs.request_cancel(ref, reason)
+            state = await rs.get(ref)  # the job a start may have recorded meanwhile
             if state.get("job"):
                 await s.backend.stop(state["job"])
             conclusion, _ = await rs.conclude(ref, decisions.CANCELLED, reason, time.time())
@@ -359,12 +368,10 @@ async def on_dead(task: Task, s: Services) -> None:
     """A task given up on: complete its check run so the PR does not hang (SPEC §6)."""
     p = task.payload
     message = f"litbotd gave up after {task.attempt} attempts: {task.error}"
-    if task.kind in ("start_job", "wait_job", "results") and p.get("run"):
+    ended = decisions.dead_task_conclusion(task.kind, task.attempt, task.error or "")
+    if ended and p.get("run"):
         ref = RunRef(p["repo"], p["sha"], p["run"], p["attempt"])
-        conclusion = decisions.FAILURE if task.kind == "start_job" else decisions.NEUTRAL
-        if task.kind == "start_job":
-            message = f"the job failed to start: {task.error}"
-        await RunState(s.queue).conclude(ref, conclusion, message, time.time())
+        await RunState(s.queue).conclude(ref, *ended, time.time())
         await _report_completed(s, p, ref)
         await refresh_comment(s, p["repo"], p.get("pr"), p["installation"])
     elif task.kind == "new_event":

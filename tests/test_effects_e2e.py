@@ -1,0 +1,52 @@
+"""Exactly-once effects when GitHub is slow or things race (SPEC §5, §6, §8): run states that never
+go back, one summary comment however long GitHub takes, a removed installation that ends quietly,
+and a burst of PRs whose results are not held up by lower-priority writes.
+
+Real redis-server, the GitHub stand-in (every request validated against GitHub's OpenAPI
+description), the local job backend, the daemon in this process."""
+from __future__ import annotations
+
+import pytest
+
+from harness import (INSTALLATION, REPO, GitHubWorld, InProcessDaemon, config_data, pr_payload, sha_of,
+                     wait_until)
+from litbotd.runstate import RunRef, RunState
+
+
+@pytest.fixture
+async def world():
+    w = GitHubWorld()
+    yield w
+    await w.close()
+
+
+def _completed(world: GitHubWorld, sha: str, n: int) -> bool:
+    runs = world.runs(sha)
+    return len(runs) >= n and all(r["status"] == "completed" for r in runs)
+
+
+async def test_a_cancel_that_races_the_start_wins(redis_server, world, tmp_path):
+    """The PR closes while start_job is minting the job's token: the run ends cancelled, stays
+    completed in Redis and on GitHub, and no job starts."""
+    sha = sha_of("cancel-race")
+    await world.start({sha: {".lightning/workflows/ci.yaml": "name: ci\nrun: echo hi\n"}})
+    world.pull(sha)
+    first_mint = world.gh.hold("POST", r"/access_tokens$")  # new_event's installation token
+    async with InProcessDaemon(config_data(redis_server.url, world.url, tmp_path / "jobs")) as d:
+        assert await d.send("pull_request", pr_payload("opened", sha)) == 202
+        await wait_until(lambda: first_mint.reached.is_set(), 20, "the installation token request")
+        job_mint = world.gh.hold("POST", r"/access_tokens$")  # the next one: start_job's scoped token
+        first_mint.release()
+        await wait_until(lambda: job_mint.reached.is_set(), 20, "start_job's token request")
+        assert await d.send("pull_request", pr_payload("closed", sha)) == 202
+        await wait_until(lambda: _completed(world, sha, 1), 20, "the cancel to complete the check")
+        job_mint.release()
+        await wait_until(d.idle, 20, "idle")
+        rs = RunState(d.daemon.services.queue)
+        (key,) = (await rs.runs(REPO, sha)).keys()
+        state = await rs.get(RunRef(REPO, sha, key, 1))
+    assert (state["status"], state["conclusion"]) == ("completed", "cancelled")
+    assert world.conclusions(sha) == {"ci": "cancelled"}
+    assert not list((tmp_path / "jobs").glob("litci-*")), "a job started for a cancelled run"
+    assert "Running" not in world.gh.comments[-1]["body"]
+    world.assert_no_duplicates()
