@@ -98,6 +98,11 @@ class GitHubError(Exception):
         super().__init__(self.message)
 
 
+class Gone(Exception):
+    """The installation or repository no longer exists (GitHub answered 404): retrying cannot help.
+    Not a GitHubError, so that no `404 means "no such file"` handler mistakes it for one."""
+
+
 def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
@@ -195,8 +200,24 @@ class GitHubApp:
         return token
 
     async def _mint(self, installation_id: int, scope: dict[str, Any] | None) -> tuple[str, float]:
-        body = await self.post(f"/app/installations/{installation_id}/access_tokens", None, data=scope)
+        try:
+            body = await self.post(f"/app/installations/{installation_id}/access_tokens", None, data=scope)
+        except GitHubError as e:
+            if e.status == 404:
+                raise Gone(f"installation {installation_id} no longer exists (the App was uninstalled)") from None
+            raise
         return body["token"], _epoch(body["expires_at"])
+
+    async def repository_gone(self, repo_path: str) -> bool:
+        """After an unexpected 404 under a repository: is the repository itself gone, or the App
+        no longer installed on it? Asked as the App, so a missing installation token can't hide it."""
+        try:
+            await self.get(f"{repo_path}/installation", None)
+        except GitHubError as e:
+            if e.status == 404:
+                return True
+            raise
+        return False
 
     async def _forget_token(self, installation_id: int) -> None:
         self._tokens.pop(installation_id, None)

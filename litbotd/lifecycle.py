@@ -16,17 +16,18 @@ marker) instead of creating it twice. Decisions come from decisions.py; GitHub c
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from . import checks, decisions, logs, metrics, report, workflows
 from .backends import machine_names
 from .backends.base import JobNotFound, JobSpec, JobStatus
-from .github import GitHubApp
+from .github import GitHubApp, GitHubError, Gone
 from .runstate import RunRef, RunState
 from .services import Services
 from .tasks import Task
-from .worker import Permanent, Registry
+from .worker import Handler, Permanent, Registry
 
 log = logs.get("litbotd.lifecycle")
 ROUTING = ("delivery", "installation", "repo", "pr", "sha", "private")
@@ -380,9 +381,29 @@ async def on_dead(task: Task, s: Services) -> None:
             conclusion=decisions.FAILURE, output={"title": "litbotd could not process this push", "summary": message})
 
 
+def _ends_when_gone(handler: Handler) -> Handler:
+    """A removed installation or a deleted repository ends the task with one log line: GitHub
+    will never answer otherwise, so no retries, no dead letter, no traceback (SPEC §8)."""
+    @functools.wraps(handler)
+    async def run(task: Task, s: Services) -> Sequence[Task] | None:
+        try:
+            return await handler(task, s)
+        except Gone as e:
+            why = str(e)
+        except GitHubError as e:
+            repo = task.payload.get("repo")
+            if e.status != 404 or not repo or not await _gh(s).repository_gone(checks.repo_path(repo)):
+                raise
+            why = f"repository {repo} no longer exists or the App was removed from it ({e})"
+        log.warning("task ends: GitHub says it is gone", reason=why)
+        return []
+    return run
+
+
 REGISTRY = Registry(
-    handlers={"new_event": new_event, "start_job": start_job, "wait_job": wait_job, "results": results,
-              "cancel": cancel, "rerun": rerun, "command": command, "comment": comment},
+    handlers={kind: _ends_when_gone(h) for kind, h in {
+        "new_event": new_event, "start_job": start_job, "wait_job": wait_job, "results": results,
+        "cancel": cancel, "rerun": rerun, "command": command, "comment": comment}.items()},
     on_dead=on_dead,
 )
 

@@ -50,3 +50,33 @@ async def test_a_cancel_that_races_the_start_wins(redis_server, world, tmp_path)
     assert not list((tmp_path / "jobs").glob("litci-*")), "a job started for a cancelled run"
     assert "Running" not in world.gh.comments[-1]["body"]
     world.assert_no_duplicates()
+
+
+@pytest.mark.parametrize("gone", ["installation", "repository"])
+async def test_a_removed_installation_or_repository_ends_the_task_quietly(gone, redis_server, world, tmp_path, caplog):
+    """GitHub answers 404 to the token request of an installation that was removed, or to the
+    calls about a deleted repository: one warning, no retries, nothing dead-lettered, no traceback."""
+    sha = sha_of("uninstalled")
+    await world.start({sha: {".lightning/workflows/ci.yaml": "name: ci\nrun: echo hi\n"}})
+    if gone == "installation":
+        world.gh.repos[REPO].installation_id = INSTALLATION + 1  # the App was uninstalled from 77
+    else:
+        world.gh.add_repo("octo-org/other", {}, installation_id=INSTALLATION)  # the installation lives on
+        del world.gh.repos[REPO]
+    caplog.set_level("INFO")
+    async with InProcessDaemon(config_data(redis_server.url, world.url, tmp_path / "jobs")) as d:
+        assert await d.send("pull_request", pr_payload("opened", sha)) == 202
+        queue = d.daemon.services.queue
+
+        async def ended() -> bool:
+            return any("gone" in r.getMessage() for r in caplog.records) or bool(await queue.dead_tasks())
+        await wait_until(ended, 30, "the task to end")
+        await wait_until(d.idle, 20, "idle")
+        dead = await queue.dead_tasks()
+    assert dead == []
+    assert world.gh.count("POST", rf"/app/installations/{INSTALLATION}/access_tokens$") == 1  # not retried
+    worker_lines = [r for r in caplog.records if r.name.startswith("litbotd.") and r.levelno >= 30]
+    assert [(r.levelname, r.name) for r in worker_lines] == [("WARNING", "litbotd.lifecycle")], \
+        [r.getMessage() for r in worker_lines]
+    assert not any(r.exc_info for r in caplog.records)
+    assert world.gh.check_runs == [] and world.gh.comments == []
