@@ -5,14 +5,11 @@ after a crash finds what the first attempt created instead of creating it again.
 """
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
 from typing import Any
 from urllib.parse import quote
 
 from .github import GitHubApp, GitHubError
-from .queue import Queue
 from .report import MARKER
 from .workflows import MAX_FILE_BYTES, is_workflow_path
 
@@ -109,38 +106,21 @@ async def pull(gh: GitHubApp, inst: int, repo: str, pr: int) -> dict[str, Any]:
     return await gh.get(f"{repo_path(repo)}/pulls/{pr}", inst)
 
 
-_UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-async def upsert_comment(gh: GitHubApp, queue: Queue, inst: int, repo: str, pr: int, body: str,
-                         known_id: int | None, wait: float = 30.0) -> int:
-    """Edit the PR's summary comment in place, creating it once. A per-PR Redis lock serialises
-    writers (several workers, several daemons), so two never both create it; the hidden marker
-    finds it again when the remembered id is lost."""
-    lock = queue.key("lock", "comment", f"{repo}#{pr}")
-    token = uuid.uuid4().hex
-    deadline = time.monotonic() + wait
-    while not await queue.redis.set(lock, token, nx=True, px=int(wait * 1000)):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"summary comment of {repo}#{pr} is locked by another worker")
-        await asyncio.sleep(0.05)  # poll the lock with a deadline
-    try:
-        comment_id = known_id or await _find_comment(gh, inst, repo, pr)
-        if comment_id:
-            try:
-                await gh.patch(f"{repo_path(repo)}/issues/comments/{comment_id}", inst, data={"body": body})
-                return comment_id
-            except GitHubError as e:
-                if e.status != 404:
-                    raise
-                # Deleted by a person: make a new one.
-        created = await gh.post(f"{repo_path(repo)}/issues/{pr}/comments", inst, data={"body": body})
-        return int(created["id"])
-    finally:
-        await queue.redis.eval(_UNLOCK, 1, lock, token)
+async def upsert_comment(gh: GitHubApp, inst: int, repo: str, pr: int, body: str, known_id: int | None) -> int:
+    """Edit the PR's summary comment in place, creating it once. The caller holds the PR's comment
+    claim (one writer per PR, locks.FencedLock); the hidden marker finds the comment again when the
+    remembered id is lost."""
+    comment_id = known_id or await _find_comment(gh, inst, repo, pr)
+    if comment_id:
+        try:
+            await gh.patch(f"{repo_path(repo)}/issues/comments/{comment_id}", inst, data={"body": body})
+            return comment_id
+        except GitHubError as e:
+            if e.status != 404:
+                raise
+            # Deleted by a person: make a new one.
+    created = await gh.post(f"{repo_path(repo)}/issues/{pr}/comments", inst, data={"body": body})
+    return int(created["id"])
 
 
 async def _find_comment(gh: GitHubApp, inst: int, repo: str, pr: int) -> int | None:

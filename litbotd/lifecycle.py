@@ -24,7 +24,8 @@ from . import checks, decisions, logs, metrics, report, workflows
 from .backends import machine_names
 from .backends.base import JobNotFound, JobSpec, JobStatus
 from .github import GitHubApp, GitHubError, Gone
-from .runstate import RunRef, RunState
+from .locks import FencedLock
+from .runstate import TTL, RunRef, RunState
 from .services import Services
 from .tasks import Task
 from .worker import Handler, Permanent, Registry
@@ -33,6 +34,7 @@ log = logs.get("litbotd.lifecycle")
 ROUTING = ("delivery", "installation", "repo", "pr", "sha", "private")
 _machines: frozenset[str] | None = None
 COMMENT_DEBOUNCE = 1.0  # seconds
+COMMENT_CLAIM_TTL = 30.0  # seconds; renewed while held, so only a dead holder's claim lapses
 
 
 def _gh(s: Services) -> GitHubApp:
@@ -67,25 +69,15 @@ def _report_row(run: workflows.Run, attempt: int, st: dict[str, str], log_tail: 
     )
 
 
-async def refresh_comment(s: Services, repo: str, pr: int | None, inst: int) -> None:
-    """Re-render the PR's summary comment from the run states of its latest head SHA."""
-    if pr is None or not s.config.report.comment:
-        return
-    rs = RunState(s.queue)
-    info = await rs.pr(repo, pr)
-    head = info.get("head")
+async def _render_comment(rs: RunState, repo: str, pr: int, head: str | None) -> str | None:
+    """The PR's summary comment as of now, from the run states of its latest head SHA; None when
+    there is nothing to show yet."""
     if not head:
-        return
+        return None
     rows = []
     for key, (run, attempt) in sorted((await rs.runs(repo, head)).items()):
         rows.append(_report_row(run, attempt, await rs.get(RunRef(repo, head, key, attempt))))
-    if not rows:
-        return
-    body = report.summary_comment(repo, pr, head, rows)
-    known = int(info["comment_id"]) if info.get("comment_id") else None
-    comment_id = await checks.upsert_comment(_gh(s), s.queue, inst, repo, pr, body, known)
-    if comment_id != known:
-        await rs.set_pr_field(repo, pr, comment_id=comment_id)
+    return report.summary_comment(repo, pr, head, rows) if rows else None
 
 
 async def _comment_soon(task: Task, s: Services, repo: str, pr: int | None, inst: int) -> list[Task]:
@@ -100,16 +92,38 @@ async def _comment_soon(task: Task, s: Services, repo: str, pr: int | None, inst
 
 
 async def comment(task: Task, s: Services) -> list[Task]:
-    """Edit the summary comment, unless an earlier comment task already showed this version."""
+    """Edit the summary comment, unless an earlier comment task already showed this version.
+
+    One writer per PR by construction: the writer holds the PR's fenced claim (renewed while GitHub
+    takes its time) and records the comment id only if its claim still stands. A task that finds
+    the claim taken does not wait for it: it comes back a moment later, and shows whatever is
+    newest then, so edits coalesce into the latest state."""
     p = task.payload
+    repo, pr, inst = p["repo"], p["pr"], p["installation"]
     rs = RunState(s.queue)
-    info = await rs.pr(p["repo"], p["pr"])
-    version = int(info.get("version") or 0)
-    if version <= int(info.get("commented") or -1):
+    if _comment_version_due(await rs.pr(repo, pr)) is None:
         return []
-    await refresh_comment(s, p["repo"], p["pr"], p["installation"])  # renders the state as of now
-    await rs.set_pr_field(p["repo"], p["pr"], commented=version)
+    claim = FencedLock(s.redis, s.queue.key("lock", "comment", f"{repo}#{pr}"), COMMENT_CLAIM_TTL)
+    async with claim.held() as fence:
+        if fence is None:
+            log.info("summary comment being written by another worker; coming back after it")
+            return [task.successor("comment", p, run_at=time.time() + COMMENT_DEBOUNCE, key="again")]
+        # Until what is shown is the latest: a change recorded while we wrote is written too.
+        while (version := _comment_version_due(info := await rs.pr(repo, pr))) is not None:
+            known = int(info["comment_id"]) if info.get("comment_id") else None
+            body = await _render_comment(rs, repo, pr, info.get("head"))
+            comment_id = known if body is None else await checks.upsert_comment(_gh(s), inst, repo, pr, body, known)
+            shown = {"commented": version, **({"comment_id": comment_id} if comment_id else {})}
+            if not await claim.commit(fence, rs.pr_key(repo, pr), TTL, **shown):
+                log.warning("summary comment claim lost while writing; its new holder carries on")
+                return []
     return []
+
+
+def _comment_version_due(info: dict[str, str]) -> int | None:
+    """The PR's version not yet shown in its comment, or None when the comment is up to date."""
+    version = int(info.get("version") or 0)
+    return version if version > int(info.get("commented") or -1) else None
 
 
 async def _queue_run(s: Services, task: Task, p: dict[str, Any], run: workflows.Run, attempt: int) -> Task:
@@ -374,7 +388,7 @@ async def on_dead(task: Task, s: Services) -> None:
         ref = RunRef(p["repo"], p["sha"], p["run"], p["attempt"])
         await RunState(s.queue).conclude(ref, *ended, time.time())
         await _report_completed(s, p, ref)
-        await refresh_comment(s, p["repo"], p.get("pr"), p["installation"])
+        await s.queue.enqueue(*await _comment_soon(task, s, p["repo"], p.get("pr"), p["installation"]))
     elif task.kind == "new_event":
         await checks.find_or_create_check(
             _gh(s), p["installation"], p["repo"], p["sha"], "litci", "event-failed", status="completed",

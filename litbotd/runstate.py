@@ -85,6 +85,10 @@ class RunState:
     def _pr(self, repo: str, pr: int) -> str:
         return self.q.key("pr", f"{repo}#{pr}")
 
+    def pr_key(self, repo: str, pr: int) -> str:
+        """The PR's hash, for a write fenced by the comment claim (locks.FencedLock.commit)."""
+        return self._pr(repo, pr)
+
     # -- runs of a SHA --------------------------------------------------------------------------------
     async def add_runs(self, repo: str, sha: str, runs: list[Run], pr: int | None, owner: str) -> dict[str, int]:
         """Record the runs planned for a SHA by task `owner`; returns {run key: attempt} of the runs

@@ -6,6 +6,8 @@ Real redis-server, the GitHub stand-in (every request validated against GitHub's
 description), the local job backend, the daemon in this process."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from harness import (INSTALLATION, REPO, GitHubWorld, InProcessDaemon, config_data, pr_payload, sha_of,
@@ -13,11 +15,20 @@ from harness import (INSTALLATION, REPO, GitHubWorld, InProcessDaemon, config_da
 from litbotd.runstate import RunRef, RunState
 
 
+MATRIX2 = "name: ci\nparametrize:\n  matrix: {n: [1, 2]}\nrun: echo cell $n\n"
+NAMES2 = ("ci (1)", "ci (2)")
+
+
 @pytest.fixture
 async def world():
     w = GitHubWorld()
     yield w
     await w.close()
+
+
+def _shows_final(body: str) -> bool:
+    rows = [line for line in body.splitlines() if any(f"| `{n}` |" in line for n in NAMES2)]
+    return len(rows) == 2 and all(line.split("|")[1].strip().endswith(" Passed") for line in rows)
 
 
 def _completed(world: GitHubWorld, sha: str, n: int) -> bool:
@@ -80,3 +91,28 @@ async def test_a_removed_installation_or_repository_ends_the_task_quietly(gone, 
         [r.getMessage() for r in worker_lines]
     assert not any(r.exc_info for r in caplog.records)
     assert world.gh.check_runs == [] and world.gh.comments == []
+
+
+async def test_one_comment_however_long_github_takes_to_create_it(redis_server, world, tmp_path, monkeypatch):
+    """GitHub holds the first comment POST for several times the comment claim's time to live,
+    while the runs finish and other workers want to edit the comment: still exactly one comment,
+    and its last edit shows every run's final state."""
+    import litbotd.lifecycle as lifecycle
+    monkeypatch.setattr(lifecycle, "COMMENT_CLAIM_TTL", 0.5, raising=False)
+    ttl = getattr(lifecycle, "COMMENT_CLAIM_TTL", 30.0)  # (on code without a claim: its 30 s lock)
+    sha = sha_of("slow-comment")
+    await world.start({sha: {".lightning/workflows/ci.yaml": MATRIX2}})
+    world.pull(sha)
+    held = world.gh.hold("POST", rf"/repos/{REPO}/issues/1/comments$")
+    async with InProcessDaemon(config_data(redis_server.url, world.url, tmp_path / "jobs")) as d:
+        assert await d.send("pull_request", pr_payload("opened", sha)) == 202
+        await wait_until(held.reached.is_set, 30, "the first comment POST")
+        await wait_until(lambda: _completed(world, sha, 2), 30, "both runs to complete")
+        await asyncio.sleep(4 * ttl)  # the fault: GitHub answers after 4 times the claim's TTL
+        held.release()
+        await wait_until(lambda: world.gh.comments and _shows_final(world.gh.comments[-1]["body"]), 30,
+                         "the final comment")
+        await wait_until(d.idle, 20, "idle")
+    assert len(world.gh.comments) == 1, [c["body"][:80] for c in world.gh.comments]
+    assert world.gh.count("POST", r"/issues/1/comments$") == 1
+    world.assert_no_duplicates()
