@@ -68,22 +68,25 @@ def _as_bytes(body: Any) -> bytes:
 
 
 async def find_or_create_check(gh: GitHubApp, inst: int, repo: str, sha: str, name: str, external_id: str,
-                               **fields: Any) -> int:
-    """A check run identified by (SHA, name, external_id): found again if it exists, else created."""
+                               priority: str = "conclusion", **fields: Any) -> int:
+    """A check run identified by (SHA, name, external_id): found again if it exists, else created.
+    `priority`: a `completed` check is a result; a `queued` one is paced as "create"."""
     found = await gh.get(f"{repo_path(repo)}/commits/{sha}/check-runs", inst,
                          params={"check_name": name, "filter": "all", "per_page": 100})
     for run in (found or {}).get("check_runs", []):
         if run.get("external_id") == external_id:
             if fields:
-                await update_check(gh, inst, repo, run["id"], **fields)
+                await update_check(gh, inst, repo, run["id"], priority, **fields)
             return int(run["id"])
-    created = await gh.post(f"{repo_path(repo)}/check-runs", inst,
+    created = await gh.post(f"{repo_path(repo)}/check-runs", inst, priority=priority,
                             data={"name": name, "head_sha": sha, "external_id": external_id, **fields})
     return int(created["id"])
 
 
-async def update_check(gh: GitHubApp, inst: int, repo: str, check_id: int, **fields: Any) -> None:
-    await gh.patch(f"{repo_path(repo)}/check-runs/{check_id}", inst, data=fields)
+async def update_check(gh: GitHubApp, inst: int, repo: str, check_id: int, priority: str = "conclusion",
+                       defer: bool = False, **fields: Any) -> None:
+    """With `defer`, a write the pacing budget has no room for raises github.PaceDeferred."""
+    await gh.patch(f"{repo_path(repo)}/check-runs/{check_id}", inst, data=fields, priority=priority, defer=defer)
 
 
 async def permission(gh: GitHubApp, inst: int, repo: str, user: str) -> tuple[str | None, str | None]:
@@ -109,17 +112,20 @@ async def pull(gh: GitHubApp, inst: int, repo: str, pr: int) -> dict[str, Any]:
 async def upsert_comment(gh: GitHubApp, inst: int, repo: str, pr: int, body: str, known_id: int | None) -> int:
     """Edit the PR's summary comment in place, creating it once. The caller holds the PR's comment
     claim (one writer per PR, locks.FencedLock); the hidden marker finds the comment again when the
-    remembered id is lost."""
+    remembered id is lost. The lowest write priority, never waited for: github.PaceDeferred when
+    the budget has no room (the caller comes back later with the then latest state)."""
     comment_id = known_id or await _find_comment(gh, inst, repo, pr)
     if comment_id:
         try:
-            await gh.patch(f"{repo_path(repo)}/issues/comments/{comment_id}", inst, data={"body": body})
+            await gh.patch(f"{repo_path(repo)}/issues/comments/{comment_id}", inst, data={"body": body},
+                           priority="comment_edit", defer=True)
             return comment_id
         except GitHubError as e:
             if e.status != 404:
                 raise
             # Deleted by a person: make a new one.
-    created = await gh.post(f"{repo_path(repo)}/issues/{pr}/comments", inst, data={"body": body})
+    created = await gh.post(f"{repo_path(repo)}/issues/{pr}/comments", inst, data={"body": body},
+                            priority="comment", defer=True)
     return int(created["id"])
 
 

@@ -52,6 +52,11 @@ TOKEN_LOCK_MS = 10_000
 PACE_PER_MINUTE = 80
 PACE_PER_HOUR = 500
 CONTENT_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+# Results first (SPEC §5): the share of the pacing budget a write of each priority may fill. A
+# lower-priority write finds the window full earlier, so what is left stays free for the writes
+# above it: a run's conclusion, then check-run creation, then in_progress, then the PR comment
+# (created, then edited).
+PRIORITY_SHARE = {"conclusion": 1.0, "create": 0.9, "progress": 0.7, "comment": 0.5, "comment_edit": 0.25}
 
 # KEYS: the installation's window (sorted set, score = time of a call).
 # ARGV: now, now - 60, now - 3600 (computed by the client: Lua's tostring keeps too few digits for
@@ -101,6 +106,15 @@ class GitHubError(Exception):
 class Gone(Exception):
     """The installation or repository no longer exists (GitHub answered 404): retrying cannot help.
     Not a GitHubError, so that no `404 means "no such file"` handler mistakes it for one."""
+
+
+class PaceDeferred(Exception):
+    """A low-priority write the caller asked not to wait for: the budget is spent for its priority.
+    `wait` is how long until it would fit. The caller skips it or comes back later."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+        super().__init__(f"pacing budget spent for now (fits in {wait:.1f}s)")
 
 
 def _epoch(iso: str) -> float:
@@ -233,16 +247,24 @@ class GitHubApp:
             raise GitHubError(0, f"refusing to call {urllib.parse.urlsplit(path).netloc}: not the GitHub API host")
         return path
 
-    async def _wait_for_pace(self, installation_id: int) -> None:
+    async def _wait_for_pace(self, installation_id: int, priority: str, defer: bool) -> None:
         key = self.services.queue.key("pace", str(installation_id))
+        share = PRIORITY_SHARE[priority]
+        per_minute, per_hour = max(1, int(PACE_PER_MINUTE * share)), max(1, int(PACE_PER_HOUR * share))
         while True:
             now = self._clock()
-            verdict = await self._pace(keys=[key], args=[repr(now), repr(now - 60), repr(now - 3600), PACE_PER_MINUTE,
-                                                         PACE_PER_HOUR, secrets.token_hex(8)])
+            verdict = await self._pace(keys=[key], args=[repr(now), repr(now - 60), repr(now - 3600), per_minute,
+                                                         per_hour, secrets.token_hex(8)])
             if verdict == "ok":
+                metrics.GITHUB_WRITES.labels(priority, "sent").inc()
                 return
             wait = float(verdict)
-            log.info("pacing content-creating GitHub calls", installation=installation_id, wait=round(wait, 2))
+            if defer:
+                metrics.GITHUB_WRITES.labels(priority, "deferred").inc()
+                raise PaceDeferred(wait)
+            log.info("pacing content-creating GitHub calls", installation=installation_id, wait=round(wait, 2),
+                     priority=priority)
+            metrics.PACE_WAIT.observe(min(wait, MAX_WAIT))
             await self._sleep(min(wait, MAX_WAIT))
 
     def _limit_wait(self, status: int, headers: dict[str, str], body: Any, limited: int) -> float | None:
@@ -262,10 +284,11 @@ class GitHubApp:
 
     async def request(self, method: str, path: str, installation_id: int | None, *, data: Any = None,
                       params: dict | None = None, accept: str = "application/vnd.github+json",
-                      ) -> tuple[int, dict[str, str], Any]:
+                      priority: str = "conclusion", defer: bool = False) -> tuple[int, dict[str, str], Any]:
         """One API call; `installation_id` None authenticates as the App (JWT). Returns
         (status, lower-cased headers, body): parsed JSON, else bytes for the raw media type,
-        else text. Raises GitHubError for a status ≥ 400 once retries are spent."""
+        else text. Raises GitHubError for a status ≥ 400 once retries are spent. A content-creating
+        call is paced by `priority` (PRIORITY_SHARE); with `defer`, PaceDeferred instead of a wait."""
         method = method.upper()
         url = self._url(path)
         where = urllib.parse.urlsplit(url).path  # for messages: never the query
@@ -274,7 +297,7 @@ class GitHubApp:
         reauthed = False
         while True:
             if method in CONTENT_METHODS and installation_id is not None:
-                await self._wait_for_pace(installation_id)
+                await self._wait_for_pace(installation_id, priority, defer)
             if installation_id is None:
                 headers = sansio.create_headers(USER_AGENT, accept=accept, jwt=self.jwt())
             else:

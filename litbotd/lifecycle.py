@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from . import checks, decisions, logs, metrics, report, workflows
 from .backends import machine_names
 from .backends.base import JobNotFound, JobSpec, JobStatus
-from .github import GitHubApp, GitHubError, Gone
+from .github import GitHubApp, GitHubError, Gone, PaceDeferred
 from .locks import FencedLock
 from .runstate import TTL, RunRef, RunState
 from .services import Services
@@ -35,6 +35,7 @@ ROUTING = ("delivery", "installation", "repo", "pr", "sha", "private")
 _machines: frozenset[str] | None = None
 COMMENT_DEBOUNCE = 1.0  # seconds
 COMMENT_CLAIM_TTL = 30.0  # seconds; renewed while held, so only a dead holder's claim lapses
+COMMENT_RETRY_MAX = 5.0  # seconds: how long a comment edit postponed for the pacing budget waits at most
 
 
 def _gh(s: Services) -> GitHubApp:
@@ -112,7 +113,11 @@ async def comment(task: Task, s: Services) -> list[Task]:
         while (version := _comment_version_due(info := await rs.pr(repo, pr))) is not None:
             known = int(info["comment_id"]) if info.get("comment_id") else None
             body = await _render_comment(rs, repo, pr, info.get("head"))
-            comment_id = known if body is None else await checks.upsert_comment(_gh(s), inst, repo, pr, body, known)
+            try:
+                comment_id = known if body is None else await checks.upsert_comment(_gh(s), inst, repo, pr, body, known)
+            except PaceDeferred as e:
+                # The budget is kept for results: show the then latest state when there is room.
+                return [task.successor("comment", p, run_at=time.time() + min(e.wait, COMMENT_RETRY_MAX), key="later")]
             shown = {"commented": version, **({"comment_id": comment_id} if comment_id else {})}
             if not await claim.commit(fence, rs.pr_key(repo, pr), TTL, **shown):
                 log.warning("summary comment claim lost while writing; its new holder carries on")
@@ -132,7 +137,8 @@ async def _queue_run(s: Services, task: Task, p: dict[str, Any], run: workflows.
     ref = RunRef(p["repo"], p["sha"], run.key, attempt)
     check_id = await checks.find_or_create_check(
         gh, p["installation"], p["repo"], p["sha"], run.check_name, decisions.external_id(run.key, attempt),
-        status="queued", output=report.check_output(_report_row(run, attempt, {})))
+        priority="create", status="queued", output=report.check_output(_report_row(run, attempt, {})))
+    await rs.count_write(ref)
     if not await rs.transition(ref, ("", "queued"), status="queued", check_run_id=check_id, queued_at=time.time()):
         await rs.update(ref, check_run_id=check_id)  # repeated after a cancel ended it: keep its state
     log.info("run queued", run=run.key, check=run.check_name, attempt=attempt)
@@ -216,7 +222,13 @@ async def start_job(task: Task, s: Services) -> list[Task]:
         fields: dict[str, Any] = {"status": "in_progress", "started_at": checks.iso(now)}
         if status.url and status.url.startswith(("http://", "https://")):
             fields["details_url"] = status.url
-        await checks.update_check(_gh(s), p["installation"], repo, int(p["check_run_id"]), **fields)
+        try:
+            await checks.update_check(_gh(s), p["installation"], repo, int(p["check_run_id"]), "progress",
+                                      defer=True, **fields)
+            await rs.count_write(ref)
+        except PaceDeferred:
+            # Results first: the conclusion will carry the details link; this update is skipped.
+            log.info("in_progress update skipped: the pacing budget is kept for results")
         if (await rs.get(ref)).get("conclusion"):
             # Concluded while our in_progress write was in flight: make sure the last write is the conclusion.
             await _report_completed(s, p, ref)
@@ -282,9 +294,15 @@ async def _report_completed(s: Services, p: dict[str, Any], ref: RunRef, tail: s
     run, _ = (await rs.runs(ref.repo, ref.sha))[ref.key]
     row = _report_row(run, ref.attempt, state, tail)
     check_id = int(state.get("check_run_id") or p["check_run_id"])
+    fields: dict[str, Any] = {}
+    if row.details_url and row.details_url.startswith(("http://", "https://")):
+        fields["details_url"] = row.details_url  # also when its in_progress update was skipped
     await checks.update_check(_gh(s), p["installation"], ref.repo, check_id, status="completed",
                               conclusion=row.conclusion, completed_at=checks.iso(time.time()),
-                              output=report.check_output(row))
+                              output=report.check_output(row), **fields)
+    writes = await rs.count_write(ref)
+    if not state.get("reported"):
+        metrics.RUN_WRITES.observe(writes)
     await rs.update(ref, reported=1)
 
 

@@ -147,6 +147,13 @@ class RunState:
             args += [k, "" if v is None else v]
         return bool(await self.r.eval(_TRANSITION, 1, self._run(ref), *args))
 
+    async def count_write(self, ref: RunRef) -> int:
+        """Count one check-run write for this run (for the writes-per-run metric); the total."""
+        async with self.r.pipeline(transaction=True) as p:
+            p.hincrby(self._run(ref), "writes", 1).expire(self._run(ref), TTL)
+            n, _ = await p.execute()
+        return int(n)
+
     async def conclude(self, ref: RunRef, conclusion: str, message: str, finished_at: float) -> tuple[str, str]:
         """Record the conclusion unless the run already has one (a cancel and a result racing:
         the first decides). Returns the conclusion and message in force."""
