@@ -118,7 +118,7 @@ async def upsert_comment(gh: GitHubApp, inst: int, repo: str, pr: int, body: str
     if comment_id:
         try:
             await gh.patch(f"{repo_path(repo)}/issues/comments/{comment_id}", inst, data={"body": body},
-                           priority="comment_edit", defer=True)
+                           priority="comment", defer=True)
             return comment_id
         except GitHubError as e:
             if e.status != 404:

@@ -54,9 +54,8 @@ PACE_PER_HOUR = 500
 CONTENT_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 # Results first (SPEC §5): the share of the pacing budget a write of each priority may fill. A
 # lower-priority write finds the window full earlier, so what is left stays free for the writes
-# above it: a run's conclusion, then check-run creation, then in_progress, then the PR comment
-# (created, then edited).
-PRIORITY_SHARE = {"conclusion": 1.0, "create": 0.9, "progress": 0.7, "comment": 0.5, "comment_edit": 0.25}
+# above it: a run's conclusion, then check-run creation, then in_progress, then the PR comment.
+PRIORITY_SHARE = {"conclusion": 1.0, "create": 0.9, "progress": 0.75, "comment": 0.5}
 
 # KEYS: the installation's window (sorted set, score = time of a call).
 # ARGV: now, now - 60, now - 3600 (computed by the client: Lua's tostring keeps too few digits for

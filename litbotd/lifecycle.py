@@ -35,6 +35,7 @@ ROUTING = ("delivery", "installation", "repo", "pr", "sha", "private")
 _machines: frozenset[str] | None = None
 COMMENT_DEBOUNCE = 1.0  # seconds
 COMMENT_CLAIM_TTL = 30.0  # seconds; renewed while held, so only a dead holder's claim lapses
+COMMENT_EDIT_INTERVAL = 10.0  # seconds between two edits of one PR's comment
 COMMENT_RETRY_MAX = 5.0  # seconds: how long a comment edit postponed for the pacing budget waits at most
 
 
@@ -102,8 +103,13 @@ async def comment(task: Task, s: Services) -> list[Task]:
     p = task.payload
     repo, pr, inst = p["repo"], p["pr"], p["installation"]
     rs = RunState(s.queue)
-    if _comment_version_due(await rs.pr(repo, pr)) is None:
+    info = await rs.pr(repo, pr)
+    if _comment_version_due(info) is None:
         return []
+    next_edit = float(info.get("commented_at") or 0) + COMMENT_EDIT_INTERVAL
+    if next_edit > time.time():
+        # Edits of one comment coalesce: at most one per interval, showing the latest state.
+        return [task.successor("comment", p, run_at=next_edit, key="coalesced")]
     claim = FencedLock(s.redis, s.queue.key("lock", "comment", f"{repo}#{pr}"), COMMENT_CLAIM_TTL)
     async with claim.held() as fence:
         if fence is None:
@@ -118,7 +124,8 @@ async def comment(task: Task, s: Services) -> list[Task]:
             except PaceDeferred as e:
                 # The budget is kept for results: show the then latest state when there is room.
                 return [task.successor("comment", p, run_at=time.time() + min(e.wait, COMMENT_RETRY_MAX), key="later")]
-            shown = {"commented": version, **({"comment_id": comment_id} if comment_id else {})}
+            shown = {"commented": version, "commented_at": time.time(),
+                     **({"comment_id": comment_id} if comment_id else {})}
             if not await claim.commit(fence, rs.pr_key(repo, pr), TTL, **shown):
                 log.warning("summary comment claim lost while writing; its new holder carries on")
                 return []
