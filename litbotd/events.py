@@ -19,6 +19,8 @@ LOGGED_EVENTS = ("installation", "installation_repositories")
 # `.`, `_`, `-` (at most 100), never `.` or `..`.
 SHA_RE = re.compile(r"[0-9a-f]{40}")
 FULL_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/(?!\.\.?$)[A-Za-z0-9._-]{1,100}")
+ZERO_SHA = "0" * 40
+BRANCH_PREFIX = "refs/heads/"
 
 
 class PayloadError(ValueError):
@@ -171,5 +173,39 @@ def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
             user=_get(payload, "comment.user.login", str),
             author_association=_get(payload, "comment.author_association", str),
         ), "command"
+
+    if event == "merge_group":
+        # The queue's commit is tested like a PR to its base branch; no PR, so no comment.
+        if action == "checks_requested":
+            return task(
+                "new_commit",
+                sha=_sha(payload, "merge_group.head_sha"),
+                branch=_get(payload, "merge_group.base_ref", str).removeprefix(BRANCH_PREFIX),
+                pr=None,
+                private=_get(payload, "repository.private", bool),
+            ), "merge_group checks_requested"
+        if action == "destroyed":
+            why = payload.get("reason") if isinstance(payload.get("reason"), str) else "destroyed"
+            return task(
+                "cancel",
+                sha=_sha(payload, "merge_group.head_sha"),
+                pr=None,
+                reason=f"the merge group was {why[:40]}",
+            ), "merge_group destroyed"
+        return [], f"merge_group action {action!r} is not handled"
+
+    if event == "push":
+        ref = _get(payload, "ref", str)
+        if not ref.startswith(BRANCH_PREFIX):
+            return [], "push of a tag or other ref, not a branch"
+        if payload.get("deleted") is True or payload.get("after") == ZERO_SHA:
+            return [], "push deleted the branch"
+        return task(
+            "new_commit",
+            sha=_sha(payload, "after"),
+            branch=ref.removeprefix(BRANCH_PREFIX),
+            pr=None,
+            private=_get(payload, "repository.private", bool),
+        ), "push"
 
     return [], f"event {event!r} is not handled"
