@@ -118,20 +118,22 @@ async def comment(task: Task, s: Services) -> list[Task]:
         if fence is None:
             log.info("summary comment being written by another worker; coming back after it")
             return [task.successor("comment", p, run_at=time.time() + COMMENT_DEBOUNCE, key="again")]
-        # Until what is shown is the latest: a change recorded while we wrote is written too.
-        while (version := _comment_version_due(info := await rs.pr(repo, pr))) is not None:
-            known = int(info["comment_id"]) if info.get("comment_id") else None
-            body = await _render_comment(rs, repo, pr, info.get("head"))
-            try:
-                comment_id = known if body is None else await checks.upsert_comment(_gh(s), inst, repo, pr, body, known)
-            except PaceDeferred as e:
-                # The budget is kept for results: show the then latest state when there is room.
-                return [task.successor("comment", p, run_at=time.time() + min(e.wait, COMMENT_RETRY_MAX), key="later")]
-            shown = {"commented": version, "commented_at": time.time(),
-                     **({"comment_id": comment_id} if comment_id else {})}
-            if not await claim.commit(fence, rs.pr_key(repo, pr), TTL, **shown):
-                log.warning("summary comment claim lost while writing; its new holder carries on")
-                return []
+        # Rendered under the claim: a change recorded after this read has its own comment task
+        # waiting (every change schedules one), which shows it next.
+        info = await rs.pr(repo, pr)
+        version = _comment_version_due(info)
+        if version is None:
+            return []
+        known = int(info["comment_id"]) if info.get("comment_id") else None
+        body = await _render_comment(rs, repo, pr, info.get("head"))
+        try:
+            comment_id = known if body is None else await checks.upsert_comment(_gh(s), inst, repo, pr, body, known)
+        except PaceDeferred as e:
+            # The budget is kept for results: show the then latest state when there is room.
+            return [task.successor("comment", p, run_at=time.time() + min(e.wait, COMMENT_RETRY_MAX), key="later")]
+        shown = {"commented": version, "commented_at": time.time(), **({"comment_id": comment_id} if comment_id else {})}
+        if not await claim.commit(fence, rs.pr_key(repo, pr), TTL, **shown):
+            log.warning("summary comment claim lost while writing; its new holder carries on")
     return []
 
 
