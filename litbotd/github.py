@@ -108,12 +108,14 @@ class Gone(Exception):
 
 
 class PaceDeferred(Exception):
-    """A low-priority write the caller asked not to wait for: the budget is spent for its priority.
-    `wait` is how long until it would fit. The caller skips it or comes back later."""
+    """A low-priority write the caller asked not to wait for: the pacing budget is spent for its
+    priority, or (`limited`) GitHub answered with a rate limit. `wait` is how long until it would
+    fit. The caller skips it or comes back later."""
 
-    def __init__(self, wait: float) -> None:
+    def __init__(self, wait: float, limited: bool = False) -> None:
         self.wait = wait
-        super().__init__(f"pacing budget spent for now (fits in {wait:.1f}s)")
+        self.limited = limited
+        super().__init__(f"{'rate limited' if limited else 'pacing budget spent'} for now (fits in {wait:.1f}s)")
 
 
 def _epoch(iso: str) -> float:
@@ -287,7 +289,8 @@ class GitHubApp:
         """One API call; `installation_id` None authenticates as the App (JWT). Returns
         (status, lower-cased headers, body): parsed JSON, else bytes for the raw media type,
         else text. Raises GitHubError for a status ≥ 400 once retries are spent. A content-creating
-        call is paced by `priority` (PRIORITY_SHARE); with `defer`, PaceDeferred instead of a wait."""
+        call is paced by `priority` (PRIORITY_SHARE); with `defer`, PaceDeferred instead of waiting
+        for the pacer or for a rate limit."""
         method = method.upper()
         url = self._url(path)
         where = urllib.parse.urlsplit(url).path  # for messages: never the query
@@ -332,6 +335,10 @@ class GitHubApp:
             if told is not None and limited + 1 < MAX_ATTEMPTS:
                 limited += 1
                 wait = min(told, MAX_WAIT)
+                if defer:  # a low-priority write does not sit out a rate limit (maybe under a claim)
+                    log.info("GitHub rate limit: low-priority write postponed", method=method, path=where,
+                             status=status, wait=round(wait, 2))
+                    raise PaceDeferred(wait, limited=True)
                 log.warning("GitHub rate limit, waiting", method=method, path=where, status=status,
                             wait=round(wait, 2), remaining=rheaders.get("x-ratelimit-remaining"))
                 await self._sleep(wait)

@@ -129,8 +129,9 @@ async def comment(task: Task, s: Services) -> list[Task]:
         try:
             comment_id = known if body is None else await checks.upsert_comment(_gh(s), inst, repo, pr, body, known)
         except PaceDeferred as e:
-            # The budget is kept for results: show the then latest state when there is room.
-            return [task.successor("comment", p, run_at=time.time() + min(e.wait, COMMENT_RETRY_MAX), key="later")]
+            # The budget is kept for results (or GitHub said wait): show the then latest state later.
+            delay = e.wait if e.limited else min(e.wait, COMMENT_RETRY_MAX)
+            return [task.successor("comment", p, run_at=time.time() + delay, key="later")]
         shown = {"commented": version, "commented_at": time.time(), **({"comment_id": comment_id} if comment_id else {})}
         if not await claim.commit(fence, rs.pr_key(repo, pr), TTL, **shown):
             log.warning("summary comment claim lost while writing; its new holder carries on")

@@ -287,6 +287,20 @@ async def test_pacing_keeps_the_budget_for_results(fake: FakeGitHub, make_app) -
     assert len(fake.statuses) == github.PACE_PER_MINUTE + 1
 
 
+async def test_a_deferrable_write_does_not_sit_out_a_rate_limit(fake: FakeGitHub, make_app) -> None:
+    """A comment write (defer=True) answered 429 + Retry-After is handed back to its caller at once,
+    with the wait GitHub asked for; a result write waits and retries as before."""
+    clock = Clock()
+    app = make_app(clock)
+    fake.inject("POST", r"/issues/1/comments$", 429, headers={"Retry-After": "42"})
+    with pytest.raises(github.PaceDeferred) as e:
+        await app.post(f"/repos/{REPO}/issues/1/comments", 1, data={"body": "x"}, priority="comment", defer=True)
+    assert (e.value.wait, e.value.limited, clock.sleeps) == (42.0, True, [])
+    fake.inject("POST", r"/issues/1/comments$", 429, headers={"Retry-After": "42"})
+    await app.post(f"/repos/{REPO}/issues/1/comments", 1, data={"body": "y"})
+    assert clock.sleeps == [42.0] and [c["body"] for c in fake.comments] == ["y"]
+
+
 # -- secrets ----------------------------------------------------------------------------------------
 async def test_no_token_jwt_or_key_in_errors_or_logs(fake: FakeGitHub, make_app, caplog: pytest.LogCaptureFixture,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
