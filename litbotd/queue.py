@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
 import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.sentinel import Sentinel
 
 from .tasks import Task, TaskFormatError
 
@@ -95,12 +98,39 @@ return 1
 """
 
 
-def connect(url: str) -> aioredis.Redis:
-    """One client per process; redis-py pools the connections (each blocked BLMOVE holds one)."""
-    return aioredis.Redis.from_url(
-        url, decode_responses=True, socket_connect_timeout=5, socket_keepalive=True,
-        health_check_interval=30,
-    )
+# The one answer to "is Redis unavailable right now?" for every loop, worker and command: any error
+# Redis can give — a dropped connection, a timeout, and the server's own refusals during trouble
+# (OOM at maxmemory, READONLY while a replica is promoted, LOADING, MASTERDOWN, BUSY) — is an
+# outage to wait out, never a reason for a worker or loop to end.
+REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
+
+
+def connect(url: str, sentinels: Sequence[str] = (), master: str = "mymaster") -> aioredis.Redis:
+    """One client per process; redis-py pools the connections (each blocked BLMOVE holds one).
+    With `sentinels`, every new connection asks Sentinel for the current primary, and a connection
+    to a demoted primary is dropped (redis-py turns its READONLY into a ConnectionError), so the
+    next attempt follows a failover. url's username, password and db still apply."""
+    opts: dict[str, Any] = dict(decode_responses=True, socket_connect_timeout=5, socket_keepalive=True,
+                                health_check_interval=30)
+    if not sentinels:
+        return aioredis.Redis.from_url(url, **opts)
+    u = urllib.parse.urlsplit(url)
+    db = u.path.strip("/")
+    auth = {"username": urllib.parse.unquote(u.username) if u.username else None,
+            "password": urllib.parse.unquote(u.password) if u.password else None}
+    nodes = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in sentinels)]
+    sentinel = Sentinel(nodes, sentinel_kwargs={"socket_connect_timeout": 2, "socket_timeout": 2}, **opts)
+    return sentinel.master_for(master, db=int(db) if db.isdigit() else 0, **auth, **opts)
+
+
+def connect_config(rcfg: Any) -> aioredis.Redis:
+    """connect() for a [redis] section (config.RedisConfig)."""
+    return connect(rcfg.url, rcfg.sentinels, rcfg.sentinel_master)
+
+
+def queue_config(redis: aioredis.Redis, rcfg: Any) -> "Queue":
+    """The Queue for a [redis] section: with Sentinel, deliveries wait for one replica."""
+    return Queue(redis, rcfg.queue, ack_replicas=1 if rcfg.sentinels else 0)
 
 
 @dataclass(frozen=True)
@@ -114,10 +144,17 @@ class WorkerInfo:
     processing: int
 
 
+class NotReplicated(redis.exceptions.RedisError):
+    """No replica confirmed a write in time (Sentinel setups): it must not be acknowledged."""
+
+
 class Queue:
-    def __init__(self, redis: aioredis.Redis, name: str = "bot_queue") -> None:
+    def __init__(self, redis: aioredis.Redis, name: str = "bot_queue", ack_replicas: int = 0) -> None:
         self.redis = redis
         self.name = name
+        # With Sentinel: a delivery is acknowledged only once this many replicas hold it, so a
+        # failover (asynchronous replication) cannot drop a webhook GitHub was told we have.
+        self.ack_replicas = ack_replicas
         self.delayed = f"{name}:delayed"
         self.dead = f"{name}:dead"
         self.workers = f"{name}:workers"
@@ -160,8 +197,18 @@ class Queue:
     async def enqueue_delivery(self, delivery_id: str, tasks: Sequence[Task], ttl: int = DELIVERY_TTL) -> bool:
         """Claim a webhook delivery id and queue its tasks atomically; False if it was seen before."""
         now_raw, later = self._split(tasks, time.time())
-        ok = await self._claim(keys=[self.key("delivery", delivery_id), self.name, self.delayed],
-                               args=[ttl, len(now_raw), *now_raw, len(later) // 2, *later])
+        keys = [self.key("delivery", delivery_id), self.name, self.delayed]
+        args = [ttl, len(now_raw), *now_raw, len(later) // 2, *later]
+        if not self.ack_replicas:
+            return bool(await self._claim(keys=keys, args=args))
+        # WAIT counts the replicas that have this connection's writes: one pipeline, one connection.
+        async with self.redis.pipeline(transaction=False) as p:
+            await self._claim(keys=keys, args=args, client=p)
+            p.wait(self.ack_replicas, 1000)
+            ok, acked = await p.execute()
+        if ok and acked < self.ack_replicas:
+            # Kept on the primary all the same: a redelivery finds it claimed and answers 200.
+            raise NotReplicated("no replica confirmed the delivery within 1s (redis.sentinels is set)")
         return bool(ok)
 
     async def delivery_seen(self, delivery_id: str) -> bool:

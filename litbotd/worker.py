@@ -13,7 +13,7 @@ from typing import Awaitable, Callable, Sequence
 import redis.exceptions
 
 from . import logs, metrics
-from .queue import Queue
+from .queue import REDIS_UNAVAILABLE, Queue
 from .services import Services
 from .tasks import Task, TaskFormatError, backoff
 
@@ -21,7 +21,11 @@ log = logs.get("litbotd.worker")
 
 Handler = Callable[[Task, Services], Awaitable[Sequence[Task] | None]]
 DeadHook = Callable[[Task, Services], Awaitable[None]]
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, OSError)
+REDIS_DOWN = REDIS_UNAVAILABLE  # the one classification lives in queue.py
+
+
+class TaskTimeout(Exception):
+    """The handler ran longer than workers.task_timeout and was cancelled."""
 
 
 class Permanent(Exception):
@@ -43,6 +47,7 @@ class Worker:
         self.registry = registry
         self.task: Task | None = None
         self.since: float | None = None
+        self.recheck = True  # look in our processing list before the next take (start, failover)
         self._stop = asyncio.Event()
 
     @property
@@ -62,16 +67,17 @@ class Worker:
         # and nothing can land in a processing list after the sweep emptied it.
         block = min(2.0, cfg.lease_timeout / 2)
         failures = 0
+        self.recheck = True  # a restarted worker may find the task it was doing when it failed
         leftovers: list[str] = []
         while not self._stop.is_set():
             try:
-                if failures:
+                if failures or self.recheck:
                     # A BLMOVE whose reply was lost (connection dropped, Redis restarted) may have
                     # moved a task into our processing list all the same. Between tasks that list
                     # is empty, and no sweep takes it while our lease lives: do what is there.
                     leftovers = await self.queue.redis.lrange(self.queue.processing(self.id), 0, -1)
                 raw = None if leftovers else await self.queue.take(self.id, block)
-            except REDIS_DOWN as e:
+            except REDIS_UNAVAILABLE as e:
                 failures += 1
                 delay = min(5.0, 0.1 * 2 ** failures)
                 if failures in (1, 5) or failures % 50 == 0:
@@ -79,7 +85,7 @@ class Worker:
                                 retry_in=f"{delay:.1f}s")
                 await self._pause(delay)
                 continue
-            failures = 0
+            failures, self.recheck = 0, False
             while leftovers:  # oldest (rightmost) first
                 await self.process(leftovers.pop())
             if raw is not None:
@@ -113,7 +119,7 @@ class Worker:
         try:
             if handler is None:
                 raise Permanent(f"no handler for task kind {task.kind!r}")
-            successors = await handler(task, self.services) or []
+            successors = await self._call(handler, task, cfg.task_timeout)
             return successors, None, "done"
         except asyncio.CancelledError:
             raise  # shutdown past its grace: the task stays in the processing list
@@ -133,6 +139,17 @@ class Worker:
         finally:
             metrics.TASK_SECONDS.labels(task.kind).observe(time.monotonic() - started)
 
+    async def _call(self, handler: Handler, task: Task, limit: float) -> Sequence[Task]:
+        """The handler, cancelled after `limit` seconds (workers.task_timeout): a hung GitHub call
+        or backend must not hold a worker slot forever under a lease that looks alive."""
+        try:
+            async with asyncio.timeout(limit) as cm:
+                return await handler(task, self.services) or []
+        except TimeoutError:
+            if cm.expired():
+                raise TaskTimeout(f"ran longer than workers.task_timeout ({limit:g}s) and was cancelled") from None
+            raise
+
     async def _on_dead(self, task: Task) -> None:
         if self.registry.on_dead is None:
             return
@@ -149,7 +166,7 @@ class Worker:
             try:
                 kept = await self.queue.finish(self.id, raw, successors, dead)
                 break
-            except REDIS_DOWN:
+            except REDIS_UNAVAILABLE:
                 log.warning("redis unreachable while finishing a task, retrying", retry_in=f"{delay:.1f}s")
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
