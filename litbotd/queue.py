@@ -22,17 +22,25 @@ from .tasks import Task, TaskFormatError
 
 DELIVERY_TTL = 7 * 24 * 3600
 
-# KEYS: processing, main, delayed, dead. ARGV: raw, n_now, now..., n_later, (score, raw)..., dead_raw|"".
-# Returns 0 when the task is no longer in the processing list (it was swept from a worker whose
-# lease expired and runs elsewhere): its successors are then dropped, not duplicated.
-_FINISH = """
-if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end
-local i = 3
-for _ = 1, tonumber(ARGV[2]) do redis.call('LPUSH', KEYS[2], ARGV[i]); i = i + 1 end
-local m = tonumber(ARGV[i]); i = i + 1
-for _ = 1, m do redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
-if ARGV[i] ~= '' then redis.call('LPUSH', KEYS[4], ARGV[i]) end
-return 1
+# KEYS: processing, main, delayed, dead. ARGV: take ("1" or ""), raw, n_now, now..., n_later,
+# (score, raw)..., dead_raw|"".
+# Finish a task: remove it from the processing list and enqueue what follows it. When it is no
+# longer there (swept from a worker whose lease expired, it runs elsewhere) its successors are
+# dropped, not duplicated. Then, with take, move the next task into the processing list as BLMOVE
+# would: a busy worker pays one round trip per task and blocks only when the queue is empty.
+# Returns {kept 0|1, next raw or false}.
+_FINISH_TAKE = """
+local kept = 0
+if redis.call('LREM', KEYS[1], -1, ARGV[2]) == 1 then
+  kept = 1
+  local i = 4
+  for _ = 1, tonumber(ARGV[3]) do redis.call('LPUSH', KEYS[2], ARGV[i]); i = i + 1 end
+  local m = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, m do redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
+  if ARGV[i] ~= '' then redis.call('LPUSH', KEYS[4], ARGV[i]) end
+end
+if ARGV[1] == '' then return {kept, false} end
+return {kept, redis.call('LMOVE', KEYS[2], KEYS[1], 'RIGHT', 'LEFT')}
 """
 
 # KEYS: main, delayed. ARGV: n_now, now..., n_later, (score, raw)...
@@ -121,7 +129,7 @@ class Queue:
         self.delayed = f"{name}:delayed"
         self.dead = f"{name}:dead"
         self.workers = f"{name}:workers"
-        self._finish = redis.register_script(_FINISH)
+        self._finish_take = redis.register_script(_FINISH_TAKE)
         self._push = redis.register_script(_PUSH)
         self._claim = redis.register_script(_CLAIM_AND_PUSH)
         self._promote = redis.register_script(_PROMOTE)
@@ -168,19 +176,29 @@ class Queue:
         return bool(await self.redis.exists(self.key("delivery", delivery_id)))
 
     # -- consuming ------------------------------------------------------------------------------
-    async def take(self, wid: str, timeout: float) -> str | None:
-        """Block up to `timeout` seconds for a task; it moves into the worker's processing list."""
-        return await self.redis.blmove(self.name, self.processing(wid), timeout, "RIGHT", "LEFT")
+    async def take(self, wid: str, timeout: float, client: aioredis.Redis | None = None) -> str | None:
+        """Block up to `timeout` seconds for a task; it moves into the worker's processing list.
+        `client`: a worker's own connection (Redis.client()), so a blocked take holds no pooled one."""
+        return await (client or self.redis).blmove(self.name, self.processing(wid), timeout, "RIGHT", "LEFT")
 
     async def finish(self, wid: str, raw: str, successors: Sequence[Task] = (), dead: Task | None = None) -> bool:
         """Remove a taken task and enqueue what follows it (successors, a retry, or a dead letter)
         in one atomic step. False when the task had been swept away from this worker."""
+        kept, _ = await self.finish_and_take(wid, raw, successors, dead, take=False)
+        return kept
+
+    async def finish_and_take(self, wid: str, raw: str, successors: Sequence[Task] = (), dead: Task | None = None,
+                              *, take: bool = True, client: aioredis.Redis | None = None) -> tuple[bool, str | None]:
+        """`finish`, and with `take` the next waiting task moved into the processing list, in one
+        script call. Returns (kept, next raw task or None when the queue was empty)."""
         now_raw, later = self._split(successors, time.time())
-        ok = await self._finish(
+        kept, nxt = await self._finish_take(
             keys=[self.processing(wid), self.name, self.delayed, self.dead],
-            args=[raw, len(now_raw), *now_raw, len(later) // 2, *later, dead.to_json() if dead else ""],
+            args=["1" if take else "", raw, len(now_raw), *now_raw, len(later) // 2, *later,
+                  dead.to_json() if dead else ""],
+            client=client,
         )
-        return bool(ok)
+        return bool(kept), nxt or None
 
     async def promote_due(self, now: float | None = None, limit: int = 500) -> tuple[int, float | None]:
         """Move due delayed tasks onto the main list. Returns (moved, next due time or None)."""

@@ -73,7 +73,7 @@ def _parse(body: bytes, content_type: str) -> Any:
 def _answer(label: str, outcome: str, status: int, body: dict[str, Any], fields: dict[str, Any],
             started: float, *, level: str = "info", **extra: Any) -> web.Response:
     """The one metric and the one log line of every webhook request, then its response."""
-    metrics.WEBHOOKS.labels(label, outcome).inc()
+    metrics.webhooks(label, outcome).inc()
     # Never the body: only what identifies the delivery (SPEC §8).
     getattr(log, level)("webhook", **{k: v for k, v in fields.items() if v is not None}, outcome=outcome,
                         status=status, ms=round((time.perf_counter() - started) * 1000, 1), **extra)

@@ -1,7 +1,8 @@
 """The worker loop: take a task, run its handler, finish it with its successors (SPEC §6).
 
-Read it top to bottom: `Worker.run` takes, `Worker.process` decides, `Queue.finish` commits the
-outcome (successors, a delayed retry or a dead letter) in one atomic step.
+Read it top to bottom: `Worker.run` takes, `Worker.process` decides, `Queue.finish_and_take` commits
+the outcome (successors, a delayed retry or a dead letter) in one atomic step and, in the same
+round trip, takes the next waiting task; the worker blocks in BLMOVE only when the queue is empty.
 """
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ class Worker:
         self.task: Task | None = None
         self.since: float | None = None
         self._stop = asyncio.Event()
+        # True while a finish's reply may have been lost: it may have moved a task into our
+        # processing list that we never saw, so the loop reads the list before taking again.
+        self._recheck = True
+        self._conn: redis.asyncio.Redis | None = None  # this worker's own connection
 
     @property
     def queue(self) -> Queue:
@@ -63,27 +68,36 @@ class Worker:
         block = min(2.0, cfg.lease_timeout / 2)
         failures = 0
         leftovers: list[str] = []
-        while not self._stop.is_set():
-            try:
-                if failures:
-                    # A BLMOVE whose reply was lost (connection dropped, Redis restarted) may have
-                    # moved a task into our processing list all the same. Between tasks that list
-                    # is empty, and no sweep takes it while our lease lives: do what is there.
-                    leftovers = await self.queue.redis.lrange(self.queue.processing(self.id), 0, -1)
-                raw = None if leftovers else await self.queue.take(self.id, block)
-            except REDIS_DOWN as e:
-                failures += 1
-                delay = min(5.0, 0.1 * 2 ** failures)
-                if failures in (1, 5) or failures % 50 == 0:
-                    log.warning("redis unreachable, retrying", worker=self.id, error=type(e).__name__,
-                                retry_in=f"{delay:.1f}s")
-                await self._pause(delay)
-                continue
-            failures = 0
-            while leftovers:  # oldest (rightmost) first
-                await self.process(leftovers.pop())
-            if raw is not None:
-                await self.process(raw)
+        # A connection of its own for the blocking take and the finish: no pool checkout per
+        # command, and a blocked BLMOVE never holds one of the shared pool's.
+        self._conn = conn = self.queue.redis.client()
+        try:
+            while not self._stop.is_set():
+                try:
+                    if failures or self._recheck:
+                        # A BLMOVE or finish whose reply was lost (connection dropped, Redis
+                        # restarted) may have moved a task into our processing list all the same.
+                        # Between tasks that list is empty, and no sweep takes it while our lease
+                        # lives: do what is there.
+                        leftovers = await conn.lrange(self.queue.processing(self.id), 0, -1)
+                        self._recheck = False
+                    raw = None if leftovers else await self.queue.take(self.id, block, client=conn)
+                except REDIS_DOWN as e:
+                    failures += 1
+                    delay = min(5.0, 0.1 * 2 ** failures)
+                    if failures in (1, 5) or failures % 50 == 0:
+                        log.warning("redis unreachable, retrying", worker=self.id, error=type(e).__name__,
+                                    retry_in=f"{delay:.1f}s")
+                    await self._pause(delay)
+                    continue
+                failures = 0
+                while leftovers:  # oldest (rightmost) first
+                    await self.process(leftovers.pop(), take_next=False)
+                while raw is not None:  # each finish hands over the next task while one is waiting
+                    raw = await self.process(raw)
+        finally:
+            self._conn = None
+            await conn.aclose()
 
     async def _pause(self, seconds: float) -> None:
         try:
@@ -91,18 +105,20 @@ class Worker:
         except asyncio.TimeoutError:
             pass
 
-    async def process(self, raw: str) -> None:
+    async def process(self, raw: str, take_next: bool = True) -> str | None:
+        """Run one taken task and commit its outcome; returns the next task, already moved into
+        our processing list by the same finish, or None (queue empty, stopping, or not take_next)."""
         try:
             task = Task.from_json(raw)
         except TaskFormatError as e:
             log.error("malformed task sent to the dead letter", worker=self.id, error=str(e))
-            await self._finish(raw, [], Task(kind="malformed", payload={"raw": raw[:4096]}, error=str(e)), "dead", "?")
-            return
+            return await self._finish(raw, [], Task(kind="malformed", payload={"raw": raw[:4096]}, error=str(e)),
+                                      "dead", "?", take_next)
         self.task, self.since = task, time.time()
         try:
             with logs.context(**task.context()):
                 successors, dead, outcome = await self._handle(task)
-                await self._finish(raw, successors, dead, outcome, task.kind)
+                return await self._finish(raw, successors, dead, outcome, task.kind, take_next)
         finally:
             self.task, self.since = None, None
 
@@ -131,7 +147,7 @@ class Worker:
                 log.exception("first failure of this task")
             return [replace(failed, run_at=time.time() + delay)], None, "retry"
         finally:
-            metrics.TASK_SECONDS.labels(task.kind).observe(time.monotonic() - started)
+            metrics.task_seconds(task.kind).observe(time.monotonic() - started)
 
     async def _on_dead(self, task: Task) -> None:
         if self.registry.on_dead is None:
@@ -141,15 +157,23 @@ class Worker:
         except Exception as e:  # reporting is best effort; the dead letter keeps the task
             log.error("could not report the dead task", error=logs.redact(f"{type(e).__name__}: {e}"))
 
-    async def _finish(self, raw: str, successors: Sequence[Task], dead: Task | None, outcome: str, kind: str) -> None:
-        """Commit the outcome. Redis may be down right now: keep trying, the task is safe meanwhile
-        in the processing list, and a finish whose reply was lost is harmless to repeat."""
+    async def _finish(self, raw: str, successors: Sequence[Task], dead: Task | None, outcome: str, kind: str,
+                      take_next: bool) -> str | None:
+        """Commit the outcome, and take the next task in the same step unless stopping. Redis may be
+        down right now: keep trying, the task is safe meanwhile in the processing list, and a finish
+        whose reply was lost is harmless to repeat. Such a retry takes nothing: the lost reply may
+        have moved a task into our processing list, which the loop then reads (_recheck)."""
         delay = 0.1
+        take = take_next and not self._stop.is_set() and not self.services.draining
+        lost_reply, self._recheck = False, True  # until a reply is in
         while True:
             try:
-                kept = await self.queue.finish(self.id, raw, successors, dead)
+                kept, nxt = await self.queue.finish_and_take(self.id, raw, successors, dead,
+                                                             take=take and not lost_reply, client=self._conn)
+                self._recheck = lost_reply
                 break
             except REDIS_DOWN:
+                lost_reply = True
                 log.warning("redis unreachable while finishing a task, retrying", retry_in=f"{delay:.1f}s")
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
@@ -158,4 +182,5 @@ class Worker:
             # elsewhere, so its successors are dropped here rather than duplicated.
             log.warning("task was requeued while it ran (lease lost); dropping its successors")
             outcome = "lost"
-        metrics.TASKS.labels(kind, outcome).inc()
+        metrics.tasks(kind, outcome).inc()
+        return nxt

@@ -116,6 +116,23 @@ async def test_enqueue_take_finish_fifo_and_successors(q):
     assert order == [{"i": 1}, {"i": 2}, {"i": 3}, {"i": 4}, {"run": "r"}]
 
 
+async def test_finish_and_take_hands_over_the_next_task_in_the_same_step(q):
+    a, b = Task(kind="k", payload={"i": 0}), Task(kind="k", payload={"i": 1})
+    await q.enqueue(a, b)
+    raw = await q.take("w1", 0.1)
+    succ = Task.from_json(raw).successor("results", {"run": "r"}, key="r")
+    kept, nxt = await q.finish_and_take("w1", raw, [succ])
+    assert kept is True and Task.from_json(nxt).id == b.id
+    # the next task sits in the processing list (as BLMOVE would leave it), the successor queued
+    assert await q.redis.lrange(q.processing("w1"), 0, -1) == [nxt]
+    assert [Task.from_json(x).id for x in await q.redis.lrange("bot_queue", 0, -1)] == [succ.id]
+    kept, nxt2 = await q.finish_and_take("w1", nxt, take=False)  # stopping: takes nothing
+    assert (kept, nxt2) == (True, None) and await q.redis.llen("bot_queue") == 1
+    raw = await q.take("w1", 0.1)
+    assert await q.finish_and_take("w1", raw) == (True, None)  # queue empty
+    assert await q.redis.llen(q.processing("w1")) == 0
+
+
 async def test_finish_of_a_task_no_longer_held_pushes_nothing(q):
     await q.enqueue(Task(kind="k"))
     raw = await q.take("w1", 0.1)

@@ -277,10 +277,12 @@ async def _gone(r, key):
 # a lost reply -------------------------------------------------------------------------------------
 class DropFirstBulkReply:
     """A TCP proxy in front of Redis that closes the connection instead of forwarding the first
-    non-nil bulk reply (a BLMOVE that moved a task): Redis did the move, the client never hears."""
+    reply that `drop` matches (default: a non-nil bulk reply, a BLMOVE that moved a task): Redis did
+    the work, the client never hears."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, drop=lambda data: data.startswith(b"$") and not data.startswith(b"$-1")) -> None:
         self.port = port
+        self.drop = drop
         self.dropped = 0
         self.server: asyncio.base_events.Server | None = None
 
@@ -304,7 +306,7 @@ class DropFirstBulkReply:
         async def down():
             try:
                 while data := await sr.read(65536):
-                    if not self.dropped and data.startswith(b"$") and not data.startswith(b"$-1"):
+                    if not self.dropped and self.drop(data):
                         self.dropped += 1
                         break
                     cw.write(data)
@@ -337,6 +339,28 @@ async def test_a_task_whose_take_reply_was_lost_is_still_done(aredis, redis_serv
         await via_proxy.aclose()
         await proxy.close()
     assert await aredis.lrange("test:done", 0, -1) == [t.id]
+    assert await aredis.llen("bot_queue:processing:w0") == 0
+
+
+async def test_a_task_taken_by_a_finish_whose_reply_was_lost_is_still_done(aredis, redis_server):
+    # The finish of the first task also takes the second (one round trip); its reply is lost. The
+    # second task sits in the live worker's processing list: the worker must find it there.
+    proxy = DropFirstBulkReply(redis_server.port, drop=lambda data: data.startswith(b"*2\r\n:1\r\n$")
+                               and b'"kind":"count"' in data)
+    port = await proxy.start()
+    via_proxy = connect(f"redis://127.0.0.1:{port}/0")
+    s = make_services(via_proxy, lease_timeout=2.0)
+    first, second = Task(kind="count"), Task(kind="count")
+    await Queue(aredis).enqueue(first, second)
+    try:
+        async with Pool(s, counting_registry(), 1):
+            await until(lambda: _dropped(proxy), 5, "the proxy to drop the finish-and-take reply")
+            await until(lambda: _llen_at_least(aredis, "test:done", 2), 8,
+                        "the task taken by the finish whose reply was lost")
+    finally:
+        await via_proxy.aclose()
+        await proxy.close()
+    assert sorted(await aredis.lrange("test:done", 0, -1)) == sorted([first.id, second.id])
     assert await aredis.llen("bot_queue:processing:w0") == 0
 
 
