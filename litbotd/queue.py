@@ -11,6 +11,7 @@ Keys, with `q` = the configured queue name (default "bot_queue"):
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, replace
@@ -52,16 +53,30 @@ for _ = 1, m do redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
 return 1
 """
 
-# KEYS: delivery, main, delayed. ARGV: ttl, then as _PUSH. The claim and the push are one step,
-# so a crash can neither queue a delivery twice nor claim it without queueing it.
+# KEYS: main, delayed, then one delivery key per delivery. ARGV: per delivery: ttl, n_now, now...,
+# n_later, (score, raw)... Returns one 1 (claimed and queued) or 0 (seen before) per delivery. A
+# claim and its push are one step, so a crash can neither queue a delivery twice nor claim it
+# without queueing it; one call carries every delivery that arrived meanwhile (group commit).
 _CLAIM_AND_PUSH = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-local i = 3
-for _ = 1, tonumber(ARGV[2]) do redis.call('LPUSH', KEYS[2], ARGV[i]); i = i + 1 end
-local m = tonumber(ARGV[i]); i = i + 1
-for _ = 1, m do redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
-return 1
+local out = {}
+local i = 1
+for d = 3, #KEYS do
+  local fresh = redis.call('SET', KEYS[d], '1', 'NX', 'EX', ARGV[i])
+  local n = tonumber(ARGV[i + 1]); i = i + 2
+  if fresh then
+    for j = i, i + n - 1 do redis.call('LPUSH', KEYS[1], ARGV[j]) end
+  end
+  i = i + n
+  local m = tonumber(ARGV[i]); i = i + 1
+  if fresh then
+    for j = i, i + 2 * m - 1, 2 do redis.call('ZADD', KEYS[2], ARGV[j], ARGV[j + 1]) end
+  end
+  i = i + 2 * m
+  out[#out + 1] = fresh and 1 or 0
+end
+return out
 """
+CLAIM_BATCH = 200  # deliveries per script call at most
 
 # KEYS: delayed, main. ARGV: now, limit. Returns {moved, next due score or -1}.
 _PROMOTE = """
@@ -135,6 +150,8 @@ class Queue:
         self._promote = redis.register_script(_PROMOTE)
         self._recover = redis.register_script(_RECOVER)
         self._move_one = redis.register_script(_MOVE_ONE)
+        self._claims: list[tuple[str, Sequence[Task], int, asyncio.Future[bool]]] = []
+        self._claimer: asyncio.Task | None = None
 
     def key(self, *parts: str) -> str:
         """Every key of litbotd's starts with the queue name (one Cluster slot with a hash tag)."""
@@ -166,11 +183,39 @@ class Queue:
                          args=[len(now_raw), *now_raw, len(later) // 2, *later])
 
     async def enqueue_delivery(self, delivery_id: str, tasks: Sequence[Task], ttl: int = DELIVERY_TTL) -> bool:
-        """Claim a webhook delivery id and queue its tasks atomically; False if it was seen before."""
-        now_raw, later = self._split(tasks, time.time())
-        ok = await self._claim(keys=[self.key("delivery", delivery_id), self.name, self.delayed],
-                               args=[ttl, len(now_raw), *now_raw, len(later) // 2, *later])
-        return bool(ok)
+        """Claim a webhook delivery id and queue its tasks atomically; False if it was seen before.
+        Concurrent calls share one script call: the first sends at once, and those that come while
+        it is under way go together in the next (a burst of webhooks costs a round trip per batch,
+        not per delivery; a lone one waits for nothing)."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._claims.append((delivery_id, tasks, ttl, fut))
+        if self._claimer is None:
+            self._claimer = asyncio.create_task(self._claim_batches())
+        return await fut
+
+    async def _claim_batches(self) -> None:
+        try:
+            while self._claims:
+                batch, self._claims = self._claims[:CLAIM_BATCH], self._claims[CLAIM_BATCH:]
+                keys, args, now = [self.name, self.delayed], [], time.time()
+                for delivery_id, tasks, ttl, _ in batch:
+                    now_raw, later = self._split(tasks, now)
+                    keys.append(self.key("delivery", delivery_id))
+                    args += [ttl, len(now_raw), *now_raw, len(later) // 2, *later]
+                try:
+                    fresh = await self._claim(keys=keys, args=args)
+                except BaseException as e:  # every caller of the batch sees the error (503)
+                    for *_, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    if isinstance(e, asyncio.CancelledError):
+                        raise
+                    continue
+                for (*_, fut), ok in zip(batch, fresh):
+                    if not fut.done():  # a caller that gave up (timeout) is not told
+                        fut.set_result(bool(ok))
+        finally:
+            self._claimer = None
 
     async def delivery_seen(self, delivery_id: str) -> bool:
         return bool(await self.redis.exists(self.key("delivery", delivery_id)))

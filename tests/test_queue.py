@@ -5,6 +5,7 @@ test_queue_redis.py and test_daemon_recovery.py; here only what fakeredis models
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
@@ -177,6 +178,26 @@ async def test_delivery_claim_is_once(q):
     assert await q.delivery_seen("d-1") and not await q.delivery_seen("d-2")
     assert await q.redis.llen("bot_queue") == 1
     assert 0 < await q.redis.ttl(q.key("delivery", "d-1")) <= 7 * 24 * 3600
+
+
+async def test_concurrent_delivery_claims_share_script_calls_and_each_is_claimed_once(q, monkeypatch):
+    calls = []
+    real = q._claim
+
+    async def counted(**kw):
+        calls.append(len(kw["keys"]) - 2)
+        return await real(**kw)
+
+    monkeypatch.setattr(q, "_claim", counted)
+    ids = [f"d-{i % 40}" for i in range(50)]  # ten repeats of a delivery within the burst
+    later = time.time() + 3600
+    results = await asyncio.gather(*[
+        q.enqueue_delivery(d, [Task(kind="new_event", payload={"d": d}), Task(kind="poll", run_at=later)])
+        for d in ids])
+    assert results == [True] * 40 + [False] * 10
+    assert sum(calls) == 50 and len(calls) < 50  # batched: fewer calls than deliveries
+    assert await q.depths() == {"queued": 40, "delayed": 40, "dead": 0}
+    assert sorted(Task.from_json(x).payload["d"] for x in await q.redis.lrange("bot_queue", 0, -1)) == sorted(set(ids))
 
 
 async def test_sweep_takes_only_expired_workers_and_recover_is_unconditional(q):

@@ -162,6 +162,22 @@ async def test_one_log_line_per_request_names_the_delivery(
         "outcome": "queued", "status": 202}
 
 
+async def test_under_load_delivery_lines_go_to_debug_and_one_line_a_second_counts_them(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from litbotd.webhook import _Lines
+    now = [100.2]
+    lines = _Lines(limit=3, clock=lambda: now[0])
+    levels = [lines.level("queued") for _ in range(5)] + [lines.level("duplicate")]
+    assert levels == ["info"] * 3 + ["debug"] * 3
+    now[0] = 101.0  # a new second: info again
+    assert lines.level("queued") == "info"
+    with caplog.at_level(logging.INFO, logger="litbotd.webhook"):
+        lines.flush()  # what the loop calls a second after the first quieted line
+    [rec] = [r for r in caplog.records if r.name == "litbotd.webhook"]
+    assert rec.levelno == logging.INFO and rec.kv == {"queued": 2, "duplicate": 1}
+    assert not lines.quieted
+
+
 async def test_oversized_content_length_is_413_without_reading_the_body(intake: Intake) -> None:
     """Only headers and a few bytes of a 'huge' body are sent: a server that tried to read the
     body would wait for the rest instead of answering."""
