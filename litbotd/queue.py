@@ -76,7 +76,9 @@ for d = 3, #KEYS do
 end
 return out
 """
-CLAIM_BATCH = 200  # deliveries per script call at most
+CLAIM_BATCH = 200    # deliveries per script call at most
+CLAIM_TIMEOUT = 2.0  # a batch of claims waits no longer for Redis: the webhooks answer 503 (GitHub
+                     # records the failure), one waiting behind a batch under way within twice this
 
 # KEYS: delayed, main. ARGV: now, limit. Returns {moved, next due score or -1}.
 _PROMOTE = """
@@ -186,7 +188,8 @@ class Queue:
         """Claim a webhook delivery id and queue its tasks atomically; False if it was seen before.
         Concurrent calls share one script call: the first sends at once, and those that come while
         it is under way go together in the next (a burst of webhooks costs a round trip per batch,
-        not per delivery; a lone one waits for nothing)."""
+        not per delivery; a lone one waits for nothing). A Redis that does not answer within
+        CLAIM_TIMEOUT raises TimeoutError."""
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._claims.append((delivery_id, tasks, ttl, fut))
         if self._claimer is None:
@@ -203,7 +206,8 @@ class Queue:
                     keys.append(self.key("delivery", delivery_id))
                     args += [ttl, len(now_raw), *now_raw, len(later) // 2, *later]
                 try:
-                    fresh = await self._claim(keys=keys, args=args)
+                    async with asyncio.timeout(CLAIM_TIMEOUT):
+                        fresh = await self._claim(keys=keys, args=args)
                 except BaseException as e:  # every caller of the batch sees the error (503)
                     for *_, fut in batch:
                         if not fut.done():

@@ -25,7 +25,6 @@ from .services import Services
 
 log = logs.get(__name__)
 
-REDIS_TIMEOUT = 2.0          # a webhook waits no longer for Redis before answering 503
 HEALTH_TIMEOUT = 1.0
 JSON_TYPES = ("application/json", "application/x-www-form-urlencoded")
 MAX_DELIVERY_ID = 128        # GitHub's are 36-character UUIDs; the id becomes part of a Redis key
@@ -188,9 +187,8 @@ def make_app(services: Services) -> web.Application:
                 loud = reason == "logged" or "no installation" in reason
                 return _answer(label, "ignored", 200, {"delivery": delivery, "ignored": reason}, fields, started,
                                reason=reason, level=lines.level("ignored") if loud else "debug")
-            try:
-                async with asyncio.timeout(REDIS_TIMEOUT):
-                    fresh = await services.queue.enqueue_delivery(delivery, tasks)
+            try:  # bounded by queue.CLAIM_TIMEOUT
+                fresh = await services.queue.enqueue_delivery(delivery, tasks)
             except REDIS_ERRORS as e:
                 raise _Refused(503, "redis_down", f"queue unavailable ({type(e).__name__})") from None
             if not fresh:

@@ -7,6 +7,7 @@ import hmac
 import json
 import logging
 import re
+import signal
 import time
 import urllib.parse
 from pathlib import Path
@@ -316,6 +317,18 @@ async def test_redis_down_is_503_quickly_then_202_once_back(intake: Intake, redi
     status, _ = await intake.post(PR_OPENED, headers(PR_OPENED))
     assert status == 202
     assert len(intake.queued()) == 1
+
+
+async def test_a_hung_redis_is_503_not_a_hung_webhook(intake: Intake, redis_server: Any) -> None:
+    redis_server.proc.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+    try:
+        results = await asyncio.wait_for(asyncio.gather(*[
+            intake.post(PR_OPENED, headers(PR_OPENED, delivery=f"d-hung-{i}")) for i in range(3)]), 15)
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    assert [status for status, _ in results] == [503] * 3, results
+    status, _ = await intake.post(PR_OPENED, headers(PR_OPENED, delivery="d-after"))
+    assert status == 202
 
 
 async def test_healthz_reports_queue_then_503_without_redis(intake: Intake, redis_server: Any) -> None:
