@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable, Sequence
 
+import redis.asyncio as aioredis
 import redis.exceptions
 
 from . import logs, metrics
@@ -44,11 +45,11 @@ class Worker:
         self.registry = registry
         self.task: Task | None = None
         self.since: float | None = None
+        # Look in our processing list before the next take: at start, and after a finish whose
+        # reply was lost (it may have moved a task there that we never saw).
+        self.recheck = True
         self._stop = asyncio.Event()
-        # True while a finish's reply may have been lost: it may have moved a task into our
-        # processing list that we never saw, so the loop reads the list before taking again.
-        self._recheck = True
-        self._conn: redis.asyncio.Redis | None = None  # this worker's own connection
+        self._conn: aioredis.Redis | None = None  # this worker's own connection, while it runs
 
     @property
     def queue(self) -> Queue:
@@ -62,42 +63,44 @@ class Worker:
         return {"task": self.task.id if self.task else None, "since": self.since}
 
     async def run(self) -> None:
+        # A connection of its own for the blocking take and the finish: no pool checkout per
+        # command, and a blocked BLMOVE never holds one of the shared pool's.
+        self._conn = self.queue.redis.client()
+        try:
+            await self._loop()
+        finally:
+            conn, self._conn = self._conn, None
+            await conn.aclose()
+
+    async def _loop(self) -> None:
         cfg = self.services.config.workers
         # Shorter than the lease, so a dead process's blocked BLMOVE ends before its lease does
         # and nothing can land in a processing list after the sweep emptied it.
         block = min(2.0, cfg.lease_timeout / 2)
         failures = 0
+        self.recheck = True  # a restarted worker may find the task it was doing when it failed
         leftovers: list[str] = []
-        # A connection of its own for the blocking take and the finish: no pool checkout per
-        # command, and a blocked BLMOVE never holds one of the shared pool's.
-        self._conn = conn = self.queue.redis.client()
-        try:
-            while not self._stop.is_set():
-                try:
-                    if failures or self._recheck:
-                        # A BLMOVE or finish whose reply was lost (connection dropped, Redis
-                        # restarted) may have moved a task into our processing list all the same.
-                        # Between tasks that list is empty, and no sweep takes it while our lease
-                        # lives: do what is there.
-                        leftovers = await conn.lrange(self.queue.processing(self.id), 0, -1)
-                        self._recheck = False
-                    raw = None if leftovers else await self.queue.take(self.id, block, client=conn)
-                except REDIS_DOWN as e:
-                    failures += 1
-                    delay = min(5.0, 0.1 * 2 ** failures)
-                    if failures in (1, 5) or failures % 50 == 0:
-                        log.warning("redis unreachable, retrying", worker=self.id, error=type(e).__name__,
-                                    retry_in=f"{delay:.1f}s")
-                    await self._pause(delay)
-                    continue
-                failures = 0
-                while leftovers:  # oldest (rightmost) first
-                    await self.process(leftovers.pop(), take_next=False)
-                while raw is not None:  # each finish hands over the next task while one is waiting
-                    raw = await self.process(raw)
-        finally:
-            self._conn = None
-            await conn.aclose()
+        while not self._stop.is_set():
+            try:
+                if failures or self.recheck:
+                    # A BLMOVE or finish whose reply was lost (connection dropped, Redis restarted)
+                    # may have moved a task into our processing list all the same. Between tasks
+                    # that list is empty, and no sweep takes it while our lease lives: do what is there.
+                    leftovers = await self._conn.lrange(self.queue.processing(self.id), 0, -1)
+                raw = None if leftovers else await self.queue.take(self.id, block, client=self._conn)
+            except REDIS_DOWN as e:
+                failures += 1
+                delay = min(5.0, 0.1 * 2 ** failures)
+                if failures in (1, 5) or failures % 50 == 0:
+                    log.warning("redis unreachable, retrying", worker=self.id, error=type(e).__name__,
+                                retry_in=f"{delay:.1f}s")
+                await self._pause(delay)
+                continue
+            failures, self.recheck = 0, False
+            while leftovers:  # oldest (rightmost) first
+                await self.process(leftovers.pop(), take_next=False)
+            while raw is not None:  # each finish hands over the next task while one is waiting
+                raw = await self.process(raw)
 
     async def _pause(self, seconds: float) -> None:
         try:
@@ -162,18 +165,17 @@ class Worker:
         """Commit the outcome, and take the next task in the same step unless stopping. Redis may be
         down right now: keep trying, the task is safe meanwhile in the processing list, and a finish
         whose reply was lost is harmless to repeat. Such a retry takes nothing: the lost reply may
-        have moved a task into our processing list, which the loop then reads (_recheck)."""
+        have moved a task into our processing list, which the loop then reads (recheck)."""
         delay = 0.1
         take = take_next and not self._stop.is_set() and not self.services.draining
-        lost_reply, self._recheck = False, True  # until a reply is in
+        lost_reply = False
         while True:
             try:
                 kept, nxt = await self.queue.finish_and_take(self.id, raw, successors, dead,
                                                              take=take and not lost_reply, client=self._conn)
-                self._recheck = lost_reply
                 break
             except REDIS_DOWN:
-                lost_reply = True
+                lost_reply = self.recheck = True
                 log.warning("redis unreachable while finishing a task, retrying", retry_in=f"{delay:.1f}s")
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
