@@ -83,6 +83,29 @@ async def update_check(gh: GitHubApp, inst: int, repo: str, check_id: int, **fie
     await gh.patch(f"/repos/{repo}/check-runs/{check_id}", inst, data=fields)
 
 
+async def annotations_sent(gh: GitHubApp, inst: int, repo: str, check_id: int) -> int:
+    """How many annotations the check run holds: after a crash, the ones not to send again."""
+    run = await gh.get(f"/repos/{repo}/check-runs/{check_id}", inst)
+    return int(((run or {}).get("output") or {}).get("annotations_count") or 0)
+
+
+async def add_annotations(gh: GitHubApp, inst: int, repo: str, check_id: int, output: dict[str, Any],
+                          batches: list[list[dict[str, Any]]]) -> int:
+    """Append annotations to a check run, one PATCH per batch (GitHub takes at most 50 per request
+    and appends them). A batch GitHub refuses (422) is skipped: the result is already reported and
+    must not be retried into the dead letter for a bad line number. Returns how many were taken."""
+    taken = 0
+    for batch in batches:
+        try:
+            await gh.patch(f"/repos/{repo}/check-runs/{check_id}", inst,
+                           data={"output": {**output, "annotations": batch}})
+            taken += len(batch)
+        except GitHubError as e:
+            if e.status != 422:
+                raise
+    return taken
+
+
 async def permission(gh: GitHubApp, inst: int, repo: str, user: str) -> tuple[str | None, str | None]:
     body = await _get_or_none(gh, f"/repos/{repo}/collaborators/{quote(user)}/permission", inst)
     if not body:

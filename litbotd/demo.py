@@ -1,9 +1,10 @@
 """`litbotd demo`: the whole path, offline, in one process (SPEC §2).
 
 An in-process Redis (fakeredis), a GitHub stand-in on loopback, the local job backend and a
-throw-away git repository whose workflow has a 2-cell matrix: one cell passes, one fails. A signed
+throw-away git repository whose workflow has a 2-cell matrix: one cell passes, one fails, and
+its failure becomes annotations (a JUnit report and an `::error` workflow command). A signed
 `pull_request` webhook goes to the real listener; the real daemon does the rest. Exit 0 when the
-two checks concluded success and failure.
+two checks concluded success and failure and the failing one has its annotations.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from .lifecycle import REGISTRY
 REPO = "octo-org/hello-litci"
 WORKFLOW = """\
 # A 2-cell matrix: the "pass" cell exits 0, the "fail" cell exits 1.
+# The tests write a JUnit report; litbotd turns its failures into annotations on the diff.
 name: demo
 parametrize:
   matrix:
@@ -40,9 +42,25 @@ timeout: "2m"
 run: |
   echo "case=$case on $(python3 --version)"
   python3 hello.py
-  test "$case" = "pass"
+  python3 check.py "$case"
+reports: ["reports/*.xml"]
 """
 HELLO = 'print("hello from the code at the PR head")\n'
+# A test runner in a few lines (the demo needs no pytest): a JUnit report, and a workflow command.
+CHECK = """\
+import os, sys
+
+case = sys.argv[1]
+os.makedirs("reports", exist_ok=True)
+failure = "" if case == "pass" else (
+    '<failure message="the fail cell fails">check.py:11: AssertionError</failure>')
+with open("reports/junit.xml", "w") as f:
+    f.write('<testsuite><testcase classname="check" name="test_hello"/>'
+            '<testcase classname="check" name="test_case">' + failure + '</testcase></testsuite>')
+if case != "pass":
+    print("::warning file=hello.py,line=1,title=demo::a warning printed as a workflow command")
+    sys.exit(1)
+"""
 EXPECTED = {"demo (pass)": "success", "demo (fail)": "failure"}
 DEADLINE = 90.0
 
@@ -63,6 +81,7 @@ def make_repo(root: Path) -> str:
     (repo / ".lightning" / "workflows").mkdir(parents=True)
     (repo / ".lightning" / "workflows" / "demo.yaml").write_text(WORKFLOW)
     (repo / "hello.py").write_text(HELLO)
+    (repo / "check.py").write_text(CHECK)
     _git(repo, "init", "-q", "-b", "main")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "Add a litci workflow")
@@ -201,15 +220,22 @@ def _final_report(gh: FakeGitHub) -> int:
         got[run["name"]] = run.get("conclusion")
         out = run.get("output") or {}
         say(f"   ● {run['name']}: {run['status']} / {run.get('conclusion')}  — {out.get('title', '')}")
+        tests = next((line for line in (out.get("summary") or "").splitlines() if line.startswith("**Tests:**")), "")
+        if tests:
+            say(f"       {tests.replace('**', '').replace('`', '')}")
+        for a in run["annotations"]:
+            say(f"       annotation ({a['annotation_level']}) {a['path']}:{a['start_line']}: "
+                f"{a.get('title', '')}: {a['message'].splitlines()[0] if a['message'] else ''}")
         text = (out.get("text") or "").strip()
         if text:
             say("".join(f"       {line}\n" for line in text.splitlines()[-8:]).rstrip())
     say("\n6. the PR comment (edited in place, never a second one):\n")
     for c in gh.comments:
         say("".join(f"   {line}\n" for line in c["body"].splitlines()))
-    ok = got == EXPECTED and len(gh.comments) == 1
+    annotated = sum(len(run["annotations"]) for run in gh.check_runs if run.get("conclusion") == "failure")
+    ok = got == EXPECTED and len(gh.comments) == 1 and annotated >= 1
     say(f"\nresult: {'as expected' if ok else 'NOT as expected'} — {got} (expected {EXPECTED}); "
-        f"{len(gh.comments)} comment(s)")
+        f"{len(gh.comments)} comment(s); {annotated} annotation(s) on the failing check")
     return 0 if ok else 1
 
 

@@ -6,6 +6,7 @@ and small, and a 25 MB payload does not become a 25 MB task.
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 from .tasks import Task, derive_id
@@ -13,6 +14,10 @@ from .tasks import Task, derive_id
 COMMAND_MAX = 1000  # characters of the command line kept in a task
 PR_ACTIONS = ("opened", "synchronize", "reopened")
 LOGGED_EVENTS = ("installation", "installation_repositories")
+# What reaches a URL path must look like what GitHub sends (SPEC §8): a commit SHA is 40 hex digits.
+SHA_RE = re.compile(r"[0-9a-f]{40}")
+ZERO_SHA = "0" * 40
+BRANCH_PREFIX = "refs/heads/"
 
 
 class PayloadError(ValueError):
@@ -41,6 +46,18 @@ def _get(payload: dict[str, Any], path: str, kind: type, *, nullable: bool = Fal
     if not isinstance(node, kind) or (node is True or node is False) and kind is not bool:
         raise PayloadError(f"payload field {path}: expected {kind.__name__}, got {type(node).__name__}")
     return node
+
+
+def _sha(payload: dict[str, Any], path: str) -> str:
+    value = _get(payload, path, str)
+    if not SHA_RE.fullmatch(value):
+        raise PayloadError(f"payload field {path}: expected a commit SHA (40 hex digits), got {_shown(value)}")
+    return value
+
+
+def _shown(value: str) -> str:
+    """A bad value in an error message: quoted, and cut short (it may be 10,000 characters)."""
+    return repr(value[:60] + "…") if len(value) > 60 else repr(value)
 
 
 def _first_pr(items: Any, path: str) -> int | None:
@@ -146,5 +163,39 @@ def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
             user=_get(payload, "comment.user.login", str),
             author_association=_get(payload, "comment.author_association", str),
         ), "command"
+
+    if event == "merge_group":
+        # The queue's commit is tested like a PR to its base branch; no PR, so no comment.
+        if action == "checks_requested":
+            return task(
+                "new_commit",
+                sha=_sha(payload, "merge_group.head_sha"),
+                branch=_get(payload, "merge_group.base_ref", str).removeprefix(BRANCH_PREFIX),
+                pr=None,
+                private=_get(payload, "repository.private", bool),
+            ), "merge_group checks_requested"
+        if action == "destroyed":
+            why = payload.get("reason") if isinstance(payload.get("reason"), str) else "destroyed"
+            return task(
+                "cancel",
+                sha=_sha(payload, "merge_group.head_sha"),
+                pr=None,
+                reason=f"the merge group was {why[:40]}",
+            ), "merge_group destroyed"
+        return [], f"merge_group action {action!r} is not handled"
+
+    if event == "push":
+        ref = _get(payload, "ref", str)
+        if not ref.startswith(BRANCH_PREFIX):
+            return [], "push of a tag or other ref, not a branch"
+        if payload.get("deleted") is True or payload.get("after") == ZERO_SHA:
+            return [], "push deleted the branch"
+        return task(
+            "new_commit",
+            sha=_sha(payload, "after"),
+            branch=ref.removeprefix(BRANCH_PREFIX),
+            pr=None,
+            private=_get(payload, "repository.private", bool),
+        ), "push"
 
     return [], f"event {event!r} is not handled"

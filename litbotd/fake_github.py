@@ -11,7 +11,8 @@ Used by the tests and by `litbotd demo`, so it lives in the package. It answers 
     GET   /rate_limit
     POST  /repos/{o}/{r}/check-runs                         check runs: create, get, update,
     GET   /repos/{o}/{r}/check-runs/{id}                      list for a ref (check_name, status,
-    PATCH /repos/{o}/{r}/check-runs/{id}                      filter, app_id, page pagination)
+    PATCH /repos/{o}/{r}/check-runs/{id}                      filter, app_id, page pagination);
+                                                              output.annotations appended, ≤ 50 a request
     GET   /repos/{o}/{r}/commits/{ref}/check-runs
     GET   /repos/{o}/{r}/issues/{n}/comments                issue comments: list, create, update
     POST  /repos/{o}/{r}/issues/{n}/comments
@@ -53,6 +54,7 @@ from aiohttp import web
 
 WEB = "https://github.com"
 BOT = {"login": "litbot[bot]", "id": 41898282, "type": "Bot", "site_admin": False}
+MAX_ANNOTATIONS_PER_REQUEST = 50
 _PERMISSION_LEVEL = {"admin": "admin", "maintain": "write", "write": "write", "triage": "read", "read": "read",
                      "none": "none"}
 
@@ -256,9 +258,10 @@ _Handler = Callable[["FakeGitHub", _Call], Awaitable[web.StreamResponse]]
 class Hold:
     """A request parked until the test releases it (to kill a client in the middle of a call)."""
 
-    def __init__(self, method: str, regex: re.Pattern[str]) -> None:
+    def __init__(self, method: str, regex: re.Pattern[str], when: Callable[[Any], bool] | None = None) -> None:
         self.method = method
         self.re = regex
+        self.when = when
         self.used = False
         self.reached = asyncio.Event()
         self.released = asyncio.Event()
@@ -357,9 +360,10 @@ class FakeGitHub:
         self._injections.append({"method": method.upper(), "re": re.compile(path_regex), "status": status,
                                  "headers": headers or {}, "body": body, "times": times})
 
-    def hold(self, method: str, path_regex: str) -> "Hold":
-        """The next matching request waits until `release()`; `reached` is set when it arrives."""
-        h = Hold(method.upper(), re.compile(path_regex))
+    def hold(self, method: str, path_regex: str, when: Callable[[Any], bool] | None = None) -> "Hold":
+        """The next matching request (and whose JSON body satisfies `when`, if given) waits until
+        `release()`; `reached` is set when it arrives."""
+        h = Hold(method.upper(), re.compile(path_regex), when)
         self._holds.append(h)
         return h
 
@@ -399,7 +403,7 @@ class FakeGitHub:
         if self.validator is not None:
             self.violations += self.validator.check(method, path, query, body, bool(raw))
         for h in self._holds:
-            if not h.used and h.method == method and h.re.search(path):
+            if not h.used and h.method == method and h.re.search(path) and (h.when is None or h.when(body)):
                 # Applied after release even if the client went away meanwhile: the worst case
                 # of a crash, GitHub did it but the caller never heard.
                 h.used = True
@@ -498,7 +502,8 @@ class FakeGitHub:
                                 "created_at": _iso(0), "updated_at": _iso(0),
                                 "permissions": {"checks": "write", "contents": "read", "issues": "write",
                                                 "pull_requests": "write", "statuses": "write", "metadata": "read"},
-                                "events": ["pull_request", "check_run", "check_suite", "issue_comment"]})
+                                "events": ["pull_request", "check_run", "check_suite", "issue_comment", "merge_group",
+                                           "push"]})
 
     async def _access_token(self, call: _Call) -> web.Response:
         iid = int(call.args["installation_id"])
@@ -585,18 +590,24 @@ class FakeGitHub:
 
     # -- check runs ---------------------------------------------------------------------------------
     def _run_json(self, run: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in run.items() if k not in ("history", "repo")}
+        out = {k: v for k, v in run.items() if k not in ("history", "repo", "annotations")}
         given = run.get("output") or {}
         out["output"] = {"title": given.get("title"), "summary": given.get("summary"), "text": given.get("text"),
-                         "annotations_count": 0, "annotations_url": f"{self.url}/repos/{run['repo']}/check-runs/"
-                                                                     f"{run['id']}/annotations"}
+                         "annotations_count": len(run["annotations"]),
+                         "annotations_url": f"{self.url}/repos/{run['repo']}/check-runs/{run['id']}/annotations"}
         return out
 
     def _apply_run(self, run: dict[str, Any], body: dict[str, Any]) -> None:
+        output = dict(body.get("output") or {})
+        added = output.pop("annotations", None) or []
+        if len(added) > MAX_ANNOTATIONS_PER_REQUEST:  # GitHub's limit, refused before anything changes
+            raise _Reply(422, f"Invalid request. Only {MAX_ANNOTATIONS_PER_REQUEST} annotations are allowed"
+                              " per request.")
         for k in ("name", "details_url", "external_id", "status", "conclusion", "started_at", "completed_at",
                   "output", "actions"):
             if k in body:
-                run[k] = body[k]
+                run[k] = output if k == "output" else body[k]
+        run["annotations"].extend(added)  # appended, as GitHub does: an update never removes any
         if body.get("conclusion"):
             run["status"] = "completed"
             run["completed_at"] = body.get("completed_at") or _iso(time.time())
@@ -620,7 +631,7 @@ class FakeGitHub:
             "url": f"{self.url}/repos/{repo.full_name}/check-runs/{rid}",
             "html_url": f"{WEB}/{repo.full_name}/runs/{rid}", "check_suite": {"id": 1},
             "app": {"id": self.app_id, "slug": "litbot", "name": "litbot"}, "pull_requests": [],
-            "history": [body],
+            "history": [body], "annotations": [],
         }
         self._apply_run(run, body)
         self.check_runs.append(run)

@@ -1,9 +1,11 @@
 """The phases (SPEC §1, §4, §5): what each task does, and the tasks that follow it.
 
     new_event  read the workflow files, create `queued` check runs, one start_job per run
+    new_commit the same for a commit that is no PR head: a merge queue's (merge_group) or a
+               pushed branch's (push); no fork rules, no comment, nothing superseded
     start_job  start the job (start-or-find by its deterministic name), check → in_progress
     wait_job   poll the job with backoff; enforce queue_timeout and the run's timeout
-    results    log tail, conclusion, check → completed, summary comment
+    results    log tail, conclusion, check → completed (+ annotations), summary comment
     cancel     stop a SHA's runs (superseded, PR closed, /litci cancel)
     rerun      check_run / check_suite re-requested: new attempts of recorded runs
     command    /litci run|cancel|ok-to-test from a PR comment
@@ -16,10 +18,11 @@ marker) instead of creating it twice. Decisions come from decisions.py; GitHub c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
-from . import checks, decisions, logs, metrics, report, workflows
+from . import annotations, checks, decisions, logs, metrics, report, workflows
 from .backends import machine_names
 from .backends.base import JobNotFound, JobSpec, JobStatus
 from .github import GitHubApp
@@ -171,6 +174,31 @@ async def new_event(task: Task, s: Services) -> list[Task]:
     return out + await _comment_soon(task, s, repo, pr, inst)
 
 
+async def new_commit(task: Task, s: Services) -> list[Task]:
+    """merge_group checks_requested / push: the workflows read at the commit, planned for the
+    event and branch. Only people with write access push or queue, so no fork rules apply; no PR,
+    so no comment; a later push does not cancel this one's runs. Check names match the PR's, so
+    required checks are satisfied on the queue's commit."""
+    p = task.payload
+    gh, rs = _gh(s), RunState(s.queue)
+    repo, sha, inst, event = p["repo"], p["sha"], p["installation"], p["event"]
+    files = await checks.workflow_files(gh, inst, repo, sha)
+    plan = workflows.plan(files, p["branch"], await _defaults(s), event=event)
+    for err in plan.errors:
+        await checks.find_or_create_check(
+            gh, inst, repo, sha, f"litci: {err.file}", f"error:{err.file}", status="completed",
+            conclusion=decisions.FAILURE, output=report.error_check_output(err.file, err.line, err.message))
+        log.warning("invalid workflow file", file=err.file, line=err.line, error=err.message)
+    if not files and event == "merge_group":  # a queue waiting on litbotd's checks learns why none came
+        await checks.find_or_create_check(gh, inst, repo, sha, "litci", "no-workflows", status="completed",
+                                          conclusion=decisions.NEUTRAL, output=report.no_workflows_output())
+    new = await rs.add_runs(repo, sha, plan.runs, None, owner=task.id)
+    out = [await _queue_run(s, task, p, run, new[run.key]) for run in plan.runs if run.key in new]
+    log.info("workflows planned", trigger=event, branch=p["branch"], runs=len(plan.runs), started=len(out),
+             errors=len(plan.errors), skipped=len(plan.skipped))
+    return out
+
+
 async def start_job(task: Task, s: Services) -> list[Task]:
     p = task.payload
     cfg, rs = s.config, RunState(s.queue)
@@ -185,7 +213,7 @@ async def start_job(task: Task, s: Services) -> list[Task]:
     token = await _gh(s).scoped_token(p["installation"], repo) if p.get("private") is not False else None
     spec = JobSpec(name=name, repo=repo, sha=sha, archive_url=f"{cfg.github.api_url}/repos/{repo}/tarball/{sha}",
                    script=run.script, image=run.image, machine=run.machine, interruptible=run.interruptible,
-                   timeout=run.timeout, env=run.env, token=token)
+                   timeout=run.timeout, env=run.env, token=token, reports=run.reports)
     with logs.context(job=name):
         status = await s.backend.start(spec)
         metrics.JOBS.labels(s.backend.name, status.state).inc()
@@ -201,7 +229,7 @@ async def start_job(task: Task, s: Services) -> list[Task]:
         log.info("job started", state=status.state, url=status.url)
     poll = cfg.jobs.poll_interval
     return [task.successor("wait_job", {**p, "job": name, "poll": poll, "queued_at": now}, run_at=now + poll,
-                           key=name), *await _comment_soon(task, s, repo, p.get("pr"), p["installation"])]
+                           key=name), *await _comment_soon(task, s, repo, await _pr_of(s, p), p["installation"])]
 
 
 async def wait_job(task: Task, s: Services) -> list[Task]:
@@ -237,31 +265,62 @@ async def results(task: Task, s: Services) -> list[Task]:
     p = task.payload
     rs = RunState(s.queue)
     ref = RunRef(p["repo"], p["sha"], p["run"], p["attempt"])
+    lines = s.config.report.log_tail_lines
     try:
         status = await s.backend.status(p["job"])
-        tail = await s.backend.log_tail(p["job"], s.config.report.log_tail_lines)
+        # One read for both: workflow commands anywhere in the last SCAN_LINES, the tail shown.
+        log_text = await s.backend.log_tail(p["job"], max(lines, annotations.SCAN_LINES))
     except JobNotFound:
-        status, tail = JobStatus(state="unknown", exit_code=None, url=None, message="the job no longer exists"), ""
+        status, log_text = JobStatus(state="unknown", exit_code=None, url=None, message="the job no longer exists"), ""
+    found = await asyncio.to_thread(annotations.scan, log_text)  # megabytes of log: not on the loop
+    tail = _last_lines(log_text, lines)
     timed_out = bool(p.get("timed_out") or status.timed_out)
     conclusion = decisions.conclusion_for(status.state, status.exit_code, timed_out, None)
     message = p.get("message") or status.message
     conclusion, message = await rs.conclude(ref, conclusion, message, time.time())
     metrics.JOBS.labels(s.backend.name, conclusion).inc()
-    await _report_completed(s, p, ref, tail)
-    log.info("run finished", conclusion=conclusion, exit_code=status.exit_code, job=p["job"])
-    return await _comment_soon(task, s, p["repo"], p.get("pr"), p["installation"])
+    await _report_completed(s, p, ref, tail, found)
+    log.info("run finished", conclusion=conclusion, exit_code=status.exit_code, job=p["job"],
+             annotations=len(found.annotations), tests=found.tests_text or None)
+    return await _comment_soon(task, s, p["repo"], await _pr_of(s, p), p["installation"])
 
 
-async def _report_completed(s: Services, p: dict[str, Any], ref: RunRef, tail: str = "") -> None:
-    """Complete the check run from the recorded state; repeating it writes the same thing."""
+async def _pr_of(s: Services, p: dict[str, Any]) -> int | None:
+    """The PR whose comment shows a run: the task's, else the one recorded for its commit since
+    (a push started the runs, then the PR's event for the same commit found them running)."""
+    return p.get("pr") or await RunState(s.queue).pr_of(p["repo"], p["sha"])
+
+
+def _last_lines(text: str, n: int) -> str:
+    """The last `n` lines (split on newlines only: `\r` redraws are report.tail's business)."""
+    parts = text.split("\n")
+    if parts and parts[-1] == "":
+        parts.pop()
+    return "\n".join(parts[-n:])
+
+
+async def _report_completed(s: Services, p: dict[str, Any], ref: RunRef, tail: str = "",
+                            found: annotations.Scan | None = None) -> None:
+    """Complete the check run from the recorded state, then append its annotations 50 at a time;
+    repeating it writes the same thing, and sends only the annotations GitHub does not hold yet."""
     rs = RunState(s.queue)
     state = await rs.get(ref)
     run, _ = (await rs.runs(ref.repo, ref.sha))[ref.key]
     row = _report_row(run, ref.attempt, state, tail)
+    if found is not None:
+        row = dataclasses.replace(row, tests=found.tests_text, annotations=len(found.annotations),
+                                  notes=tuple(a.as_note() for a in found.messages))
     check_id = int(state.get("check_run_id") or p["check_run_id"])
-    await checks.update_check(_gh(s), p["installation"], ref.repo, check_id, status="completed",
-                              conclusion=row.conclusion, completed_at=checks.iso(time.time()),
-                              output=report.check_output(row))
+    output = report.check_output(row)
+    gh, inst = _gh(s), p["installation"]
+    await checks.update_check(gh, inst, ref.repo, check_id, status="completed",
+                              conclusion=row.conclusion, completed_at=checks.iso(time.time()), output=output)
+    if found is not None and found.annotations:
+        sent = await checks.annotations_sent(gh, inst, ref.repo, check_id)
+        todo = found.annotations[sent:]
+        taken = await checks.add_annotations(gh, inst, ref.repo, check_id, output, annotations.batches(todo))
+        if taken < len(todo):
+            log.warning("GitHub refused some annotations", refused=len(todo) - taken)
     await rs.update(ref, reported=1)
 
 
@@ -367,7 +426,7 @@ async def on_dead(task: Task, s: Services) -> None:
         await RunState(s.queue).conclude(ref, conclusion, message, time.time())
         await _report_completed(s, p, ref)
         await refresh_comment(s, p["repo"], p.get("pr"), p["installation"])
-    elif task.kind == "new_event":
+    elif task.kind in ("new_event", "new_commit"):
         await checks.find_or_create_check(
             _gh(s), p["installation"], p["repo"], p["sha"], "litci", "event-failed", status="completed",
             conclusion=decisions.FAILURE, output={"title": "litbotd could not process this push", "summary": message})
@@ -375,7 +434,7 @@ async def on_dead(task: Task, s: Services) -> None:
 
 REGISTRY = Registry(
     handlers={"new_event": new_event, "start_job": start_job, "wait_job": wait_job, "results": results,
-              "cancel": cancel, "rerun": rerun, "command": command, "comment": comment},
+              "new_commit": new_commit, "cancel": cancel, "rerun": rerun, "command": command, "comment": comment},
     on_dead=on_dead,
 )
 

@@ -147,11 +147,15 @@ def lint(directory: str, base: str, cfg: Config) -> int:
         return 0
     for err in plan.errors:
         print(f"error: {err}")
+    on = {(file, name): what for file, name, what in plan.triggers}
     for name in plan.skipped:
-        print(f"skipped (trigger does not match base {base!r}): {name}")
+        what = next((w for (_, n), w in on.items() if n == name), "")
+        print(f"skipped for pull requests to {base!r}: {name}" + (f" (on: {what})" if what else ""))
     for run in plan.runs:
         print(f"{run.check_name}\n    file={run.file} machine={run.machine} image={run.image} "
               f"timeout={run.timeout:g}s interruptible={str(run.interruptible).lower()}"
+              f"\n    on: {on.get((run.file, run.workflow), '?')}"
+              + (f"\n    reports: {', '.join(run.reports)}" if run.reports else "")
               + "".join(f"\n    env {k}={v}" for k, v in run.env.items()))
     print(f"{len(plan.runs)} run(s) from {len(paths)} file(s), {len(plan.errors)} error(s)")
     return 1 if plan.errors else 0

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 MAX_OUTPUT_CHARS = 65_535
 MAX_COMMENT_CHARS = 65_536            # GitHub's limit of an issue comment body
 MARKER = "<!-- litbotd:summary -->"
+MAX_NOTES_CHARS = 16_000              # workflow commands without a file, listed before the log tail
 
 # CSI (colours, cursor moves), OSC (titles, hyperlinks; ended by BEL or ST), nF sequences such
 # as charset choices (ESC ( B), other ESC pairs, and the 8-bit CSI.
@@ -70,6 +71,9 @@ class RunReport:
     details_url: str | None
     message: str = ""          # why: "superseded by abc1234", "job failed to start: …", "exit code 1"
     log_tail: str = ""
+    tests: str = ""            # "3 passed, 2 failed, 0 skipped, 0 errors" from the job's JUnit reports
+    annotations: int = 0       # annotations placed on the diff
+    notes: tuple[str, ...] = ()  # workflow commands without a file: "error: title: message"
 
     @property
     def state(self) -> str:
@@ -224,13 +228,20 @@ def check_output(r: RunReport) -> dict[str, str]:
              f"| {_cell(r.machine)} | {_cell(r.image)} | {duration_text(duration)} | {r.attempt} |"]
     if link := _link(r.details_url, "Job details"):
         lines += ["", link]
+    if r.tests:
+        lines += ["", f"**Tests:** {_code(r.tests)}"]
+    if r.annotations:
+        lines += ["", f"**Annotations:** {r.annotations}, on the lines they name"]
     summary = _clip_end("\n".join(lines), MAX_OUTPUT_CHARS)
 
     text = ""
+    if r.notes:
+        body = _clip_end("\n".join(_terminal_lines("\n".join(r.notes))), MAX_NOTES_CHARS)
+        text = "**Messages**\n\n" + _fenced(re.sub(r"`{16,}", "`" * 15, body), "text") + "\n\n"
     if r.log_tail:
-        body = tail(r.log_tail, max_lines=10 ** 9, max_chars=MAX_OUTPUT_CHARS - 200)
+        body = tail(r.log_tail, max_lines=10 ** 9, max_chars=MAX_OUTPUT_CHARS - 200 - _utf8_len(text))
         # Shorten freak backtick runs so the fence that must outgrow them fits the 200 spare bytes.
-        text = _fenced(re.sub(r"`{16,}", "`" * 15, body), "text")
+        text += _fenced(re.sub(r"`{16,}", "`" * 15, body), "text")
     return {"title": _clip_end(title, 1000), "summary": summary, "text": text}
 
 

@@ -1,11 +1,14 @@
 """Workflow files → runs (SPEC §4). Pure: no files, network or Redis.
 
-`plan()` takes the text of a repository's workflow files and the pull request's base branch, and
-returns the runs to start, one error per bad file and the workflows whose trigger did not match.
+`plan()` takes the text of a repository's workflow files, the event (`pull_request`, `merge_group`
+or `push`) and its branch (the PR's or the queue's base branch, the pushed branch), and returns the
+runs to start, one error per bad file and the workflows whose trigger did not match.
+
+Triggers: `pull_request` (base-branch globs; default every PR), `merge_group` (default true: the
+merge queue runs what a PR to its base branch runs), `push` (branch globs; default none).
 
 The format is that of the original bot (Borda/GitHub-app-bot), so its files keep working: its
-`mode` key and its `trigger.push` / list-of-events triggers are accepted (push events are not
-handled by litbotd, so they never start anything).
+`mode` key and its `trigger.push` / list-of-events triggers are accepted.
 
 YAML is read with a SafeLoader subclass that first bounds the document: at most MAX_ALIASES
 aliases, MAX_NODES nodes counted with every alias expanded (so a "billion laughs" file is refused
@@ -19,7 +22,7 @@ import itertools
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import yaml
@@ -40,9 +43,11 @@ WORKFLOW_DIR = ".lightning/workflows/"
 WORKFLOW_EXTS = (".yml", ".yaml")
 
 WORKFLOW_KEYS = ("name", "trigger", "image", "machine", "interruptible", "timeout", "mode", "env",
-                 "parametrize", "run")
+                 "parametrize", "run", "reports")
 PARAMETRIZE_KEYS = ("matrix", "include", "exclude")
-TRIGGER_EVENTS = ("pull_request", "push")
+TRIGGER_EVENTS = ("pull_request", "push", "merge_group")
+EVENTS = ("pull_request", "merge_group", "push")  # what plan() plans for
+MAX_REPORT_GLOBS = 20
 EVENT_KEYS = ("branches",)
 RUN_SETTINGS = ("image", "machine", "interruptible", "timeout")  # cell keys that are not env vars
 CELL_FORBIDDEN = ("env", "run")
@@ -80,6 +85,7 @@ class Run:
     timeout: float              # seconds
     env: dict[str, str]
     script: str
+    reports: tuple[str, ...] = ()   # JUnit XML globs, relative to the checkout
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,8 @@ class Plan:
     runs: list[Run]
     errors: list[WorkflowError]
     skipped: list[str]
+    # (file, workflow name, what triggers it) for every workflow read, matched or not (for lint)
+    triggers: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,20 +407,44 @@ class _Cell:
 
 
 @dataclass(frozen=True)
+class Triggers:
+    """Branch patterns per event: None = every branch, () = the event never runs the workflow."""
+    pull_request: tuple[str, ...] | None = None
+    push: tuple[str, ...] | None = ()
+    merge_group: bool = True
+
+    def matches(self, event: str, branch: str) -> bool:
+        """`branch`: the PR's or the merge queue's base branch, or the pushed branch."""
+        if event == "merge_group" and not self.merge_group:
+            return False
+        patterns = self.push if event == "push" else self.pull_request
+        return patterns is None or branch_matches(patterns, branch)
+
+    def describe(self) -> str:
+        """"pull_request (base main, release/*), merge_group, push (main)" for lint."""
+        def which(patterns: tuple[str, ...] | None, what: str) -> str:
+            return f" ({what}any branch)" if patterns is None else f" ({what}{', '.join(patterns)})"
+        parts = []
+        if self.pull_request != ():
+            parts.append("pull_request" + which(self.pull_request, "base "))
+            if self.merge_group:
+                parts.append("merge_group" + which(self.pull_request, "base "))
+        if self.push != ():
+            parts.append("push" + which(self.push, ""))
+        return ", ".join(parts) or "nothing"
+
+
+@dataclass(frozen=True)
 class _Workflow:
     name: str
     file: str
     path: tuple[str | int, ...]          # () or ("workflows", i): where it sits in its file
-    branches: tuple[str, ...] | None     # None: every base branch; () : not on pull_request
+    triggers: Triggers
     settings: dict[str, Any]             # image/machine/interruptible/timeout (seconds) if written
     env: dict[str, str]
     script: str
     cells: tuple[_Cell, ...] | None      # None: no matrix, one run with the bare name
-
-    def triggered(self, base_branch: str) -> bool:
-        if self.branches is None:
-            return True
-        return branch_matches(self.branches, base_branch)
+    reports: tuple[str, ...] = ()
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -451,20 +483,29 @@ def branch_matches(patterns: Iterable[str], branch: str) -> bool:
     return matched
 
 
-def _trigger(value: Any, path: tuple[str | int, ...]) -> tuple[str, ...] | None:
-    """The base-branch patterns of the pull_request trigger: None = all, () = not triggered."""
+def _trigger(value: Any, path: tuple[str | int, ...]) -> Triggers:
+    """The events that run a workflow and their branch patterns."""
     if value is None or value == {} or value == []:  # every pull_request event, as the original bot did
-        return None
+        return Triggers()
     if isinstance(value, list):
         for i, event in enumerate(value):
             if event not in TRIGGER_EVENTS:
                 raise _Invalid(path + (i,), f"unknown event {event!r} (expected one of: {', '.join(TRIGGER_EVENTS)})")
-        return None if "pull_request" in value else ()
+        # A listed event without a filter runs on every branch, as `on: [push]` does on GitHub Actions.
+        return Triggers(pull_request=None if "pull_request" in value else (),
+                        push=None if "push" in value else ())
     _want(value, dict, "a mapping of events or a list of event names", path)
     _unknown_keys(value, TRIGGER_EVENTS, path)
-    result: tuple[str, ...] | None = ()
+    # `merge_group` alone only changes the default (every pull_request): it is no event of its own.
+    found: dict[str, tuple[str, ...] | None] = {"pull_request": None if set(value) == {"merge_group"} else (),
+                                                "push": ()}
+    merge_group = True
     for event, spec in value.items():
         epath = path + (event,)
+        if event == "merge_group":
+            if spec is not None:
+                merge_group = _want(spec, bool, "true or false", epath)
+            continue
         if spec is None:
             patterns: tuple[str, ...] | None = None
         else:
@@ -485,9 +526,22 @@ def _trigger(value: Any, path: tuple[str | int, ...]) -> tuple[str, ...] | None:
                     raise _Invalid(epath + ("branches",), "needs at least one pattern without '!'"
                                                           " (a '!pattern' only excludes what an earlier one matched)")
                 patterns = tuple(branches) or None  # an empty list filters nothing, as before
-        if event == "pull_request":
-            result = patterns
-    return result
+        found[event] = patterns
+    return Triggers(pull_request=found["pull_request"], push=found["push"], merge_group=merge_group)
+
+
+def _reports(value: Any, path: tuple[str | int, ...]) -> tuple[str, ...]:
+    """`reports:` JUnit XML globs, relative to the checkout."""
+    if value is None:
+        return ()
+    _want(value, list, "a list of glob patterns (e.g. ['reports/*.xml'])", path)
+    if len(value) > MAX_REPORT_GLOBS:
+        raise _Invalid(path, f"at most {MAX_REPORT_GLOBS} patterns")
+    for i, pattern in enumerate(value):
+        _non_empty_str(pattern, path + (i,))
+        if pattern.startswith("/") or ".." in pattern.split("/"):
+            raise _Invalid(path + (i,), f"{pattern!r} leaves the repository: use a path relative to its root")
+    return tuple(value)
 
 
 def _matrix_cells(value: Any, path: tuple[str | int, ...], doc: _Doc,
@@ -619,9 +673,10 @@ def _workflow(data: Any, file: str, path: tuple[str | int, ...], doc: _Doc, defa
 
     return _Workflow(
         name=name, file=file, path=path,
-        branches=_trigger(data.get("trigger"), path + ("trigger",)),
+        triggers=_trigger(data.get("trigger"), path + ("trigger",)),
         settings=settings, env=env, script=script,
         cells=_matrix_cells(data.get("parametrize"), path + ("parametrize",), doc, defaults),
+        reports=_reports(data.get("reports"), path + ("reports",)),
     )
 
 
@@ -699,20 +754,25 @@ def _runs(wf: _Workflow, defaults: Defaults) -> list[Run]:
             machine=settings.get("machine", defaults.machine),
             interruptible=settings.get("interruptible", False),
             timeout=settings.get("timeout", defaults.timeout),
-            env=env, script=wf.script,
+            env=env, script=wf.script, reports=wf.reports,
         ))
     return runs
 
 
-def plan(files: Mapping[str, str | bytes], base_branch: str, defaults: Defaults) -> Plan:
-    """The runs for one pull_request event whose base branch is `base_branch`.
+def plan(files: Mapping[str, str | bytes], base_branch: str, defaults: Defaults,
+         event: str = "pull_request") -> Plan:
+    """The runs for one event: a pull_request or merge_group whose base branch is `base_branch`,
+    or a push to branch `base_branch`.
 
     Every path given is read as a workflow file, in sorted order. A bad file gives one error
     and no run; a later file loses on a duplicate check name or on going over MAX_RUNS.
     """
+    if event not in EVENTS:
+        raise ValueError(f"unknown event {event!r} (expected one of: {', '.join(EVENTS)})")
     runs: list[Run] = []
     errors: list[WorkflowError] = []
     skipped: list[str] = []
+    triggers: list[tuple[str, str, str]] = []
     owner: dict[str, str] = {}  # check name -> the file that holds it
     for file in sorted(files):
         try:
@@ -720,8 +780,9 @@ def plan(files: Mapping[str, str | bytes], base_branch: str, defaults: Defaults)
         except _FileError as e:
             errors.append(e.error)
             continue
+        triggers += [(file, wf.name, wf.triggers.describe()) for wf in workflows]
         try:
-            file_runs, file_skipped = _triggered_runs(workflows, base_branch, defaults, owner)
+            file_runs, file_skipped = _triggered_runs(workflows, event, base_branch, defaults, owner)
             total = len(runs) + len(file_runs)
             if total > MAX_RUNS:
                 biggest = max(workflows, key=lambda wf: len(wf.cells or ()))
@@ -734,16 +795,16 @@ def plan(files: Mapping[str, str | bytes], base_branch: str, defaults: Defaults)
         runs.extend(file_runs)
         skipped.extend(file_skipped)
         owner.update((r.check_name, file) for r in file_runs)
-    return Plan(runs=runs, errors=errors, skipped=skipped)
+    return Plan(runs=runs, errors=errors, skipped=skipped, triggers=triggers)
 
 
-def _triggered_runs(workflows: list[_Workflow], base_branch: str, defaults: Defaults,
+def _triggered_runs(workflows: list[_Workflow], event: str, branch: str, defaults: Defaults,
                     owner: Mapping[str, str]) -> tuple[list[Run], list[str]]:
     runs: list[Run] = []
     skipped: list[str] = []
     names: set[str] = set()
     for wf in workflows:
-        if not wf.triggered(base_branch):
+        if not wf.triggers.matches(event, branch):
             skipped.append(wf.name)
             continue
         # A clash within a matrix points at `parametrize`, otherwise at the workflow's name.
@@ -763,7 +824,8 @@ def _triggered_runs(workflows: list[_Workflow], base_branch: str, defaults: Defa
 
 def to_jsonable(run: Run) -> dict[str, Any]:
     """A Run as plain JSON data (for a queue task payload)."""
-    return {f.name: (dict(v) if isinstance(v := getattr(run, f.name), dict) else v) for f in fields(Run)}
+    return {f.name: (dict(v) if isinstance(v := getattr(run, f.name), dict) else
+                     list(v) if isinstance(v, tuple) else v) for f in fields(Run)}
 
 
 def run_from_jsonable(d: Mapping[str, Any]) -> Run:
@@ -774,6 +836,7 @@ def run_from_jsonable(d: Mapping[str, Any]) -> Run:
             key=str(d["key"]), cell=dict(d["cell"]), image=str(d["image"]), machine=str(d["machine"]),
             interruptible=bool(d["interruptible"]), timeout=float(d["timeout"]),
             env={str(k): str(v) for k, v in d["env"].items()}, script=str(d["script"]),
+            reports=tuple(str(g) for g in d.get("reports") or ()),
         )
     except KeyError as e:
         raise ValueError(f"run payload lacks {e.args[0]!r}") from None

@@ -148,7 +148,7 @@ def test_prefix_comes_from_the_config() -> None:
     ("installation", "installation.created.1", "logged"),
     ("installation_repositories", "installation_repositories.added.0", "logged"),
     ("ping", "ping.3", "ping"),
-    ("push", "pull_request.opened.4", "event 'push' is not handled"),
+    ("release", "pull_request.opened.4", "event 'release' is not handled"),
 ])
 def test_not_queued(event: str, data: str, reason: str) -> None:
     assert tasks_for(event, payload(data), DELIVERY, command_prefix="/litci") == ([], reason)

@@ -242,3 +242,23 @@ async def test_injected_fault_answers_the_next_matching_requests(fake: FakeGitHu
             statuses.append((r.status, r.headers.get("Retry-After")))
     assert statuses == [(429, "3"), (429, "3"), (200, None)]
     assert fake.count("GET", r"^/rate_limit$") == 3
+
+
+async def test_check_run_annotations_are_appended_fifty_at_most(fake: FakeGitHub, http: aiohttp.ClientSession) -> None:
+    auth = {"Authorization": f"token {await mint(http, fake)}"}
+    item = {"path": "README.md", "start_line": 1, "end_line": 1, "annotation_level": "notice", "message": "m"}
+    output = {"title": "t", "summary": "s"}
+    async with http.post(f"{fake.url}/repos/octo/hello/check-runs", headers=auth,
+                         json={"name": "ci", "head_sha": SHA, "output": {**output, "annotations": [item] * 50}}) as r:
+        assert r.status == 201
+        rid = (await r.json())["id"]
+    url = f"{fake.url}/repos/octo/hello/check-runs/{rid}"
+    async with http.patch(url, headers=auth, json={"output": {**output, "annotations": [item] * 51}}) as r:
+        assert r.status == 422  # GitHub's limit: nothing of the request is applied
+    async with http.patch(url, headers=auth, json={"output": {**output, "annotations": [item] * 3}}) as r:
+        assert r.status == 200 and (await r.json())["output"]["annotations_count"] == 53
+    async with http.patch(url, headers=auth, json={"output": {"title": "new", "summary": "s"}}) as r:
+        assert (await r.json())["output"]["annotations_count"] == 53  # an update without any keeps them
+    assert len(fake.check_runs[0]["annotations"]) == 53
+    # GitHub's description says so too (maxItems 50): the validator flags the request as well.
+    assert len(fake.violations) == 1 and "annotations" in fake.violations[0] and "too long" in fake.violations[0]

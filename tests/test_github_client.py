@@ -289,3 +289,19 @@ async def test_no_token_jwt_or_key_in_errors_or_logs(fake: FakeGitHub, make_app,
     for secret in (token, jwt, *key_lines):
         assert secret not in text
     assert "***" in e.value.message
+
+
+# -- check-run annotations ---------------------------------------------------------------------------
+async def test_annotations_go_in_batches_and_a_refused_batch_is_skipped(fake: FakeGitHub, make_app) -> None:
+    from litbotd import checks
+    from litbotd.annotations import Annotation, batches
+
+    app = make_app()
+    check_id = await checks.find_or_create_check(app, 1, REPO, SHA, "ci", "ci/1", status="completed",
+                                                 conclusion="failure", output={"title": "t", "summary": "s"})
+    items = batches([Annotation("notice", f"n{i}", "README.md", 1) for i in range(120)])
+    fake.inject("PATCH", rf"/check-runs/{check_id}$", 422, body={"message": "Validation Failed"})
+    taken = await checks.add_annotations(app, 1, REPO, check_id, {"title": "t", "summary": "s"}, items)
+    assert taken == 70  # the first batch of 50 was refused; the other two went through
+    assert await checks.annotations_sent(app, 1, REPO, check_id) == 70
+    assert fake.count("PATCH", rf"/check-runs/{check_id}$") == 3

@@ -47,3 +47,17 @@ def test_lint_skips_workflows_whose_trigger_does_not_match_the_base(tmp_path):
 def test_lint_of_a_missing_directory_fails(tmp_path):
     out = lint(tmp_path / "nope")
     assert out.returncode == 1 and "not a directory" in out.stderr
+
+
+def test_lint_says_which_events_trigger_each_run(tmp_path):
+    (tmp_path / ".litci.yaml").write_text(
+        "workflows:\n"
+        "  - {name: pr, run: x, reports: ['out/*.xml']}\n"
+        "  - {name: post, run: x, trigger: {push: {branches: [main, 'release/*']}}}\n"
+        "  - {name: noqueue, run: x, trigger: {pull_request: {branches: [main]}, merge_group: false}}\n")
+    out = lint(tmp_path)
+    assert out.returncode == 0, out.stdout
+    assert "pr\n" in out.stdout and "on: pull_request (base any branch), merge_group (base any branch)" in out.stdout
+    assert "reports: out/*.xml" in out.stdout
+    assert "on: pull_request (base main)\n" in out.stdout
+    assert "skipped for pull requests to 'main': post (on: push (main, release/*))" in out.stdout

@@ -323,11 +323,68 @@ def test_trigger_against_base_branch(trigger: str, base: str, runs: bool) -> Non
     assert (len(p.runs), p.skipped) == ((1, []) if runs else (0, ["w"]))
 
 
+@pytest.mark.parametrize("trigger, event, branch, runs", [
+    ("", "merge_group", "main", True),                           # the merge queue runs what PRs run
+    ("trigger: {pull_request: {branches: [main]}}\n", "merge_group", "main", True),
+    ("trigger: {pull_request: {branches: [main]}}\n", "merge_group", "dev", False),
+    ("trigger: {pull_request: {branches: [main]}, merge_group: false}\n", "merge_group", "main", False),
+    ("trigger: {pull_request: , merge_group: }\n", "merge_group", "x", True),
+    ("trigger: {push: {branches: [main]}}\n", "merge_group", "main", False),  # no PR trigger: no queue run
+    ("", "push", "main", False),                                   # push: none by default
+    ("trigger: {pull_request: {branches: [main]}}\n", "push", "main", False),
+    ("trigger: {push: {branches: [main, 'release/*']}}\n", "push", "release/2", True),
+    ("trigger: {push: {branches: [main, 'release/*']}}\n", "push", "feature", False),
+    ("trigger: {push: }\n", "push", "anything/at/all", True),     # as `on: push` on GitHub Actions
+    ("trigger: [push]\n", "push", "x", True),
+    ("trigger: [pull_request, merge_group]\n", "push", "x", False),
+])
+def test_merge_group_and_push_triggers(trigger: str, event: str, branch: str, runs: bool) -> None:
+    p = plan({F: trigger + "name: w\nrun: x\n"}, branch, D, event=event)
+    assert p.errors == []
+    assert (len(p.runs), p.skipped) == ((1, []) if runs else (0, ["w"]))
+
+
+def test_the_merge_queue_gets_the_same_check_names_as_the_pr() -> None:
+    text = (DATA / "original-bot-multi.yml").read_text()
+    names = [r.check_name for r in one(text).runs]
+    assert [r.check_name for r in plan({F: text}, "main", D, event="merge_group").runs] == names
+    assert [r.check_name for r in plan({F: text}, "main", D, event="push").runs] == names
+
+
+def test_triggers_are_described_for_lint() -> None:
+    text = "name: w\ntrigger: {pull_request: {branches: [main, 'release/*']}, push: {branches: [main]}}\nrun: x\n"
+    assert one(text).triggers == [(F, "w", "pull_request (base main, release/*), merge_group (base main, release/*),"
+                                          " push (main)")]
+    assert one("name: w\ntrigger: {merge_group: false}\nrun: x\n").triggers[0][2] == "pull_request (base any branch)"
+    assert one("name: w\ntrigger: [push]\nrun: x\n").triggers[0][2] == "push (any branch)"
+
+
+def test_reports_globs_reach_the_run_and_its_payload() -> None:
+    run = one("name: w\nrun: x\nreports: ['reports/*.xml', '**/junit-*.xml']\n").runs[0]
+    assert run.reports == ("reports/*.xml", "**/junit-*.xml")
+    assert wf.run_from_jsonable(json.loads(json.dumps(wf.to_jsonable(run)))) == run
+    legacy = wf.to_jsonable(run)
+    del legacy["reports"]  # a task queued by an older litbotd
+    assert wf.run_from_jsonable(legacy).reports == ()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("reports: junit.xml\n", "reports: expected a list of glob patterns"),
+    ("reports: ['']\n", "reports[0]: must not be empty"),
+    ("reports: ['/tmp/x.xml']\n", "reports[0]: '/tmp/x.xml' leaves the repository"),
+    ("reports: ['a/../../x.xml']\n", "leaves the repository"),
+    ("trigger: {merge_group: sometimes}\n", "trigger.merge_group: expected true or false, got str"),
+    ("trigger: {push: {tags: ['v*']}}\n", "trigger.push.tags: unknown key"),
+])
+def test_new_key_errors(text: str, message: str) -> None:
+    assert message in error_of("name: w\nrun: x\n" + text).message
+
+
 # --- schema errors: file, line, key ------------------------------------------------------
 
 @pytest.mark.parametrize("text, line, message", [
     ("run: x\nmachin: CPU\n", 2, "machin: unknown key (expected one of: name, trigger, image, machine,"
-                                 " interruptible, timeout, mode, env, parametrize, run); did you mean 'machine'?"),
+                                 " interruptible, timeout, mode, env, parametrize, run, reports); did you mean 'machine'?"),
     ("name: w\n", 1, "'run' is required"),
     ("run: ''\n", 1, "run: must not be empty"),
     ("run: [a]\n", 1, "run: expected a string, got list"),
@@ -346,7 +403,7 @@ def test_trigger_against_base_branch(trigger: str, base: str, runs: bool) -> Non
     ("run: x\nenv:\n  A: null\n", 3, "env.A: expected a string, number or boolean, got null"),
     ("run: x\ntrigger: pull_request\n", 2, "trigger: expected a mapping of events or a list of event names, got str"),
     ("run: x\ntrigger: [pull_request, issue_comment]\n", 2, "trigger[1]: unknown event 'issue_comment'"),
-    ("run: x\ntrigger:\n  pull_requests: {}\n", 3, "trigger.pull_requests: unknown key (expected one of: pull_request, push); did you mean 'pull_request'?"),
+    ("run: x\ntrigger:\n  pull_requests: {}\n", 3, "trigger.pull_requests: unknown key (expected one of: pull_request, push, merge_group); did you mean 'pull_request'?"),
     ("run: x\ntrigger:\n  pull_request:\n    branch: [main]\n", 4, "trigger.pull_request.branch: unknown key"),
     ("run: x\ntrigger:\n  pull_request:\n    branches: main\n", 4, "trigger.pull_request.branches: expected a list of branch patterns, got str"),
     ("run: x\ntrigger:\n  pull_request:\n    branches:\n      - main\n      - 7\n", 6, "trigger.pull_request.branches[1]: expected a string, got int"),

@@ -58,6 +58,7 @@ class JobSpec:
     # Short-lived, repo-scoped, contents:read installation token, or None for a public repo.
     # Only ever placed in the job's environment as GITHUB_TOKEN; repr=False keeps it out of logs.
     token: str | None = field(default=None, repr=False)
+    reports: tuple[str, ...] = ()  # JUnit XML globs the job reads after the script (bootstrap.py)
 
     def __post_init__(self) -> None:
         check_name(self.name)

@@ -14,7 +14,11 @@ What the job does, in order:
    leave the tree, and strips GitHub's top-level folder;
 3. runs the script with `bash -eo pipefail` in that directory, in its own process group, without
    GITHUB_TOKEN in its environment; at the deadline the whole group gets SIGTERM, then SIGKILL;
-4. prints exactly one result line as the last line of output and exits with a matching status:
+4. when the workflow names `reports:` (JUnit XML globs), reads them (safely: no DOCTYPE or
+   entities, size-capped, streamed) and prints each failed or errored test case as an `::error`
+   workflow command at its file and line, then `litci-tests: N passed, N failed, N skipped, N errors`;
+   the daemon turns these lines into annotations, so this works the same on every backend;
+5. prints exactly one result line as the last line of output and exits with a matching status:
      litci-exit-code: N          the script exited with N            (exit N)
      litci-timed-out: T          killed after T seconds              (exit 124)
      litci-error: REASON         the script never ran (fetch failed)  (exit 125)
@@ -25,6 +29,7 @@ The token is never printed: no URL it could be in, no header, no environment dum
 from __future__ import annotations
 
 import base64
+import glob
 import http.client
 import json
 import os
@@ -51,6 +56,11 @@ EXIT_ERROR = 125
 EXIT_STOPPED = 143
 DOWNLOAD_ATTEMPTS = 3
 SOCKET_TIMEOUT = 60.0
+MAX_REPORT_BYTES = 20 * 1024 * 1024   # one JUnit file; a bigger one is refused unread
+MAX_REPORT_FILES = 100
+MAX_REPORT_ANNOTATIONS = 1000         # the daemon keeps no more per run
+MAX_CASE_TEXT = 64 * 1024             # failure text kept per test case while parsing
+MAX_ANNOTATION_TEXT = 4000            # characters of a failure printed into an annotation
 
 # ---------------------------------------------------------------------------------------------
 # job side
@@ -208,6 +218,213 @@ def _run_script(script: str, cwd: str, timeout: float, grace: float, stop: dict)
     return (128 - rc if rc < 0 else rc), timed_out
 
 
+# -- JUnit reports (runs after the script, inside the job) -------------------------------------
+
+
+class BadReport(Exception):
+    """A report file that is not read: too large, not XML, or with a DOCTYPE/entities."""
+
+
+def _refuse(*args):  # type: ignore[no-untyped-def]
+    raise BadReport("DOCTYPE and entity declarations are not allowed (entities are never expanded)")
+
+
+def read_junit(path: str, max_bytes: int = MAX_REPORT_BYTES, max_cases: int = MAX_REPORT_ANNOTATIONS) -> dict:
+    """Counts and failed/errored cases of a JUnit XML file (pytest xunit1/xunit2, Ant/Maven
+    Surefire, most other producers): {"passed", "failed", "skipped", "errors", "cases": [...]},
+    each case {"name", "classname", "file", "line", "kind", "message", "text"}.
+
+    Streamed through expat with DOCTYPE and entity declarations refused, so no entity is ever
+    expanded (a "billion laughs" file fails at its first declaration); a file over `max_bytes`
+    is refused before it is read. Every case is counted, the first `max_cases` failed ones kept."""
+    import xml.parsers.expat  # here: an image without expat still runs its jobs, and says why reports fail
+
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        raise BadReport("%d bytes, more than the %d read" % (size, max_bytes))
+    parser = xml.parsers.expat.ParserCreate()
+    parser.StartDoctypeDeclHandler = _refuse
+    parser.EntityDeclHandler = _refuse
+    parser.UnparsedEntityDeclHandler = _refuse
+    parser.ExternalEntityRefHandler = _refuse
+    parser.SetParamEntityParsing(xml.parsers.expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    out = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0, "cases": []}
+    state = {"case": None, "outcome": None, "text": None, "size": 0}
+
+    def start(tag, attrs):  # type: ignore[no-untyped-def]
+        if tag == "testcase":
+            state["case"] = {"name": attrs.get("name", ""), "classname": attrs.get("classname", ""),
+                             "file": attrs.get("file", ""), "line": attrs.get("line", ""),
+                             "kind": "", "message": "", "text": ""}
+            state["outcome"] = "passed"
+            return
+        case = state["case"]
+        if case is None:
+            return
+        if tag in ("failure", "error") and state["outcome"] != "errors":
+            state["outcome"] = "errors" if tag == "error" else "failed"
+            case["kind"] = tag
+            case["message"] = (attrs.get("message") or attrs.get("type") or "")[:MAX_CASE_TEXT]
+            state["text"], state["size"] = [], 0
+        elif tag == "skipped" and state["outcome"] == "passed":
+            state["outcome"] = "skipped"
+
+    def end(tag):  # type: ignore[no-untyped-def]
+        case = state["case"]
+        if tag in ("failure", "error") and state["text"] is not None and case is not None:
+            case["text"] = "".join(state["text"])
+            state["text"] = None
+        elif tag == "testcase" and case is not None:
+            out[state["outcome"]] += 1
+            if state["outcome"] in ("failed", "errors") and len(out["cases"]) < max_cases:
+                out["cases"].append(case)
+            state["case"] = None
+
+    def chars(data):  # type: ignore[no-untyped-def]
+        if state["text"] is not None and state["size"] < MAX_CASE_TEXT:
+            state["text"].append(data[:MAX_CASE_TEXT - state["size"]])
+            state["size"] += len(data)
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = chars
+    try:
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(1 << 16)
+                parser.Parse(chunk, not chunk)
+                if not chunk:
+                    break
+    except xml.parsers.expat.ExpatError as e:
+        raise BadReport("not well-formed XML: %s" % e)
+    return out
+
+
+_PY_FRAME = re.compile(r'File "([^"\n]{1,1024})", line (\d{1,9})')
+# Only from the start of a word: linear however long a line without a path is.
+_PATH_LINE = re.compile(r"(?:(?<=[\s\"'(\[<])|^)([^\s:\"'()\[\]<>]{1,1024}):(\d{1,9})(?!\d)")
+
+
+def _repo_file(path: str, root: str) -> str:
+    """`path` (relative to root, or absolute inside it) as a repository path of an existing
+    file; "" when it is outside the repository or no such file."""
+    path = path.strip()
+    if not path:
+        return ""
+    full = os.path.realpath(os.path.join(root, path))
+    real_root = os.path.realpath(root)
+    if not full.startswith(real_root + os.sep) or not os.path.isfile(full):
+        return ""
+    # the path as the repository names it, not where a symlink points
+    joined = os.path.normpath(os.path.join(root, path))
+    if not joined.startswith(os.path.normpath(root) + os.sep):
+        return ""
+    return os.path.relpath(joined, root).replace(os.sep, "/")
+
+
+def _first_location(text: str, root: str, only: str = "") -> tuple:
+    """The first `path:line` (or Python `File "path", line N`) in `text` naming a file of the
+    repository (`only`: that file); ("", 0) when there is none."""
+    found = []
+    for m in _PY_FRAME.finditer(text):
+        found.append((m.start(), m.group(1), m.group(2)))
+    for m in _PATH_LINE.finditer(text):
+        found.append((m.start(1), m.group(1), m.group(2)))
+    checked = 0
+    for _, path, line in sorted(found):
+        if "." not in path and "/" not in path:
+            continue
+        checked += 1
+        if checked > 200:  # each check is a stat: bound them
+            break
+        rel = _repo_file(path, root)
+        if rel and (not only or rel == only) and int(line) > 0:
+            return rel, int(line)
+    return "", 0
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_prop(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def case_command(case: dict, root: str) -> str:
+    """The `::error` workflow command for a failed or errored test case: at its file/line when
+    the report has them (a line of that file named in the failure text is preferred: it is where
+    the test failed, not where it starts), else at the first repository path:line of the text,
+    else without a file (the daemon lists it in the check's output)."""
+    text = ((case.get("message") or "") + "\n" + (case.get("text") or "")).strip()
+    path, line = "", 0
+    own = _repo_file(case.get("file") or "", root) if case.get("file") else ""
+    if own:
+        path, line = _first_location(text, root, only=own)
+        if not path:
+            path = own
+            given = str(case.get("line") or "")
+            line = max(1, int(given)) if given.isdigit() and len(given) <= 9 else 1
+    else:
+        path, line = _first_location(text, root)
+    name = case.get("name") or "?"
+    title = "%s.%s" % (case["classname"], name) if case.get("classname") else name
+    title = "%s %s" % (title, "errored" if case.get("kind") == "error" else "failed")
+    if len(text) > MAX_ANNOTATION_TEXT:
+        text = text[:MAX_ANNOTATION_TEXT] + "…"
+    props = ("file=%s,line=%d," % (_escape_prop(path), line) if path else "") + "title=" + _escape_prop(title[:255])
+    return "::error %s::%s" % (props, _escape_data(text or title))
+
+
+def report_lines(root: str, patterns: list) -> list:
+    """What the reports step prints: one `::error` per failed case, `::warning`s for reports that
+    could not be read or globs that matched nothing, and the `litci-tests:` counts line."""
+    lines = []
+    files = []
+    real_root = os.path.realpath(root)
+    for pattern in patterns:
+        if pattern.startswith("/") or ".." in pattern.split("/"):
+            lines.append("::warning title=reports::%s is outside the repository: skipped" % _escape_data(pattern))
+            continue
+        matched = sorted(glob.glob(os.path.join(glob.escape(root), pattern), recursive=True))
+        matched = [p for p in matched if os.path.isfile(p) and os.path.realpath(p).startswith(real_root + os.sep)]
+        if not matched:
+            lines.append("::warning title=reports::no report file matches %s" % _escape_data(pattern))
+        files += [p for p in matched if p not in files]
+    totals = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0}
+    printed = 0
+    for path in files[:MAX_REPORT_FILES]:
+        rel = os.path.relpath(path, root)
+        try:
+            report = read_junit(path)
+        except (BadReport, OSError) as e:
+            lines.append("::warning title=reports::%s not read: %s" % (_escape_data(rel), _escape_data(str(e))))
+            continue
+        for k in totals:
+            totals[k] += report[k]
+        for case in report["cases"]:
+            if printed < MAX_REPORT_ANNOTATIONS:
+                lines.append(case_command(case, root))
+                printed += 1
+    if len(files) > MAX_REPORT_FILES:
+        lines.append("::warning title=reports::%d report files; only the first %d were read"
+                     % (len(files), MAX_REPORT_FILES))
+    if files:
+        lines.append("litci-tests: %(passed)d passed, %(failed)d failed, %(skipped)d skipped, %(errors)d errors"
+                     % totals)
+    return lines
+
+
+def _print_reports(root: str, patterns: list) -> None:
+    """The reports step: never changes the job's result, whatever the reports hold."""
+    try:
+        lines = report_lines(root, patterns)
+    except Exception as e:  # a bug here must not turn a passing job red
+        lines = ["::warning title=reports::the reports could not be read: %s" % _escape_data(str(e))]
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
+
+
 def _job_main(argv: list) -> int:
     params = json.loads(base64.b64decode(argv[0]).decode("utf-8"))
     token = os.environ.pop("GITHUB_TOKEN", None) or None  # the script does not get it
@@ -242,7 +459,10 @@ def _job_main(argv: list) -> int:
             with open(script, "w") as f:
                 f.write(params["script"])
             print("litci: running the script (time limit %gs)" % timeout, flush=True)
+            print("litci-workspace: %s" % src, flush=True)  # absolute paths in annotations → repo paths
             rc, timed_out = _run_script(script, src, timeout, grace, stop)
+            if params.get("reports") and not stop["requested"]:
+                _print_reports(src, params["reports"])
         except _Stopped:
             return _finish(params, *stopped)
         except Exception as e:  # whatever broke before the script ran is not the script's failure
@@ -278,6 +498,8 @@ def _job_code() -> str:
 def _params(spec: "JobSpec", workdir: str | None, result_file: str | None, grace: float) -> str:
     params = {"url": spec.archive_url, "script": spec.script, "timeout": spec.timeout, "repo": spec.repo,
               "sha": spec.sha, "grace": grace}
+    if spec.reports:
+        params["reports"] = list(spec.reports)
     if workdir:
         params["workdir"] = workdir
     if result_file:
