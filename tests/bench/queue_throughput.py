@@ -274,16 +274,23 @@ async def main() -> int:
     server = Server()
     runs: dict[tuple[str, int], list[float]] = {}
     runners = {
-        "litbotd-queue": lambda k: bench_litbotd_queue(server.url, args.n, k),
-        "litbotd-worker": lambda k: bench_litbotd_worker(server.url, args.n, k),
-        "arq": lambda k: bench_arq(server.url, args.n, k, server.port),
-        "saq": lambda k: bench_saq(server.url, args.n, k),
-        "floor": lambda k: bench_floor(server.url, args.n, k),
+        "litbotd-queue": lambda k, n: bench_litbotd_queue(server.url, n, k),
+        "litbotd-worker": lambda k, n: bench_litbotd_worker(server.url, n, k),
+        "arq": lambda k, n: bench_arq(server.url, n, k, server.port),
+        "saq": lambda k, n: bench_saq(server.url, n, k),
+        "floor": lambda k, n: bench_floor(server.url, n, k),
     }
     try:
         import uvloop
         print(f"redis-server {server.sync.info('server')['redis_version']}, python {sys.version.split()[0]}, "
               f"uvloop {uvloop.__version__}, N={args.n}, {args.rounds} rounds", flush=True)
+        for name in RUN_ORDER:  # warm-up, not timed: first-use imports and code paths
+            if not only or name in only:
+                server.flush()
+                try:
+                    await runners[name](ks[0], min(args.n, 500))
+                except ImportError:
+                    pass
         for rnd in range(args.rounds):
             for k in ks:
                 for name in RUN_ORDER:
@@ -295,7 +302,7 @@ async def main() -> int:
                     gc.collect()
                     gc.freeze()
                     try:
-                        tps = await runners[name](k)
+                        tps = await runners[name](k, args.n)
                     except ImportError as e:
                         print(f"  {name}: skipped ({e})")
                         continue
