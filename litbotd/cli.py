@@ -11,6 +11,7 @@ import sys
 from typing import Sequence
 
 from . import config as config_mod
+from .backends import check as check_backend
 from .backends.base import BackendError
 from .config import Config, ConfigError
 
@@ -93,6 +94,11 @@ def _check_config(cfg: Config, online: bool) -> int:
         problems.append("github.app_id / private key not set: litbotd cannot call GitHub")
     for p in problems:
         print(f"# warning: {p}", file=sys.stderr)
+    try:
+        check_backend(cfg)  # what `run` refuses at start
+    except BackendError as e:
+        print(f"litbotd: cannot start the job backend: {e}", file=sys.stderr)
+        return 1
     if online:
         from .ops import check_online
         return asyncio.run(check_online(cfg))

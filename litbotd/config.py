@@ -72,6 +72,11 @@ class LightningConfig:
 class LocalConfig:
     workdir: str = "/var/lib/litbotd/jobs"
     max_parallel: int = 2
+    sandbox: bool = True            # bubblewrap; false = trusted code only
+    network: str = "isolated"       # "isolated" (outbound only, slirp4netns), "none", "host" (unsafe)
+    writable_paths: tuple[str, ...] = ()
+    max_log_bytes: int = 10 * 1024 * 1024
+    keep: float = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,7 @@ DURATION_KEYS = {
     "workers.heartbeat_interval", "workers.lease_timeout", "workers.retry_backoff",
     "workers.retry_backoff_max", "workers.shutdown_grace",
     "jobs.poll_interval", "jobs.poll_interval_max", "jobs.queue_timeout", "jobs.default_timeout",
+    "jobs.local.keep",
 }
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -224,6 +230,15 @@ def _validate(cfg: Config) -> None:
         bad("jobs.lightning.teamspace", f"must look like 'owner/teamspace', got {j.lightning.teamspace!r}")
     if j.local.max_parallel < 1:
         bad("jobs.local.max_parallel", f"must be at least 1, got {j.local.max_parallel}")
+    if j.local.network not in ("isolated", "none", "host"):
+        bad("jobs.local.network", f"must be 'isolated', 'none' or 'host', got {j.local.network!r}")
+    for p in j.local.writable_paths:
+        if not p.startswith("/") or p.rstrip("/") in ("", "/usr", "/etc", "/proc", "/dev"):
+            bad("jobs.local.writable_paths", f"must be absolute paths outside /usr, /etc, /proc and /dev, got {p!r}")
+    if j.local.max_log_bytes < 65536:
+        bad("jobs.local.max_log_bytes", f"must be at least 65536, got {j.local.max_log_bytes}")
+    if j.local.keep <= 0:
+        bad("jobs.local.keep", "must be more than 0")
     if cfg.report.log_tail_lines < 1:
         bad("report.log_tail_lines", f"must be at least 1, got {cfg.report.log_tail_lines}")
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error", "critical"):

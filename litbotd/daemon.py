@@ -22,6 +22,7 @@ from aiohttp import web
 
 from . import config as config_mod
 from . import logs, metrics, procinfo, systemd
+from .backends import check as check_backend
 from .backends import make_backend
 from .config import Config, ConfigError, JobsConfig
 from .github import GitHubApp
@@ -133,6 +134,7 @@ class Daemon:
             ("watchdog", self._watchdog_loop()),
             ("heartbeat", self._heartbeat_loop()), ("promoter", self._promoter_loop()),
             ("sweeper", self._sweeper_loop()), ("redeliver", self._redeliver_loop()),
+            ("prune", self._prune_loop()),
         )]
         if self.cfg.server.enabled:
             self._runner = web.AppRunner(make_app(s), access_log=None, handle_signals=False)
@@ -287,6 +289,19 @@ class Daemon:
             except Exception as e:  # the next round tries again
                 log.warning("redelivery sweep failed", error=logs.redact(f"{type(e).__name__}: {e}"))
 
+    async def _prune_loop(self) -> None:
+        """Delete finished local job directories older than jobs.local.keep (never a running job's)."""
+        while True:
+            prune = getattr(self.services.backend, "prune", None)  # the local backend's
+            if prune is not None:
+                try:
+                    n = await prune()
+                    if n:
+                        log.info("deleted finished job directories", jobs=n, keep=f"{self.cfg.jobs.local.keep:g}s")
+                except Exception as e:  # the next round tries again
+                    log.warning("pruning job directories failed", error=logs.redact(f"{type(e).__name__}: {e}"))
+            await asyncio.sleep(min(max(self.cfg.jobs.local.keep / 4, 1.0), 300.0))
+
     # -- reload -------------------------------------------------------------------------------------
     async def reload(self) -> None:
         """SIGHUP: validate the new config and build its adapters before changing anything (SPEC §7)."""
@@ -363,6 +378,8 @@ def run(cfg: Config, registry: Registry, config_path: str | None = None) -> int:
     if not cfg.github.webhook_secret and cfg.server.enabled:
         raise ConfigError("github.webhook_secret: not set — refusing to start an unauthenticated webhook "
                           "listener (set GH_WEBHOOK_SECRET, the config key, or a systemd credential)")
+    if cfg.workers.count > 0:
+        check_backend(cfg)  # e.g. no bwrap: one line at start, before waiting for Redis
     logs.setup(cfg.log.level, cfg.log.format, config_mod.secrets_of(cfg))
     # A watchdog kill (SIGABRT) then leaves the Python stack of the blocked code in the journal.
     faulthandler.enable()

@@ -26,6 +26,7 @@ import aiohttp
 
 from . import config as config_mod
 from . import logs
+from .backends import sandbox
 from .daemon import Daemon
 from .fake_github import FakeGitHub
 from .lifecycle import REGISTRY
@@ -156,17 +157,24 @@ async def demo(workdir: Path) -> int:
     gh.add_repo(REPO, git_dir=str(workdir / "repo"), installation_id=42)
     gh.add_pull(REPO, 1, head_sha=sha, base_ref="main")
     secret = secrets.token_hex(16)
+    # The demo's own known-good job may run unsandboxed where bwrap cannot work; the daemon never does that.
+    sandbox_problem = sandbox.problem("isolated")
     cfg = config_mod.parse({
         "server": {"host": "127.0.0.1", "port": 0},
         "github": {"app_id": 1, "api_url": api_url},
         "redis": {"url": "redis://in-process/0"},
         "workers": {"count": 2, "heartbeat_interval": "1s", "lease_timeout": "5s", "shutdown_grace": "5s"},
         "jobs": {"backend": "local", "poll_interval": 0.2, "poll_interval_max": 1,
-                 "local": {"workdir": str(workdir / "jobs"), "max_parallel": 2}},
+                 "local": {"workdir": str(workdir / "jobs"), "max_parallel": 2, "sandbox": not sandbox_problem}},
         "log": {"level": "warning"},
     }, env={"GH_PRIVATE_KEY": private_pem, "GH_WEBHOOK_SECRET": secret}, source="demo")
     logs.setup(cfg.log.level, cfg.log.format, config_mod.secrets_of(cfg))
     say(f"2. GitHub stand-in at {api_url}; daemon with 2 workers, local backend in {workdir / 'jobs'}")
+    if sandbox_problem:
+        say(f"   NOTE: the demo's own job runs UNSANDBOXED here — {sandbox_problem}.\n"
+            "   `litbotd run` would refuse to start with sandbox = true on this machine.")
+    else:
+        say("   jobs run sandboxed (bubblewrap, outbound-only network via slirp4netns)")
     daemon = Daemon(cfg, REGISTRY, redis=fakeredis.FakeAsyncRedis(decode_responses=True))
     running = asyncio.create_task(daemon.run())
     ready = asyncio.create_task(daemon.ready.wait())

@@ -9,6 +9,7 @@ hook for waiting and retrying, and every retry, rate-limit wait and pacing step 
 - Installation tokens are cached in the process and in Redis (`<queue>:token:<id>`), until five
   minutes before they expire, so that several daemons share one token. The token is minted under a
   short Redis lock (`SET NX PX`): concurrent callers mint once, the others wait for the cached copy.
+  In Redis the token is sealed (AES-GCM, key derived from the App private key: sealed.py).
 - 5xx, connection errors and timeouts are retried with exponential backoff and jitter
   (`MAX_ATTEMPTS` in all). 403/429 rate limits wait as GitHub says: `Retry-After`, else until
   `x-ratelimit-reset` when `x-ratelimit-remaining` is 0, else (secondary limit) at least a minute,
@@ -35,6 +36,7 @@ import aiohttp
 from gidgethub import apps, sansio
 
 from . import logs, metrics
+from .sealed import seal, unseal
 from .services import Services
 
 log = logs.get("litbotd.github")
@@ -169,7 +171,8 @@ class GitHubApp:
                         return token
                     token, expires = await self._mint(installation_id, None)
                     ttl = max(1, int(expires - TOKEN_MARGIN - self._clock()))
-                    await redis.set(key, json.dumps({"token": token, "expires_at": expires}), ex=ttl)
+                    pem = self.services.config.github.private_key  # sealed: Redis readers get no token
+                    await redis.set(key, json.dumps({"sealed": seal(pem, token, key), "expires_at": expires}), ex=ttl)
                     self._tokens[installation_id] = (token, expires)
                     log.info("minted an installation token", installation=installation_id)
                     return token
@@ -185,8 +188,12 @@ class GitHubApp:
         data = json.loads(raw)
         if data["expires_at"] - TOKEN_MARGIN <= self._clock():
             return None
-        self._tokens[installation_id] = (data["token"], data["expires_at"])
-        return data["token"]
+        # None when sealed under another App key (rotated) or in the old clear form: mint anew
+        token = unseal(self.services.config.github.private_key, str(data.get("sealed", "")), key)
+        if token is None:
+            return None
+        self._tokens[installation_id] = (token, data["expires_at"])
+        return token
 
     async def scoped_token(self, installation_id: int, repo: str) -> str:
         """A fresh token for one repository with contents:read only, for a job (SPEC §4). Not cached."""

@@ -17,7 +17,7 @@ from litbotd.backends.base import BackendError, JobNotFound, JobSpec, JobStatus
 from litbotd.backends.local import LocalBackend
 from litbotd.config import Config, JobsConfig, LocalConfig
 from tarball_server import REPO, SHA, TarballServer, github_tarball
-from test_bootstrap import wait_gone
+from test_bootstrap import gone
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "ghs_LocalJobToken0123456789abcdef"
@@ -48,10 +48,44 @@ def no_leftovers(tmp_path: Path) -> Iterator[None]:
 
 
 @pytest.fixture
-async def backend(tmp_path: Path) -> AsyncIterator[LocalBackend]:
-    b = LocalBackend(str(tmp_path / "jobs"), max_parallel=2, grace=1.0)
+def shared(tmp_path: Path) -> Path:
+    """Where test and sandboxed job meet: the jobs' one writable path besides their own."""
+    d = tmp_path / "shared"
+    d.mkdir()
+    return d
+
+
+def local(tmp_path: Path, max_parallel: int = 2, **kw: object) -> LocalBackend:
+    return LocalBackend(str(tmp_path / "jobs"), max_parallel, grace=1.0,
+                        writable_paths=[str(tmp_path / "shared")], **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def backend(tmp_path: Path, shared: Path) -> AsyncIterator[LocalBackend]:
+    b = local(tmp_path)
     yield b
     await b.close()
+
+
+def host_pids(*argv: str) -> list[int]:
+    """Host pids of live processes whose command line is exactly argv (pids inside a sandbox differ)."""
+    want = ("\0".join(argv) + "\0").encode()
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "cmdline").read_bytes() == want and not gone(int(d.name)):
+                    found.append(int(d.name))
+            except OSError:
+                pass
+    return found
+
+
+async def wait_no_pids(*argv: str, within: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + within
+    while (pids := host_pids(*argv)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return pids
 
 
 def spec(server: TarballServer, name: str, script: str, *, timeout: float = 30, token: str | None = None,
@@ -75,9 +109,9 @@ async def wait_final(b: LocalBackend, name: str, within: float = 20) -> JobStatu
     return await wait_for_state(b, name, {"succeeded", "failed", "stopped"}, within)
 
 
-async def wait_file(path: Path, within: float = 20) -> str:
+async def wait_file(path: Path, within: float = 20, check: bool = True) -> str:
     deadline = time.monotonic() + within
-    while not (path.exists() and path.read_text().strip()):
+    while not (path.exists() and (not check or path.read_text().strip())):
         assert time.monotonic() < deadline, f"{path} never appeared"
         await asyncio.sleep(0.02)
     return path.read_text()
@@ -94,8 +128,9 @@ async def test_success_and_failure_exit_codes(backend: LocalBackend, server: Tar
     assert (await backend.log_tail("litci-bad", 2)).splitlines() == ["failing", "litci-exit-code: 3"]
 
 
-async def test_start_twice_is_one_job(backend: LocalBackend, server: TarballServer, tmp_path: Path) -> None:
-    runs = tmp_path / "runs.txt"
+async def test_start_twice_is_one_job(backend: LocalBackend, server: TarballServer, tmp_path: Path,
+                                      shared: Path) -> None:
+    runs = shared / "runs.txt"
     s = spec(server, "litci-once", f"echo ran >> {runs}\n")
     first, second = await asyncio.gather(backend.start(s), backend.start(s))
     assert {first.state, second.state} <= {"pending", "running", "succeeded"}
@@ -112,7 +147,7 @@ from litbotd.backends.base import JobSpec
 from litbotd.backends.local import LocalBackend
 
 async def main():
-    backend = LocalBackend(sys.argv[2], 2, grace=1.0)
+    backend = LocalBackend(sys.argv[2], 2, grace=1.0, writable_paths=[sys.argv[3]])
     status = await backend.start(JobSpec(**json.loads(sys.argv[1])))
     print(status.state, flush=True)
     await asyncio.sleep(3600)
@@ -121,17 +156,17 @@ asyncio.run(main())
 """
 
 
-async def test_job_survives_the_death_of_its_starter(server: TarballServer, tmp_path: Path) -> None:
-    go = tmp_path / "go"
+async def test_job_survives_the_death_of_its_starter(server: TarballServer, tmp_path: Path, shared: Path) -> None:
+    go = shared / "go"
     s = spec(server, "litci-orphan", f"echo first\nwhile [ ! -e {go} ]; do sleep 0.02; done\necho second\n")
     fields = {k: getattr(s, k) for k in s.__dataclass_fields__}
     workdir = tmp_path / "jobs"
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CHILD, json.dumps(fields), str(workdir), stdout=asyncio.subprocess.PIPE,
+        sys.executable, "-c", CHILD, json.dumps(fields), str(workdir), str(shared), stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert child.stdout is not None
     assert (await asyncio.wait_for(child.stdout.readline(), 20)).strip() == b"pending"
-    fresh = LocalBackend(str(workdir), 2)
+    fresh = local(tmp_path)
     try:
         assert (await wait_for_state(fresh, "litci-orphan", {"running"})).state == "running"
         child.kill()  # SIGKILL: the starter dies without any cleanup
@@ -144,36 +179,36 @@ async def test_job_survives_the_death_of_its_starter(server: TarballServer, tmp_
         await fresh.close()
 
 
-async def test_timeout_kills_the_process_group(backend: LocalBackend, server: TarballServer,
-                                               tmp_path: Path) -> None:
-    bg = tmp_path / "bg.pid"
-    await backend.start(spec(server, "litci-slow", f"sleep 300 &\necho $! > {bg}\nsleep 300\n", timeout=1))
+async def test_timeout_kills_the_process_group(backend: LocalBackend, server: TarballServer) -> None:
+    await backend.start(spec(server, "litci-slow", "sleep 311 &\nsleep 311\n", timeout=1))
     st = await wait_final(backend, "litci-slow")
     assert (st.state, st.timed_out, st.exit_code) == ("failed", True, None)
     assert st.message.startswith("timed out")
-    assert await wait_gone(int(bg.read_text()))
+    assert await wait_no_pids("sleep", "311") == []
 
 
 async def test_stop_kills_the_script_and_is_idempotent(backend: LocalBackend, server: TarballServer,
-                                                       tmp_path: Path) -> None:
-    bg = tmp_path / "bg.pid"
-    await backend.start(spec(server, "litci-stopme", f"sleep 300 &\necho $! > {bg}\nsleep 300\n"))
-    pid = int(await wait_file(bg))
+                                                       shared: Path) -> None:
+    bg = shared / "bg.pid"
+    await backend.start(spec(server, "litci-stopme", f"sleep 312 &\necho $! > {bg}\nsleep 312\n"))
+    await wait_file(bg)
+    assert len(host_pids("sleep", "312")) == 2
     t0 = time.monotonic()
     await backend.stop("litci-stopme")
     assert time.monotonic() - t0 < 2
     st = await wait_final(backend, "litci-stopme")
     assert st.state == "stopped"
-    assert await wait_gone(pid)
+    assert await wait_no_pids("sleep", "312") == []
     await backend.stop("litci-stopme")  # again: nothing happens, nothing raises
     await backend.stop("litci-never-existed")
     assert (await backend.status("litci-stopme")).state == "stopped"
 
 
-async def test_max_parallel_one_runs_jobs_one_after_the_other(server: TarballServer, tmp_path: Path) -> None:
-    b = LocalBackend(str(tmp_path / "jobs"), max_parallel=1, grace=1.0)
-    marks = tmp_path / "marks.txt"
-    release = tmp_path / "release"
+async def test_max_parallel_one_runs_jobs_one_after_the_other(server: TarballServer, tmp_path: Path,
+                                                              shared: Path) -> None:
+    b = local(tmp_path, 1)
+    marks = shared / "marks.txt"
+    release = shared / "release"
     script = (f"echo start $LITCI_N $(date +%s%N) >> {marks}\n"
               f"while [ ! -e {release} ]; do sleep 0.02; done\n"
               f"echo end $LITCI_N $(date +%s%N) >> {marks}\n")
@@ -196,9 +231,10 @@ async def test_max_parallel_one_runs_jobs_one_after_the_other(server: TarballSer
     assert e1 <= s2, f"jobs overlapped: {events}"
 
 
-async def test_stop_while_pending_never_runs_the_script(server: TarballServer, tmp_path: Path) -> None:
-    b = LocalBackend(str(tmp_path / "jobs"), max_parallel=1, grace=1.0)
-    ran = tmp_path / "ran"
+async def test_stop_while_pending_never_runs_the_script(server: TarballServer, tmp_path: Path,
+                                                       shared: Path) -> None:
+    b = local(tmp_path, 1)
+    ran = shared / "ran"
     try:
         await b.start(spec(server, "litci-blocker", "sleep 300\n"))
         await wait_for_state(b, "litci-blocker", {"running"})
@@ -213,18 +249,16 @@ async def test_stop_while_pending_never_runs_the_script(server: TarballServer, t
 
 
 async def test_dead_runner_is_reported_failed_not_running_forever(backend: LocalBackend, server: TarballServer,
-                                                                  tmp_path: Path) -> None:
-    script_pid = tmp_path / "script.pid"
-    await backend.start(spec(server, "litci-orphaned", f"echo $$ > {script_pid}\nsleep 300\n"))
-    pid = int(await wait_file(script_pid))
+                                                                  tmp_path: Path, shared: Path) -> None:
+    started = shared / "started"
+    await backend.start(spec(server, "litci-orphaned", f"touch {started}\nsleep 313\n"))
+    await wait_file(started, check=False)
     status = json.loads((tmp_path / "jobs" / "litci-orphaned" / "status.json").read_text())
-    try:
-        os.killpg(status["pgid"], signal.SIGKILL)  # the runner dies as in a power cut: no last words
-        st = await wait_final(backend, "litci-orphaned")
-        assert st.state == "failed" and st.exit_code is None
-        assert "died without a final status" in st.message
-    finally:
-        os.killpg(pid, signal.SIGKILL)  # the script's own group outlived the runner
+    os.killpg(status["pgid"], signal.SIGKILL)  # the runner dies as in a power cut: no last words
+    st = await wait_final(backend, "litci-orphaned")
+    assert st.state == "failed" and st.exit_code is None
+    assert "died without a final status" in st.message
+    assert await wait_no_pids("sleep", "313") == []  # the sandbox died with its runner
 
 
 async def test_token_reaches_only_the_download(backend: LocalBackend, tmp_path: Path,
@@ -266,9 +300,11 @@ async def test_unknown_and_invalid_names(backend: LocalBackend) -> None:
 
 
 async def test_make_backend_builds_local_from_config(tmp_path: Path) -> None:
-    cfg = Config(jobs=JobsConfig(backend="local", local=LocalConfig(workdir=str(tmp_path), max_parallel=3)))
+    cfg = Config(jobs=JobsConfig(backend="local", local=LocalConfig(workdir=str(tmp_path), max_parallel=3,
+                                                                    network="none", max_log_bytes=65536)))
     b = make_backend(cfg)
     try:
         assert isinstance(b, LocalBackend) and b.name == "local" and b.max_parallel == 3
+        assert (b.sandbox, b.network, b.max_log_bytes) == (True, "none", 65536)
     finally:
         await b.close()

@@ -95,6 +95,33 @@ async def test_token_minted_once_and_shared_through_redis(fake: FakeGitHub, make
     assert metrics.REGISTRY.get_sample_value("litbotd_github_ratelimit_remaining") == 5000 - len(fake.requests)
 
 
+async def test_token_in_redis_is_sealed_useless_to_a_redis_reader(fake: FakeGitHub, make_app) -> None:
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+
+    from litbotd.demo import throwaway_key
+    from litbotd.sealed import unseal
+
+    a = make_app()
+    token = await a.installation_token(1)
+    key = a.services.queue.key("token", "1")
+    raw = await a.services.redis.get(key)
+    assert token not in raw and token[4:] not in raw and "token" not in json.loads(raw)
+    sealed = json.loads(raw)["sealed"]
+    other_pem = throwaway_key()[0]
+    assert unseal(other_pem, sealed, key) is None                      # another App's key
+    assert unseal(PRIVATE_KEY, sealed, a.services.queue.key("token", "2")) is None  # moved to another key
+    pkcs1 = serialization.load_pem_private_key(PRIVATE_KEY.encode(), None).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()).decode()
+    assert "RSA PRIVATE KEY" in pkcs1 and unseal(pkcs1, sealed, key) == token  # same key, other PEM form
+    # A value in the old clear form (written before this version) is not trusted: a fresh token.
+    await a.services.redis.set(key, json.dumps({"token": "ghs_planted", "expires_at": time.time() + 3600}))
+    b = make_app()
+    assert await b.installation_token(1) not in ("ghs_planted", token)
+    assert fake.count("POST", r"/access_tokens$") == 2
+
+
 async def test_token_refreshed_within_five_minutes_of_expiry(fake: FakeGitHub, make_app) -> None:
     clock = Clock()
     app = make_app(clock)

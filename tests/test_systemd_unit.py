@@ -68,8 +68,10 @@ def test_unit_is_hardened(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     m = re.search(r"Overall exposure level for \S+: ([\d.]+)", proc.stdout + proc.stderr)
     assert m, f"no exposure level in:\n{proc.stdout}{proc.stderr}"
-    # 0 = fully locked down, 10 = unprotected; a plain User= service scores about 9.
-    assert float(m.group(1)) <= 2.5, proc.stdout
+    # 0 = fully locked down, 10 = unprotected; a plain User= service scores about 9. The local
+    # jobs' bubblewrap sandbox costs about 0.5: user/pid/net/... namespaces, @mount, AF_NETLINK,
+    # and no ProtectKernelTunables=/ProtectKernelLogs= (docs/operations.md says why).
+    assert float(m.group(1)) <= 3.0, proc.stdout
 
 
 def test_unit_says_what_spec_7_asks() -> None:
@@ -89,9 +91,19 @@ def test_unit_says_what_spec_7_asks() -> None:
     assert one["StateDirectory"] == "litbotd" and one["ConfigurationDirectory"] == "litbotd"
     for key, value in {"ProtectSystem": "strict", "ProtectHome": "yes", "NoNewPrivileges": "yes",
                        "PrivateTmp": "yes", "PrivateDevices": "yes", "CapabilityBoundingSet": "",
-                       "SystemCallFilter": "@system-service",
-                       "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6"}.items():
+                       "SystemCallFilter": "@system-service @mount",
+                       "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK"}.items():
         assert one.get(key) == value, key
+
+
+def test_unit_lets_the_local_jobs_sandbox_work() -> None:
+    """bwrap + slirp4netns under this unit: the namespaces they create, /dev/net/tun, and a /proc
+    the kernel lets a new PID namespace mount (no over-mounts of /proc/sys or /proc/kmsg)."""
+    one = {k: v[-1] for k, v in _directives().items()}
+    assert set(one["RestrictNamespaces"].split()) >= {"user", "mnt", "pid", "ipc", "uts", "net", "cgroup"}
+    assert one.get("ProtectKernelTunables", "no") == "no" and one.get("ProtectKernelLogs", "no") == "no"
+    assert one.get("ProcSubset", "all") == "all" and one.get("PrivateUsers", "no") == "no"
+    assert one["BindPaths"] == "-/dev/net/tun" and one["DeviceAllow"] == "/dev/net/tun rw"
 
 
 def test_credential_names_match_config(tmp_path: Path) -> None:

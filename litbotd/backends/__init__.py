@@ -1,6 +1,7 @@
 """Job backends: where CI jobs run (local machine or Lightning AI). See base.py for the interface."""
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from .base import Backend, BackendError, JobNotFound, JobSpec, JobStatus
@@ -9,7 +10,20 @@ from .lightning import machine_names
 if TYPE_CHECKING:
     from litbotd.config import Config
 
-__all__ = ["Backend", "BackendError", "JobNotFound", "JobSpec", "JobStatus", "machine_names", "make_backend"]
+__all__ = ["Backend", "BackendError", "JobNotFound", "JobSpec", "JobStatus", "check", "machine_names", "make_backend"]
+
+
+def check(cfg: "Config") -> None:
+    """Offline checks `litbotd run` and check-config make before anything starts: BackendError
+    when the local backend's sandbox cannot work on this machine (never run jobs unsandboxed)."""
+    if cfg.jobs.backend == "local" and cfg.jobs.local.sandbox:
+        from .sandbox import problem
+
+        if why := problem(cfg.jobs.local.network):
+            raise BackendError(why)
+        for path in cfg.jobs.local.writable_paths:
+            if not os.path.isdir(path):
+                raise BackendError(f"jobs.local.writable_paths: {path} is not an existing directory")
 
 
 def make_backend(cfg: "Config") -> Backend:
@@ -17,7 +31,14 @@ def make_backend(cfg: "Config") -> Backend:
     if cfg.jobs.backend == "local":
         from .local import LocalBackend
 
-        return LocalBackend(cfg.jobs.local.workdir, cfg.jobs.local.max_parallel)
+        check(cfg)
+        loc = cfg.jobs.local
+        # what the sandbox masks should it sit under /etc or /usr: the config file, key and credentials
+        hidden = [os.path.abspath(p) for p in (cfg.github.private_key_file, os.environ.get("CREDENTIALS_DIRECTORY"),
+                                               cfg.source if cfg.source and os.path.isfile(cfg.source) else "") if p]
+        return LocalBackend(loc.workdir, loc.max_parallel, sandbox=loc.sandbox, network=loc.network,
+                            writable_paths=loc.writable_paths, hidden=hidden, max_log_bytes=loc.max_log_bytes,
+                            keep=loc.keep)
     if cfg.jobs.backend == "lightning":
         from .lightning import LightningBackend
 

@@ -190,11 +190,10 @@ class _Stopped(BaseException):
     """SIGTERM/SIGINT/SIGHUP before the script started: unwind out of a blocking download."""
 
 
-def _run_script(script: str, cwd: str, timeout: float, grace: float, stop: dict) -> tuple:
+def _run_script(argv: list, cwd: str, timeout: float, grace: float, stop: dict) -> tuple:
     """Run the script in its own process group; returns (exit status, timed out)."""
     stop["starting"] = True  # from here a signal only sets the flag; the loop below acts on it
-    proc = subprocess.Popen(["bash", "-eo", "pipefail", script], cwd=cwd, env=dict(os.environ),
-                            start_new_session=True)
+    proc = subprocess.Popen(argv, cwd=cwd, env=dict(os.environ), start_new_session=True)
     stop["pgid"] = proc.pid
     deadline = time.monotonic() + timeout
     timed_out = False
@@ -443,7 +442,7 @@ def _job_main(argv: list) -> int:
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, on_signal)
 
-    work = ""
+    work = sandbox_error = ""
     try:
         try:
             work = tempfile.mkdtemp(prefix="litci-", dir=params.get("workdir") or None)
@@ -458,10 +457,16 @@ def _job_main(argv: list) -> int:
             script = os.path.join(work, "script.sh")
             with open(script, "w") as f:
                 f.write(params["script"])
+            argv = ["bash", "-eo", "pipefail", script]
+            if params.get("sandbox"):  # local backend: the wrapper runs the script in its sandbox
+                sandbox_error = work + ".sandbox-error"  # beside work, out of the sandbox's sight
+                argv = params["sandbox"] + [sandbox_error, work, "--"] + argv
             print("litci: running the script (time limit %gs)" % timeout, flush=True)
             print("litci-workspace: %s" % src, flush=True)  # absolute paths in annotations → repo paths
-            rc, timed_out = _run_script(script, src, timeout, grace, stop)
-            if params.get("reports") and not stop["requested"]:
+            rc, timed_out = _run_script(argv, src, timeout, grace, stop)
+            # outside the sandbox, whose processes are all gone by now; report_lines keeps to src
+            sandbox_failed = bool(sandbox_error) and os.path.exists(sandbox_error)
+            if params.get("reports") and not stop["requested"] and not sandbox_failed:
                 _print_reports(src, params["reports"])
         except _Stopped:
             return _finish(params, *stopped)
@@ -471,6 +476,11 @@ def _job_main(argv: list) -> int:
                            {"kind": "error", "exit_code": None, "detail": reason}, EXIT_ERROR)
         if stop["requested"]:
             return _finish(params, *stopped)
+        if sandbox_error and os.path.exists(sandbox_error):
+            with open(sandbox_error) as f:
+                reason = f.read().strip()
+            return _finish(params, "litci-error: " + reason, {"kind": "error", "exit_code": None, "detail": reason},
+                           EXIT_ERROR)
         if timed_out:
             return _finish(params, "litci-timed-out: %g" % timeout,
                            {"kind": "timeout", "exit_code": None, "detail": "%g" % timeout}, EXIT_TIMEOUT)
@@ -478,6 +488,8 @@ def _job_main(argv: list) -> int:
     finally:
         if work:
             shutil.rmtree(work, ignore_errors=True)
+        if sandbox_error and os.path.exists(sandbox_error):
+            os.unlink(sandbox_error)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,11 +507,14 @@ def _job_code() -> str:
     return _CODE_CACHE[0]
 
 
-def _params(spec: "JobSpec", workdir: str | None, result_file: str | None, grace: float) -> str:
-    params = {"url": spec.archive_url, "script": spec.script, "timeout": spec.timeout, "repo": spec.repo,
-              "sha": spec.sha, "grace": grace}
+def _params(spec: "JobSpec", workdir: str | None, result_file: str | None, grace: float,
+            sandbox: list[str] | None) -> str:
+    params: dict[str, Any] = {"url": spec.archive_url, "script": spec.script, "timeout": spec.timeout,
+                              "repo": spec.repo, "sha": spec.sha, "grace": grace}
     if spec.reports:
         params["reports"] = list(spec.reports)
+    if sandbox:
+        params["sandbox"] = sandbox
     if workdir:
         params["workdir"] = workdir
     if result_file:
@@ -508,11 +523,13 @@ def _params(spec: "JobSpec", workdir: str | None, result_file: str | None, grace
 
 
 def job_argv(spec: "JobSpec", python: str = "python3", workdir: str | None = None,
-             result_file: str | None = None, grace: float = 10.0) -> list[str]:
-    """argv of the job: `python3 -c CODE PARAMS`. Carries no token (argv is visible in ps)."""
+             result_file: str | None = None, grace: float = 10.0, sandbox: list[str] | None = None) -> list[str]:
+    """argv of the job: `python3 -c CODE PARAMS`. Carries no token (argv is visible in ps).
+
+    `sandbox`: the command (sandbox.py) the script is run under, after the code was fetched."""
     code = ("import base64,sys,zlib;exec(compile(zlib.decompress(base64.b64decode('%s')),"
             "'litci-bootstrap','exec'))" % _job_code())
-    return [python, "-c", code, _params(spec, workdir, result_file, grace)]
+    return [python, "-c", code, _params(spec, workdir, result_file, grace, sandbox)]
 
 
 def shell_command(spec: "JobSpec", grace: float = 10.0) -> str:

@@ -20,19 +20,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import litbotd
 
 from ..procinfo import boot_id, process_start
-from .base import BackendError, JobNotFound, JobSpec, JobStatus, Offload, check_name, scrub
+from .base import FINAL_STATES, NAME_RE, BackendError, JobNotFound, JobSpec, JobStatus, Offload, check_name, scrub
 from .bootstrap import job_argv, job_env
 from .localrun import write_json_atomic
+from . import sandbox
 
 # A job whose runner has not recorded its pid this long after the directory was made never
 # started (the daemon died between mkdir and spawn).
@@ -45,11 +47,20 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, workdir: str, max_parallel: int, *, python: str = sys.executable,
-                 grace: float = 10.0, threads: int = 4, call_timeout: float = 30.0) -> None:
+                 grace: float = 10.0, threads: int = 4, call_timeout: float = 30.0,
+                 sandbox: bool = True, network: str = "isolated", writable_paths: Sequence[str] = (),
+                 hidden: Sequence[str] = (), max_log_bytes: int = 10 * 1024 * 1024,
+                 keep: float = 24 * 3600.0) -> None:
         self.workdir = Path(workdir)
         self.max_parallel = max_parallel
         self.python = python
         self.grace = grace  # SIGTERM -> SIGKILL delay when a script times out
+        self.sandbox = sandbox
+        self.network = network
+        self.writable_paths = tuple(writable_paths)
+        self.hidden = tuple(hidden)  # the daemon's config file, key, credentials: masked in the sandbox
+        self.max_log_bytes = max_log_bytes
+        self.keep = keep
         self._offload = Offload(threads, call_timeout, "litci-local")
 
     # --- interface ---------------------------------------------------------------------------
@@ -74,6 +85,10 @@ class LocalBackend:
         check_name(name)
         await self._offload.run(self._stop, name)
 
+    async def prune(self) -> int:
+        """Delete the directories of jobs that finished more than `keep` ago; returns how many."""
+        return await self._offload.run(self._prune, time.time() - self.keep, timeout=600.0)
+
     async def close(self) -> None:
         self._offload.close()
 
@@ -92,9 +107,10 @@ class LocalBackend:
                "HOME": str(home), "CI": "true", **job_env(spec)}
         env.pop("GITHUB_TOKEN", None)  # goes through the token file, not run.json
         write_json_atomic(jobdir / "run.json", {
-            "argv": job_argv(spec, python=self.python, workdir=str(jobdir),
-                             result_file=str(jobdir / "result.json"), grace=self.grace),
+            "argv": job_argv(spec, python=self.python, workdir=str(jobdir), result_file=str(jobdir / "result.json"),
+                             grace=self.grace, sandbox=self._sandbox_argv(home)),
             "env": env, "slots_dir": str(slots), "max_parallel": self.max_parallel,
+            "max_log_bytes": self.max_log_bytes,
         })
         if spec.token:
             fd = os.open(jobdir / "token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -115,6 +131,14 @@ class LocalBackend:
                                                        "message": message, "finished": time.time()})
             return JobStatus("failed", None, None, message)
         return JobStatus("pending", None, None)
+
+    def _sandbox_argv(self, home: Path) -> list[str] | None:
+        """The sandbox wrapper's command, which the bootstrap puts before the script. sandbox.py
+        is run as a file (stdlib only): importing the litbotd package would cost ~0.3 s a job."""
+        if not self.sandbox:
+            return None
+        return [self.python, "-I", sandbox.__file__,
+                sandbox.encode_spec(self.network, [str(home), *self.writable_paths], self.hidden)]
 
     def _read_status(self, jobdir: Path) -> dict[str, Any] | None:
         try:
@@ -175,6 +199,28 @@ class LocalBackend:
         return JobStatus(state=st["state"], exit_code=code if isinstance(code, int) else None, url=None,
                          message=str(st.get("message") or ""), timed_out=bool(st.get("timed_out")))
 
+    def _prune(self, before: float) -> int:
+        removed = 0
+        try:
+            entries = list(os.scandir(self.workdir))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False) or not NAME_RE.match(entry.name):
+                continue  # .slots and anything that is not a job
+            jobdir = Path(entry.path)
+            st = self._read_status(jobdir)
+            if st is None:  # never started: judged by the directory's age
+                done, when = True, jobdir.stat().st_mtime
+            elif st.get("state") in FINAL_STATES:
+                done, when = True, float(st.get("finished") or st.get("created") or 0)
+            else:  # a runner that died without a final status is over too; a live one never is
+                done, when = not self._alive(st), float(st.get("started") or st.get("created") or 0)
+            if done and when < before:
+                _rmtree(jobdir)
+                removed += 1
+        return removed
+
     def _stop(self, name: str) -> None:
         jobdir = self.workdir / name
         if not jobdir.is_dir():
@@ -211,3 +257,19 @@ class LocalBackend:
                 data = f.read(step) + data
         text = data.decode("utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _rmtree(path: Path) -> None:
+    """Delete a job directory, also where the job left directories without write permission."""
+    def fix(func: Any, p: str, exc: Any) -> None:
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, 0o700)
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=fix)

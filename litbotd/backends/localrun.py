@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from ..procinfo import boot_id, process_start
 from .bootstrap import result_from_json
 
 SLOT_POLL = 0.2  # seconds between tries for a free slot
+DRAIN_AFTER_EXIT = 2.0  # seconds the output pipe is still read after the bootstrap exited
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -37,6 +39,55 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+class CappedLog:
+    """log.txt kept under about `limit` bytes (SPEC §3 max_log_bytes): its head and its tail.
+
+    The first half of the limit is kept as written; then a marker line; then the newest output.
+    When the tail part reaches the other half, it is cut back to its last quarter (from a line
+    start), so the file never exceeds limit + the marker, and rewriting costs O(1) per byte.
+    """
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        self.limit = limit
+        self.head = limit // 2
+        self.size = os.fstat(self.fd).st_size
+        self.cut: int | None = None  # where the tail part starts, once the head is full
+        self.dropped = 0
+
+    def write(self, data: bytes) -> None:
+        if self.cut is None:
+            room = max(self.head - self.size, 0)
+            self._append(data[:room])
+            data = data[room:]
+            if not data:
+                return
+            self._append(f"\n[litci: the log passed max_log_bytes={self.limit}: its middle is dropped, "
+                         "its tail follows]\n".encode())
+            self.cut = self.size
+        self._append(data)
+        if self.size - self.cut > self.limit - self.head:
+            keep = self.limit // 4
+            tail = os.pread(self.fd, keep, self.size - keep)
+            nl = tail.find(b"\n")
+            if 0 <= nl < len(tail) - 1:
+                tail = tail[nl + 1:]  # start at a line
+            self.dropped += self.size - self.cut - len(tail)
+            os.ftruncate(self.fd, self.cut)
+            self.size = self.cut
+            self._append(tail)
+
+    def _append(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+            self.size += n
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 class Runner:
@@ -98,11 +149,34 @@ class Runner:
         if token:
             env["GITHUB_TOKEN"] = token
         self.write(state="running", started=time.time())
-        with open(self.dir / "log.txt", "ab") as log:
-            self.child = subprocess.Popen(self.run["argv"], stdin=subprocess.DEVNULL, stdout=log,
+        log = CappedLog(self.dir / "log.txt", int(self.run.get("max_log_bytes") or 10 * 1024 * 1024))
+        try:
+            self.child = subprocess.Popen(self.run["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, env=env, cwd=self.dir)
+            self.copy_output(self.child, log)
+        finally:
+            log.close()
         rc = self.child.wait()
         self.write(finished=time.time(), **self.outcome(rc))
+
+    @staticmethod
+    def copy_output(child: subprocess.Popen[bytes], log: CappedLog) -> None:
+        """The child's output into the capped log, until EOF — or DRAIN_AFTER_EXIT after it exited:
+        an unsandboxed job's `setsid` leftovers may hold the pipe open forever."""
+        fd = child.stdout.fileno()  # type: ignore[union-attr]
+        deadline = None
+        while True:
+            if deadline is None and child.poll() is not None:
+                deadline = time.monotonic() + DRAIN_AFTER_EXIT
+            wait = 0.5 if deadline is None else deadline - time.monotonic()
+            if wait <= 0:
+                break
+            if select.select([fd], [], [], wait)[0]:
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    break
+                log.write(data)
+        child.stdout.close()  # type: ignore[union-attr]
 
     def outcome(self, rc: int) -> dict[str, Any]:
         try:

@@ -45,7 +45,7 @@ def main() -> None:
         cfg = Path(tmp) / "litbotd.toml"
         cfg.write_text(f'[server]\nhost = "127.0.0.1"\nport = {hport}\n[redis]\nurl = "redis://127.0.0.1:{rport}/0"\n'
                        f'[workers]\ncount = {args.workers}\n[jobs]\nbackend = "local"\n'
-                       f'[jobs.local]\nworkdir = "{tmp}/jobs"\n'
+                       f'[jobs.local]\nworkdir = "{tmp}/jobs"\nsandbox = false\n'
                        '[github]\nredeliver_interval = 0\n[log]\nformat = "text"\n')
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "LITBOTD_", "NOTIFY_SOCKET"))}
         env.update(PYTHONPATH=str(ROOT), GH_WEBHOOK_SECRET="idle-secret")
