@@ -11,16 +11,27 @@ import sys
 from typing import Sequence
 
 from . import config as config_mod
-from .backends import check as check_backend
 from .backends.base import BackendError
 from .config import Config, ConfigError
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("litbotd")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
+    config_help = "config file (default: $LITBOTD_CONFIG, else /etc/litbotd/litbotd.toml if present)"
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", metavar="PATH",
-                        help="config file (default: $LITBOTD_CONFIG, else /etc/litbotd/litbotd.toml if present)")
+    # SUPPRESS: given after the subcommand it wins; absent there, the one before it stays.
+    common.add_argument("-c", "--config", metavar="PATH", default=argparse.SUPPRESS, help=config_help)
     p = argparse.ArgumentParser(prog="litbotd", description="GitHub App CI daemon: webhooks → Redis → jobs → checks.")
+    p.add_argument("-c", "--config", metavar="PATH", help=config_help)
+    p.add_argument("--version", action="version", version=f"litbotd {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", parents=[common], help="run the daemon")
     sub.add_parser("demo", parents=[common], help="a complete offline run: no server, no network")
@@ -55,11 +66,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "lint":
             from .ops import lint
             return lint(args.dir, args.base, _load(args.config))
-        cfg = _load(args.config)
+        if args.command in ("status", "dead", "replay"):
+            cfg, problem = config_mod.load_redis_only(args.config)
+            if problem:  # these need only [redis]: say what else is wrong, and go on
+                print(f"litbotd: config error (ignored: {args.command} needs only [redis]): {problem}",
+                      file=sys.stderr)
+        else:
+            cfg = _load(args.config)
         if args.command == "run":
-            from .daemon import run
+            from .daemon import StartError, run
             from .lifecycle import REGISTRY
-            return run(cfg, REGISTRY, args.config)
+            try:
+                return run(cfg, REGISTRY, args.config)
+            except StartError as e:
+                print(f"litbotd: cannot start: {e}", file=sys.stderr)
+                return 1
         if args.command == "check-config":
             return _check_config(cfg, args.online)
         from . import ops
@@ -87,20 +108,16 @@ def _load(path: str | None) -> Config:
 def _check_config(cfg: Config, online: bool) -> int:
     print(f"# effective config ({cfg.source}); secrets masked")
     print(config_mod.render_toml(config_mod.to_dict(cfg)))
-    problems = []
-    if not cfg.github.webhook_secret:
-        problems.append("github.webhook_secret is not set: `litbotd run` will refuse to start")
+    from .preflight import problems
+
     if not cfg.github.app_id or not cfg.github.private_key:
-        problems.append("github.app_id / private key not set: litbotd cannot call GitHub")
-    for p in problems:
-        print(f"# warning: {p}", file=sys.stderr)
-    try:
-        check_backend(cfg)  # what `run` refuses at start
-    except BackendError as e:
-        print(f"litbotd: cannot start the job backend: {e}", file=sys.stderr)
-        return 1
+        print("# warning: github.app_id / private key not set: litbotd cannot call GitHub", file=sys.stderr)
+    refusals = problems(cfg)  # exactly what `litbotd run` refuses to start with
+    for p in refusals:
+        print(f"litbotd: `litbotd run` would refuse to start: {p}", file=sys.stderr)
+    code = 1 if refusals else 0
     if online:
         from .ops import check_online
-        return asyncio.run(check_online(cfg))
-    return 0
+        code = max(code, asyncio.run(check_online(cfg)))
+    return code
 

@@ -48,6 +48,8 @@ class GithubConfig:
 class RedisConfig:
     url: str = "redis://localhost:6379/0"
     queue: str = "bot_queue"
+    sentinels: tuple[str, ...] = ()   # "host:port" of Redis Sentinels: find the primary through them
+    sentinel_master: str = "mymaster"
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class WorkersConfig:
     count: int = 4
     heartbeat_interval: float = 2.0
     lease_timeout: float = 10.0
+    task_timeout: float = 600.0
     max_attempts: int = 5
     retry_backoff: float = 2.0
     retry_backoff_max: float = 300.0
@@ -117,7 +120,7 @@ class Config:
 
 DURATION_KEYS = {
     "github.redeliver_interval", "github.redeliver_window",
-    "workers.heartbeat_interval", "workers.lease_timeout", "workers.retry_backoff",
+    "workers.heartbeat_interval", "workers.lease_timeout", "workers.task_timeout", "workers.retry_backoff",
     "workers.retry_backoff_max", "workers.shutdown_grace",
     "jobs.poll_interval", "jobs.poll_interval_max", "jobs.queue_timeout", "jobs.default_timeout",
     "jobs.local.keep",
@@ -202,6 +205,12 @@ def _validate(cfg: Config) -> None:
         bad("github.command_prefix", "must not be empty")
     if not cfg.redis.url.startswith(("redis://", "rediss://", "unix://")):
         bad("redis.url", f"must start with redis://, rediss:// or unix://, got {cfg.redis.url!r}")
+    for i, addr in enumerate(cfg.redis.sentinels):
+        host, _, port = addr.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            bad(f"redis.sentinels[{i}]", f"expected 'host:port', got {addr!r}")
+    if cfg.redis.sentinels and not cfg.redis.sentinel_master.strip():
+        bad("redis.sentinel_master", "must name the Sentinel service when redis.sentinels is set")
     if not cfg.redis.queue or any(c.isspace() for c in cfg.redis.queue):
         bad("redis.queue", f"must be a non-empty name without spaces, got {cfg.redis.queue!r}")
     w = cfg.workers
@@ -211,6 +220,8 @@ def _validate(cfg: Config) -> None:
         bad("workers.heartbeat_interval", "must be more than 0")
     if w.lease_timeout <= w.heartbeat_interval:
         bad("workers.lease_timeout", f"must be longer than workers.heartbeat_interval ({w.heartbeat_interval:g}s)")
+    if w.task_timeout <= 0:
+        bad("workers.task_timeout", "must be more than 0")
     if w.max_attempts < 1:
         bad("workers.max_attempts", f"must be at least 1, got {w.max_attempts}")
     if w.retry_backoff_max < w.retry_backoff:
@@ -332,6 +343,26 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
     except OSError as e:
         raise ConfigError(f"config file {path}: {e.strerror or e}") from None
     return parse(data, env, source=path)
+
+
+def load_redis_only(path: str | None = None, env: Mapping[str, str] | None = None) -> tuple[Config, str | None]:
+    """For `status`, `dead` and `replay`, which need only [redis]: the full config when it loads,
+    else defaults plus the file's [redis] (and REDIS_URL), with the error that was set aside."""
+    env = os.environ if env is None else env
+    try:
+        return load(path, env), None
+    except ConfigError as e:
+        problem = str(e)
+    path = resolve_path(path, env)
+    data: Any = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError):
+            data = {}  # unreadable as a whole: [redis] comes from the environment or the defaults
+    only_redis = {k: v for k, v in env.items() if k == "REDIS_URL"}
+    return parse({"redis": data.get("redis", {})}, only_redis, source=f"[redis] of {path or 'defaults'}"), problem
 
 
 def secrets_of(cfg: Config) -> list[str]:

@@ -16,17 +16,16 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from . import logs
 from .config import Config
-from .queue import Queue, connect
-from .worker import REDIS_DOWN
+from .queue import REDIS_UNAVAILABLE, Queue, connect_config, queue_config
 
 GITHUB_CHECK_TIMEOUT = 30.0
 
 
 @contextlib.asynccontextmanager
 async def _queue(cfg: Config) -> AsyncIterator[Queue]:
-    redis = connect(cfg.redis.url)
+    redis = connect_config(cfg.redis)
     try:
-        yield Queue(redis, cfg.redis.queue)
+        yield queue_config(redis, cfg.redis)
     finally:
         await redis.aclose()
 
@@ -37,7 +36,7 @@ def _redis_errors(fn: Callable[..., Awaitable[int]]) -> Callable[..., Awaitable[
     async def wrapper(cfg: Config, *args: Any) -> int:
         try:
             return await fn(cfg, *args)
-        except REDIS_DOWN as e:
+        except REDIS_UNAVAILABLE as e:
             print(f"litbotd: redis at {logs.safe_url(cfg.redis.url)} is unreachable: "
                   f"{logs.redact(f'{type(e).__name__}: {e}')}", file=sys.stderr)
             return 1
@@ -51,9 +50,10 @@ async def status(cfg: Config, as_json: bool) -> int:
         by_kind = await q.queued_by_kind()
         workers = await q.worker_infos()
         oldest = await q.oldest_age()
+        refused = await _refused_reloads(q)
     if as_json:
         print(json.dumps({
-            **depths, "queued_by_phase": by_kind, "oldest_task_age_s": oldest,
+            **depths, "queued_by_phase": by_kind, "oldest_task_age_s": oldest, "reload_refused": refused,
             "workers": [{"id": w.id, "host": w.host, "pid": w.pid, "alive": w.alive, "task": w.task,
                          "busy_s": w.busy_s, "processing": w.processing} for w in workers],
         }, sort_keys=True))
@@ -66,12 +66,27 @@ async def status(cfg: Config, as_json: bool) -> int:
     for w in alive:
         doing = f"task {w.task} for {w.busy_s:.0f}s" if w.task and w.busy_s is not None else "idle"
         print(f"  {w.id}  {doing}")
+    for r in refused:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.get("at", 0)))
+        print(f"last reload REFUSED on {r.get('host')} pid {r.get('pid')} at {when}Z, running the old config: "
+              f"{r.get('error')}")
     dead = [w for w in workers if not w.alive]
     if dead:
         print(f"dead workers awaiting recovery: {len(dead)}")
         for w in dead:
             print(f"  {w.id}  {w.processing} task(s) to requeue")
     return 0
+
+
+async def _refused_reloads(q: Queue) -> list[dict[str, Any]]:
+    """What running daemons recorded about a refused SIGHUP reload (cleared by a good one)."""
+    out = []
+    for raw in (await q.redis.hgetall(q.key("reload"))).values():
+        try:
+            out.append(json.loads(raw))
+        except ValueError:
+            continue
+    return sorted(out, key=lambda r: r.get("at", 0))
 
 
 @_redis_errors
@@ -176,7 +191,7 @@ async def check_online(cfg: Config) -> int:
         try:
             await q.redis.ping()
             print(f"redis: ok ({logs.safe_url(cfg.redis.url)}, {cfg.redis.queue}: {await q.depths()})")
-        except REDIS_DOWN as e:
+        except REDIS_UNAVAILABLE as e:
             ok = False
             print(f"redis: FAILED: {logs.safe_url(cfg.redis.url)}: {logs.redact(f'{type(e).__name__}: {e}')}")
         ok = await _check_github(cfg, q) and ok

@@ -7,6 +7,7 @@ and local jobs from a live process's.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 
@@ -39,3 +40,25 @@ def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
     return bool(process_start(pid))
+
+
+def identity(host: str) -> dict[str, str | int]:
+    """Who this process start is, as recorded with each of its workers. `instance` is random per
+    start, so worker ids never collide: not between two hosts with one name, not between a process
+    and a predecessor that had the same pid."""
+    pid = os.getpid()
+    return {"host": host, "instance": secrets.token_hex(4), "pid": pid, "boot": boot_id(),
+            "pidns": pid_namespace(), "pstart": process_start(pid)}
+
+
+def provably_dead(info: dict, me: dict) -> bool:
+    """True only for a process of this very machine and PID namespace that is gone: same host
+    name, boot id and PID namespace, and its pid now runs nothing or a process that started at
+    another time. Anything else — another machine (a different boot id may as well be another
+    host with the same name as this host rebooted), another container, a record too old to say —
+    is left to lease expiry, which never takes a live worker's tasks."""
+    if info.get("instance") == me["instance"] or not info.get("pstart"):
+        return False
+    if any(info.get(k) != me[k] or not me[k] for k in ("host", "boot", "pidns")):
+        return False
+    return process_start(int(info.get("pid") or 0)) != info["pstart"]

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.parse
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.sentinel import Sentinel
 
 from .tasks import Task, TaskFormatError
 
@@ -121,12 +123,39 @@ return 1
 """
 
 
-def connect(url: str) -> aioredis.Redis:
-    """One client per process; redis-py pools the connections (each blocked BLMOVE holds one)."""
-    return aioredis.Redis.from_url(
-        url, decode_responses=True, socket_connect_timeout=5, socket_keepalive=True,
-        health_check_interval=30,
-    )
+# The one answer to "is Redis unavailable right now?" for every loop, worker and command: any error
+# Redis can give — a dropped connection, a timeout, and the server's own refusals during trouble
+# (OOM at maxmemory, READONLY while a replica is promoted, LOADING, MASTERDOWN, BUSY) — is an
+# outage to wait out, never a reason for a worker or loop to end.
+REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
+
+
+def connect(url: str, sentinels: Sequence[str] = (), master: str = "mymaster") -> aioredis.Redis:
+    """One client per process; redis-py pools the connections (each blocked BLMOVE holds one).
+    With `sentinels`, every new connection asks Sentinel for the current primary, and a connection
+    to a demoted primary is dropped (redis-py turns its READONLY into a ConnectionError), so the
+    next attempt follows a failover. url's username, password and db still apply."""
+    opts: dict[str, Any] = dict(decode_responses=True, socket_connect_timeout=5, socket_keepalive=True,
+                                health_check_interval=30)
+    if not sentinels:
+        return aioredis.Redis.from_url(url, **opts)
+    u = urllib.parse.urlsplit(url)
+    db = u.path.strip("/")
+    auth = {"username": urllib.parse.unquote(u.username) if u.username else None,
+            "password": urllib.parse.unquote(u.password) if u.password else None}
+    nodes = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in sentinels)]
+    sentinel = Sentinel(nodes, sentinel_kwargs={"socket_connect_timeout": 2, "socket_timeout": 2}, **opts)
+    return sentinel.master_for(master, db=int(db) if db.isdigit() else 0, **auth, **opts)
+
+
+def connect_config(rcfg: Any) -> aioredis.Redis:
+    """connect() for a [redis] section (config.RedisConfig)."""
+    return connect(rcfg.url, rcfg.sentinels, rcfg.sentinel_master)
+
+
+def queue_config(redis: aioredis.Redis, rcfg: Any) -> "Queue":
+    """The Queue for a [redis] section: with Sentinel, deliveries wait for one replica."""
+    return Queue(redis, rcfg.queue, ack_replicas=1 if rcfg.sentinels else 0)
 
 
 @dataclass(frozen=True)
@@ -140,10 +169,17 @@ class WorkerInfo:
     processing: int
 
 
+class NotReplicated(redis.exceptions.RedisError):
+    """No replica confirmed a write in time (Sentinel setups): it must not be acknowledged."""
+
+
 class Queue:
-    def __init__(self, redis: aioredis.Redis, name: str = "bot_queue") -> None:
+    def __init__(self, redis: aioredis.Redis, name: str = "bot_queue", ack_replicas: int = 0) -> None:
         self.redis = redis
         self.name = name
+        # With Sentinel: a delivery is acknowledged only once this many replicas hold it, so a
+        # failover (asynchronous replication) cannot drop a webhook GitHub was told we have.
+        self.ack_replicas = ack_replicas
         self.delayed = f"{name}:delayed"
         self.dead = f"{name}:dead"
         self.workers = f"{name}:workers"
@@ -190,7 +226,8 @@ class Queue:
         Concurrent calls share one script call: the first sends at once, and those that come while
         it is under way go together in the next (a burst of webhooks costs a round trip per batch,
         not per delivery; a lone one waits for nothing). A Redis that does not answer within
-        CLAIM_TIMEOUT raises TimeoutError."""
+        CLAIM_TIMEOUT raises TimeoutError; with ack_replicas, NotReplicated when no replica
+        confirmed the batch in time."""
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._claims.append((delivery_id, tasks, ttl, fut))
         if self._claimer is None:
@@ -208,7 +245,7 @@ class Queue:
                     args += [ttl, len(now_raw), *now_raw, len(later) // 2, *later]
                 try:
                     async with asyncio.timeout(CLAIM_TIMEOUT):
-                        fresh = await self._claim(keys=keys, args=args)
+                        fresh, acked = await self._send_claims(keys, args)
                 except BaseException as e:  # every caller of the batch sees the error (503)
                     for *_, fut in batch:
                         if not fut.done():
@@ -217,10 +254,28 @@ class Queue:
                         raise
                     continue
                 for (*_, fut), ok in zip(batch, fresh):
-                    if not fut.done():  # a caller that gave up (timeout) is not told
+                    if fut.done():  # a caller that gave up (timeout) is not told
+                        continue
+                    if ok and acked < self.ack_replicas:
+                        # Kept on the primary all the same: a redelivery finds it claimed and answers 200.
+                        fut.set_exception(NotReplicated(
+                            "no replica confirmed the delivery within 1s (redis.sentinels is set)"))
+                    else:
                         fut.set_result(bool(ok))
         finally:
             self._claimer = None
+
+    async def _send_claims(self, keys: list[str], args: list[Any]) -> tuple[list[int], int]:
+        """The batch's script call; with ack_replicas also the replicas that confirmed it."""
+        if not self.ack_replicas:
+            return await self._claim(keys=keys, args=args), 0
+        # WAIT counts the replicas that have this connection's writes: one pipeline, one connection,
+        # one WAIT per batch.
+        async with self.redis.pipeline(transaction=False) as p:
+            await self._claim(keys=keys, args=args, client=p)
+            p.wait(self.ack_replicas, 1000)
+            fresh, acked = await p.execute()
+        return fresh, int(acked)
 
     async def delivery_seen(self, delivery_id: str) -> bool:
         return bool(await self.redis.exists(self.key("delivery", delivery_id)))

@@ -14,13 +14,13 @@ import urllib.parse
 from typing import Any
 
 import orjson
-import redis.exceptions
 from aiohttp import web
 from gidgethub import ValidationFailure
 from gidgethub.sansio import validate_event
 
 from . import logs, metrics
 from .events import PayloadError, tasks_for
+from .queue import REDIS_UNAVAILABLE
 from .services import Services
 
 log = logs.get(__name__)
@@ -28,7 +28,7 @@ log = logs.get(__name__)
 HEALTH_TIMEOUT = 1.0
 JSON_TYPES = ("application/json", "application/x-www-form-urlencoded")
 MAX_DELIVERY_ID = 128        # GitHub's are 36-character UUIDs; the id becomes part of a Redis key
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
+REDIS_ERRORS = REDIS_UNAVAILABLE
 UNVERIFIED = "-"             # metric label before the signature is checked: unauthenticated
                              # callers must not be able to mint label values
 LINES_PER_SECOND = 20        # per-delivery info lines; past this in one second, debug (see _Lines)
@@ -214,7 +214,10 @@ def make_app(services: Services) -> web.Application:
             body.update(depths, redis=True, oldest_task_age_s=None if oldest is None else round(oldest, 1))
         except REDIS_ERRORS:
             pass
-        return _json(200 if body["redis"] and not services.draining else 503, body)
+        # Workers or loops down for longer than a lease: the process is not doing its job.
+        body["problem"] = services.health() if services.health is not None else None
+        ok = body["redis"] and not services.draining and body["problem"] is None
+        return _json(200 if ok else 503, body)
 
     async def metrics_page(request: web.Request) -> web.Response:
         try:

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from . import logs, metrics
-from .queue import Queue
+from .queue import REDIS_UNAVAILABLE, Queue
 from .services import Services
 from .tasks import Task, TaskFormatError, backoff
 
@@ -23,7 +23,11 @@ log = logs.get("litbotd.worker")
 
 Handler = Callable[[Task, Services], Awaitable[Sequence[Task] | None]]
 DeadHook = Callable[[Task, Services], Awaitable[None]]
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, OSError)
+REDIS_DOWN = REDIS_UNAVAILABLE  # the one classification lives in queue.py
+
+
+class TaskTimeout(Exception):
+    """The handler ran longer than workers.task_timeout and was cancelled."""
 
 
 class Permanent(Exception):
@@ -45,8 +49,8 @@ class Worker:
         self.registry = registry
         self.task: Task | None = None
         self.since: float | None = None
-        # Look in our processing list before the next take: at start, and after a finish whose
-        # reply was lost (it may have moved a task there that we never saw).
+        # Look in our processing list before the next take: at start, after a failover, and after a
+        # finish whose reply was lost (it may have moved a task there that we never saw).
         self.recheck = True
         self._stop = asyncio.Event()
         self._conn: aioredis.Redis | None = None  # this worker's own connection, while it runs
@@ -88,7 +92,7 @@ class Worker:
                     # that list is empty, and no sweep takes it while our lease lives: do what is there.
                     leftovers = await self._conn.lrange(self.queue.processing(self.id), 0, -1)
                 raw = None if leftovers else await self.queue.take(self.id, block, client=self._conn)
-            except REDIS_DOWN as e:
+            except REDIS_UNAVAILABLE as e:
                 failures += 1
                 delay = min(5.0, 0.1 * 2 ** failures)
                 if failures in (1, 5) or failures % 50 == 0:
@@ -132,7 +136,7 @@ class Worker:
         try:
             if handler is None:
                 raise Permanent(f"no handler for task kind {task.kind!r}")
-            successors = await handler(task, self.services) or []
+            successors = await self._call(handler, task, cfg.task_timeout)
             return successors, None, "done"
         except asyncio.CancelledError:
             raise  # shutdown past its grace: the task stays in the processing list
@@ -151,6 +155,17 @@ class Worker:
             return [replace(failed, run_at=time.time() + delay)], None, "retry"
         finally:
             metrics.task_seconds(task.kind).observe(time.monotonic() - started)
+
+    async def _call(self, handler: Handler, task: Task, limit: float) -> Sequence[Task]:
+        """The handler, cancelled after `limit` seconds (workers.task_timeout): a hung GitHub call
+        or backend must not hold a worker slot forever under a lease that looks alive."""
+        try:
+            async with asyncio.timeout(limit) as cm:
+                return await handler(task, self.services) or []
+        except TimeoutError:
+            if cm.expired():
+                raise TaskTimeout(f"ran longer than workers.task_timeout ({limit:g}s) and was cancelled") from None
+            raise
 
     async def _on_dead(self, task: Task) -> None:
         if self.registry.on_dead is None:
@@ -174,7 +189,7 @@ class Worker:
                 kept, nxt = await self.queue.finish_and_take(self.id, raw, successors, dead,
                                                              take=take and not lost_reply, client=self._conn)
                 break
-            except REDIS_DOWN:
+            except REDIS_UNAVAILABLE:
                 lost_reply = self.recheck = True
                 log.warning("redis unreachable while finishing a task, retrying", retry_in=f"{delay:.1f}s")
                 await asyncio.sleep(delay)

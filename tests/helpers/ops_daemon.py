@@ -7,6 +7,7 @@ does, with these task kinds instead of the CI phases:
 
     sleep  {"s": seconds}   await asyncio.sleep; records its id in <queue>:test:done (a set) and
                             counts runs in <queue>:test:runs (duplicates show as runs > done)
+    chain  {"s": seconds, "n": k}  as sleep, then returns its successor with n-1, until n is 1
     block  {"s": seconds}   time.sleep: blocks the event loop; sends X_BLOCK=start / X_BLOCK=end
                             to $NOTIFY_SOCKET around it, so a test sees where the block falls
                             among the WATCHDOG=1 datagrams
@@ -53,6 +54,15 @@ def _registry() -> Any:
         async with services.redis.pipeline(transaction=True) as p:
             p.sadd(q.key("test", "done"), task.id).incr(q.key("test", "runs"))
             await p.execute()
+        if runs_file := os.environ.get("TEST_RUNS_FILE"):  # outside Redis: survives a lost write
+            with open(runs_file, "a") as f:
+                f.write(task.id + "\n")
+
+    async def chain(task: Task, services: Services) -> list[Task]:
+        """Like sleep, then its successor, until payload["n"] links are done (successors in flight)."""
+        await sleep(task, services)
+        n = int(task.payload["n"])
+        return [task.successor("chain", {**task.payload, "n": n - 1}, key="next")] if n > 1 else []
 
     async def block(task: Task, services: Services) -> None:
         systemd.notify("X_BLOCK=start")
@@ -77,7 +87,7 @@ def _registry() -> Any:
         assert services.github is not None, "no [github] app_id and key configured"
         await services.github.get(task.payload["path"], None)
 
-    return Registry(handlers={"sleep": sleep, "block": block, "fail": fail, "log": log_lines, "leak": leak,
+    return Registry(handlers={"sleep": sleep, "chain": chain, "block": block, "fail": fail, "log": log_lines, "leak": leak,
                               "github": github})
 
 

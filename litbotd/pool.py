@@ -1,0 +1,322 @@
+"""The supervised worker pool (SPEC §6): this process's workers and periodic loops (heartbeat,
+promoter, sweeper, redelivery, job-directory pruning, watchdog), kept alive.
+
+- A worker holds its lease before its first take (a crash in between leaves nothing unswept).
+- A Redis error of any kind is an outage, waited out inside the worker or loop (queue.REDIS_UNAVAILABLE).
+- Anything else that ends a worker or a loop is one ERROR line, and the pool restarts it with backoff.
+- Liveness: `liveness()` reports a problem while fewer workers are alive than configured, or a
+  loop is down, for longer than one lease; /healthz then answers 503 and the watchdog goes unfed.
+
+The periodic loops are a plain list of `Loop`s: adding one is one line in `WorkerPool.__init__`.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from . import logs, metrics, procinfo, systemd
+from .queue import REDIS_UNAVAILABLE
+from .redeliver import redeliver_once
+from .services import Services
+from .worker import Registry, Worker
+
+log = logs.get("litbotd.pool")
+
+RESTART_BACKOFF_MAX = 30.0
+STABLE_AFTER = 60.0  # a unit that ran this long before failing starts its backoff afresh
+
+
+@dataclass
+class Loop:
+    """A periodic loop: `step` runs, then the loop waits `interval()` seconds (read afresh each
+    round, so a reload applies), or fewer when `step` returns a shorter wait."""
+    name: str
+    interval: Callable[[], float]
+    step: Callable[[], Awaitable[float | None]]
+    wait_first: bool = False  # the first round after one interval, not at start
+
+
+class WorkerPool:
+    def __init__(self, services: Services, registry: Registry, identity: dict[str, Any]) -> None:
+        self.services = services
+        self.registry = registry
+        self.identity = identity
+        self.started = time.time()
+        self.workers: dict[str, tuple[Worker, asyncio.Task]] = {}
+        self._ids = itertools.count()
+        self._down: dict[str, float] = {}          # unit name -> when it failed (monotonic)
+        self._short_since: float | None = None     # since when fewer workers than configured live
+        self._unhealthy_logged = False
+        self.restarts = 0                          # workers and loops restarted after a failure
+        self._running = False
+        self._loop_tasks: list[asyncio.Task] = []
+        self._last_beat = time.monotonic()
+        self._primary: Any = None  # with Sentinel: the primary's address at the last heartbeat
+        workers = lambda: self.services.config.workers  # noqa: E731 - read afresh: SIGHUP
+        self.loops: list[Loop] = [
+            Loop("heartbeat", lambda: workers().heartbeat_interval, self._heartbeat),
+            Loop("promoter", lambda: 1.0, self._promote),
+            Loop("sweeper", lambda: max(0.5, workers().lease_timeout / 2), self._sweep, wait_first=True),
+            Loop("redeliver", lambda: self.services.config.github.redeliver_interval or 60.0, self._redeliver,
+                 wait_first=True),
+            Loop("prune", lambda: min(max(self.services.config.jobs.local.keep / 4, 1.0), 300.0), self._prune),
+        ]
+        if (interval := systemd.watchdog_interval()) is not None:
+            self.loops.append(Loop("watchdog", lambda: interval, self._watchdog))
+
+    @property
+    def cfg(self):
+        return self.services.config
+
+    # -- life ---------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Take back what provably dead predecessors left, sweep expired leases, start everything."""
+        await self._recover_predecessors()
+        n = await self.services.queue.sweep()
+        if n:
+            metrics.REQUEUED.inc(n)
+            log.warning("startup sweep requeued tasks of expired workers", tasks=n)
+        self._running = True
+        self.resize(self.cfg.workers.count)
+        self._loop_tasks = [asyncio.create_task(self._supervise(f"loop {lp.name}", lambda lp=lp: self._periodic(lp)),
+                                                name=lp.name) for lp in self.loops]
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking; in-flight tasks get `grace` seconds, then stay in their processing lists."""
+        self._running = False
+        for w, _ in self.workers.values():
+            w.stop()
+        tasks = [t for _, t in self.workers.values()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            if pending:
+                log.warning("shutdown grace over: unfinished tasks stay queued for the next start",
+                            tasks=len(pending))
+                await cancel_all(pending)
+        await cancel_all(self._loop_tasks)
+        try:
+            await self.services.queue.retire(list(self.workers))
+        except REDIS_UNAVAILABLE:
+            pass  # leases expire by themselves; the next start recovers what is left
+
+    async def _recover_predecessors(self) -> None:
+        """Take back at once the processing lists of workers whose process is provably gone
+        (SPEC §6); every other worker's tasks wait for its lease to expire."""
+        registered = await self.services.queue.registered()
+        dead = [wid for wid, info in registered.items() if procinfo.provably_dead(info, self.identity)]
+        n = await self.services.queue.recover(dead)
+        if dead:
+            metrics.REQUEUED.inc(n)
+            (log.warning if n else log.info)("took back the tasks of this host's previous run",
+                                             workers=len(dead), tasks=n)
+
+    # -- workers ------------------------------------------------------------------------------------
+    def resize(self, count: int) -> None:
+        """Start or retire workers; a retiring worker finishes its task first."""
+        live = [wid for wid, (w, t) in self.workers.items() if not t.done() and not w._stop.is_set()]
+        live.sort(key=lambda wid: self.workers[wid][0].task is None)  # idle ones last: retired first
+        for wid in live[count:]:
+            self.workers[wid][0].stop()
+        for _ in range(count - len(live)):
+            self._spawn()
+        metrics.WORKERS.set(count)
+
+    def _spawn(self) -> None:
+        me = self.identity
+        wid = f"{me['host']}:{me['pid']}:{me['instance']}:{next(self._ids)}"
+        worker = Worker(wid, self.services, self.registry)
+        task = asyncio.create_task(self._supervise(f"worker {wid}", lambda: self._work(worker)), name=f"worker {wid}")
+        self.workers[wid] = (worker, task)
+
+    async def _work(self, worker: Worker) -> None:
+        """Lease first, then take: a task is never in a processing list that no lease covers."""
+        delay = 0.1
+        while not worker._stop.is_set():
+            try:
+                await self.services.queue.heartbeat({worker.id: self._info(worker)}, self.cfg.workers.lease_timeout)
+                break
+            except REDIS_UNAVAILABLE:
+                await worker._pause(delay)
+                delay = min(5.0, delay * 2)
+        await worker.run()
+
+    def _info(self, w: Worker) -> dict[str, Any]:
+        return {**self.identity, "started": self.started, **w.info()}
+
+    def live_workers(self) -> list[Worker]:
+        return [w for w, t in self.workers.values() if not t.done()]
+
+    # -- supervision --------------------------------------------------------------------------------
+    async def _supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Run `body` until it returns; restart it, with backoff, whenever it raises."""
+        failures = 0
+        while True:
+            began = time.monotonic()
+            try:
+                await body()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                failures = 1 if time.monotonic() - began > STABLE_AFTER else failures + 1
+                delay = min(RESTART_BACKOFF_MAX, 0.5 * 2 ** (failures - 1))
+                self._down.setdefault(name, time.monotonic())
+                self.restarts += 1
+                frame = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+                log.error(f"{name} failed unexpectedly; restarting it", error=logs.redact(f"{type(e).__name__}: {e}"),
+                          at=f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else None,
+                          restart_in=f"{delay:.1f}s", failures=failures)
+                await asyncio.sleep(delay)
+                self._down.pop(name, None)
+
+    async def _periodic(self, lp: Loop) -> None:
+        outages = 0
+        if lp.wait_first:
+            await asyncio.sleep(lp.interval())
+        while True:
+            wait = None
+            try:
+                wait = await lp.step()
+                outages = 0
+            except REDIS_UNAVAILABLE as e:
+                outages += 1
+                if outages in (1, 5) or outages % 50 == 0:
+                    log.warning("redis unavailable, retrying", loop=lp.name, error=type(e).__name__, attempts=outages)
+            interval = lp.interval()
+            await asyncio.sleep(interval if wait is None else max(0.0, min(wait, interval)))
+
+    def liveness(self) -> str | None:
+        """None when healthy, else the problem: workers or loops down for longer than one lease."""
+        if not self._running:
+            return None
+        now = time.monotonic()
+        lease = self.cfg.workers.lease_timeout
+        alive = sum(1 for wid, (w, t) in self.workers.items()
+                    if not t.done() and not w._stop.is_set() and f"worker {wid}" not in self._down)
+        want = self.cfg.workers.count
+        if alive >= want:
+            self._short_since = None
+        elif self._short_since is None:
+            self._short_since = now
+        problems = []
+        if self._short_since is not None and now - self._short_since > lease:
+            problems.append(f"{alive} of {want} workers alive for {now - self._short_since:.0f}s")
+        problems += [f"{name} down for {now - t:.0f}s" for name, t in self._down.items()
+                     if name.startswith("loop ") and now - t > lease]
+        return "; ".join(problems) or None
+
+    # -- the loops ----------------------------------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        """Leases, loop lag, dead-worker replacement and STATUS=, every heartbeat_interval."""
+        now = time.monotonic()
+        self.services.loop_lag = max(0.0, now - self._last_beat - self.cfg.workers.heartbeat_interval)
+        self._last_beat = now
+        for wid, (w, t) in list(self.workers.items()):
+            if t.done() and not w._stop.is_set() and self._running:
+                # Supervision ends a worker only when told to: anything else must not pass unseen.
+                log.error("worker ended without being stopped; starting a new one", worker=wid)
+                w.stop()
+                self._spawn()
+        done = [wid for wid, (_, t) in self.workers.items() if t.done()]
+        for wid in done:
+            del self.workers[wid]
+        if done:
+            await self.services.queue.retire(done)
+        await self._follow_failover()
+        infos = {w.id: self._info(w) for w in self.live_workers()}
+        await self.services.queue.heartbeat(infos, self.cfg.workers.lease_timeout)
+        depths = await self.services.queue.depths()
+        for k, v in depths.items():
+            metrics.QUEUE_DEPTH.labels(k).set(v)
+        systemd.notify(f"STATUS={self.status_line(depths)}")
+
+    async def _follow_failover(self) -> None:
+        """With Sentinel, ask for the primary every heartbeat. When it moved, drop every connection
+        (the demoted primary may accept writes until Sentinel reconfigures it, and they would be
+        lost), and have each worker look in its processing list on the new primary first."""
+        get = getattr(self.services.redis.connection_pool, "get_master_address", None)
+        if get is None:
+            return
+        addr = await get()
+        if self._primary is not None and addr != self._primary:
+            log.warning("redis primary moved (Sentinel failover): reconnecting", old=f"{self._primary[0]}:{self._primary[1]}",
+                        new=f"{addr[0]}:{addr[1]}")
+            await self.services.redis.connection_pool.disconnect(inuse_connections=True)
+            for w in self.live_workers():
+                w.recheck = True
+        self._primary = addr
+
+    def status_line(self, depths: dict[str, int]) -> str:
+        live = self.live_workers()
+        busy = sum(1 for w in live if w.task is not None)
+        problem = self.liveness()
+        return (f"{len(live)} workers ({busy} busy); queued {depths.get('queued', 0)}, "
+                f"delayed {depths.get('delayed', 0)}, dead {depths.get('dead', 0)}"
+                + (f"; UNHEALTHY: {problem}" if problem else ""))
+
+    async def _promote(self) -> float | None:
+        """Delayed tasks move to the main list when due; at most one poll a second when idle."""
+        moved, nxt = await self.services.queue.promote_due()
+        if moved:
+            log.debug("delayed tasks due", tasks=moved)
+        return None if nxt is None else nxt - time.time()
+
+    async def _sweep(self) -> None:
+        n = await self.services.queue.sweep()
+        if n:
+            metrics.REQUEUED.inc(n)
+            log.warning("requeued the tasks of workers whose lease expired", tasks=n)
+
+    async def _redeliver(self) -> None:
+        if not self.cfg.github.redeliver_interval or self.services.github is None:
+            return
+        try:
+            n = await redeliver_once(self.services)
+            if n:
+                log.info("asked GitHub to redeliver failed webhooks", deliveries=n)
+        except Exception as e:  # GitHub trouble is expected here: the next round tries again
+            log.warning("redelivery sweep failed", error=logs.redact(f"{type(e).__name__}: {e}"))
+
+    async def _prune(self) -> None:
+        """Delete finished local job directories older than jobs.local.keep (never a running job's)."""
+        prune = getattr(self.services.backend, "prune", None)  # the local backend's
+        if prune is None:
+            return
+        try:
+            n = await prune()
+            if n:
+                log.info("deleted finished job directories", jobs=n, keep=f"{self.cfg.jobs.local.keep:g}s")
+        except Exception as e:  # the next round tries again
+            log.warning("pruning job directories failed", error=logs.redact(f"{type(e).__name__}: {e}"))
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 from the event loop, only while the pool is alive: a blocked loop, or workers
+        down for longer than a lease, stop the pings and systemd restarts the daemon. A slow
+        Redis (which only delays the heartbeat) does not get a healthy daemon killed."""
+        problem = self.liveness()
+        if problem is None:
+            systemd.notify("WATCHDOG=1")
+            if self._unhealthy_logged:
+                log.info("healthy again: feeding the systemd watchdog")
+            self._unhealthy_logged = False
+        elif not self._unhealthy_logged:
+            log.error("unhealthy: no longer feeding the systemd watchdog", problem=problem)
+            self._unhealthy_logged = True
+
+
+async def cancel_all(tasks) -> None:
+    """Cancel the tasks and wait until they are done, cancelling again while one still runs: on
+    Python 3.11, asyncio.wait_for (which redis-py uses for its socket timeout) can swallow a
+    cancellation that races with a reply, and a `while True` loop would then run on forever."""
+    tasks = list(tasks)
+    while running := [t for t in tasks if not t.done()]:
+        for t in running:
+            t.cancel()
+        await asyncio.wait(running, timeout=0.5)
+    for t in tasks:
+        if not t.cancelled():
+            t.exception()  # retrieved: no "exception was never retrieved" noise
