@@ -76,6 +76,14 @@ class Worker:
             conn, self._conn = self._conn, None
             await conn.aclose()
 
+    async def _fresh_connection(self) -> None:
+        """After a Redis error, a new connection from the pool, which finds the current primary
+        (Sentinel): a reconnect of the old one would go back to the old, demoted address."""
+        if self._conn is None:  # process() called outside run(): the shared pool is used
+            return
+        old, self._conn = self._conn, self.queue.redis.client()
+        await old.aclose()  # hands the (dropped) connection back to the pool; no I/O
+
     async def _loop(self) -> None:
         cfg = self.services.config.workers
         # Shorter than the lease, so a dead process's blocked BLMOVE ends before its lease does
@@ -93,6 +101,7 @@ class Worker:
                     leftovers = await self._conn.lrange(self.queue.processing(self.id), 0, -1)
                 raw = None if leftovers else await self.queue.take(self.id, block, client=self._conn)
             except REDIS_UNAVAILABLE as e:
+                await self._fresh_connection()
                 failures += 1
                 delay = min(5.0, 0.1 * 2 ** failures)
                 if failures in (1, 5) or failures % 50 == 0:
@@ -189,9 +198,11 @@ class Worker:
                 kept, nxt = await self.queue.finish_and_take(self.id, raw, successors, dead,
                                                              take=take and not lost_reply, client=self._conn)
                 break
-            except REDIS_UNAVAILABLE:
+            except REDIS_UNAVAILABLE as e:
+                await self._fresh_connection()
                 lost_reply = self.recheck = True
-                log.warning("redis unreachable while finishing a task, retrying", retry_in=f"{delay:.1f}s")
+                log.warning("redis unreachable while finishing a task, retrying", retry_in=f"{delay:.1f}s",
+                            error=f"{type(e).__name__}: {str(e)[:200]}")
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
         if not kept:
