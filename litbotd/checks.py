@@ -5,20 +5,23 @@ after a crash finds what the first attempt created instead of creating it again.
 """
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
 from typing import Any
 from urllib.parse import quote
 
 from .github import GitHubApp, GitHubError
-from .queue import Queue
 from .report import MARKER
 from .workflows import MAX_FILE_BYTES, is_workflow_path
 
 RAW = "application/vnd.github.raw+json"
 WORKFLOW_DIR = ".lightning/workflows"
 ROOT_FILES = (".litci.yaml", ".litci.yml")
+
+
+def repo_path(repo: str) -> str:
+    """`/repos/OWNER/NAME`, each part percent-encoded: nothing from a payload shapes a path."""
+    owner, _, name = repo.partition("/")
+    return f"/repos/{quote(owner, safe='')}/{quote(name, safe='')}"
 
 
 def iso(t: float) -> str:
@@ -40,10 +43,10 @@ async def workflow_files(gh: GitHubApp, inst: int, repo: str, ref: str) -> dict[
     files: dict[str, bytes] = {}
     params = {"ref": ref}
     for name in ROOT_FILES:
-        body = await _get_or_none(gh, f"/repos/{repo}/contents/{name}", inst, params=params, accept=RAW)
+        body = await _get_or_none(gh, f"{repo_path(repo)}/contents/{name}", inst, params=params, accept=RAW)
         if body is not None:
             files[name] = _as_bytes(body)
-    listing = await _get_or_none(gh, f"/repos/{repo}/contents/{WORKFLOW_DIR}", inst, params=params)
+    listing = await _get_or_none(gh, f"{repo_path(repo)}/contents/{WORKFLOW_DIR}", inst, params=params)
     for entry in listing if isinstance(listing, list) else []:
         path = entry.get("path", "")
         if entry.get("type") != "file" or not is_workflow_path(path):
@@ -52,7 +55,7 @@ async def workflow_files(gh: GitHubApp, inst: int, repo: str, ref: str) -> dict[
             # Don't download it: the planner rejects any file over the limit by its size.
             files[path] = b" " * (MAX_FILE_BYTES + 1)
             continue
-        files[path] = _as_bytes(await gh.get(f"/repos/{repo}/contents/{quote(path)}", inst, params=params, accept=RAW))
+        files[path] = _as_bytes(await gh.get(f"{repo_path(repo)}/contents/{quote(path)}", inst, params=params, accept=RAW))
     return files
 
 
@@ -65,27 +68,30 @@ def _as_bytes(body: Any) -> bytes:
 
 
 async def find_or_create_check(gh: GitHubApp, inst: int, repo: str, sha: str, name: str, external_id: str,
-                               **fields: Any) -> int:
-    """A check run identified by (SHA, name, external_id): found again if it exists, else created."""
-    found = await gh.get(f"/repos/{repo}/commits/{sha}/check-runs", inst,
+                               priority: str = "conclusion", **fields: Any) -> int:
+    """A check run identified by (SHA, name, external_id): found again if it exists, else created.
+    `priority`: a `completed` check is a result; a `queued` one is paced as "create"."""
+    found = await gh.get(f"{repo_path(repo)}/commits/{sha}/check-runs", inst,
                          params={"check_name": name, "filter": "all", "per_page": 100})
     for run in (found or {}).get("check_runs", []):
         if run.get("external_id") == external_id:
             if fields:
-                await update_check(gh, inst, repo, run["id"], **fields)
+                await update_check(gh, inst, repo, run["id"], priority, **fields)
             return int(run["id"])
-    created = await gh.post(f"/repos/{repo}/check-runs", inst,
+    created = await gh.post(f"{repo_path(repo)}/check-runs", inst, priority=priority,
                             data={"name": name, "head_sha": sha, "external_id": external_id, **fields})
     return int(created["id"])
 
 
-async def update_check(gh: GitHubApp, inst: int, repo: str, check_id: int, **fields: Any) -> None:
-    await gh.patch(f"/repos/{repo}/check-runs/{check_id}", inst, data=fields)
+async def update_check(gh: GitHubApp, inst: int, repo: str, check_id: int, priority: str = "conclusion",
+                       defer: bool = False, **fields: Any) -> None:
+    """With `defer`, a write the pacing budget has no room for raises github.PaceDeferred."""
+    await gh.patch(f"{repo_path(repo)}/check-runs/{check_id}", inst, data=fields, priority=priority, defer=defer)
 
 
 async def annotations_sent(gh: GitHubApp, inst: int, repo: str, check_id: int) -> int:
     """How many annotations the check run holds: after a crash, the ones not to send again."""
-    run = await gh.get(f"/repos/{repo}/check-runs/{check_id}", inst)
+    run = await gh.get(f"{repo_path(repo)}/check-runs/{check_id}", inst)
     return int(((run or {}).get("output") or {}).get("annotations_count") or 0)
 
 
@@ -97,7 +103,7 @@ async def add_annotations(gh: GitHubApp, inst: int, repo: str, check_id: int, ou
     taken = 0
     for batch in batches:
         try:
-            await gh.patch(f"/repos/{repo}/check-runs/{check_id}", inst,
+            await gh.patch(f"{repo_path(repo)}/check-runs/{check_id}", inst,
                            data={"output": {**output, "annotations": batch}})
             taken += len(batch)
         except GitHubError as e:
@@ -107,7 +113,7 @@ async def add_annotations(gh: GitHubApp, inst: int, repo: str, check_id: int, ou
 
 
 async def permission(gh: GitHubApp, inst: int, repo: str, user: str) -> tuple[str | None, str | None]:
-    body = await _get_or_none(gh, f"/repos/{repo}/collaborators/{quote(user)}/permission", inst)
+    body = await _get_or_none(gh, f"{repo_path(repo)}/collaborators/{quote(user, safe='')}/permission", inst)
     if not body:
         return None, None
     return body.get("permission"), body.get("role_name")
@@ -116,52 +122,38 @@ async def permission(gh: GitHubApp, inst: int, repo: str, user: str) -> tuple[st
 async def react(gh: GitHubApp, inst: int, repo: str, comment_id: int, content: str) -> None:
     """Acknowledge a command. A comment deleted meanwhile (404) must not undo the command."""
     try:
-        await gh.post(f"/repos/{repo}/issues/comments/{comment_id}/reactions", inst, data={"content": content})
+        await gh.post(f"{repo_path(repo)}/issues/comments/{comment_id}/reactions", inst, data={"content": content})
     except GitHubError as e:
         if e.status != 404:
             raise
 
 
 async def pull(gh: GitHubApp, inst: int, repo: str, pr: int) -> dict[str, Any]:
-    return await gh.get(f"/repos/{repo}/pulls/{pr}", inst)
+    return await gh.get(f"{repo_path(repo)}/pulls/{pr}", inst)
 
 
-_UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-async def upsert_comment(gh: GitHubApp, queue: Queue, inst: int, repo: str, pr: int, body: str,
-                         known_id: int | None, wait: float = 30.0) -> int:
-    """Edit the PR's summary comment in place, creating it once. A per-PR Redis lock serialises
-    writers (several workers, several daemons), so two never both create it; the hidden marker
-    finds it again when the remembered id is lost."""
-    lock = queue.key("lock", "comment", f"{repo}#{pr}")
-    token = uuid.uuid4().hex
-    deadline = time.monotonic() + wait
-    while not await queue.redis.set(lock, token, nx=True, px=int(wait * 1000)):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"summary comment of {repo}#{pr} is locked by another worker")
-        await asyncio.sleep(0.05)  # poll the lock with a deadline
-    try:
-        comment_id = known_id or await _find_comment(gh, inst, repo, pr)
-        if comment_id:
-            try:
-                await gh.patch(f"/repos/{repo}/issues/comments/{comment_id}", inst, data={"body": body})
-                return comment_id
-            except GitHubError as e:
-                if e.status != 404:
-                    raise
-                # Deleted by a person: make a new one.
-        created = await gh.post(f"/repos/{repo}/issues/{pr}/comments", inst, data={"body": body})
-        return int(created["id"])
-    finally:
-        await queue.redis.eval(_UNLOCK, 1, lock, token)
+async def upsert_comment(gh: GitHubApp, inst: int, repo: str, pr: int, body: str, known_id: int | None) -> int:
+    """Edit the PR's summary comment in place, creating it once. The caller holds the PR's comment
+    claim (one writer per PR, locks.FencedLock); the hidden marker finds the comment again when the
+    remembered id is lost. The lowest write priority, never waited for: github.PaceDeferred when
+    the budget has no room (the caller comes back later with the then latest state)."""
+    comment_id = known_id or await _find_comment(gh, inst, repo, pr)
+    if comment_id:
+        try:
+            await gh.patch(f"{repo_path(repo)}/issues/comments/{comment_id}", inst, data={"body": body},
+                           priority="comment", defer=True)
+            return comment_id
+        except GitHubError as e:
+            if e.status != 404:
+                raise
+            # Deleted by a person: make a new one.
+    created = await gh.post(f"{repo_path(repo)}/issues/{pr}/comments", inst, data={"body": body},
+                            priority="comment", defer=True)
+    return int(created["id"])
 
 
 async def _find_comment(gh: GitHubApp, inst: int, repo: str, pr: int) -> int | None:
-    async for comment in gh.paginate(f"/repos/{repo}/issues/{pr}/comments", inst, params={"per_page": 100}):
+    async for comment in gh.paginate(f"{repo_path(repo)}/issues/{pr}/comments", inst, params={"per_page": 100}):
         if MARKER in (comment.get("body") or ""):
             return int(comment["id"])
     return None

@@ -73,6 +73,37 @@ def conclusion_for(state: str, exit_code: int | None, timed_out: bool, cancel_re
     return NEUTRAL  # stopped by someone else, or unknown: we cannot say how it went
 
 
+def may_start(run_state: dict[str, str]) -> bool:
+    """A run starts its job only while nothing has ended it or asked it to stop."""
+    return not run_state.get("conclusion") and not run_state.get("cancel_reason")
+
+
+def needs_token(private: bool | None) -> bool:
+    """Public repositories need no token; when we don't know (a re-run), mint one to be safe."""
+    return private is not False
+
+
+def restart_on_reopen(last_conclusion: str | None) -> bool:
+    """Reopening a PR starts again the runs that closing it cancelled, and only those."""
+    return last_conclusion == CANCELLED
+
+
+def cancel_skips(run_state: dict[str, str]) -> bool:
+    """A cancel leaves alone a run already reported, or one whose result won the race (results
+    reports that one)."""
+    return bool(run_state.get("reported")) or run_state.get("conclusion") not in (None, CANCELLED)
+
+
+def dead_task_conclusion(kind: str, attempts: int, error: str) -> tuple[str, str] | None:
+    """The conclusion and message of a run whose task was given up on; None for tasks that are
+    not about one run."""
+    if kind == "start_job":
+        return FAILURE, f"the job failed to start: {error}"
+    if kind in ("wait_job", "results"):
+        return NEUTRAL, f"litbotd gave up after {attempts} attempts: {error}"
+    return None
+
+
 def _mins(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 

@@ -14,8 +14,11 @@ from .tasks import Task, derive_id
 COMMAND_MAX = 1000  # characters of the command line kept in a task
 PR_ACTIONS = ("opened", "synchronize", "reopened")
 LOGGED_EVENTS = ("installation", "installation_repositories")
-# What reaches a URL path must look like what GitHub sends (SPEC §8): a commit SHA is 40 hex digits.
+# What reaches a URL path must look like what GitHub sends (SPEC §8): a commit SHA is 40 hex digits;
+# an owner is a login (letters, digits, hyphens, at most 39); a repository name is letters, digits,
+# `.`, `_`, `-` (at most 100), never `.` or `..`.
 SHA_RE = re.compile(r"[0-9a-f]{40}")
+FULL_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/(?!\.\.?$)[A-Za-z0-9._-]{1,100}")
 ZERO_SHA = "0" * 40
 BRANCH_PREFIX = "refs/heads/"
 
@@ -55,6 +58,13 @@ def _sha(payload: dict[str, Any], path: str) -> str:
     return value
 
 
+def _full_name(payload: dict[str, Any], path: str) -> str:
+    value = _get(payload, path, str)
+    if not FULL_NAME_RE.fullmatch(value):
+        raise PayloadError(f"payload field {path}: expected owner/name, got {_shown(value)}")
+    return value
+
+
 def _shown(value: str) -> str:
     """A bad value in an error message: quoted, and cut short (it may be 10,000 characters)."""
     return repr(value[:60] + "…") if len(value) > 60 else repr(value)
@@ -88,7 +98,7 @@ def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
         base = {
             "delivery": delivery,
             "installation": _get(payload, "installation.id", int),
-            "repo": _get(payload, "repository.full_name", str),
+            "repo": _full_name(payload, "repository.full_name"),
             "event": event,
             "action": action,
         }
@@ -97,12 +107,12 @@ def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
     if event == "pull_request":
         if action in PR_ACTIONS:
             head_repo = _get(payload, "pull_request.head.repo", dict, nullable=True)
-            head_name = None if head_repo is None else _get(payload, "pull_request.head.repo.full_name", str)
-            base_name = _get(payload, "pull_request.base.repo.full_name", str)
+            head_name = None if head_repo is None else _full_name(payload, "pull_request.head.repo.full_name")
+            base_name = _full_name(payload, "pull_request.base.repo.full_name")
             return task(
                 "new_event",
                 pr=_get(payload, "pull_request.number", int),
-                sha=_get(payload, "pull_request.head.sha", str),
+                sha=_sha(payload, "pull_request.head.sha"),
                 base_ref=_get(payload, "pull_request.base.ref", str),
                 head_repo=head_name,
                 # A deleted head repository can only have been a fork: treat it as untrusted.
@@ -115,7 +125,7 @@ def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
             return task(
                 "cancel",
                 pr=_get(payload, "pull_request.number", int),
-                sha=_get(payload, "pull_request.head.sha", str),
+                sha=_sha(payload, "pull_request.head.sha"),
                 reason="closed",
             ), "pull_request closed"
         return [], f"pull_request action {action!r} is not handled"
@@ -125,7 +135,7 @@ def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
             return [], f"check_run action {action!r} is not handled"
         return task(
             "rerun",
-            sha=_get(payload, "check_run.head_sha", str),
+            sha=_sha(payload, "check_run.head_sha"),
             check_run_id=_get(payload, "check_run.id", int),
             external_id=_get(payload, "check_run.external_id", str, nullable=True),
             check_name=_get(payload, "check_run.name", str),
@@ -138,7 +148,7 @@ def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
             return [], f"check_suite action {action!r} is not handled"
         return task(
             "rerun",
-            sha=_get(payload, "check_suite.head_sha", str),
+            sha=_sha(payload, "check_suite.head_sha"),
             check_run_id=None,
             pr=_first_pr(_get(payload, "check_suite.pull_requests", list), "check_suite.pull_requests"),
             sender=_get(payload, "sender.login", str),

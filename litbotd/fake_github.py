@@ -409,6 +409,7 @@ class FakeGitHub:
                 h.used = True
                 h.reached.set()
                 await h.released.wait()
+                break  # one hold per request: a later hold waits for the next matching one
         for inj in self._injections:
             if inj["times"] > 0 and inj["method"] == method and inj["re"].search(path):
                 inj["times"] -= 1

@@ -54,6 +54,10 @@ TOKEN_LOCK_MS = 10_000
 PACE_PER_MINUTE = 80
 PACE_PER_HOUR = 500
 CONTENT_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+# Results first (SPEC §5): the share of the pacing budget a write of each priority may fill. A
+# lower-priority write finds the window full earlier, so what is left stays free for the writes
+# above it: a run's conclusion, then check-run creation, then in_progress, then the PR comment.
+PRIORITY_SHARE = {"conclusion": 1.0, "create": 0.9, "progress": 0.75, "comment": 0.5}
 
 # KEYS: the installation's window (sorted set, score = time of a call).
 # ARGV: now, now - 60, now - 3600 (computed by the client: Lua's tostring keeps too few digits for
@@ -98,6 +102,22 @@ class GitHubError(Exception):
         self.status = status
         self.message = logs.redact(message)
         super().__init__(self.message)
+
+
+class Gone(Exception):
+    """The installation or repository no longer exists (GitHub answered 404): retrying cannot help.
+    Not a GitHubError, so that no `404 means "no such file"` handler mistakes it for one."""
+
+
+class PaceDeferred(Exception):
+    """A low-priority write the caller asked not to wait for: the pacing budget is spent for its
+    priority, or (`limited`) GitHub answered with a rate limit. `wait` is how long until it would
+    fit. The caller skips it or comes back later."""
+
+    def __init__(self, wait: float, limited: bool = False) -> None:
+        self.wait = wait
+        self.limited = limited
+        super().__init__(f"{'rate limited' if limited else 'pacing budget spent'} for now (fits in {wait:.1f}s)")
 
 
 def _epoch(iso: str) -> float:
@@ -202,8 +222,24 @@ class GitHubApp:
         return token
 
     async def _mint(self, installation_id: int, scope: dict[str, Any] | None) -> tuple[str, float]:
-        body = await self.post(f"/app/installations/{installation_id}/access_tokens", None, data=scope)
+        try:
+            body = await self.post(f"/app/installations/{installation_id}/access_tokens", None, data=scope)
+        except GitHubError as e:
+            if e.status == 404:
+                raise Gone(f"installation {installation_id} no longer exists (the App was uninstalled)") from None
+            raise
         return body["token"], _epoch(body["expires_at"])
+
+    async def repository_gone(self, repo_path: str) -> bool:
+        """After an unexpected 404 under a repository: is the repository itself gone, or the App
+        no longer installed on it? Asked as the App, so a missing installation token can't hide it."""
+        try:
+            await self.get(f"{repo_path}/installation", None)
+        except GitHubError as e:
+            if e.status == 404:
+                return True
+            raise
+        return False
 
     async def _forget_token(self, installation_id: int) -> None:
         self._tokens.pop(installation_id, None)
@@ -219,16 +255,24 @@ class GitHubApp:
             raise GitHubError(0, f"refusing to call {urllib.parse.urlsplit(path).netloc}: not the GitHub API host")
         return path
 
-    async def _wait_for_pace(self, installation_id: int) -> None:
+    async def _wait_for_pace(self, installation_id: int, priority: str, defer: bool) -> None:
         key = self.services.queue.key("pace", str(installation_id))
+        share = PRIORITY_SHARE[priority]
+        per_minute, per_hour = max(1, int(PACE_PER_MINUTE * share)), max(1, int(PACE_PER_HOUR * share))
         while True:
             now = self._clock()
-            verdict = await self._pace(keys=[key], args=[repr(now), repr(now - 60), repr(now - 3600), PACE_PER_MINUTE,
-                                                         PACE_PER_HOUR, secrets.token_hex(8)])
+            verdict = await self._pace(keys=[key], args=[repr(now), repr(now - 60), repr(now - 3600), per_minute,
+                                                         per_hour, secrets.token_hex(8)])
             if verdict == "ok":
+                metrics.GITHUB_WRITES.labels(priority, "sent").inc()
                 return
             wait = float(verdict)
-            log.info("pacing content-creating GitHub calls", installation=installation_id, wait=round(wait, 2))
+            if defer:
+                metrics.GITHUB_WRITES.labels(priority, "deferred").inc()
+                raise PaceDeferred(wait)
+            log.info("pacing content-creating GitHub calls", installation=installation_id, wait=round(wait, 2),
+                     priority=priority)
+            metrics.PACE_WAIT.observe(min(wait, MAX_WAIT))
             await self._sleep(min(wait, MAX_WAIT))
 
     def _limit_wait(self, status: int, headers: dict[str, str], body: Any, limited: int) -> float | None:
@@ -248,10 +292,12 @@ class GitHubApp:
 
     async def request(self, method: str, path: str, installation_id: int | None, *, data: Any = None,
                       params: dict | None = None, accept: str = "application/vnd.github+json",
-                      ) -> tuple[int, dict[str, str], Any]:
+                      priority: str = "conclusion", defer: bool = False) -> tuple[int, dict[str, str], Any]:
         """One API call; `installation_id` None authenticates as the App (JWT). Returns
         (status, lower-cased headers, body): parsed JSON, else bytes for the raw media type,
-        else text. Raises GitHubError for a status ≥ 400 once retries are spent."""
+        else text. Raises GitHubError for a status ≥ 400 once retries are spent. A content-creating
+        call is paced by `priority` (PRIORITY_SHARE); with `defer`, PaceDeferred instead of waiting
+        for the pacer or for a rate limit."""
         method = method.upper()
         url = self._url(path)
         where = urllib.parse.urlsplit(url).path  # for messages: never the query
@@ -260,7 +306,7 @@ class GitHubApp:
         reauthed = False
         while True:
             if method in CONTENT_METHODS and installation_id is not None:
-                await self._wait_for_pace(installation_id)
+                await self._wait_for_pace(installation_id, priority, defer)
             if installation_id is None:
                 headers = sansio.create_headers(USER_AGENT, accept=accept, jwt=self.jwt())
             else:
@@ -296,6 +342,10 @@ class GitHubApp:
             if told is not None and limited + 1 < MAX_ATTEMPTS:
                 limited += 1
                 wait = min(told, MAX_WAIT)
+                if defer:  # a low-priority write does not sit out a rate limit (maybe under a claim)
+                    log.info("GitHub rate limit: low-priority write postponed", method=method, path=where,
+                             status=status, wait=round(wait, 2))
+                    raise PaceDeferred(wait, limited=True)
                 log.warning("GitHub rate limit, waiting", method=method, path=where, status=status,
                             wait=round(wait, 2), remaining=rheaders.get("x-ratelimit-remaining"))
                 await self._sleep(wait)

@@ -19,22 +19,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from . import annotations, checks, decisions, logs, metrics, report, workflows
 from .backends import machine_names
 from .backends.base import JobNotFound, JobSpec, JobStatus
-from .github import GitHubApp
-from .runstate import RunRef, RunState
+from .github import GitHubApp, GitHubError, Gone, PaceDeferred
+from .locks import FencedLock
+from .runstate import TTL, RunRef, RunState
 from .services import Services
 from .tasks import Task
-from .worker import Permanent, Registry
+from .worker import Handler, Permanent, Registry
 
 log = logs.get("litbotd.lifecycle")
 ROUTING = ("delivery", "installation", "repo", "pr", "sha", "private")
 _machines: frozenset[str] | None = None
 COMMENT_DEBOUNCE = 1.0  # seconds
+COMMENT_CLAIM_TTL = 30.0  # seconds; renewed while held, so only a dead holder's claim lapses
+COMMENT_EDIT_INTERVAL = 10.0  # seconds between two edits of one PR's comment
+COMMENT_RETRY_MAX = 5.0  # seconds: how long a comment edit postponed for the pacing budget waits at most
 
 
 def _gh(s: Services) -> GitHubApp:
@@ -69,25 +74,15 @@ def _report_row(run: workflows.Run, attempt: int, st: dict[str, str], log_tail: 
     )
 
 
-async def refresh_comment(s: Services, repo: str, pr: int | None, inst: int) -> None:
-    """Re-render the PR's summary comment from the run states of its latest head SHA."""
-    if pr is None or not s.config.report.comment:
-        return
-    rs = RunState(s.queue)
-    info = await rs.pr(repo, pr)
-    head = info.get("head")
+async def _render_comment(rs: RunState, repo: str, pr: int, head: str | None) -> str | None:
+    """The PR's summary comment as of now, from the run states of its latest head SHA; None when
+    there is nothing to show yet."""
     if not head:
-        return
+        return None
     rows = []
     for key, (run, attempt) in sorted((await rs.runs(repo, head)).items()):
         rows.append(_report_row(run, attempt, await rs.get(RunRef(repo, head, key, attempt))))
-    if not rows:
-        return
-    body = report.summary_comment(repo, pr, head, rows)
-    known = int(info["comment_id"]) if info.get("comment_id") else None
-    comment_id = await checks.upsert_comment(_gh(s), s.queue, inst, repo, pr, body, known)
-    if comment_id != known:
-        await rs.set_pr_field(repo, pr, comment_id=comment_id)
+    return report.summary_comment(repo, pr, head, rows) if rows else None
 
 
 async def _comment_soon(task: Task, s: Services, repo: str, pr: int | None, inst: int) -> list[Task]:
@@ -102,16 +97,51 @@ async def _comment_soon(task: Task, s: Services, repo: str, pr: int | None, inst
 
 
 async def comment(task: Task, s: Services) -> list[Task]:
-    """Edit the summary comment, unless an earlier comment task already showed this version."""
+    """Edit the summary comment, unless an earlier comment task already showed this version.
+
+    One writer per PR by construction: the writer holds the PR's fenced claim (renewed while GitHub
+    takes its time) and records the comment id only if its claim still stands. A task that finds
+    the claim taken does not wait for it: it comes back a moment later, and shows whatever is
+    newest then, so edits coalesce into the latest state."""
     p = task.payload
+    repo, pr, inst = p["repo"], p["pr"], p["installation"]
     rs = RunState(s.queue)
-    info = await rs.pr(p["repo"], p["pr"])
-    version = int(info.get("version") or 0)
-    if version <= int(info.get("commented") or -1):
+    info = await rs.pr(repo, pr)
+    if _comment_version_due(info) is None:
         return []
-    await refresh_comment(s, p["repo"], p["pr"], p["installation"])  # renders the state as of now
-    await rs.set_pr_field(p["repo"], p["pr"], commented=version)
+    next_edit = float(info.get("commented_at") or 0) + COMMENT_EDIT_INTERVAL
+    if next_edit > time.time():
+        # Edits of one comment coalesce: at most one per interval, showing the latest state.
+        return [task.successor("comment", p, run_at=next_edit, key="coalesced")]
+    claim = FencedLock(s.redis, s.queue.key("lock", "comment", f"{repo}#{pr}"), COMMENT_CLAIM_TTL)
+    async with claim.held() as fence:
+        if fence is None:
+            log.info("summary comment being written by another worker; coming back after it")
+            return [task.successor("comment", p, run_at=time.time() + COMMENT_DEBOUNCE, key="again")]
+        # Rendered under the claim: a change recorded after this read has its own comment task
+        # waiting (every change schedules one), which shows it next.
+        info = await rs.pr(repo, pr)
+        version = _comment_version_due(info)
+        if version is None:
+            return []
+        known = int(info["comment_id"]) if info.get("comment_id") else None
+        body = await _render_comment(rs, repo, pr, info.get("head"))
+        try:
+            comment_id = known if body is None else await checks.upsert_comment(_gh(s), inst, repo, pr, body, known)
+        except PaceDeferred as e:
+            # The budget is kept for results (or GitHub said wait): show the then latest state later.
+            delay = e.wait if e.limited else min(e.wait, COMMENT_RETRY_MAX)
+            return [task.successor("comment", p, run_at=time.time() + delay, key="later")]
+        shown = {"commented": version, "commented_at": time.time(), **({"comment_id": comment_id} if comment_id else {})}
+        if not await claim.commit(fence, rs.pr_key(repo, pr), TTL, **shown):
+            log.warning("summary comment claim lost while writing; its new holder carries on")
     return []
+
+
+def _comment_version_due(info: dict[str, str]) -> int | None:
+    """The PR's version not yet shown in its comment, or None when the comment is up to date."""
+    version = int(info.get("version") or 0)
+    return version if version > int(info.get("commented") or -1) else None
 
 
 async def _queue_run(s: Services, task: Task, p: dict[str, Any], run: workflows.Run, attempt: int) -> Task:
@@ -120,8 +150,10 @@ async def _queue_run(s: Services, task: Task, p: dict[str, Any], run: workflows.
     ref = RunRef(p["repo"], p["sha"], run.key, attempt)
     check_id = await checks.find_or_create_check(
         gh, p["installation"], p["repo"], p["sha"], run.check_name, decisions.external_id(run.key, attempt),
-        status="queued", output=report.check_output(_report_row(run, attempt, {})))
-    await rs.update(ref, status="queued", check_run_id=check_id, queued_at=time.time())
+        priority="create", status="queued", output=report.check_output(_report_row(run, attempt, {})))
+    await rs.count_write(ref)
+    if not await rs.transition(ref, ("", "queued"), status="queued", check_run_id=check_id, queued_at=time.time()):
+        await rs.update(ref, check_run_id=check_id)  # repeated after a cancel ended it: keep its state
     log.info("run queued", run=run.key, check=run.check_name, attempt=attempt)
     return task.successor("start_job", _routing(p, run=run.key, attempt=attempt, check_run_id=check_id),
                           key=f"{run.key}/{attempt}")
@@ -164,8 +196,8 @@ async def new_event(task: Task, s: Services) -> list[Task]:
         if attempt is None and p.get("action") == "reopened":
             # Runs that closing the PR cancelled start again when it is reopened.
             attempt = await rs.owned_attempt(repo, sha, run.key, task.id)
-            last = recorded[run.key][1]
-            if attempt is None and (await rs.get(RunRef(repo, sha, run.key, last))).get("conclusion") == decisions.CANCELLED:
+            last = await rs.get(RunRef(repo, sha, run.key, recorded[run.key][1]))
+            if attempt is None and decisions.restart_on_reopen(last.get("conclusion")):
                 attempt = await rs.new_attempt(repo, sha, run.key, task.id)
         if attempt is not None:
             out.append(await _queue_run(s, task, p, run, attempt))
@@ -204,28 +236,41 @@ async def start_job(task: Task, s: Services) -> list[Task]:
     cfg, rs = s.config, RunState(s.queue)
     repo, sha, key, attempt = p["repo"], p["sha"], p["run"], p["attempt"]
     ref = RunRef(repo, sha, key, attempt)
-    state = await rs.get(ref)
-    if state.get("conclusion"):
+    if not decisions.may_start(await rs.get(ref)):
         return []  # cancelled before it started
     run, _ = (await rs.runs(repo, sha))[key]
     name = decisions.job_name(repo, sha, key, attempt)
-    # Public repositories need no token; when we don't know (a re-run), mint one to be safe.
-    token = await _gh(s).scoped_token(p["installation"], repo) if p.get("private") is not False else None
-    spec = JobSpec(name=name, repo=repo, sha=sha, archive_url=f"{cfg.github.api_url}/repos/{repo}/tarball/{sha}",
+    token = await _gh(s).scoped_token(p["installation"], repo) if decisions.needs_token(p.get("private")) else None
+    if not decisions.may_start(await rs.get(ref)):
+        return []  # cancelled while the token was minted: start nothing
+    spec = JobSpec(name=name, repo=repo, sha=sha, archive_url=f"{cfg.github.api_url}{checks.repo_path(repo)}/tarball/{sha}",
                    script=run.script, image=run.image, machine=run.machine, interruptible=run.interruptible,
                    timeout=run.timeout, env=run.env, token=token, reports=run.reports)
     with logs.context(job=name):
         status = await s.backend.start(spec)
         metrics.JOBS.labels(s.backend.name, status.state).inc()
         now = time.time()
-        await rs.update(ref, status="in_progress", job=name, started_at=now, url=status.url or "")
-        if (await rs.get(ref)).get("conclusion") == decisions.CANCELLED:
-            await s.backend.stop(name)  # a cancel raced our start
+        # One atomic step: a run that a racing cancel ended (or is ending) never goes back to running.
+        # in_progress again: this task re-executed after a crash (the job name is deterministic).
+        if not await rs.transition(ref, ("queued", "", "in_progress"), status="in_progress", job=name, started_at=now,
+                                   url=status.url or ""):
+            await s.backend.stop(name)  # a cancel raced our start: it could not see the job yet
+            log.info("run cancelled while its job started; job stopped")
             return []
         fields: dict[str, Any] = {"status": "in_progress", "started_at": checks.iso(now)}
         if status.url and status.url.startswith(("http://", "https://")):
             fields["details_url"] = status.url
-        await checks.update_check(_gh(s), p["installation"], repo, int(p["check_run_id"]), **fields)
+        try:
+            await checks.update_check(_gh(s), p["installation"], repo, int(p["check_run_id"]), "progress",
+                                      defer=True, **fields)
+            await rs.count_write(ref)
+        except PaceDeferred:
+            # Results first: the conclusion will carry the details link; this update is skipped.
+            log.info("in_progress update skipped: the pacing budget is kept for results")
+        if (await rs.get(ref)).get("conclusion"):
+            # Concluded while our in_progress write was in flight: make sure the last write is the conclusion.
+            await _report_completed(s, p, ref)
+            return []
         log.info("job started", state=status.state, url=status.url)
     poll = cfg.jobs.poll_interval
     return [task.successor("wait_job", {**p, "job": name, "poll": poll, "queued_at": now}, run_at=now + poll,
@@ -313,8 +358,15 @@ async def _report_completed(s: Services, p: dict[str, Any], ref: RunRef, tail: s
     check_id = int(state.get("check_run_id") or p["check_run_id"])
     output = report.check_output(row)
     gh, inst = _gh(s), p["installation"]
+    fields: dict[str, Any] = {}
+    if row.details_url and row.details_url.startswith(("http://", "https://")):
+        fields["details_url"] = row.details_url  # also when its in_progress update was skipped
     await checks.update_check(gh, inst, ref.repo, check_id, status="completed",
-                              conclusion=row.conclusion, completed_at=checks.iso(time.time()), output=output)
+                              conclusion=row.conclusion, completed_at=checks.iso(time.time()), output=output,
+                              **fields)
+    writes = await rs.count_write(ref)
+    if not state.get("reported"):
+        metrics.RUN_WRITES.observe(writes)
     if found is not None and found.annotations:
         sent = await checks.annotations_sent(gh, inst, ref.repo, check_id)
         todo = found.annotations[sent:]
@@ -337,9 +389,10 @@ async def cancel(task: Task, s: Services) -> list[Task]:
         for key, (run, attempt) in (await rs.runs(repo, sha)).items():
             ref = RunRef(repo, sha, key, attempt)
             state = await rs.get(ref)
-            if state.get("reported") or state.get("conclusion") not in (None, decisions.CANCELLED):
-                continue  # reported already, or a result won the race and results reports it
+            if decisions.cancel_skips(state):
+                continue
             await rs.request_cancel(ref, reason)
+            state = await rs.get(ref)  # the job a start may have recorded meanwhile
             if state.get("job"):
                 await s.backend.stop(state["job"])
             conclusion, _ = await rs.conclude(ref, decisions.CANCELLED, reason, time.time())
@@ -418,23 +471,42 @@ async def on_dead(task: Task, s: Services) -> None:
     """A task given up on: complete its check run so the PR does not hang (SPEC §6)."""
     p = task.payload
     message = f"litbotd gave up after {task.attempt} attempts: {task.error}"
-    if task.kind in ("start_job", "wait_job", "results") and p.get("run"):
+    ended = decisions.dead_task_conclusion(task.kind, task.attempt, task.error or "")
+    if ended and p.get("run"):
         ref = RunRef(p["repo"], p["sha"], p["run"], p["attempt"])
-        conclusion = decisions.FAILURE if task.kind == "start_job" else decisions.NEUTRAL
-        if task.kind == "start_job":
-            message = f"the job failed to start: {task.error}"
-        await RunState(s.queue).conclude(ref, conclusion, message, time.time())
+        await RunState(s.queue).conclude(ref, *ended, time.time())
         await _report_completed(s, p, ref)
-        await refresh_comment(s, p["repo"], p.get("pr"), p["installation"])
+        await s.queue.enqueue(*await _comment_soon(task, s, p["repo"], p.get("pr"), p["installation"]))
     elif task.kind in ("new_event", "new_commit"):
         await checks.find_or_create_check(
             _gh(s), p["installation"], p["repo"], p["sha"], "litci", "event-failed", status="completed",
             conclusion=decisions.FAILURE, output={"title": "litbotd could not process this push", "summary": message})
 
 
+def _ends_when_gone(handler: Handler) -> Handler:
+    """A removed installation or a deleted repository ends the task with one log line: GitHub
+    will never answer otherwise, so no retries, no dead letter, no traceback (SPEC §8)."""
+    @functools.wraps(handler)
+    async def run(task: Task, s: Services) -> Sequence[Task] | None:
+        try:
+            return await handler(task, s)
+        except Gone as e:
+            why = str(e)
+        except GitHubError as e:
+            repo = task.payload.get("repo")
+            if e.status != 404 or not repo or not await _gh(s).repository_gone(checks.repo_path(repo)):
+                raise
+            why = f"repository {repo} no longer exists or the App was removed from it ({e})"
+        log.warning("task ends: GitHub says it is gone", reason=why)
+        return []
+    return run
+
+
 REGISTRY = Registry(
-    handlers={"new_event": new_event, "start_job": start_job, "wait_job": wait_job, "results": results,
-              "new_commit": new_commit, "cancel": cancel, "rerun": rerun, "command": command, "comment": comment},
+    handlers={kind: _ends_when_gone(h) for kind, h in {
+        "new_event": new_event, "start_job": start_job, "wait_job": wait_job, "results": results,
+        "new_commit": new_commit, "cancel": cancel, "rerun": rerun, "command": command,
+        "comment": comment}.items()},
     on_dead=on_dead,
 )
 

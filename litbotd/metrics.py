@@ -15,6 +15,14 @@ QUEUE_DEPTH = Gauge("litbotd_queue_depth", "Tasks waiting, by list (queued, dela
 REQUEUED = Counter("litbotd_requeued_orphans", "Tasks put back on the queue from dead workers", registry=REGISTRY)
 RATELIMIT_REMAINING = Gauge("litbotd_github_ratelimit_remaining", "GitHub API calls left in the current window",
                             registry=REGISTRY)
+GITHUB_WRITES = Counter("litbotd_github_writes", "Content-creating GitHub calls by priority and pacing outcome "
+                        "(sent, deferred: skipped or postponed while the budget is spent)", ["priority", "outcome"],
+                        registry=REGISTRY)
+PACE_WAIT = Histogram("litbotd_github_pace_wait_seconds", "Waits for the pacing budget before a GitHub write",
+                      registry=REGISTRY, buckets=(0.1, 0.5, 1, 2, 5, 15, 60, 300, 900))
+RUN_WRITES = Histogram("litbotd_check_run_writes", "Check-run writes (create, in_progress, completed) per run, "
+                       "observed when the run is reported completed", registry=REGISTRY,
+                       buckets=(1, 2, 3, 4, 5, 6, 8, 12))
 JOBS = Counter("litbotd_jobs", "Jobs seen by backend and status", ["backend", "status"], registry=REGISTRY)
 WORKERS = Gauge("litbotd_workers", "Worker coroutines running in this process", registry=REGISTRY)
 

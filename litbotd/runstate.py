@@ -40,6 +40,29 @@ return redis.call('HMGET', KEYS[1], 'conclusion', 'message')
 """
 
 
+# KEYS: run hash. ARGV: allowed statuses, comma-separated ('' = none recorded yet), ttl, then field,
+# value pairs. A run that has concluded, or whose cancel was requested, takes no transition: it
+# never goes back to running (only _CONCLUDE ends a run).
+_TRANSITION = """
+if redis.call('HEXISTS', KEYS[1], 'conclusion') == 1 or redis.call('HEXISTS', KEYS[1], 'cancel_reason') == 1 then
+  return 0
+end
+local status = redis.call('HGET', KEYS[1], 'status') or ''
+if not string.find(',' .. ARGV[1] .. ',', ',' .. status .. ',', 1, true) then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: run hash. ARGV: reason, ttl. 1 if the cancel was recorded, 0 if the run had already ended.
+_REQUEST_CANCEL = """
+if redis.call('HEXISTS', KEYS[1], 'conclusion') == 1 then return 0 end
+redis.call('HSETNX', KEYS[1], 'cancel_reason', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class RunRef:
     repo: str
@@ -61,6 +84,10 @@ class RunState:
 
     def _pr(self, repo: str, pr: int) -> str:
         return self.q.key("pr", f"{repo}#{pr}")
+
+    def pr_key(self, repo: str, pr: int) -> str:
+        """The PR's hash, for a write fenced by the comment claim (locks.FencedLock.commit)."""
+        return self._pr(repo, pr)
 
     # -- runs of a SHA --------------------------------------------------------------------------------
     async def add_runs(self, repo: str, sha: str, runs: list[Run], pr: int | None, owner: str) -> dict[str, int]:
@@ -112,6 +139,21 @@ class RunState:
             p.hset(self._run(ref), mapping=values).expire(self._run(ref), TTL)
             await p.execute()
 
+    async def transition(self, ref: RunRef, allowed_from: tuple[str, ...], **fields: Any) -> bool:
+        """Set `fields` in one atomic step if the run's status is one of `allowed_from` ("" = none
+        yet) and it has neither concluded nor been asked to cancel. False when refused."""
+        args: list[Any] = [",".join(allowed_from), TTL]
+        for k, v in fields.items():
+            args += [k, "" if v is None else v]
+        return bool(await self.r.eval(_TRANSITION, 1, self._run(ref), *args))
+
+    async def count_write(self, ref: RunRef) -> int:
+        """Count one check-run write for this run (for the writes-per-run metric); the total."""
+        async with self.r.pipeline(transaction=True) as p:
+            p.hincrby(self._run(ref), "writes", 1).expire(self._run(ref), TTL)
+            n, _ = await p.execute()
+        return int(n)
+
     async def conclude(self, ref: RunRef, conclusion: str, message: str, finished_at: float) -> tuple[str, str]:
         """Record the conclusion unless the run already has one (a cancel and a result racing:
         the first decides). Returns the conclusion and message in force."""
@@ -120,12 +162,7 @@ class RunState:
 
     async def request_cancel(self, ref: RunRef, reason: str) -> bool:
         """Mark a run cancelled for the phases that will see it next; False if it already ended."""
-        key = self._run(ref)
-        if await self.r.hexists(key, "conclusion"):
-            return False
-        await self.r.hsetnx(key, "cancel_reason", reason)
-        await self.r.expire(key, TTL)
-        return True
+        return bool(await self.r.eval(_REQUEST_CANCEL, 1, self._run(ref), reason, TTL))
 
     # -- pull requests ------------------------------------------------------------------------------------
     async def set_head(self, repo: str, pr: int, sha: str, base_ref: str, installation: int) -> list[str]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
+from litbotd import decisions
 from litbotd import decisions as d
 
 
@@ -79,3 +80,31 @@ def test_select_runs():
     assert d.select_runs(names, ("pr checks",)) == (["k1", "k2"], [])
     assert d.select_runs(names, ("PR checks (3.12)", "LINT")) == (["k2", "k3"], [])
     assert d.select_runs(names, ("docs",)) == ([], ["docs"])
+
+
+def test_a_run_starts_only_while_nothing_ended_or_cancelled_it() -> None:
+    assert decisions.may_start({"status": "queued"})
+    assert not decisions.may_start({"status": "queued", "cancel_reason": "closed"})
+    assert not decisions.may_start({"status": "completed", "conclusion": "cancelled"})
+
+
+def test_token_only_when_the_repository_may_be_private() -> None:
+    assert decisions.needs_token(True) and decisions.needs_token(None) and not decisions.needs_token(False)
+
+
+def test_reopen_restarts_only_cancelled_runs() -> None:
+    assert decisions.restart_on_reopen("cancelled")
+    assert not decisions.restart_on_reopen("success") and not decisions.restart_on_reopen(None)
+
+
+def test_cancel_skips_reported_runs_and_results_that_won() -> None:
+    assert decisions.cancel_skips({"reported": "1", "conclusion": "cancelled"})
+    assert decisions.cancel_skips({"conclusion": "success"})
+    assert not decisions.cancel_skips({"status": "in_progress"})
+    assert not decisions.cancel_skips({"conclusion": "cancelled"})  # reported by nobody yet
+
+
+def test_dead_task_conclusion() -> None:
+    assert decisions.dead_task_conclusion("start_job", 5, "boom") == ("failure", "the job failed to start: boom")
+    assert decisions.dead_task_conclusion("results", 5, "boom") == ("neutral", "litbotd gave up after 5 attempts: boom")
+    assert decisions.dead_task_conclusion("comment", 5, "boom") is None

@@ -226,3 +226,33 @@ def test_payload_is_not_modified() -> None:
     before = copy.deepcopy(data)
     one("pull_request", data)
     assert data == before
+
+
+@pytest.mark.parametrize("event,name,path,value", [
+    ("pull_request", "pull_request.opened.4", "pull_request.head.sha", "../../../etc/passwd"),
+    ("pull_request", "pull_request.opened.4", "pull_request.head.sha", "a" * 10_000),
+    ("pull_request", "pull_request.opened.4", "pull_request.head.sha", SHA.upper()),
+    ("pull_request", "pull_request.closed.2", "pull_request.head.sha", SHA[:39]),
+    ("pull_request", "pull_request.opened.4", "repository.full_name", "acme/widgets/../../app"),
+    ("pull_request", "pull_request.opened.4", "repository.full_name", "acme/.."),
+    ("pull_request", "pull_request.opened.4", "repository.full_name", "acme"),
+    ("pull_request", "pull_request.opened.4", "repository.full_name", "ac me/widgets"),
+    ("pull_request", "pull_request.opened.4", "pull_request.base.repo.full_name", "a/b?x=1"),
+    ("check_run", "check_run.rerequested.7", "check_run.head_sha", "HEAD"),
+    ("check_suite", "check_suite.rerequested.7", "check_suite.head_sha", "0" * 41),
+])
+def test_values_that_would_reach_a_url_path_are_checked(event: str, name: str, path: str, value: str) -> None:
+    """SPEC §8: a signed payload whose SHA or full_name is malformed is refused, naming the field,
+    and the message does not echo a 10,000-character value."""
+    data = payload(name)
+    _set(data, path, value)
+    with pytest.raises(PayloadError, match=rf"payload field {path.replace('.', '[.]')}: expected") as e:
+        tasks_for(event, data, DELIVERY, command_prefix="/litci")
+    assert len(str(e.value)) < 200
+
+
+def test_github_names_with_dots_dashes_and_underscores_pass() -> None:
+    data = payload("pull_request.opened.4")
+    for path in ("repository.full_name", "pull_request.base.repo.full_name", "pull_request.head.repo.full_name"):
+        _set(data, path, "my-org2/some_repo.js-1")
+    assert one("pull_request", data).payload["repo"] == "my-org2/some_repo.js-1"

@@ -291,6 +291,43 @@ async def test_pacing_budget_is_shared_by_daemons_and_hourly(fake: FakeGitHub, m
     assert 3600 <= sent[5] < 3601             # the sixth waits for the first to leave the hour
 
 
+async def test_pacing_keeps_the_budget_for_results(fake: FakeGitHub, make_app) -> None:
+    """Results first: once half the minute's budget is used, comment writes are refused (deferred,
+    not waited for), in_progress updates still go up to three quarters, conclusions up to the whole."""
+    clock = Clock()
+    app = make_app(clock)
+    post = lambda **kw: app.post(f"/repos/{REPO}/statuses/{SHA}", 1, data={"state": "success"}, **kw)  # noqa: E731
+    for _ in range(github.PACE_PER_MINUTE // 2):
+        await post(priority="comment", defer=True)
+    with pytest.raises(github.PaceDeferred) as e:
+        await post(priority="comment", defer=True)
+    assert 0 < e.value.wait <= 60
+    for _ in range(github.PACE_PER_MINUTE * 3 // 4 - github.PACE_PER_MINUTE // 2):
+        await post(priority="progress", defer=True)
+    with pytest.raises(github.PaceDeferred):
+        await post(priority="progress", defer=True)
+    for _ in range(github.PACE_PER_MINUTE - github.PACE_PER_MINUTE * 3 // 4):
+        await post()  # a conclusion: the default priority
+    assert clock.sleeps == []  # nobody waited so far
+    await post()
+    assert len(clock.sleeps) == 1 and 0 < clock.sleeps[0] <= 60  # over the whole budget even a result waits
+    assert len(fake.statuses) == github.PACE_PER_MINUTE + 1
+
+
+async def test_a_deferrable_write_does_not_sit_out_a_rate_limit(fake: FakeGitHub, make_app) -> None:
+    """A comment write (defer=True) answered 429 + Retry-After is handed back to its caller at once,
+    with the wait GitHub asked for; a result write waits and retries as before."""
+    clock = Clock()
+    app = make_app(clock)
+    fake.inject("POST", r"/issues/1/comments$", 429, headers={"Retry-After": "42"})
+    with pytest.raises(github.PaceDeferred) as e:
+        await app.post(f"/repos/{REPO}/issues/1/comments", 1, data={"body": "x"}, priority="comment", defer=True)
+    assert (e.value.wait, e.value.limited, clock.sleeps) == (42.0, True, [])
+    fake.inject("POST", r"/issues/1/comments$", 429, headers={"Retry-After": "42"})
+    await app.post(f"/repos/{REPO}/issues/1/comments", 1, data={"body": "y"})
+    assert clock.sleeps == [42.0] and [c["body"] for c in fake.comments] == ["y"]
+
+
 # -- secrets ----------------------------------------------------------------------------------------
 async def test_no_token_jwt_or_key_in_errors_or_logs(fake: FakeGitHub, make_app, caplog: pytest.LogCaptureFixture,
                                                      capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,6 +3,7 @@ only (`workers.count = 0`), on loopback, with a private redis-server."""
 from __future__ import annotations
 
 import asyncio
+import json
 import http.client
 import os
 import signal
@@ -215,3 +216,28 @@ def test_refuses_to_start_without_a_webhook_secret(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
     assert "webhook_secret" in r.stderr
+
+
+def _pr_with(path: str, value: Any) -> bytes:
+    data = json.loads(PR_OPENED)
+    node = data
+    *parents, last = path.split(".")
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize("path,value", [
+    ("pull_request.head.sha", "../../../etc/passwd"),
+    ("pull_request.head.sha", "f" * 10_000),
+    ("repository.full_name", "acme/widgets/../../app"),
+    ("installation.id", "77"),
+    ("pull_request.number", 1.5),
+])
+async def test_malformed_signed_payloads_are_400_and_not_queued(daemon: DaemonProc, db: syncredis.Redis,
+                                                                path: str, value: Any) -> None:
+    body = _pr_with(path, value)
+    got, answer = await post(daemon.url + "/", body, headers(body, delivery=f"bad-{path}-{len(str(value))}"))
+    assert got == 400 and path in answer["error"], answer
+    assert db.llen("bot_queue") == 0 and db.zcard("bot_queue:delayed") == 0
