@@ -154,6 +154,9 @@ def setup(level: str = "info", fmt: str = "auto", secrets: list[str] | None = No
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
 class Log:
     """logging.Logger with key=value fields: `log.info("job started", run=key, job=name)`."""
 
@@ -164,6 +167,10 @@ class Log:
         # Fields are redacted by the formatter, with the whole line: once per line is enough.
         if self._log.isEnabledFor(level):
             self._log.log(level, msg, exc_info=exc_info, extra={"kv": kv})
+
+    def enabled(self, level: str) -> bool:
+        """Whether a line at `level` ("debug", "info", ...) would be written: skip building it if not."""
+        return self._log.isEnabledFor(_LEVELS[level])
 
     def debug(self, msg: str, **kv: Any) -> None:
         self._emit(logging.DEBUG, msg, False, kv)

@@ -1,6 +1,8 @@
 """Prometheus metrics (SPEC §7), served by GET /metrics. Names start with `litbotd_`."""
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -23,6 +25,23 @@ RUN_WRITES = Histogram("litbotd_check_run_writes", "Check-run writes (create, in
                        buckets=(1, 2, 3, 4, 5, 6, 8, 12))
 JOBS = Counter("litbotd_jobs", "Jobs seen by backend and status", ["backend", "status"], registry=REGISTRY)
 WORKERS = Gauge("litbotd_workers", "Worker coroutines running in this process", registry=REGISTRY)
+
+
+# Bound children, looked up once per label set: labels() costs a lock and a dict walk per call,
+# a measurable share of a task's cost on the worker path. Bounded: kinds come from the queue.
+@functools.lru_cache(maxsize=256)
+def tasks(kind: str, outcome: str) -> Counter:
+    return TASKS.labels(kind, outcome)
+
+
+@functools.lru_cache(maxsize=256)
+def task_seconds(kind: str) -> Histogram:
+    return TASK_SECONDS.labels(kind)
+
+
+@functools.lru_cache(maxsize=256)
+def webhooks(event: str, outcome: str) -> Counter:
+    return WEBHOOKS.labels(event, outcome)
 
 
 def render() -> bytes:

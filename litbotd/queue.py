@@ -11,6 +11,7 @@ Keys, with `q` = the configured queue name (default "bot_queue"):
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.parse
@@ -25,17 +26,25 @@ from .tasks import Task, TaskFormatError
 
 DELIVERY_TTL = 7 * 24 * 3600
 
-# KEYS: processing, main, delayed, dead. ARGV: raw, n_now, now..., n_later, (score, raw)..., dead_raw|"".
-# Returns 0 when the task is no longer in the processing list (it was swept from a worker whose
-# lease expired and runs elsewhere): its successors are then dropped, not duplicated.
-_FINISH = """
-if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end
-local i = 3
-for _ = 1, tonumber(ARGV[2]) do redis.call('LPUSH', KEYS[2], ARGV[i]); i = i + 1 end
-local m = tonumber(ARGV[i]); i = i + 1
-for _ = 1, m do redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
-if ARGV[i] ~= '' then redis.call('LPUSH', KEYS[4], ARGV[i]) end
-return 1
+# KEYS: processing, main, delayed, dead. ARGV: take ("1" or ""), raw, n_now, now..., n_later,
+# (score, raw)..., dead_raw|"".
+# Finish a task: remove it from the processing list and enqueue what follows it. When it is no
+# longer there (swept from a worker whose lease expired, it runs elsewhere) its successors are
+# dropped, not duplicated. Then, with take, move the next task into the processing list as BLMOVE
+# would: a busy worker pays one round trip per task and blocks only when the queue is empty.
+# Returns {kept 0|1, next raw or false}.
+_FINISH_TAKE = """
+local kept = 0
+if redis.call('LREM', KEYS[1], -1, ARGV[2]) == 1 then
+  kept = 1
+  local i = 4
+  for _ = 1, tonumber(ARGV[3]) do redis.call('LPUSH', KEYS[2], ARGV[i]); i = i + 1 end
+  local m = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, m do redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
+  if ARGV[i] ~= '' then redis.call('LPUSH', KEYS[4], ARGV[i]) end
+end
+if ARGV[1] == '' then return {kept, false} end
+return {kept, redis.call('LMOVE', KEYS[2], KEYS[1], 'RIGHT', 'LEFT')}
 """
 
 # KEYS: main, delayed. ARGV: n_now, now..., n_later, (score, raw)...
@@ -47,16 +56,32 @@ for _ = 1, m do redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
 return 1
 """
 
-# KEYS: delivery, main, delayed. ARGV: ttl, then as _PUSH. The claim and the push are one step,
-# so a crash can neither queue a delivery twice nor claim it without queueing it.
+# KEYS: main, delayed, then one delivery key per delivery. ARGV: per delivery: ttl, n_now, now...,
+# n_later, (score, raw)... Returns one 1 (claimed and queued) or 0 (seen before) per delivery. A
+# claim and its push are one step, so a crash can neither queue a delivery twice nor claim it
+# without queueing it; one call carries every delivery that arrived meanwhile (group commit).
 _CLAIM_AND_PUSH = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-local i = 3
-for _ = 1, tonumber(ARGV[2]) do redis.call('LPUSH', KEYS[2], ARGV[i]); i = i + 1 end
-local m = tonumber(ARGV[i]); i = i + 1
-for _ = 1, m do redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
-return 1
+local out = {}
+local i = 1
+for d = 3, #KEYS do
+  local fresh = redis.call('SET', KEYS[d], '1', 'NX', 'EX', ARGV[i])
+  local n = tonumber(ARGV[i + 1]); i = i + 2
+  if fresh then
+    for j = i, i + n - 1 do redis.call('LPUSH', KEYS[1], ARGV[j]) end
+  end
+  i = i + n
+  local m = tonumber(ARGV[i]); i = i + 1
+  if fresh then
+    for j = i, i + 2 * m - 1, 2 do redis.call('ZADD', KEYS[2], ARGV[j], ARGV[j + 1]) end
+  end
+  i = i + 2 * m
+  out[#out + 1] = fresh and 1 or 0
+end
+return out
 """
+CLAIM_BATCH = 200    # deliveries per script call at most
+CLAIM_TIMEOUT = 2.0  # a batch of claims waits no longer for Redis: the webhooks answer 503 (GitHub
+                     # records the failure), one waiting behind a batch under way within twice this
 
 # KEYS: delayed, main. ARGV: now, limit. Returns {moved, next due score or -1}.
 _PROMOTE = """
@@ -156,12 +181,14 @@ class Queue:
         self.delayed = f"{name}:delayed"
         self.dead = f"{name}:dead"
         self.workers = f"{name}:workers"
-        self._finish = redis.register_script(_FINISH)
+        self._finish_take = redis.register_script(_FINISH_TAKE)
         self._push = redis.register_script(_PUSH)
         self._claim = redis.register_script(_CLAIM_AND_PUSH)
         self._promote = redis.register_script(_PROMOTE)
         self._recover = redis.register_script(_RECOVER)
         self._move_one = redis.register_script(_MOVE_ONE)
+        self._claims: list[tuple[str, Sequence[Task], int, asyncio.Future[bool]]] = []
+        self._claimer: asyncio.Task | None = None
 
     def key(self, *parts: str) -> str:
         """Every key of litbotd's starts with the queue name (one Cluster slot with a hash tag)."""
@@ -193,39 +220,91 @@ class Queue:
                          args=[len(now_raw), *now_raw, len(later) // 2, *later])
 
     async def enqueue_delivery(self, delivery_id: str, tasks: Sequence[Task], ttl: int = DELIVERY_TTL) -> bool:
-        """Claim a webhook delivery id and queue its tasks atomically; False if it was seen before."""
-        now_raw, later = self._split(tasks, time.time())
-        keys = [self.key("delivery", delivery_id), self.name, self.delayed]
-        args = [ttl, len(now_raw), *now_raw, len(later) // 2, *later]
+        """Claim a webhook delivery id and queue its tasks atomically; False if it was seen before.
+        Concurrent calls share one script call: the first sends at once, and those that come while
+        it is under way go together in the next (a burst of webhooks costs a round trip per batch,
+        not per delivery; a lone one waits for nothing). A Redis that does not answer within
+        CLAIM_TIMEOUT raises TimeoutError; with ack_replicas, NotReplicated when no replica
+        confirmed the batch in time."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._claims.append((delivery_id, tasks, ttl, fut))
+        if self._claimer is None:
+            self._claimer = asyncio.create_task(self._claim_batches())
+        return await fut
+
+    async def _claim_batches(self) -> None:
+        try:
+            while self._claims:
+                batch, self._claims = self._claims[:CLAIM_BATCH], self._claims[CLAIM_BATCH:]
+                keys, args, now = [self.name, self.delayed], [], time.time()
+                for delivery_id, tasks, ttl, _ in batch:
+                    now_raw, later = self._split(tasks, now)
+                    keys.append(self.key("delivery", delivery_id))
+                    args += [ttl, len(now_raw), *now_raw, len(later) // 2, *later]
+                try:
+                    async with asyncio.timeout(CLAIM_TIMEOUT):
+                        fresh, acked = await self._send_claims(keys, args)
+                except BaseException as e:  # every caller of the batch sees the error (503)
+                    for *_, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    if isinstance(e, asyncio.CancelledError):
+                        raise
+                    continue
+                for (*_, fut), ok in zip(batch, fresh):
+                    if fut.done():  # a caller that gave up (timeout) is not told
+                        continue
+                    if ok and acked < self.ack_replicas:
+                        # Kept on the primary all the same: a redelivery finds it claimed and answers 200.
+                        fut.set_exception(NotReplicated(
+                            "no replica confirmed the delivery within 1s (redis.sentinels is set)"))
+                    else:
+                        fut.set_result(bool(ok))
+        finally:
+            self._claimer = None
+
+    async def _send_claims(self, keys: list[str], args: list[Any]) -> tuple[list[int], int]:
+        """The batch's script call; with ack_replicas also the replicas that confirmed it."""
         if not self.ack_replicas:
-            return bool(await self._claim(keys=keys, args=args))
-        # WAIT counts the replicas that have this connection's writes: one pipeline, one connection.
+            return await self._claim(keys=keys, args=args), 0
+        # WAIT counts the replicas that have this connection's writes: one pipeline, one connection,
+        # one WAIT per batch.
         async with self.redis.pipeline(transaction=False) as p:
             await self._claim(keys=keys, args=args, client=p)
             p.wait(self.ack_replicas, 1000)
-            ok, acked = await p.execute()
-        if ok and acked < self.ack_replicas:
-            # Kept on the primary all the same: a redelivery finds it claimed and answers 200.
-            raise NotReplicated("no replica confirmed the delivery within 1s (redis.sentinels is set)")
-        return bool(ok)
+            fresh, acked = await p.execute()
+        return fresh, int(acked)
 
     async def delivery_seen(self, delivery_id: str) -> bool:
         return bool(await self.redis.exists(self.key("delivery", delivery_id)))
 
     # -- consuming ------------------------------------------------------------------------------
-    async def take(self, wid: str, timeout: float) -> str | None:
-        """Block up to `timeout` seconds for a task; it moves into the worker's processing list."""
-        return await self.redis.blmove(self.name, self.processing(wid), timeout, "RIGHT", "LEFT")
+    async def take(self, wid: str, timeout: float, client: aioredis.Redis | None = None) -> str | None:
+        """Block up to `timeout` seconds for a task; it moves into the worker's processing list.
+        `client`: a worker's own connection (Redis.client()), so a blocked take holds no pooled one."""
+        return await (client or self.redis).blmove(self.name, self.processing(wid), timeout, "RIGHT", "LEFT")
 
     async def finish(self, wid: str, raw: str, successors: Sequence[Task] = (), dead: Task | None = None) -> bool:
         """Remove a taken task and enqueue what follows it (successors, a retry, or a dead letter)
         in one atomic step. False when the task had been swept away from this worker."""
+        kept, _ = await self.finish_and_take(wid, raw, successors, dead, take=False)
+        return kept
+
+    async def finish_and_take(self, wid: str, raw: str, successors: Sequence[Task] = (), dead: Task | None = None,
+                              *, take: bool = True, client: aioredis.Redis | None = None) -> tuple[bool, str | None]:
+        """`finish`, and with `take` the next waiting task moved into the processing list, in one
+        script call. Returns (kept, next raw task or None when the queue was empty)."""
         now_raw, later = self._split(successors, time.time())
-        ok = await self._finish(
-            keys=[self.processing(wid), self.name, self.delayed, self.dead],
-            args=[raw, len(now_raw), *now_raw, len(later) // 2, *later, dead.to_json() if dead else ""],
-        )
-        return bool(ok)
+        keys = (self.processing(wid), self.name, self.delayed, self.dead)
+        args = ("1" if take else "", raw, len(now_raw), *now_raw, len(later) // 2, *later,
+                dead.to_json() if dead else "")
+        try:
+            # EVALSHA directly: the worker's hot path, and Script.__call__ costs ~7 % of a task on
+            # its own (an import and a Pipeline check per call). NOSCRIPT: the Script loads it.
+            kept, nxt = await (client or self.redis).evalsha(self._finish_take.sha, 4, *keys, *args)
+        except redis.exceptions.NoScriptError:
+            kept, nxt = await self._finish_take(keys=keys, args=args, client=client)
+        return bool(kept), nxt or None
 
     async def promote_due(self, now: float | None = None, limit: int = 500) -> tuple[int, float | None]:
         """Move due delayed tasks onto the main list. Returns (moved, next due time or None)."""

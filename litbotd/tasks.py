@@ -7,7 +7,6 @@ A task is {"v": 1, "id", "kind", "payload", "attempt", "created", "run_at", "err
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import time
 import uuid
@@ -45,8 +44,8 @@ class Task:
     @classmethod
     def from_json(cls, raw: str | bytes) -> "Task":
         try:
-            d = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
+            d = orjson.loads(raw)
+        except ValueError as e:  # orjson.JSONDecodeError, invalid UTF-8 included
             raise TaskFormatError(f"not JSON: {e}") from None
         if not isinstance(d, dict):
             raise TaskFormatError("not a JSON object")

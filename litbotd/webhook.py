@@ -8,7 +8,7 @@ closes (lingering_time 0): an oversized body is never drained.
 from __future__ import annotations
 
 import asyncio
-import json
+import collections
 import time
 import urllib.parse
 from typing import Any
@@ -25,17 +25,47 @@ from .services import Services
 
 log = logs.get(__name__)
 
-REDIS_TIMEOUT = 2.0          # a webhook waits no longer for Redis before answering 503
 HEALTH_TIMEOUT = 1.0
 JSON_TYPES = ("application/json", "application/x-www-form-urlencoded")
 MAX_DELIVERY_ID = 128        # GitHub's are 36-character UUIDs; the id becomes part of a Redis key
 REDIS_ERRORS = REDIS_UNAVAILABLE
 UNVERIFIED = "-"             # metric label before the signature is checked: unauthenticated
                              # callers must not be able to mint label values
+LINES_PER_SECOND = 20        # per-delivery info lines; past this in one second, debug (see _Lines)
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:
-    return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json")
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+class _Lines:
+    """The level of a delivery's info line. Up to `limit` a second stay at info; past that (a burst,
+    a flood) they go to debug and one info line a second counts them by outcome. Writing a line is
+    one of the larger costs of an intake near the bare minimum; refusals are warnings and always
+    written."""
+
+    def __init__(self, limit: int = LINES_PER_SECOND, clock=time.monotonic) -> None:
+        self.limit = limit
+        self.clock = clock
+        self.second = 0
+        self.used = 0
+        self.quieted: collections.Counter[str] = collections.Counter()
+
+    def level(self, outcome: str) -> str:
+        second = int(self.clock())
+        if second != self.second:
+            self.second, self.used = second, 0
+        self.used += 1
+        if self.used <= self.limit:
+            return "info"
+        if not self.quieted:
+            asyncio.get_running_loop().call_later(1.0, self.flush)
+        self.quieted[outcome] += 1
+        return "debug"
+
+    def flush(self) -> None:
+        log.info("webhooks under load: the rest of the last second's lines went to debug", **self.quieted)
+        self.quieted.clear()
 
 
 class _Refused(Exception):
@@ -73,16 +103,18 @@ def _parse(body: bytes, content_type: str) -> Any:
 def _answer(label: str, outcome: str, status: int, body: dict[str, Any], fields: dict[str, Any],
             started: float, *, level: str = "info", **extra: Any) -> web.Response:
     """The one metric and the one log line of every webhook request, then its response."""
-    metrics.WEBHOOKS.labels(label, outcome).inc()
+    metrics.webhooks(label, outcome).inc()
     # Never the body: only what identifies the delivery (SPEC §8).
-    getattr(log, level)("webhook", **{k: v for k, v in fields.items() if v is not None}, outcome=outcome,
-                        status=status, ms=round((time.perf_counter() - started) * 1000, 1), **extra)
+    if log.enabled(level):
+        getattr(log, level)("webhook", **{k: v for k, v in fields.items() if v is not None}, outcome=outcome,
+                            status=status, ms=round((time.perf_counter() - started) * 1000, 1), **extra)
     return _json(status, body)
 
 
 def make_app(services: Services) -> web.Application:
     """The aiohttp application: POST [server] path (fixed at startup), GET /healthz, GET /metrics."""
     app = web.Application(handler_args={"lingering_time": 0})
+    lines = _Lines()
 
     def refuse_early(request: web.Request) -> _Refused | None:
         if services.draining:
@@ -143,7 +175,8 @@ def make_app(services: Services) -> web.Application:
                           repo=repo.get("full_name") if isinstance(repo, dict) else None,
                           installation=inst.get("id") if isinstance(inst, dict) else None)
             if event == "ping":
-                return _answer(label, "ping", 200, {"ok": True, "zen": payload.get("zen")}, fields, started)
+                return _answer(label, "ping", 200, {"ok": True, "zen": payload.get("zen")}, fields, started,
+                               level=lines.level("ping"))
             try:
                 tasks, reason = tasks_for(event, payload, delivery,
                                           command_prefix=services.config.github.command_prefix)
@@ -153,16 +186,16 @@ def make_app(services: Services) -> web.Application:
                 # Unclaimed: GitHub may redeliver it harmlessly, and Redis is spared a key per no-op.
                 loud = reason == "logged" or "no installation" in reason
                 return _answer(label, "ignored", 200, {"delivery": delivery, "ignored": reason}, fields, started,
-                               reason=reason, level="info" if loud else "debug")
-            try:
-                async with asyncio.timeout(REDIS_TIMEOUT):
-                    fresh = await services.queue.enqueue_delivery(delivery, tasks)
+                               reason=reason, level=lines.level("ignored") if loud else "debug")
+            try:  # bounded by queue.CLAIM_TIMEOUT
+                fresh = await services.queue.enqueue_delivery(delivery, tasks)
             except REDIS_ERRORS as e:
                 raise _Refused(503, "redis_down", f"queue unavailable ({type(e).__name__})") from None
             if not fresh:
-                return _answer(label, "duplicate", 200, {"delivery": delivery, "duplicate": True}, fields, started)
+                return _answer(label, "duplicate", 200, {"delivery": delivery, "duplicate": True}, fields, started,
+                               level=lines.level("duplicate"))
             return _answer(label, "queued", 202, {"delivery": delivery, "queued": len(tasks)}, fields, started,
-                           tasks=len(tasks))
+                           level=lines.level("queued"), tasks=len(tasks))
         except _Refused as r:
             resp = _answer(label, r.outcome, r.status, {"error": r.reason}, fields, started,
                            reason=r.reason, level="warning")

@@ -1,7 +1,8 @@
 """The worker loop: take a task, run its handler, finish it with its successors (SPEC §6).
 
-Read it top to bottom: `Worker.run` takes, `Worker.process` decides, `Queue.finish` commits the
-outcome (successors, a delayed retry or a dead letter) in one atomic step.
+Read it top to bottom: `Worker.run` takes, `Worker.process` decides, `Queue.finish_and_take` commits
+the outcome (successors, a delayed retry or a dead letter) in one atomic step and, in the same
+round trip, takes the next waiting task; the worker blocks in BLMOVE only when the queue is empty.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable, Sequence
 
+import redis.asyncio as aioredis
 import redis.exceptions
 
 from . import logs, metrics
@@ -47,8 +49,11 @@ class Worker:
         self.registry = registry
         self.task: Task | None = None
         self.since: float | None = None
-        self.recheck = True  # look in our processing list before the next take (start, failover)
+        # Look in our processing list before the next take: at start, after a failover, and after a
+        # finish whose reply was lost (it may have moved a task there that we never saw).
+        self.recheck = True
         self._stop = asyncio.Event()
+        self._conn: aioredis.Redis | None = None  # this worker's own connection, while it runs
 
     @property
     def queue(self) -> Queue:
@@ -62,6 +67,24 @@ class Worker:
         return {"task": self.task.id if self.task else None, "since": self.since}
 
     async def run(self) -> None:
+        # A connection of its own for the blocking take and the finish: no pool checkout per
+        # command, and a blocked BLMOVE never holds one of the shared pool's.
+        self._conn = self.queue.redis.client()
+        try:
+            await self._loop()
+        finally:
+            conn, self._conn = self._conn, None
+            await conn.aclose()
+
+    async def _fresh_connection(self) -> None:
+        """After a Redis error, a new connection from the pool, which finds the current primary
+        (Sentinel): a reconnect of the old one would go back to the old, demoted address."""
+        if self._conn is None:  # process() called outside run(): the shared pool is used
+            return
+        old, self._conn = self._conn, self.queue.redis.client()
+        await old.aclose()  # hands the (dropped) connection back to the pool; no I/O
+
+    async def _loop(self) -> None:
         cfg = self.services.config.workers
         # Shorter than the lease, so a dead process's blocked BLMOVE ends before its lease does
         # and nothing can land in a processing list after the sweep emptied it.
@@ -72,12 +95,13 @@ class Worker:
         while not self._stop.is_set():
             try:
                 if failures or self.recheck:
-                    # A BLMOVE whose reply was lost (connection dropped, Redis restarted) may have
-                    # moved a task into our processing list all the same. Between tasks that list
-                    # is empty, and no sweep takes it while our lease lives: do what is there.
-                    leftovers = await self.queue.redis.lrange(self.queue.processing(self.id), 0, -1)
-                raw = None if leftovers else await self.queue.take(self.id, block)
+                    # A BLMOVE or finish whose reply was lost (connection dropped, Redis restarted)
+                    # may have moved a task into our processing list all the same. Between tasks
+                    # that list is empty, and no sweep takes it while our lease lives: do what is there.
+                    leftovers = await self._conn.lrange(self.queue.processing(self.id), 0, -1)
+                raw = None if leftovers else await self.queue.take(self.id, block, client=self._conn)
             except REDIS_UNAVAILABLE as e:
+                await self._fresh_connection()
                 failures += 1
                 delay = min(5.0, 0.1 * 2 ** failures)
                 if failures in (1, 5) or failures % 50 == 0:
@@ -87,9 +111,9 @@ class Worker:
                 continue
             failures, self.recheck = 0, False
             while leftovers:  # oldest (rightmost) first
-                await self.process(leftovers.pop())
-            if raw is not None:
-                await self.process(raw)
+                await self.process(leftovers.pop(), take_next=False)
+            while raw is not None:  # each finish hands over the next task while one is waiting
+                raw = await self.process(raw)
 
     async def _pause(self, seconds: float) -> None:
         try:
@@ -97,18 +121,20 @@ class Worker:
         except asyncio.TimeoutError:
             pass
 
-    async def process(self, raw: str) -> None:
+    async def process(self, raw: str, take_next: bool = True) -> str | None:
+        """Run one taken task and commit its outcome; returns the next task, already moved into
+        our processing list by the same finish, or None (queue empty, stopping, or not take_next)."""
         try:
             task = Task.from_json(raw)
         except TaskFormatError as e:
             log.error("malformed task sent to the dead letter", worker=self.id, error=str(e))
-            await self._finish(raw, [], Task(kind="malformed", payload={"raw": raw[:4096]}, error=str(e)), "dead", "?")
-            return
+            return await self._finish(raw, [], Task(kind="malformed", payload={"raw": raw[:4096]}, error=str(e)),
+                                      "dead", "?", take_next)
         self.task, self.since = task, time.time()
         try:
             with logs.context(**task.context()):
                 successors, dead, outcome = await self._handle(task)
-                await self._finish(raw, successors, dead, outcome, task.kind)
+                return await self._finish(raw, successors, dead, outcome, task.kind, take_next)
         finally:
             self.task, self.since = None, None
 
@@ -137,7 +163,7 @@ class Worker:
                 log.exception("first failure of this task")
             return [replace(failed, run_at=time.time() + delay)], None, "retry"
         finally:
-            metrics.TASK_SECONDS.labels(task.kind).observe(time.monotonic() - started)
+            metrics.task_seconds(task.kind).observe(time.monotonic() - started)
 
     async def _call(self, handler: Handler, task: Task, limit: float) -> Sequence[Task]:
         """The handler, cancelled after `limit` seconds (workers.task_timeout): a hung GitHub call
@@ -158,16 +184,25 @@ class Worker:
         except Exception as e:  # reporting is best effort; the dead letter keeps the task
             log.error("could not report the dead task", error=logs.redact(f"{type(e).__name__}: {e}"))
 
-    async def _finish(self, raw: str, successors: Sequence[Task], dead: Task | None, outcome: str, kind: str) -> None:
-        """Commit the outcome. Redis may be down right now: keep trying, the task is safe meanwhile
-        in the processing list, and a finish whose reply was lost is harmless to repeat."""
+    async def _finish(self, raw: str, successors: Sequence[Task], dead: Task | None, outcome: str, kind: str,
+                      take_next: bool) -> str | None:
+        """Commit the outcome, and take the next task in the same step unless stopping. Redis may be
+        down right now: keep trying, the task is safe meanwhile in the processing list, and a finish
+        whose reply was lost is harmless to repeat. Such a retry takes nothing: the lost reply may
+        have moved a task into our processing list, which the loop then reads (recheck)."""
         delay = 0.1
+        take = take_next and not self._stop.is_set() and not self.services.draining
+        lost_reply = False
         while True:
             try:
-                kept = await self.queue.finish(self.id, raw, successors, dead)
+                kept, nxt = await self.queue.finish_and_take(self.id, raw, successors, dead,
+                                                             take=take and not lost_reply, client=self._conn)
                 break
-            except REDIS_UNAVAILABLE:
-                log.warning("redis unreachable while finishing a task, retrying", retry_in=f"{delay:.1f}s")
+            except REDIS_UNAVAILABLE as e:
+                await self._fresh_connection()
+                lost_reply = self.recheck = True
+                log.warning("redis unreachable while finishing a task, retrying", retry_in=f"{delay:.1f}s",
+                            error=f"{type(e).__name__}: {str(e)[:200]}")
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
         if not kept:
@@ -175,4 +210,5 @@ class Worker:
             # elsewhere, so its successors are dropped here rather than duplicated.
             log.warning("task was requeued while it ran (lease lost); dropping its successors")
             outcome = "lost"
-        metrics.TASKS.labels(kind, outcome).inc()
+        metrics.tasks(kind, outcome).inc()
+        return nxt

@@ -5,6 +5,7 @@ test_queue_redis.py and test_daemon_recovery.py; here only what fakeredis models
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
@@ -116,6 +117,23 @@ async def test_enqueue_take_finish_fifo_and_successors(q):
     assert order == [{"i": 1}, {"i": 2}, {"i": 3}, {"i": 4}, {"run": "r"}]
 
 
+async def test_finish_and_take_hands_over_the_next_task_in_the_same_step(q):
+    a, b = Task(kind="k", payload={"i": 0}), Task(kind="k", payload={"i": 1})
+    await q.enqueue(a, b)
+    raw = await q.take("w1", 0.1)
+    succ = Task.from_json(raw).successor("results", {"run": "r"}, key="r")
+    kept, nxt = await q.finish_and_take("w1", raw, [succ])
+    assert kept is True and Task.from_json(nxt).id == b.id
+    # the next task sits in the processing list (as BLMOVE would leave it), the successor queued
+    assert await q.redis.lrange(q.processing("w1"), 0, -1) == [nxt]
+    assert [Task.from_json(x).id for x in await q.redis.lrange("bot_queue", 0, -1)] == [succ.id]
+    kept, nxt2 = await q.finish_and_take("w1", nxt, take=False)  # stopping: takes nothing
+    assert (kept, nxt2) == (True, None) and await q.redis.llen("bot_queue") == 1
+    raw = await q.take("w1", 0.1)
+    assert await q.finish_and_take("w1", raw) == (True, None)  # queue empty
+    assert await q.redis.llen(q.processing("w1")) == 0
+
+
 async def test_finish_of_a_task_no_longer_held_pushes_nothing(q):
     await q.enqueue(Task(kind="k"))
     raw = await q.take("w1", 0.1)
@@ -160,6 +178,26 @@ async def test_delivery_claim_is_once(q):
     assert await q.delivery_seen("d-1") and not await q.delivery_seen("d-2")
     assert await q.redis.llen("bot_queue") == 1
     assert 0 < await q.redis.ttl(q.key("delivery", "d-1")) <= 7 * 24 * 3600
+
+
+async def test_concurrent_delivery_claims_share_script_calls_and_each_is_claimed_once(q, monkeypatch):
+    calls = []
+    real = q._claim
+
+    async def counted(**kw):
+        calls.append(len(kw["keys"]) - 2)
+        return await real(**kw)
+
+    monkeypatch.setattr(q, "_claim", counted)
+    ids = [f"d-{i % 40}" for i in range(50)]  # ten repeats of a delivery within the burst
+    later = time.time() + 3600
+    results = await asyncio.gather(*[
+        q.enqueue_delivery(d, [Task(kind="new_event", payload={"d": d}), Task(kind="poll", run_at=later)])
+        for d in ids])
+    assert results == [True] * 40 + [False] * 10
+    assert sum(calls) == 50 and len(calls) < 50  # batched: fewer calls than deliveries
+    assert await q.depths() == {"queued": 40, "delayed": 40, "dead": 0}
+    assert sorted(Task.from_json(x).payload["d"] for x in await q.redis.lrange("bot_queue", 0, -1)) == sorted(set(ids))
 
 
 async def test_sweep_takes_only_expired_workers_and_recover_is_unconditional(q):

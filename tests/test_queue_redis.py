@@ -250,10 +250,12 @@ async def _gone(r, key):
 # a lost reply -------------------------------------------------------------------------------------
 class DropFirstBulkReply:
     """A TCP proxy in front of Redis that closes the connection instead of forwarding the first
-    non-nil bulk reply (a BLMOVE that moved a task): Redis did the move, the client never hears."""
+    reply that `drop` matches (default: a non-nil bulk reply, a BLMOVE that moved a task): Redis did
+    the work, the client never hears."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, drop=lambda data: data.startswith(b"$") and not data.startswith(b"$-1")) -> None:
         self.port = port
+        self.drop = drop
         self.dropped = 0
         self.armed = False  # set once the pool has started (its script loads are bulk replies too)
         self.server: asyncio.base_events.Server | None = None
@@ -278,7 +280,7 @@ class DropFirstBulkReply:
         async def down():
             try:
                 while data := await sr.read(65536):
-                    if self.armed and not self.dropped and data.startswith(b"$") and not data.startswith(b"$-1"):
+                    if self.armed and not self.dropped and self.drop(data):
                         self.dropped += 1
                         break
                     cw.write(data)
@@ -313,6 +315,29 @@ async def test_a_task_whose_take_reply_was_lost_is_still_done(aredis, redis_serv
         await proxy.close()
     assert await aredis.lrange("test:done", 0, -1) == [t.id]
     assert await _processing_total(aredis, 0) and not await aredis.keys("bot_queue:processing:*")
+
+
+async def test_a_task_taken_by_a_finish_whose_reply_was_lost_is_still_done(aredis, redis_server):
+    # The finish of the first task also takes the second (one round trip); its reply is lost. The
+    # second task sits in the live worker's processing list: the worker must find it there.
+    proxy = DropFirstBulkReply(redis_server.port, drop=lambda data: data.startswith(b"*2\r\n:1\r\n$")
+                               and b'"kind":"count"' in data)
+    port = await proxy.start()
+    via_proxy = connect(f"redis://127.0.0.1:{port}/0")
+    s = make_services(via_proxy, lease_timeout=2.0)
+    first, second = Task(kind="count"), Task(kind="count")
+    await Queue(aredis).enqueue(first, second)
+    proxy.armed = True  # the predicate matches only a finish that hands over a task
+    try:
+        async with Pool(s, counting_registry(), 1):
+            await until(lambda: _dropped(proxy), 5, "the proxy to drop the finish-and-take reply")
+            await until(lambda: _llen_at_least(aredis, "test:done", 2), 8,
+                        "the task taken by the finish whose reply was lost")
+    finally:
+        await via_proxy.aclose()
+        await proxy.close()
+    assert sorted(await aredis.lrange("test:done", 0, -1)) == sorted([first.id, second.id])
+    assert not await aredis.keys("bot_queue:processing:*")
 
 
 async def _dropped(proxy):

@@ -261,14 +261,14 @@ async def test_a_worker_that_fails_unexpectedly_is_restarted_and_liveness_says_s
     pool = make_pool(s, Registry(handlers={"count": count}))
     s.health = pool.liveness
     broken = True
-    real_finish = s.queue.finish
+    real_finish = s.queue.finish_and_take  # what a worker calls to finish a task
 
     async def finish(*a, **kw):
         if broken:
             raise RuntimeError("a bug in finish")
         return await real_finish(*a, **kw)
 
-    s.queue.finish = finish
+    s.queue.finish_and_take = finish
     caplog.set_level(logging.ERROR, "litbotd.pool")
     await pool.start()
     try:

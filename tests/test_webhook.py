@@ -7,6 +7,7 @@ import hmac
 import json
 import logging
 import re
+import signal
 import time
 import urllib.parse
 from pathlib import Path
@@ -162,6 +163,22 @@ async def test_one_log_line_per_request_names_the_delivery(
         "outcome": "queued", "status": 202}
 
 
+async def test_under_load_delivery_lines_go_to_debug_and_one_line_a_second_counts_them(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from litbotd.webhook import _Lines
+    now = [100.2]
+    lines = _Lines(limit=3, clock=lambda: now[0])
+    levels = [lines.level("queued") for _ in range(5)] + [lines.level("duplicate")]
+    assert levels == ["info"] * 3 + ["debug"] * 3
+    now[0] = 101.0  # a new second: info again
+    assert lines.level("queued") == "info"
+    with caplog.at_level(logging.INFO, logger="litbotd.webhook"):
+        lines.flush()  # what the loop calls a second after the first quieted line
+    [rec] = [r for r in caplog.records if r.name == "litbotd.webhook"]
+    assert rec.levelno == logging.INFO and rec.kv == {"queued": 2, "duplicate": 1}
+    assert not lines.quieted
+
+
 async def test_oversized_content_length_is_413_without_reading_the_body(intake: Intake) -> None:
     """Only headers and a few bytes of a 'huge' body are sent: a server that tried to read the
     body would wait for the rest instead of answering."""
@@ -300,6 +317,18 @@ async def test_redis_down_is_503_quickly_then_202_once_back(intake: Intake, redi
     status, _ = await intake.post(PR_OPENED, headers(PR_OPENED))
     assert status == 202
     assert len(intake.queued()) == 1
+
+
+async def test_a_hung_redis_is_503_not_a_hung_webhook(intake: Intake, redis_server: Any) -> None:
+    redis_server.proc.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+    try:
+        results = await asyncio.wait_for(asyncio.gather(*[
+            intake.post(PR_OPENED, headers(PR_OPENED, delivery=f"d-hung-{i}")) for i in range(3)]), 15)
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    assert [status for status, _ in results] == [503] * 3, results
+    status, _ = await intake.post(PR_OPENED, headers(PR_OPENED, delivery="d-after"))
+    assert status == 202
 
 
 async def test_healthz_reports_queue_then_503_without_redis(intake: Intake, redis_server: Any) -> None:
