@@ -11,11 +11,9 @@ from urllib.parse import quote
 
 from .github import GitHubApp, GitHubError
 from .report import MARKER
-from .workflows import MAX_FILE_BYTES, is_workflow_path
+from .workflows import MAX_FILE_BYTES, ROOT_FILES, WORKFLOW_DIR, is_workflow_path
 
 RAW = "application/vnd.github.raw+json"
-WORKFLOW_DIR = ".lightning/workflows"
-ROOT_FILES = (".litci.yaml", ".litci.yml")
 
 
 def repo_path(repo: str) -> str:
@@ -46,7 +44,7 @@ async def workflow_files(gh: GitHubApp, inst: int, repo: str, ref: str) -> dict[
         body = await _get_or_none(gh, f"{repo_path(repo)}/contents/{name}", inst, params=params, accept=RAW)
         if body is not None:
             files[name] = _as_bytes(body)
-    listing = await _get_or_none(gh, f"{repo_path(repo)}/contents/{WORKFLOW_DIR}", inst, params=params)
+    listing = await _get_or_none(gh, f"{repo_path(repo)}/contents/{WORKFLOW_DIR.rstrip('/')}", inst, params=params)
     for entry in listing if isinstance(listing, list) else []:
         path = entry.get("path", "")
         if entry.get("type") != "file" or not is_workflow_path(path):

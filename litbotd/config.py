@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import durations, redaction
+
 DEFAULT_PATH = "/etc/litbotd/litbotd.toml"
 SECRET_KEYS = {"github.private_key", "github.webhook_secret"}
 
@@ -125,18 +127,16 @@ DURATION_KEYS = {
     "jobs.poll_interval", "jobs.poll_interval_max", "jobs.queue_timeout", "jobs.default_timeout",
     "jobs.local.keep",
 }
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
 
 def parse_duration(value: Any, key: str = "duration") -> float:
-    """'15s', '5m', '2h', '1d', '250ms' or a number of seconds -> seconds."""
+    """'15s', '5m', '2h', '1d', '250ms', '1h30m' (durations.py) or a number of seconds -> seconds."""
     if isinstance(value, bool):
         raise ConfigError(f"{key}: expected a duration like '15s' or a number of seconds, got {value!r}")
     if isinstance(value, (int, float)):
         seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    elif isinstance(value, str) and (parsed := durations.seconds(value, bare_unit="s")) is not None:
+        seconds = parsed
     else:
         raise ConfigError(f"{key}: expected a duration like '15s', '5m', '2h' or a number of seconds, got {value!r}")
     if seconds < 0:
@@ -379,7 +379,7 @@ def to_dict(cfg: Config, mask: bool = True) -> dict[str, Any]:
         if mask:
             gh[name] = "***" if gh[name] else "(not set)"
     if mask:  # redis://:PASSWORD@host
-        out["redis"]["url"] = re.sub(r"(://[^/\s:@]*:)[^/\s@]+@", r"\1***@", out["redis"]["url"])
+        out["redis"]["url"] = redaction.mask_url(out["redis"]["url"])
     return out
 
 

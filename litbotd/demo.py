@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import importlib.util
 import json
 import os
 import secrets
@@ -28,7 +29,7 @@ from . import config as config_mod
 from . import logs
 from .backends import sandbox
 from .daemon import Daemon
-from .fake_github import FakeGitHub
+from .demo_github import DemoGitHub
 from .lifecycle import REGISTRY
 
 REPO = "octo-org/hello-litci"
@@ -120,7 +121,7 @@ def pull_request_payload(sha: str) -> dict[str, Any]:
 class Narrator:
     """Prints what GitHub would show, as it changes: check runs and the PR comment."""
 
-    def __init__(self, gh: FakeGitHub) -> None:
+    def __init__(self, gh: DemoGitHub) -> None:
         self.gh = gh
         self.seen: dict[int, tuple[str, str | None]] = {}
         self.comment_versions: dict[int, int] = {}
@@ -151,11 +152,9 @@ async def demo(workdir: Path) -> int:
     sha = await asyncio.to_thread(make_repo, workdir)
     say(f"1. throw-away repository {REPO} at {sha[:7]} with .lightning/workflows/demo.yaml:")
     say("".join(f"     {line}\n" for line in WORKFLOW.splitlines()))
-    private_pem, public_pem = await asyncio.to_thread(throwaway_key)
-    gh = FakeGitHub(app_id=1, public_key_pem=public_pem)
+    private_pem, _ = await asyncio.to_thread(throwaway_key)
+    gh = DemoGitHub(REPO, git_dir=str(workdir / "repo"))
     api_url = await gh.start()
-    gh.add_repo(REPO, git_dir=str(workdir / "repo"), installation_id=42)
-    gh.add_pull(REPO, 1, head_sha=sha, base_ref="main")
     secret = secrets.token_hex(16)
     # The demo's own known-good job may run unsandboxed where bwrap cannot work; the daemon never does that.
     sandbox_problem = sandbox.problem("isolated")
@@ -192,7 +191,7 @@ async def demo(workdir: Path) -> int:
         await gh.close()
 
 
-async def _drive(daemon: Daemon, gh: FakeGitHub, sha: str, secret: str) -> int:
+async def _drive(daemon: Daemon, gh: DemoGitHub, sha: str, secret: str) -> int:
     body = json.dumps(pull_request_payload(sha)).encode()
     delivery = f"demo-{secrets.token_hex(8)}"
     signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
@@ -221,7 +220,7 @@ async def _idle(daemon: Daemon) -> bool:
     return depths["queued"] == 0 and depths["delayed"] == 0 and all(w.task is None for w in daemon.live_workers())
 
 
-def _final_report(gh: FakeGitHub) -> int:
+def _final_report(gh: DemoGitHub) -> int:
     say("\n5. check runs on the PR:")
     got = {}
     for run in gh.check_runs:
@@ -241,6 +240,8 @@ def _final_report(gh: FakeGitHub) -> int:
     for c in gh.comments:
         say("".join(f"   {line}\n" for line in c["body"].splitlines()))
     annotated = sum(len(run["annotations"]) for run in gh.check_runs if run.get("conclusion") == "failure")
+    if gh.unexpected:
+        say(f"\nnote: the demo's GitHub stand-in does not serve {sorted(set(gh.unexpected))} (answered 404)")
     ok = got == EXPECTED and len(gh.comments) == 1 and annotated >= 1
     say(f"\nresult: {'as expected' if ok else 'NOT as expected'} — {got} (expected {EXPECTED}); "
         f"{len(gh.comments)} comment(s); {annotated} annotation(s) on the failing check")
@@ -250,6 +251,10 @@ def _final_report(gh: FakeGitHub) -> int:
 def main() -> int:
     if shutil.which("git") is None:
         print("litbotd demo: needs git to make its throw-away repository (apt-get install git)", file=sys.stderr)
+        return 1
+    if importlib.util.find_spec("fakeredis") is None:
+        print("litbotd demo: needs its in-process Redis, the `demo` extra: pip install 'litbotd[demo]'"
+              " (from a checkout: pip install '.[demo]')", file=sys.stderr)
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="litbotd-demo-"))
     try:

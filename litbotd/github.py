@@ -6,16 +6,17 @@ headers). gidgethub's own `GitHubAPI` is not used: it raises on the first 403/42
 hook for waiting and retrying, and every retry, rate-limit wait and pacing step lives in one loop
 (`request`) here.
 
-- Installation tokens are cached in the process and in Redis (`<queue>:token:<id>`), until five
-  minutes before they expire, so that several daemons share one token. The token is minted under a
-  short Redis lock (`SET NX PX`): concurrent callers mint once, the others wait for the cached copy.
-  In Redis the token is sealed (AES-GCM, key derived from the App private key: sealed.py).
+- Installation tokens are cached in the process and in Redis (ghstate.TokenCache,
+  `<queue>:token:<id>`), until five minutes before they expire, so that several daemons share one
+  token. The token is minted under a Redis claim (locks.FencedLock): concurrent callers mint once,
+  the others wait for the cached copy. In Redis the token is sealed (AES-GCM, key derived from the
+  App private key: sealed.py).
 - 5xx, connection errors and timeouts are retried with exponential backoff and jitter
   (`MAX_ATTEMPTS` in all). 403/429 rate limits wait as GitHub says: `Retry-After`, else until
   `x-ratelimit-reset` when `x-ratelimit-remaining` is 0, else (secondary limit) at least a minute,
   doubling; no single wait is longer than `MAX_WAIT`.
 - Content-creating calls (POST/PATCH/PUT/DELETE with an installation token) pass a sliding-window
-  pacer kept in Redis (`<queue>:pace:<id>`), shared by every daemon: at most `PACE_PER_MINUTE` in
+  pacer kept in Redis (ghstate.Pacer, `<queue>:pace:<id>`), shared by every daemon: at most `PACE_PER_MINUTE` in
   any 60 s and `PACE_PER_HOUR` in any hour per installation. A burst below the budget goes out at
   once; a call over it waits until the oldest call in the window leaves it.
 - Tokens, JWTs and keys never reach a URL, a log line or an exception message.
@@ -24,20 +25,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import re
-import secrets
 import time
 import urllib.parse
 from datetime import datetime
-from typing import Any, AsyncGenerator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Awaitable, Callable
 
 import aiohttp
 from gidgethub import apps, sansio
 
 from . import logs, metrics
-from .sealed import seal, unseal
-from .services import Services
+from .backoff import backoff
+from .ghstate import Pacer, TokenCache
+
+if TYPE_CHECKING:
+    from .services import Services
 
 log = logs.get("litbotd.github")
 
@@ -49,8 +51,6 @@ BACKOFF_BASE = 1.0        # seconds; doubles per attempt, with jitter
 BACKOFF_MAX = 30.0
 MAX_WAIT = 15 * 60.0      # the longest single wait for a rate limit
 SECONDARY_WAIT = 60.0     # GitHub: without Retry-After, wait at least a minute
-TOKEN_MARGIN = 5 * 60.0   # a token this close to expiry is replaced
-TOKEN_LOCK_MS = 10_000
 PACE_PER_MINUTE = 80
 PACE_PER_HOUR = 500
 CONTENT_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
@@ -58,38 +58,6 @@ CONTENT_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 # lower-priority write finds the window full earlier, so what is left stays free for the writes
 # above it: a run's conclusion, then check-run creation, then in_progress, then the PR comment.
 PRIORITY_SHARE = {"conclusion": 1.0, "create": 0.9, "progress": 0.75, "comment": 0.5}
-
-# KEYS: the installation's window (sorted set, score = time of a call).
-# ARGV: now, now - 60, now - 3600 (computed by the client: Lua's tostring keeps too few digits for
-# epoch seconds), per minute, per hour, a unique member. Returns "ok" when the call may go (and
-# records it), else the seconds to wait, rounded up to the millisecond, as a string (a Lua number
-# would reach the client truncated to an integer).
-_PACE = """
-local now = tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
-local wait = 0
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[5]) then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  wait = tonumber(oldest[2]) + 3600 - now
-else
-  local since = '(' .. ARGV[2]
-  if redis.call('ZCOUNT', KEYS[1], since, '+inf') >= tonumber(ARGV[4]) then
-    local first = redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-    wait = tonumber(first[2]) + 60 - now
-  else
-    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[6])
-    redis.call('EXPIRE', KEYS[1], 3601)
-    return 'ok'
-  end
-end
-return string.format('%.3f', math.max(math.ceil(wait * 1000) / 1000, 0.001))
-"""
-
-# KEYS: lock. ARGV: our value. Delete the lock only if we still hold it.
-_UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 _NEXT_RE = re.compile(r'<([^>]+)>\s*;\s*rel="next"')
 
@@ -146,15 +114,18 @@ def _decode(content: bytes, ctype: str, raw: bool) -> Any:
 
 class GitHubApp:
     def __init__(self, services: Services, *, sleep: Callable[[float], Awaitable[Any]] | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
-        """`sleep` and `clock` are injectable so tests can check waits without waiting."""
+                 clock: Callable[[], float] | None = None, tokens: TokenCache | None = None,
+                 pacer: Pacer | None = None) -> None:
+        """`services` gives the config in force and, unless `tokens` and `pacer` are given, the Redis
+        client and key prefix they use. `sleep` and `clock` are injectable so tests can check waits
+        without waiting."""
         self.services = services
         self._sleep = sleep or asyncio.sleep
         self._clock = clock or time.time
         self._session: aiohttp.ClientSession | None = None
-        self._tokens: dict[int, tuple[str, float]] = {}
-        self._pace = services.redis.register_script(_PACE)
-        self._unlock = services.redis.register_script(_UNLOCK)
+        prefix = services.queue.name
+        self.tokens = tokens or TokenCache(services.redis, prefix, services.config.github.private_key, self._clock)
+        self.pacer = pacer or Pacer(services.redis, prefix)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -174,45 +145,18 @@ class GitHubApp:
 
     async def installation_token(self, installation_id: int) -> str:
         """A token for the installation, shared through Redis until 5 minutes before it expires."""
-        cached = self._tokens.get(installation_id)
-        if cached and cached[1] - TOKEN_MARGIN > self._clock():
-            return cached[0]
-        redis = self.services.redis
-        key = self.services.queue.key("token", str(installation_id))
-        lock = self.services.queue.key("token", str(installation_id), "lock")
-        while True:
-            if (token := await self._shared_token(key, installation_id)) is not None:
-                return token
-            me = secrets.token_hex(8)
-            if await redis.set(lock, me, nx=True, px=TOKEN_LOCK_MS):
-                try:
-                    # Another daemon may have stored one between our read and our lock.
-                    if (token := await self._shared_token(key, installation_id)) is not None:
-                        return token
+        while (token := await self.tokens.get(installation_id)) is None:
+            async with self.tokens.minting(installation_id).held() as fence:
+                if fence is None:
+                    # Someone else is minting: poll for their token (their claim ends if they die).
+                    await asyncio.sleep(0.05)
+                    continue
+                # Another daemon may have stored one between our read and our claim.
+                if (token := await self.tokens.get(installation_id)) is None:
                     token, expires = await self._mint(installation_id, None)
-                    ttl = max(1, int(expires - TOKEN_MARGIN - self._clock()))
-                    pem = self.services.config.github.private_key  # sealed: Redis readers get no token
-                    await redis.set(key, json.dumps({"sealed": seal(pem, token, key), "expires_at": expires}), ex=ttl)
-                    self._tokens[installation_id] = (token, expires)
+                    await self.tokens.put(installation_id, token, expires)
                     log.info("minted an installation token", installation=installation_id)
-                    return token
-                finally:
-                    await self._unlock(keys=[lock], args=[me])
-            # Someone else is minting: poll for their token (the lock expires if they died).
-            await asyncio.sleep(0.05)
-
-    async def _shared_token(self, key: str, installation_id: int) -> str | None:
-        raw = await self.services.redis.get(key)
-        if raw is None:
-            return None
-        data = json.loads(raw)
-        if data["expires_at"] - TOKEN_MARGIN <= self._clock():
-            return None
-        # None when sealed under another App key (rotated) or in the old clear form: mint anew
-        token = unseal(self.services.config.github.private_key, str(data.get("sealed", "")), key)
-        if token is None:
-            return None
-        self._tokens[installation_id] = (token, data["expires_at"])
+                return token
         return token
 
     async def scoped_token(self, installation_id: int, repo: str) -> str:
@@ -241,10 +185,6 @@ class GitHubApp:
             raise
         return False
 
-    async def _forget_token(self, installation_id: int) -> None:
-        self._tokens.pop(installation_id, None)
-        await self.services.redis.delete(self.services.queue.key("token", str(installation_id)))
-
     # -- requests ---------------------------------------------------------------------------------
     def _url(self, path: str) -> str:
         base = self.services.config.github.api_url.rstrip("/")
@@ -256,17 +196,13 @@ class GitHubApp:
         return path
 
     async def _wait_for_pace(self, installation_id: int, priority: str, defer: bool) -> None:
-        key = self.services.queue.key("pace", str(installation_id))
         share = PRIORITY_SHARE[priority]
         per_minute, per_hour = max(1, int(PACE_PER_MINUTE * share)), max(1, int(PACE_PER_HOUR * share))
         while True:
-            now = self._clock()
-            verdict = await self._pace(keys=[key], args=[repr(now), repr(now - 60), repr(now - 3600), per_minute,
-                                                         per_hour, secrets.token_hex(8)])
-            if verdict == "ok":
+            wait = await self.pacer.admit(installation_id, self._clock(), per_minute, per_hour)
+            if wait is None:
                 metrics.GITHUB_WRITES.labels(priority, "sent").inc()
                 return
-            wait = float(verdict)
             if defer:
                 metrics.GITHUB_WRITES.labels(priority, "deferred").inc()
                 raise PaceDeferred(wait)
@@ -328,7 +264,7 @@ class GitHubApp:
                 failures += 1
                 if failures >= MAX_ATTEMPTS:
                     raise GitHubError(0, f"{method} {where}: {type(e).__name__} after {failures} attempts") from None
-                wait = self._backoff(failures)
+                wait = backoff(failures, BACKOFF_BASE, BACKOFF_MAX)
                 log.warning("GitHub unreachable, retrying", method=method, path=where, error=type(e).__name__,
                             attempt=failures, wait=round(wait, 2))
                 await self._sleep(wait)
@@ -353,20 +289,16 @@ class GitHubApp:
             if status == 401 and installation_id is not None and not reauthed:
                 # A revoked or stale cached token: mint a new one once.
                 reauthed = True
-                await self._forget_token(installation_id)
+                await self.tokens.forget(installation_id)
                 continue
             if status >= 500 and failures + 1 < MAX_ATTEMPTS:
                 failures += 1
-                wait = self._backoff(failures)
+                wait = backoff(failures, BACKOFF_BASE, BACKOFF_MAX)
                 log.warning("GitHub server error, retrying", method=method, path=where, status=status,
                             attempt=failures, wait=round(wait, 2))
                 await self._sleep(wait)
                 continue
             raise GitHubError(status, f"{method} {where}: {status} {_error_text(body)}".rstrip())
-
-    @staticmethod
-    def _backoff(attempt: int) -> float:
-        return min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
 
     async def get(self, path: str, installation_id: int | None, **kw: Any) -> Any:
         return (await self.request("GET", path, installation_id, **kw))[2]

@@ -302,7 +302,8 @@ async def wait_job(task: Task, s: Services) -> list[Task]:
     if d.action == "stop":
         log.warning("stopping the job", reason=d.message)
         await s.backend.stop(p["job"])
-        return [task.successor("results", {**p, "timed_out": True, "message": d.message}, key="results")]
+        return [task.successor("results", {**p, "timed_out": d.conclusion == decisions.TIMED_OUT,
+                                           "message": d.message}, key="results")]
     return [task.successor("results", p, key="results")]
 
 

@@ -18,44 +18,23 @@ import sys
 import time
 from typing import Any, Iterator, TextIO
 
+from . import redaction
+
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("litbotd_log_context", default={})
-_secrets: list[str] = []
-# GitHub tokens (installation ghs_, user gho_/ghu_, PATs ghp_/github_pat_), JWTs, PEM bodies.
-_TOKEN_RE = re.compile(
-    r"(gh[opsur]_[A-Za-z0-9]{16,}|github_pat_[A-Za-z0-9_]{20,}|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"
-    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----|$))"
-)
-# The password in a URL such as redis://:pass@host or rediss://user:pass@host.
-_URL_PASSWORD_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@", re.I)
+_secrets: list[str] = []  # redaction.secret_parts of the configured secrets
 _JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
 def set_secrets(values: list[str]) -> None:
     """Remember the secret values to scrub (called at start and on reload)."""
-    parts: set[str] = set()
-    for v in values:
-        v = v.strip()
-        if len(v) >= 4:
-            parts.add(v)
-            # A PEM also leaks line by line (tracebacks, wrapped output); its BEGIN/END lines are no secret.
-            parts.update(ln.strip() for ln in v.splitlines() if len(ln.strip()) >= 16 and not ln.startswith("-----"))
-    _secrets[:] = sorted(parts, key=len, reverse=True)
+    _secrets[:] = redaction.secret_parts(values)
 
 
 def redact(text: str) -> str:
-    # Shapes first: a whole PEM block becomes one *** (also in its repr, newlines escaped).
-    text = _TOKEN_RE.sub("***", text)
-    if "://" in text:  # the URL pattern is the slow one: most lines hold no URL
-        text = _URL_PASSWORD_RE.sub(r"\1***@", text)
-    for s in _secrets:
-        if s in text:
-            text = text.replace(s, "***")
-    return text
+    return redaction.redact(text, _secrets)
 
 
-def safe_url(url: str) -> str:
-    """A URL fit for a log line or a message: its password replaced by ***."""
-    return _URL_PASSWORD_RE.sub(r"\1***@", url)
+safe_url = redaction.mask_url  # a URL fit for a log line or a message: its password replaced by ***
 
 
 @contextlib.contextmanager

@@ -151,14 +151,14 @@ def lint(directory: str, base: str, cfg: Config) -> int:
         print(f"litbotd: {directory} is not a directory", file=sys.stderr)
         return 1
     # Only where workflow files may be: a checkout can be huge (node_modules, data).
-    candidates = [root / ".litci.yaml", root / ".litci.yml", *sorted((root / ".lightning" / "workflows").glob("*"))]
+    candidates = [*(root / f for f in workflows.ROOT_FILES), *sorted((root / workflows.WORKFLOW_DIR).glob("*"))]
     paths = workflows.discover(str(p.relative_to(root)) for p in candidates if p.is_file())
     files = {p: (root / p).read_bytes() for p in paths}
     defaults = workflows.Defaults(image=cfg.jobs.lightning.default_image, machine=cfg.jobs.lightning.default_machine,
                                   timeout=cfg.jobs.default_timeout, machines=_machines())
     plan = workflows.plan(files, base, defaults)
     if not paths:
-        print("no workflow files (.litci.yaml, .litci.yml or .lightning/workflows/*.y[a]ml): nothing would run")
+        print(f"no workflow files ({workflows.LOCATIONS}): nothing would run")
         return 0
     for err in plan.errors:
         print(f"error: {err}")

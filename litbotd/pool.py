@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from . import logs, metrics, procinfo, systemd
+from .backoff import backoff
 from .queue import REDIS_UNAVAILABLE
 from .redeliver import redeliver_once
 from .services import Services
@@ -163,7 +164,7 @@ class WorkerPool:
                 raise
             except Exception as e:
                 failures = 1 if time.monotonic() - began > STABLE_AFTER else failures + 1
-                delay = min(RESTART_BACKOFF_MAX, 0.5 * 2 ** (failures - 1))
+                delay = backoff(failures, 0.5, RESTART_BACKOFF_MAX, jitter=False)
                 self._down.setdefault(name, time.monotonic())
                 self.restarts += 1
                 frame = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None

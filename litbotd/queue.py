@@ -26,6 +26,20 @@ from .tasks import Task, TaskFormatError
 
 DELIVERY_TTL = 7 * 24 * 3600
 
+# The one push loop, a Lua function the scripts below start with. From ARGV[i]: n_now, the raw
+# tasks due now (LPUSH onto `main`), n_later, (score, raw) pairs (ZADD to `delayed`). Pushes only
+# when `go`; returns the index after them either way, so a script can walk several batches.
+_PUSH_FN = """
+local function push(main, delayed, i, go)
+  local n = tonumber(ARGV[i]); i = i + 1
+  if go then for j = i, i + n - 1 do redis.call('LPUSH', main, ARGV[j]) end end
+  i = i + n
+  local m = tonumber(ARGV[i]); i = i + 1
+  if go then for j = i, i + 2 * m - 1, 2 do redis.call('ZADD', delayed, ARGV[j], ARGV[j + 1]) end end
+  return i + 2 * m
+end
+"""
+
 # KEYS: processing, main, delayed, dead. ARGV: take ("1" or ""), raw, n_now, now..., n_later,
 # (score, raw)..., dead_raw|"".
 # Finish a task: remove it from the processing list and enqueue what follows it. When it is no
@@ -33,26 +47,17 @@ DELIVERY_TTL = 7 * 24 * 3600
 # dropped, not duplicated. Then, with take, move the next task into the processing list as BLMOVE
 # would: a busy worker pays one round trip per task and blocks only when the queue is empty.
 # Returns {kept 0|1, next raw or false}.
-_FINISH_TAKE = """
-local kept = 0
-if redis.call('LREM', KEYS[1], -1, ARGV[2]) == 1 then
-  kept = 1
-  local i = 4
-  for _ = 1, tonumber(ARGV[3]) do redis.call('LPUSH', KEYS[2], ARGV[i]); i = i + 1 end
-  local m = tonumber(ARGV[i]); i = i + 1
-  for _ = 1, m do redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
-  if ARGV[i] ~= '' then redis.call('LPUSH', KEYS[4], ARGV[i]) end
-end
+_FINISH_TAKE = _PUSH_FN + """
+local kept = redis.call('LREM', KEYS[1], -1, ARGV[2])
+local i = push(KEYS[2], KEYS[3], 3, kept == 1)
+if kept == 1 and ARGV[i] ~= '' then redis.call('LPUSH', KEYS[4], ARGV[i]) end
 if ARGV[1] == '' then return {kept, false} end
 return {kept, redis.call('LMOVE', KEYS[2], KEYS[1], 'RIGHT', 'LEFT')}
 """
 
 # KEYS: main, delayed. ARGV: n_now, now..., n_later, (score, raw)...
-_PUSH = """
-local i = 2
-for _ = 1, tonumber(ARGV[1]) do redis.call('LPUSH', KEYS[1], ARGV[i]); i = i + 1 end
-local m = tonumber(ARGV[i]); i = i + 1
-for _ = 1, m do redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
+_PUSH = _PUSH_FN + """
+push(KEYS[1], KEYS[2], 1, true)
 return 1
 """
 
@@ -60,21 +65,12 @@ return 1
 # n_later, (score, raw)... Returns one 1 (claimed and queued) or 0 (seen before) per delivery. A
 # claim and its push are one step, so a crash can neither queue a delivery twice nor claim it
 # without queueing it; one call carries every delivery that arrived meanwhile (group commit).
-_CLAIM_AND_PUSH = """
+_CLAIM_AND_PUSH = _PUSH_FN + """
 local out = {}
 local i = 1
 for d = 3, #KEYS do
-  local fresh = redis.call('SET', KEYS[d], '1', 'NX', 'EX', ARGV[i])
-  local n = tonumber(ARGV[i + 1]); i = i + 2
-  if fresh then
-    for j = i, i + n - 1 do redis.call('LPUSH', KEYS[1], ARGV[j]) end
-  end
-  i = i + n
-  local m = tonumber(ARGV[i]); i = i + 1
-  if fresh then
-    for j = i, i + 2 * m - 1, 2 do redis.call('ZADD', KEYS[2], ARGV[j], ARGV[j + 1]) end
-  end
-  i = i + 2 * m
+  local fresh = redis.call('SET', KEYS[d], '1', 'NX', 'EX', ARGV[i]) ~= false
+  i = push(KEYS[1], KEYS[2], i + 1, fresh)
   out[#out + 1] = fresh and 1 or 0
 end
 return out
@@ -94,21 +90,19 @@ local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {#due, nxt[2] or '-1'}
 """
 
-# KEYS: workers, main. ARGV: prefix, then the worker ids to recover unconditionally (own host,
-# process gone). With no ids: every registered worker whose lease has expired. Checking the lease
-# and moving the list in one script is what keeps a live worker's tasks from ever being taken.
-# Tasks go to the right end of main, so they are the next taken, oldest first.
+# KEYS: workers, main, then each worker's lease and processing list. ARGV: "force" or "", then the
+# worker ids, one per (lease, processing) pair. Without "force": only a worker whose lease has
+# expired; with it, unconditionally (own host, process gone). Checking the lease and moving the
+# list in one script is what keeps a live worker's tasks from ever being taken. Tasks go to the
+# right end of main, so they are the next taken, oldest first. Every key comes in KEYS (Cluster).
 _RECOVER = """
-local ids
-local forced = #ARGV > 1
-if forced then ids = {unpack(ARGV, 2)} else ids = redis.call('HKEYS', KEYS[1]) end
+local forced = ARGV[1] == 'force'
 local moved = 0
-for _, wid in ipairs(ids) do
-  local lease = ARGV[1] .. ':lease:' .. wid
+for i = 2, #ARGV do
+  local lease, pl = KEYS[2 * i - 1], KEYS[2 * i]
   if forced or redis.call('EXISTS', lease) == 0 then
-    local pl = ARGV[1] .. ':processing:' .. wid
     while redis.call('LMOVE', pl, KEYS[2], 'LEFT', 'RIGHT') do moved = moved + 1 end
-    redis.call('HDEL', KEYS[1], wid)
+    redis.call('HDEL', KEYS[1], ARGV[i])
     redis.call('DEL', lease)
   end
 end
@@ -329,13 +323,19 @@ class Queue:
 
     async def sweep(self) -> int:
         """Put back the tasks of every worker whose lease has expired, on any host."""
-        return int(await self._recover(keys=[self.workers, self.name], args=[self.name]))
+        return await self._recover_workers(await self.redis.hkeys(self.workers), forced=False)
 
     async def recover(self, wids: Sequence[str]) -> int:
         """Put back the tasks of workers known dead (this host, process gone), without waiting."""
+        return await self._recover_workers(wids, forced=True)
+
+    async def _recover_workers(self, wids: Sequence[str], forced: bool) -> int:
         if not wids:
             return 0
-        return int(await self._recover(keys=[self.workers, self.name], args=[self.name, *wids]))
+        keys = [self.workers, self.name]
+        for wid in wids:
+            keys += [self.lease(wid), self.processing(wid)]
+        return int(await self._recover(keys=keys, args=["force" if forced else "", *wids]))
 
     async def registered(self) -> dict[str, dict[str, Any]]:
         raw = await self.redis.hgetall(self.workers)

@@ -13,6 +13,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .workflows import ROOT_FILES, WORKFLOW_DIR, WORKFLOW_EXTS
+
 MAX_OUTPUT_CHARS = 65_535
 MAX_COMMENT_CHARS = 65_536            # GitHub's limit of an issue comment body
 MARKER = "<!-- litbotd:summary -->"
@@ -263,8 +265,8 @@ def no_workflows_output() -> dict[str, str]:
     summary = "\n".join([
         "Nothing to run: no workflow file was found at this commit. litbotd reads",
         "",
-        "- `.litci.yaml` (or `.litci.yml`) at the repository root, and",
-        "- every `*.yml` / `*.yaml` in `.lightning/workflows/`.",
+        f"- `{ROOT_FILES[0]}` (or `{ROOT_FILES[1]}`) at the repository root, and",
+        f"- every `*{'` / `*'.join(WORKFLOW_EXTS)}` in `{WORKFLOW_DIR}`.",
         "",
         "A minimal workflow:",
         "",

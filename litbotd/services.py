@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import redis.asyncio as aioredis
 
@@ -24,4 +24,3 @@ class Services:
     draining: bool = False            # SIGTERM received: webhooks get 503, workers stop taking
     loop_lag: float = 0.0             # seconds, measured by the daemon's heartbeat
     health: Callable[[], str | None] | None = None  # the worker pool's liveness problem, if any
-    extra: dict[str, Any] | None = None  # per-deployment objects a handler registry needs (tests, demo)

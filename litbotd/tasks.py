@@ -7,7 +7,6 @@ A task is {"v": 1, "id", "kind", "payload", "attempt", "created", "run_at", "err
 from __future__ import annotations
 
 import hashlib
-import random
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -59,7 +58,7 @@ class Task:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def later(self, run_at: float) -> "Task":
-        """The same task to run again at `run_at` (a poll, not a failure)."""
+        """The same task, to run again at `run_at` (a retry)."""
         return replace(self, run_at=run_at)
 
     def successor(self, kind: str, payload: dict[str, Any], run_at: float = 0.0, key: str = "") -> "Task":
@@ -78,10 +77,3 @@ class Task:
 def derive_id(parent: str, kind: str, extra: Any = "") -> str:
     """32 hex digits, like a fresh id; a hash, so the same inputs give the same id."""
     return hashlib.blake2b(f"{parent}/{kind}/{extra}".encode(), digest_size=16).hexdigest()
-
-
-def backoff(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Delay before retry number `attempt` (1-based): base doubling per attempt, capped, with jitter
-    in [0.5, 1.0] of the value so that many failing tasks do not retry in lockstep."""
-    raw = min(cap, base * (2 ** max(0, attempt - 1)))
-    return raw * (0.5 + 0.5 * (rng or random).random())

@@ -28,7 +28,6 @@ log = logs.get(__name__)
 HEALTH_TIMEOUT = 1.0
 JSON_TYPES = ("application/json", "application/x-www-form-urlencoded")
 MAX_DELIVERY_ID = 128        # GitHub's are 36-character UUIDs; the id becomes part of a Redis key
-REDIS_ERRORS = REDIS_UNAVAILABLE
 UNVERIFIED = "-"             # metric label before the signature is checked: unauthenticated
                              # callers must not be able to mint label values
 LINES_PER_SECOND = 20        # per-delivery info lines; past this in one second, debug (see _Lines)
@@ -189,7 +188,7 @@ def make_app(services: Services) -> web.Application:
                                reason=reason, level=lines.level("ignored") if loud else "debug")
             try:  # bounded by queue.CLAIM_TIMEOUT
                 fresh = await services.queue.enqueue_delivery(delivery, tasks)
-            except REDIS_ERRORS as e:
+            except REDIS_UNAVAILABLE as e:
                 raise _Refused(503, "redis_down", f"queue unavailable ({type(e).__name__})") from None
             if not fresh:
                 return _answer(label, "duplicate", 200, {"delivery": delivery, "duplicate": True}, fields, started,
@@ -212,7 +211,7 @@ def make_app(services: Services) -> web.Application:
                 depths = await services.queue.depths()
                 oldest = await services.queue.oldest_age()
             body.update(depths, redis=True, oldest_task_age_s=None if oldest is None else round(oldest, 1))
-        except REDIS_ERRORS:
+        except REDIS_UNAVAILABLE:
             pass
         # Workers or loops down for longer than a lease: the process is not doing its job.
         body["problem"] = services.health() if services.health is not None else None
@@ -225,7 +224,7 @@ def make_app(services: Services) -> web.Application:
                 depths = await services.queue.depths()
             for name, value in depths.items():
                 metrics.QUEUE_DEPTH.labels(name).set(value)
-        except REDIS_ERRORS:
+        except REDIS_UNAVAILABLE:
             pass  # the last known depths stay; the scrape must not fail with Redis
         return web.Response(body=metrics.render(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -12,18 +12,17 @@ from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable, Sequence
 
 import redis.asyncio as aioredis
-import redis.exceptions
 
 from . import logs, metrics
+from .backoff import backoff
 from .queue import REDIS_UNAVAILABLE, Queue
 from .services import Services
-from .tasks import Task, TaskFormatError, backoff
+from .tasks import Task, TaskFormatError
 
 log = logs.get("litbotd.worker")
 
 Handler = Callable[[Task, Services], Awaitable[Sequence[Task] | None]]
 DeadHook = Callable[[Task, Services], Awaitable[None]]
-REDIS_DOWN = REDIS_UNAVAILABLE  # the one classification lives in queue.py
 
 
 class TaskTimeout(Exception):
@@ -103,7 +102,7 @@ class Worker:
             except REDIS_UNAVAILABLE as e:
                 await self._fresh_connection()
                 failures += 1
-                delay = min(5.0, 0.1 * 2 ** failures)
+                delay = backoff(failures + 1, 0.1, 5.0, jitter=False)
                 if failures in (1, 5) or failures % 50 == 0:
                     log.warning("redis unreachable, retrying", worker=self.id, error=type(e).__name__,
                                 retry_in=f"{delay:.1f}s")
@@ -159,9 +158,9 @@ class Worker:
                 return [], failed, "dead"
             delay = backoff(attempt, cfg.retry_backoff, cfg.retry_backoff_max)
             log.warning("task failed, will retry", attempt=attempt, retry_in=f"{delay:.1f}s", error=error)
-            if not isinstance(e, (redis.exceptions.RedisError, OSError)) and attempt == 1:
+            if not isinstance(e, REDIS_UNAVAILABLE) and attempt == 1:
                 log.exception("first failure of this task")
-            return [replace(failed, run_at=time.time() + delay)], None, "retry"
+            return [failed.later(time.time() + delay)], None, "retry"
         finally:
             metrics.task_seconds(task.kind).observe(time.monotonic() - started)
 

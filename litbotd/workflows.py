@@ -10,9 +10,7 @@ merge queue runs what a PR to its base branch runs), `push` (branch globs; defau
 The format is that of the original bot (Borda/GitHub-app-bot), so its files keep working: its
 `mode` key and its `trigger.push` / list-of-events triggers are accepted.
 
-YAML is read with a SafeLoader subclass that first bounds the document: at most MAX_ALIASES
-aliases, MAX_NODES nodes counted with every alias expanded (so a "billion laughs" file is refused
-while it is still being parsed, in bounded memory) and MAX_DEPTH levels of nesting.
+YAML is read by safeyaml.py, which bounds the document (size, aliases, nodes, depth) while parsing.
 """
 from __future__ import annotations
 
@@ -25,15 +23,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import yaml
-from yaml.events import AliasEvent
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from . import durations
+from .safeyaml import MAX_ALIASES, MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES  # noqa: F401 (the limits, for callers)
+from .safeyaml import Invalid as _Invalid
+from .safeyaml import NodeMap, decode, load
 
-MAX_FILE_BYTES = 1_000_000
 MAX_RUNS = 256
-MAX_ALIASES = 100
-MAX_NODES = 10_000
-MAX_DEPTH = 50
 # Cells materialised before `exclude` is applied; beyond this even a file that excludes its way
 # back under MAX_RUNS is refused, so a hostile matrix cannot make a worker spin.
 MAX_MATRIX_PRODUCT = 16 * MAX_RUNS
@@ -41,6 +36,7 @@ MAX_MATRIX_PRODUCT = 16 * MAX_RUNS
 ROOT_FILES = (".litci.yaml", ".litci.yml")
 WORKFLOW_DIR = ".lightning/workflows/"
 WORKFLOW_EXTS = (".yml", ".yaml")
+LOCATIONS = f"{', '.join(ROOT_FILES)} or {WORKFLOW_DIR}*{', *'.join(WORKFLOW_EXTS)}"  # for messages
 
 WORKFLOW_KEYS = ("name", "trigger", "image", "machine", "interruptible", "timeout", "mode", "env",
                  "parametrize", "run", "reports")
@@ -55,10 +51,6 @@ MODES = ("info", "debug")
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _NON_WORD = re.compile(r"\W", re.ASCII)
-_DURATION = re.compile(r"\s*(?:\d+(?:\.\d+)?\s*[smhd]\s*)+\Z")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,178 +120,14 @@ def discover(paths: Iterable[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Bounded YAML loading
+# Schema
 
-class _Invalid(Exception):
-    """A problem in one file, at a key path inside it (or at a known line)."""
-
-    def __init__(self, path: tuple[str | int, ...], reason: str, line: int | None = None) -> None:
-        super().__init__(reason)
-        self.path = path
-        self.reason = reason
-        self.line = line
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses alias bombs, huge and deeply nested documents while composing."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._aliases = 0
-        self._expanded = 0              # nodes so far, every alias counted as its whole subtree
-        self._depth = 0
-        self._sizes: dict[int, int] = {}  # id(node) -> expanded size, for nodes fully composed
-
-    def _charge(self, n: int, mark: Any) -> None:
-        self._expanded += n
-        if self._expanded > MAX_NODES:
-            raise _Invalid((), f"document too large: more than {MAX_NODES} YAML nodes"
-                               " (counting every alias expanded)", _line_of(mark))
-
-    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
-        if self.check_event(AliasEvent):
-            event = self.peek_event()
-            self._aliases += 1
-            if self._aliases > MAX_ALIASES:
-                raise _Invalid((), f"too many aliases: more than {MAX_ALIASES}", _line_of(event.start_mark))
-            target = self.anchors.get(event.anchor)
-            if target is not None:
-                size = self._sizes.get(id(target))
-                if size is None:  # the anchor is still being composed: it refers to itself
-                    raise _Invalid((), f"recursive alias *{event.anchor}", _line_of(event.start_mark))
-                self._charge(size, event.start_mark)
-            return super().compose_node(parent, index)
-        self._depth += 1
-        if self._depth > MAX_DEPTH:
-            raise _Invalid((), f"nested too deeply: more than {MAX_DEPTH} levels",
-                           _line_of(self.peek_event().start_mark))
-        before = self._expanded
-        self._charge(1, self.peek_event().start_mark)
-        node = super().compose_node(parent, index)
-        self._sizes[id(node)] = self._expanded - before
-        self._depth -= 1
-        return node
-
-
-def _line_of(mark: Any) -> int | None:
-    return mark.line + 1 if mark is not None else None
-
-
-def _decode(raw: str | bytes) -> str:
-    if isinstance(raw, str):
-        # Characters never outnumber UTF-8 bytes, so only a borderline string is encoded to measure.
-        size = len(raw) if len(raw) > MAX_FILE_BYTES else len(raw.encode("utf-8", "surrogatepass"))
-        if size > MAX_FILE_BYTES:
-            raise _Invalid((), f"file too large: more than {MAX_FILE_BYTES} bytes")
-        return raw.removeprefix("\ufeff")
-    if len(raw) > MAX_FILE_BYTES:
-        raise _Invalid((), f"file too large: {len(raw)} bytes, more than {MAX_FILE_BYTES}")
-    try:
-        return raw.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as e:
-        raise _Invalid((), f"not valid UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start}",
-                       raw.count(b"\n", 0, e.start) + 1) from None
-
-
-def _load(text: str) -> tuple[Any, Node | None]:
-    """The data of a single-document YAML text and its node tree (for lines and raw scalars)."""
-    loader = None
-    try:
-        loader = _BoundedLoader(text)  # the reader checks every character here
-        node = loader.get_single_node()
-        # Before construction: merge keys (`<<`) are flattened into the mappings then.
-        _check_duplicate_keys(node)
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.reader.ReaderError as e:
-        line = text.count("\n", 0, e.position) + 1
-        raise _Invalid((), f"invalid character {chr(e.character)!r} (U+{e.character:04X})", line) from None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        reason = ": ".join(p for p in (e.context, e.problem) if p) or "invalid YAML"
-        raise _Invalid((), f"invalid YAML: {reason}", _line_of(mark)) from None
-    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:
-        # e.g. `2024-02-30` resolves as a date that does not exist; `!!int x`.
-        raise _Invalid((), f"invalid YAML value: {e}") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
-    return data, node
-
-
-def _check_duplicate_keys(root: Node | None) -> None:
-    """A key written twice in one mapping is an error: YAML would silently keep the last."""
-    seen: set[int] = set()  # aliases share nodes; visit each once
-    stack: list[tuple[Node, tuple[str | int, ...]]] = [(root, ())] if root is not None else []
-    while stack:
-        node, path = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, SequenceNode):
-            stack.extend((item, path + (i,)) for i, item in enumerate(node.value))
-        elif isinstance(node, MappingNode):
-            first: dict[tuple[str, str], int] = {}
-            for key, value in node.value:
-                if isinstance(key, ScalarNode) and key.tag != _MERGE_TAG:
-                    line = key.start_mark.line + 1
-                    if (key.tag, key.value) in first:
-                        raise _Invalid(path + (key.value,),
-                                       f"duplicate key (first on line {first[key.tag, key.value]})", line)
-                    first[key.tag, key.value] = line
-                stack.append((value, path + (key.value if isinstance(key, ScalarNode) else "?",)))
-
-
-class _Doc:
-    """Maps key paths of the constructed data back to the YAML nodes they came from."""
-
-    def __init__(self, root: Node | None) -> None:
-        self.root = root
-
-    def _find(self, path: tuple[str | int, ...]) -> tuple[Node | None, Node | None]:
-        """(the key node or sequence item that names the last element, its value node)."""
-        where: Node | None = None
-        node = self.root
-        for elem in path:
-            if isinstance(node, MappingNode):
-                # Reversed: the last of equal keys wins, as in construction (merged keys come first).
-                match = next(((k, v) for k, v in reversed(node.value)
-                              if isinstance(k, ScalarNode) and k.value == str(elem)), None)
-                if match is None:
-                    return where, None
-                where, node = match
-            elif isinstance(node, SequenceNode) and isinstance(elem, int) and elem < len(node.value):
-                where = node = node.value[elem]
-            else:
-                return where, None
-        return where, node
-
-    def line(self, path: tuple[str | int, ...]) -> int | None:
-        """The line of the offending key, or of its closest parent that the file has."""
-        where, node = self._find(path)
-        found = where or node or self.root
-        return found.start_mark.line + 1 if found is not None else None
-
+class _Doc(NodeMap):
     def error(self, file: str, e: _Invalid) -> WorkflowError:
         where = _fmt_path(e.path)
         return WorkflowError(file, e.line if e.line is not None else self.line(e.path),
                              f"{where}: {e.reason}" if where else e.reason)
 
-    def text(self, path: tuple[str | int, ...], value: Any) -> str:
-        """A scalar as written (`3.10` stays "3.10", `true` stays "true"), else its str()."""
-        _, node = self._find(path)
-        if isinstance(node, ScalarNode):
-            return str(node.value)
-        return _scalar_text(value)
-
-
-def _scalar_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-# ---------------------------------------------------------------------------------------------
-# Schema
 
 def _type_name(value: Any) -> str:
     names = {str: "str", int: "int", float: "float", bool: "bool", dict: "mapping", list: "list",
@@ -355,8 +183,8 @@ def parse_timeout(value: Any) -> float:
         raise ValueError(f"expected minutes as a number or a duration like '30m', got {_type_name(value)}")
     if isinstance(value, (int, float)):
         seconds = float(value) * 60
-    elif isinstance(value, str) and _DURATION.match(value):
-        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+    elif isinstance(value, str) and (parsed := durations.seconds(value)) is not None:
+        seconds = parsed
     elif isinstance(value, str):
         raise ValueError(f"expected minutes as a number or a duration like '90s', '30m', '2h', got {value!r}")
     else:
@@ -546,18 +374,28 @@ def _reports(value: Any, path: tuple[str | int, ...]) -> tuple[str, ...]:
 
 def _matrix_cells(value: Any, path: tuple[str | int, ...], doc: _Doc,
                   defaults: Defaults) -> tuple[_Cell, ...] | None:
+    """`parametrize:` → its cells: the matrix product less `exclude`, then `include` (deduplicated)."""
     if value is None:
         return None
     _want(value, dict, "a mapping", path)
     _unknown_keys(value, PARAMETRIZE_KEYS, path)
-    matrix = _opt(value, "matrix", {})
-    include = _opt(value, "include", [])
-    exclude = _opt(value, "exclude", [])
-    mpath, ipath, xpath = path + ("matrix",), path + ("include",), path + ("exclude",)
-    _want(matrix, dict, "a mapping of lists", mpath)
-    _want(include, list, "a list of cells", ipath)
-    _want(exclude, list, "a list of partial cells", xpath)
+    matrix = _want(_opt(value, "matrix", {}), dict, "a mapping of lists", path + ("matrix",))
+    include = _want(_opt(value, "include", []), list, "a list of cells", path + ("include",))
+    exclude = _want(_opt(value, "exclude", []), list, "a list of partial cells", path + ("exclude",))
+    texts = _matrix_texts(matrix, path + ("matrix",), doc, defaults)
+    _check_exclude(exclude, matrix, path + ("exclude",))
+    cells = _product(matrix, texts, exclude, path + ("matrix",))
+    cells += _included(include, cells, list(matrix), path + ("include",), doc, defaults)
+    if not matrix and not include:
+        return None  # `parametrize: {}` or empty lists: a single run, as the original bot did
+    if not cells:
+        raise _Invalid(path + ("exclude",), "every matrix combination is excluded: the workflow would not run")
+    return tuple(cells)
 
+
+def _matrix_texts(matrix: dict[Any, Any], mpath: tuple[str | int, ...], doc: _Doc,
+                  defaults: Defaults) -> dict[str, list[str]]:
+    """Each matrix key's values, validated, as written."""
     texts: dict[str, list[str]] = {}
     for key, values in matrix.items():
         kpath = mpath + (str(key),)
@@ -566,7 +404,10 @@ def _matrix_cells(value: Any, path: tuple[str | int, ...], doc: _Doc,
         if not values:
             raise _Invalid(kpath, "expected a non-empty list")
         texts[key] = [_cell_value(key, v, kpath + (i,), doc, defaults) for i, v in enumerate(values)]
+    return texts
 
+
+def _check_exclude(exclude: list[Any], matrix: dict[Any, Any], xpath: tuple[str | int, ...]) -> None:
     for i, entry in enumerate(exclude):
         _want(entry, dict, "a mapping", xpath + (i,))
         for key, v in entry.items():
@@ -576,22 +417,32 @@ def _matrix_cells(value: Any, path: tuple[str | int, ...], doc: _Doc,
             if not _is_scalar(v):
                 raise _Invalid(xpath + (i, key), f"expected a string, number or boolean, got {_type_name(v)}")
 
-    cells: list[_Cell] = []
-    if matrix:
-        size = math.prod(len(v) for v in matrix.values())
-        if size > MAX_MATRIX_PRODUCT:
-            raise _Invalid(mpath, f"the matrix has {size} combinations; at most {MAX_RUNS} runs are allowed"
-                                  f" per event (and {MAX_MATRIX_PRODUCT} combinations before exclude)")
-        keys = list(matrix)
-        drop = [frozenset((k, type(v).__name__, v) for k, v in e.items()) for e in exclude]
-        for combo in itertools.product(*(range(len(matrix[k])) for k in keys)):
-            cell = _Cell(tuple((k, matrix[k][j], texts[k][j]) for k, j in zip(keys, combo)))
-            ident = cell.identity()
-            if not any(d <= ident for d in drop):
-                cells.append(cell)
 
+def _product(matrix: dict[str, list[Any]], texts: dict[str, list[str]], exclude: list[dict[str, Any]],
+             mpath: tuple[str | int, ...]) -> list[_Cell]:
+    """Every combination of the matrix values, in matrix order, but those an `exclude` entry matches."""
+    if not matrix:
+        return []
+    size = math.prod(len(v) for v in matrix.values())
+    if size > MAX_MATRIX_PRODUCT:
+        raise _Invalid(mpath, f"the matrix has {size} combinations; at most {MAX_RUNS} runs are allowed"
+                              f" per event (and {MAX_MATRIX_PRODUCT} combinations before exclude)")
+    keys = list(matrix)
+    drop = [frozenset((k, type(v).__name__, v) for k, v in e.items()) for e in exclude]
+    cells = []
+    for combo in itertools.product(*(range(len(matrix[k])) for k in keys)):
+        cell = _Cell(tuple((k, matrix[k][j], texts[k][j]) for k, j in zip(keys, combo)))
+        if not any(d <= cell.identity() for d in drop):
+            cells.append(cell)
+    return cells
+
+
+def _included(include: list[Any], cells: list[_Cell], keys: list[str], ipath: tuple[str | int, ...],
+              doc: _Doc, defaults: Defaults) -> list[_Cell]:
+    """The `include` entries that are not already cells, as cells."""
     seen = {c.identity() for c in cells}
-    order = {k: n for n, k in enumerate(matrix)}
+    order = {k: n for n, k in enumerate(keys)}
+    added = []
     for i, entry in enumerate(include):
         epath = ipath + (i,)
         _want(entry, dict, "a mapping", epath)
@@ -605,13 +456,8 @@ def _matrix_cells(value: Any, path: tuple[str | int, ...], doc: _Doc,
         cell = _Cell(tuple(items))
         if cell.identity() not in seen:
             seen.add(cell.identity())
-            cells.append(cell)
-
-    if not matrix and not include:
-        return None  # `parametrize: {}` or empty lists: a single run, as the original bot did
-    if not cells:
-        raise _Invalid(xpath, "every matrix combination is excluded: the workflow would not run")
-    return tuple(cells)
+            added.append(cell)
+    return added
 
 
 def _cell_key(key: Any, path: tuple[str | int, ...], mapping: Mapping[Any, Any]) -> None:
@@ -714,7 +560,7 @@ def _read(file: str, raw: str | bytes, defaults: Defaults) -> tuple[list[_Workfl
     """The workflows of one file and its node map. Raises _FileError."""
     doc = _Doc(None)
     try:
-        data, doc.root = _load(_decode(raw))
+        data, doc.root = load(decode(raw))
         return _workflows(file, data, doc, defaults), doc
     except _Invalid as e:
         raise _FileError(doc.error(file, e)) from None

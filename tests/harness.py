@@ -19,7 +19,7 @@ import aiohttp
 
 from litbotd import config as config_mod
 from litbotd.daemon import Daemon
-from litbotd.fake_github import FakeGitHub
+from fake_github import FakeGitHub
 from litbotd.lifecycle import REGISTRY
 
 DATA = Path(__file__).parent / "data"

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from litbotd.fake_github import FakeGitHub
+from fake_github import FakeGitHub
 
 from conftest import DATA
 

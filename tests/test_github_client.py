@@ -10,7 +10,7 @@ from typing import AsyncIterator, Callable
 import pytest
 
 from litbotd import config, github, metrics
-from litbotd.fake_github import FakeGitHub
+from fake_github import FakeGitHub
 from litbotd.github import GitHubApp, GitHubError
 from litbotd.queue import Queue, connect
 from litbotd.services import Services

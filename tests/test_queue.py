@@ -16,7 +16,8 @@ pytest.importorskip("lupa", reason="fakeredis runs Lua scripts only with the lup
 import fakeredis  # noqa: E402
 
 from litbotd.queue import Queue  # noqa: E402
-from litbotd.tasks import VERSION, Task, TaskFormatError, backoff, derive_id  # noqa: E402
+from litbotd.backoff import backoff  # noqa: E402
+from litbotd.tasks import VERSION, Task, TaskFormatError, derive_id  # noqa: E402
 
 
 # -- the envelope -----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import AsyncIterator, Callable
 import pytest
 
 from litbotd import config
-from litbotd.fake_github import FakeGitHub
+from fake_github import FakeGitHub
 from litbotd.github import GitHubApp
 from litbotd.queue import Queue, connect
 from litbotd.redeliver import redeliver_once

@@ -19,7 +19,7 @@ import asyncio
 import concurrent.futures
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -108,13 +108,6 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         """Release threads and connections. Jobs keep running."""
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Replace every secret value (token, env values) in a message with ***."""
-    for s in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
-        text = text.replace(s, "***")
-    return text
 
 
 class Offload:

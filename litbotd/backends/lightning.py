@@ -30,7 +30,8 @@ import threading
 import warnings
 from typing import Any, Mapping
 
-from .base import BackendError, JobNotFound, JobSpec, JobStatus, Offload, check_name, scrub
+from ..redaction import scrub
+from .base import BackendError, JobNotFound, JobSpec, JobStatus, Offload, check_name
 from .bootstrap import job_env, parse_result, shell_command
 
 log = logging.getLogger(__name__)

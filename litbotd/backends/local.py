@@ -31,7 +31,8 @@ from typing import Any, Sequence
 import litbotd
 
 from ..procinfo import boot_id, process_start
-from .base import FINAL_STATES, NAME_RE, BackendError, JobNotFound, JobSpec, JobStatus, Offload, check_name, scrub
+from ..redaction import scrub
+from .base import FINAL_STATES, NAME_RE, BackendError, JobNotFound, JobSpec, JobStatus, Offload, check_name
 from .bootstrap import job_argv, job_env
 from .localrun import write_json_atomic
 from . import sandbox

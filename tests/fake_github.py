@@ -1,6 +1,6 @@
-"""A loopback stand-in for the part of GitHub's REST API that litbotd uses.
+"""A loopback stand-in for the part of GitHub's REST API that litbotd uses, for the tests.
 
-Used by the tests and by `litbotd demo`, so it lives in the package. It answers like GitHub does
+(`litbotd demo` has its own small one, litbotd/demo_github.py.) It answers like GitHub does
 (status codes, the fields litbotd reads, Link headers, rate-limit headers) for:
 
     GET   /app                                              the App (JWT)
@@ -27,7 +27,7 @@ Used by the tests and by `litbotd demo`, so it lives in the package. It answers 
 With `spec_path` (GitHub's OpenAPI description) every request is checked against it: the method
 and path must be an operation, and path parameters, query parameters and the JSON body must match
 the operation's schemas; each mismatch is recorded in `violations`. jsonschema is imported only
-then (a test-only dependency). With `public_key_pem`, App endpoints verify the App JWT (RS256,
+then. With `public_key_pem`, App endpoints verify the App JWT (RS256,
 iss = app_id, lifetime ≤ 10 minutes) and the others a token this fake minted, with its scope.
 Repository trees come from memory or from a local git repository (git runs as a subprocess).
 """

@@ -1,0 +1,168 @@
+"""The folder listing is the architecture: the layering rule of the README's developer section,
+checked on the source with `ast` (no import of litbotd needed).
+
+    pure      decides; imports no I/O library and nothing above it
+    support   process-wide helpers (logging, metrics, sealing, process identity, the Redis lock)
+    adapters  one kind of I/O each; an adapter imports no other adapter
+    app       the daemon's work: phases, workers, the webhook intake, the sweepers
+    entry     wiring and commands: daemon, cli, ops, demo
+
+A module imports only from its own layer or the layers below it. Imports under
+`if TYPE_CHECKING:` are type hints, not dependencies, and are not counted.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "litbotd"
+
+PURE = {"__init__", "backoff", "config", "durations", "redaction", "safeyaml", "workflows", "report", "annotations", "decisions",
+        "events", "tasks"}
+SUPPORT = {"logs", "metrics", "sealed", "procinfo", "locks"}
+# Each adapter: the modules that together speak to one outside system.
+ADAPTERS = {
+    "redis": {"queue", "runstate"},
+    "github": {"github", "ghstate", "checks"},
+    "jobs": {"backends", "backends.base", "backends.bootstrap", "backends.lightning", "backends.local",
+             "backends.localrun", "backends.sandbox"},
+    "systemd": {"systemd"},
+}
+APP = {"lifecycle", "worker", "pool", "webhook", "redeliver", "services", "preflight"}
+ENTRY = {"__main__", "daemon", "cli", "ops", "demo", "demo_github"}
+
+LAYERS = [("pure", PURE), ("support", SUPPORT), ("adapters", set().union(*ADAPTERS.values())),
+          ("app", APP), ("entry", ENTRY)]
+RANK = {mod: i for i, (_, mods) in enumerate(LAYERS) for mod in mods}
+ADAPTER_OF = {mod: name for name, mods in ADAPTERS.items() for mod in mods}
+
+# Libraries that reach outside the process (network, processes, the event loop, test doubles).
+IO_LIBRARIES = {"aiohttp", "asyncio", "redis", "gidgethub", "lightning_sdk", "fakeredis", "uvloop", "socket",
+                "subprocess", "http", "urllib.request", "jsonschema", "prometheus_client", "jwt", "requests"}
+
+# Known breaches still to remove (each one named in the closing note of issue 14).
+KNOWN: set[tuple[str, str]] = set()
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        name = ".".join(parts[:-1]) if parts[-1] == "__init__" and len(parts) > 1 else ".".join(parts)
+        out[name] = path
+    return out
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(module: str, path: Path) -> tuple[set[str], set[str]]:
+    """(litbotd modules, other top-level libraries) that `module` imports at run time."""
+    package = module.split(".")[:-1] if path.name != "__init__.py" else module.split(".")
+    ours: set[str] = set()
+    libs: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for other in child.orelse:
+                    visit(other)
+                continue
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    if alias.name == "litbotd" or alias.name.startswith("litbotd."):
+                        ours.add(alias.name.removeprefix("litbotd").lstrip(".") or "__init__")
+                    else:
+                        libs.add(alias.name)
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:
+                    base = package[:len(package) - (child.level - 1)] if child.level > 1 else package
+                    target = [*base, *(child.module.split(".") if child.module else [])]
+                elif child.module and (child.module == "litbotd" or child.module.startswith("litbotd.")):
+                    target = child.module.split(".")[1:]
+                else:
+                    libs.add(child.module or "")
+                    continue
+                prefix = ".".join(target)
+                for alias in child.names:  # `from . import workflows` names a module, `from .x import y` a name
+                    sub = f"{prefix}.{alias.name}" if prefix else alias.name
+                    ours.add(sub if sub in MODULES else (prefix or "__init__"))
+            visit(child)
+
+    visit(ast.parse(path.read_text(), str(path)))
+    ours.discard(module)
+    return ours, libs
+
+
+MODULES = _modules()
+GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}
+
+
+def test_every_module_has_a_layer() -> None:
+    unplaced = sorted(set(MODULES) - set(RANK))
+    assert not unplaced, f"place these modules in a layer (tests/test_layers.py and the README): {unplaced}"
+
+
+@pytest.mark.parametrize("module", sorted(PURE & set(MODULES)))
+def test_pure_modules_import_no_io_library(module: str) -> None:
+    _, libs = GRAPH[module]
+    io = sorted(lib for lib in libs if lib in IO_LIBRARIES or lib.split(".")[0] in IO_LIBRARIES)
+    assert not io, f"{module} is pure but imports {io}"
+
+
+def test_no_module_imports_a_layer_above_it() -> None:
+    names = [name for name, _ in LAYERS]
+    upward = sorted((m, dep, f"{names[RANK[m]]} -> {names[RANK[dep]]}") for m, (deps, _) in GRAPH.items()
+                    for dep in deps if m in RANK and dep in RANK and RANK[dep] > RANK[m] and (m, dep) not in KNOWN)
+    assert not upward, f"imports from a higher layer: {upward}"
+
+
+def test_an_adapter_imports_no_other_adapter() -> None:
+    crossing = sorted((m, dep) for m, (deps, _) in GRAPH.items() for dep in deps
+                      if m in ADAPTER_OF and dep in ADAPTER_OF and ADAPTER_OF[m] != ADAPTER_OF[dep]
+                      and (m, dep) not in KNOWN)
+    assert not crossing, f"adapters importing another adapter: {crossing}"
+
+
+def test_no_import_cycles() -> None:
+    seen: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def walk(m: str, path: list[str]) -> None:
+        seen[m] = 1
+        for dep in sorted(GRAPH.get(m, (set(), set()))[0]):
+            if (m, dep) in KNOWN:
+                continue
+            if seen.get(dep) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*path[path.index(dep):], dep]))
+            if dep not in seen:
+                walk(dep, [*path, dep])
+        seen[m] = 2
+
+    for m in sorted(GRAPH):
+        if m not in seen:
+            walk(m, [m])
+
+
+def test_the_product_holds_no_test_double() -> None:
+    """Test-only libraries stay in tests/; fakeredis (the demo's in-process Redis) only in demo.py."""
+    for module, (_, libs) in GRAPH.items():
+        roots = {lib.split(".")[0] for lib in libs}
+        assert not roots & {"jsonschema", "referencing", "pytest", "hypothesis"}, module
+        assert module == "demo" or "fakeredis" not in roots, module
+
+
+def test_the_reader_sees_runtime_imports_only(tmp_path: Path) -> None:
+    """The checker itself: relative and absolute imports count, TYPE_CHECKING ones do not."""
+    src = tmp_path / "queue.py"
+    src.write_text("import aiohttp\nfrom typing import TYPE_CHECKING\nfrom .github import GitHubApp\n"
+                   "from . import workflows\nimport litbotd.checks\n"
+                   "if TYPE_CHECKING:\n    from .daemon import Daemon\n"
+                   "def f():\n    from .backends.base import JobSpec\n")
+    ours, libs = _imports("queue", src)
+    assert ours == {"github", "workflows", "checks", "backends.base"}
+    assert {"aiohttp", "typing"} <= libs
