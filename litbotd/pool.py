@@ -50,6 +50,7 @@ class WorkerPool:
         self.workers: dict[str, tuple[Worker, asyncio.Task]] = {}
         self._ids = itertools.count()
         self._down: dict[str, float] = {}          # unit name -> when it failed (monotonic)
+        self._failed_at: dict[str, float] = {}     # unit name -> its latest failure (monotonic)
         self._short_since: float | None = None     # since when fewer workers than configured live
         self._unhealthy_logged = False
         self.restarts = 0                          # workers and loops restarted after a failure
@@ -166,13 +167,20 @@ class WorkerPool:
                 failures = 1 if time.monotonic() - began > STABLE_AFTER else failures + 1
                 delay = backoff(failures, 0.5, RESTART_BACKOFF_MAX, jitter=False)
                 self._down.setdefault(name, time.monotonic())
+                self._failed_at[name] = time.monotonic()
                 self.restarts += 1
                 frame = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
                 log.error(f"{name} failed unexpectedly; restarting it", error=logs.redact(f"{type(e).__name__}: {e}"),
                           at=f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else None,
                           restart_in=f"{delay:.1f}s", failures=failures)
                 await asyncio.sleep(delay)
-                self._down.pop(name, None)
+                # Up again only once the restart has run a lease without failing: a unit in a
+                # crash loop is alive for moments at a time and must not look healthy.
+                asyncio.get_running_loop().call_later(self.cfg.workers.lease_timeout, self._up_again, name)
+
+    def _up_again(self, name: str) -> None:
+        if time.monotonic() - self._failed_at.get(name, 0.0) >= self.cfg.workers.lease_timeout:
+            self._down.pop(name, None)
 
     async def _periodic(self, lp: Loop) -> None:
         outages = 0
