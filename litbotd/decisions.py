@@ -60,10 +60,9 @@ def decide_wait(state: str, now: float, queued_at: float, running_since: float |
     return WaitDecision("poll")
 
 
-def conclusion_for(state: str, exit_code: int | None, timed_out: bool, cancel_reason: str | None) -> str:
-    """A final job state → the check run's conclusion (SPEC §5)."""
-    if cancel_reason:
-        return CANCELLED
+def conclusion_for(state: str, exit_code: int | None, timed_out: bool) -> str:
+    """A final job state → the check run's conclusion (SPEC §5). A cancel is recorded by the
+    cancel itself (runstate's atomic transition), never derived from the job's state."""
     if timed_out:
         return TIMED_OUT
     if state == "succeeded" and exit_code in (0, None):

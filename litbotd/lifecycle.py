@@ -321,7 +321,7 @@ async def results(task: Task, s: Services) -> list[Task]:
     found = await asyncio.to_thread(annotations.scan, log_text)  # megabytes of log: not on the loop
     tail = _last_lines(log_text, lines)
     timed_out = bool(p.get("timed_out") or status.timed_out)
-    conclusion = decisions.conclusion_for(status.state, status.exit_code, timed_out, None)
+    conclusion = decisions.conclusion_for(status.state, status.exit_code, timed_out)
     message = p.get("message") or status.message
     conclusion, message = await rs.conclude(ref, conclusion, message, time.time())
     metrics.JOBS.labels(s.backend.name, conclusion).inc()

@@ -44,13 +44,12 @@ def test_decide_wait():
 
 
 def test_conclusions():
-    assert d.conclusion_for("succeeded", 0, False, None) == d.SUCCESS
-    assert d.conclusion_for("failed", 1, False, None) == d.FAILURE
-    assert d.conclusion_for("failed", None, False, None) == d.FAILURE
-    assert d.conclusion_for("failed", 124, True, None) == d.TIMED_OUT
-    assert d.conclusion_for("stopped", None, False, None) == d.NEUTRAL
-    assert d.conclusion_for("unknown", None, False, None) == d.NEUTRAL
-    assert d.conclusion_for("running", None, False, "superseded by abc1234") == d.CANCELLED
+    assert d.conclusion_for("succeeded", 0, False) == d.SUCCESS
+    assert d.conclusion_for("failed", 1, False) == d.FAILURE
+    assert d.conclusion_for("failed", None, False) == d.FAILURE
+    assert d.conclusion_for("failed", 124, True) == d.TIMED_OUT
+    assert d.conclusion_for("stopped", None, False) == d.NEUTRAL
+    assert d.conclusion_for("unknown", None, False) == d.NEUTRAL
 
 
 def test_parse_command():
