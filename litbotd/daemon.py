@@ -22,10 +22,11 @@ from aiohttp import web
 
 from . import config as config_mod
 from . import logs, preflight, procinfo, systemd
+from .backoff import backoff
 from .backends import make_backend
 from .config import Config, ConfigError, JobsConfig
 from .github import GitHubApp
-from .pool import WorkerPool, cancel_all
+from .pool import WorkerPool
 from .queue import REDIS_UNAVAILABLE, connect_config, queue_config
 from .services import Services
 from .webhook import make_app
@@ -129,7 +130,7 @@ class Daemon:
 
     async def _wait_for_redis(self) -> bool:
         """READY waits for Redis; a stop request while waiting ends the daemon."""
-        delay = 0.2
+        attempt = 0
         where = "sentinels " + ",".join(self.cfg.redis.sentinels) if self.cfg.redis.sentinels \
             else logs.safe_url(self.cfg.redis.url)
         while not self._stop.is_set():
@@ -137,12 +138,14 @@ class Daemon:
                 await self.services.redis.ping()
                 return True
             except REDIS_UNAVAILABLE as e:
+                attempt += 1
+                delay = backoff(attempt, 0.2, 5.0, jitter=False)
                 log.warning("waiting for redis", at=where, error=type(e).__name__, retry_in=f"{delay:.1f}s")
                 systemd.notify(f"STATUS=waiting for redis at {where}")
                 try:
                     await asyncio.wait_for(self._stop.wait(), delay)
                 except asyncio.TimeoutError:
-                    delay = min(5.0, delay * 2)
+                    pass
         return False
 
     async def start(self) -> None:

@@ -136,14 +136,14 @@ class WorkerPool:
 
     async def _work(self, worker: Worker) -> None:
         """Lease first, then take: a task is never in a processing list that no lease covers."""
-        delay = 0.1
+        attempt = 0
         while not worker._stop.is_set():
             try:
                 await self.services.queue.heartbeat({worker.id: self._info(worker)}, self.cfg.workers.lease_timeout)
                 break
             except REDIS_UNAVAILABLE:
-                await worker._pause(delay)
-                delay = min(5.0, delay * 2)
+                attempt += 1
+                await worker._pause(backoff(attempt, 0.1, 5.0, jitter=False))
         await worker.run()
 
     def _info(self, w: Worker) -> dict[str, Any]:

@@ -189,7 +189,7 @@ class Worker:
         down right now: keep trying, the task is safe meanwhile in the processing list, and a finish
         whose reply was lost is harmless to repeat. Such a retry takes nothing: the lost reply may
         have moved a task into our processing list, which the loop then reads (recheck)."""
-        delay = 0.1
+        attempt = 0
         take = take_next and not self._stop.is_set() and not self.services.draining
         lost_reply = False
         while True:
@@ -200,10 +200,11 @@ class Worker:
             except REDIS_UNAVAILABLE as e:
                 await self._fresh_connection()
                 lost_reply = self.recheck = True
+                attempt += 1
+                delay = backoff(attempt, 0.1, 5.0, jitter=False)
                 log.warning("redis unreachable while finishing a task, retrying", retry_in=f"{delay:.1f}s",
                             error=f"{type(e).__name__}: {str(e)[:200]}")
                 await asyncio.sleep(delay)
-                delay = min(5.0, delay * 2)
         if not kept:
             # Our lease lapsed (a stalled loop) and the task was requeued: it will run again
             # elsewhere, so its successors are dropped here rather than duplicated.

@@ -6,9 +6,7 @@ on 127.0.0.1, looks at other jobs, and leaves `setsid` processes behind.
 """
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -23,7 +21,7 @@ from litbotd.backends import sandbox
 from litbotd.backends.local import LocalBackend
 from litbotd.config import render_toml
 from tarball_server import TarballServer, github_tarball
-from test_backend_local import host_pids, spec, wait_final, wait_for_state, wait_no_pids
+from test_backend_local import spec, wait_final, wait_for_state, wait_no_pids
 from conftest import free_port
 
 HOSTILE = r"""
