@@ -216,7 +216,7 @@ async def _drive(daemon: Daemon, gh: DemoGitHub, sha: str, secret: str) -> int:
 
 
 async def _idle(daemon: Daemon) -> bool:
-    depths = await daemon.services.queue.depths()
+    depths = await daemon.ctx.queue.depths()
     return depths["queued"] == 0 and depths["delayed"] == 0 and all(w.task is None for w in daemon.live_workers())
 
 

@@ -159,7 +159,7 @@ class InProcessDaemon:
         return await post_webhook(self.daemon.port, event, payload, delivery)
 
     async def idle(self) -> bool:
-        depths = await self.daemon.services.queue.depths()
+        depths = await self.daemon.ctx.queue.depths()
         return depths["queued"] == depths["delayed"] == 0 and all(w.task is None for w in self.daemon.live_workers())
 
 

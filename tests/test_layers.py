@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "litbotd"
 
 PURE = {"__init__", "backoff", "config", "durations", "redaction", "safeyaml", "workflows", "report", "annotations", "decisions",
         "events", "tasks"}
-SUPPORT = {"logs", "metrics", "sealed", "procinfo", "locks"}
+SUPPORT = {"logs", "metrics", "sealed", "procinfo", "redisconn", "locks"}
 # Each adapter: the modules that together speak to one outside system.
 ADAPTERS = {
     "redis": {"queue", "runstate"},
@@ -30,7 +30,8 @@ ADAPTERS = {
              "backends.localrun", "backends.sandbox"},
     "systemd": {"systemd"},
 }
-APP = {"lifecycle", "worker", "pool", "webhook", "redeliver", "services", "preflight"}
+APP = {"context", "lifecycle", "lifecycle.planning", "lifecycle.jobs", "lifecycle.commands", "lifecycle.comments",
+       "lifecycle.checkruns", "worker", "pool", "webhook", "redeliver", "preflight"}
 ENTRY = {"__main__", "daemon", "cli", "ops", "demo", "demo_github"}
 
 LAYERS = [("pure", PURE), ("support", SUPPORT), ("adapters", set().union(*ADAPTERS.values())),

@@ -14,14 +14,14 @@ import redis.exceptions
 from litbotd import config as config_mod, procinfo
 from litbotd.pool import WorkerPool
 from litbotd.queue import Queue, connect
-from litbotd.services import Services
+from litbotd.context import Context, Current
 from litbotd.tasks import Task
 from litbotd.worker import Registry
 
 
-def make_services(redis, **workers) -> Services:
+def make_services(redis, **workers) -> Context:
     cfg = config_mod.parse({"workers": {"lease_timeout": 1.0, "heartbeat_interval": 0.2, **workers}}, env={})
-    return Services(config=cfg, redis=redis, queue=Queue(redis, cfg.redis.queue))
+    return Context.of(cfg, Queue(redis, cfg.redis.queue))
 
 
 async def until(cond, timeout: float, what: str, interval: float = 0.02):
@@ -42,10 +42,10 @@ class Pool:
     """The daemon's own WorkerPool (workers, heartbeat, promoter, sweeper) with `n` workers, in this
     process; leaving it fails the test if any worker or loop failed unexpectedly."""
 
-    def __init__(self, services: Services, registry: Registry, n: int) -> None:
+    def __init__(self, services: Context, registry: Registry, n: int) -> None:
         cfg = services.config
-        services.config = dataclasses.replace(cfg, workers=dataclasses.replace(cfg.workers, count=n))
-        self.pool = WorkerPool(services, registry, procinfo.identity("test"))
+        services = dataclasses.replace(services, config=dataclasses.replace(cfg, workers=dataclasses.replace(cfg.workers, count=n)))
+        self.pool = WorkerPool(Current(services), registry, procinfo.identity("test"))
 
     async def __aenter__(self) -> "Pool":
         await self.pool.start()
@@ -57,7 +57,7 @@ class Pool:
 
 
 def counting_registry(log: list | None = None) -> Registry:
-    async def count(task: Task, s: Services):
+    async def count(task: Task, s: Context):
         if log is not None:
             log.append(("start", task.id))
         if task.payload.get("sleep"):
@@ -146,7 +146,7 @@ async def test_delayed_tasks_come_due_in_order(aredis):
             if raw is not None:
                 task = Task.from_json(raw)
                 taken.append((task.payload["off"], time.time() - now))
-                assert await s.queue.finish("w", raw)
+                assert (await s.queue.finish_and_take("w", raw, take=False))[0]
     finally:
         p.cancel()
     assert [o for o, _ in taken] == sorted(offsets)
@@ -231,15 +231,15 @@ async def test_finish_after_the_lease_expired_and_the_task_was_swept(aredis):
     await until(lambda: _gone(aredis, q.lease("stalled")), 2, "the lease to expire")
     assert await q.sweep() == 1
     assert await aredis.lrange("bot_queue", 0, -1) == [raw]  # back, unchanged, next to be taken
-    ok = await q.finish("stalled", raw, [t.successor("next", {"run": "r"}),
-                                         t.successor("later", {"run": "r"}, run_at=time.time() + 60)],
-                        dead=None)
+    ok, _ = await q.finish_and_take("stalled", raw, [t.successor("next", {"run": "r"}),
+                                                     t.successor("later", {"run": "r"}, run_at=time.time() + 60)],
+                                    dead=None, take=False)
     assert ok is False
     assert await aredis.lrange("bot_queue", 0, -1) == [raw]  # no successor pushed
     assert await q.depths() == {"queued": 1, "delayed": 0, "dead": 0}
     # the worker that takes it next finishes it normally
     raw2 = await q.take("fresh", 1)
-    assert raw2 == raw and await q.finish("fresh", raw2, [t.successor("next", {"run": "r"})]) is True
+    assert raw2 == raw and (await q.finish_and_take("fresh", raw2, [t.successor("next", {"run": "r"})], take=False))[0] is True
     assert await q.depths() == {"queued": 1, "delayed": 0, "dead": 0}
 
 

@@ -43,7 +43,7 @@ import redis.asyncio as aioredis  # noqa: E402
 
 from litbotd import config as config_mod  # noqa: E402
 from litbotd.queue import Queue, connect  # noqa: E402
-from litbotd.services import Services  # noqa: E402
+from litbotd.context import Context  # noqa: E402
 from litbotd.tasks import Task  # noqa: E402
 from litbotd.worker import Registry, Worker  # noqa: E402
 
@@ -125,7 +125,7 @@ async def bench_litbotd_queue(url: str, n: int, k: int) -> float:
 async def bench_litbotd_worker(url: str, n: int, k: int) -> float:
     r = connect(url)
     cfg = config_mod.parse({"workers": {"count": k, "lease_timeout": "10s"}}, env={})
-    s = Services(config=cfg, redis=r, queue=Queue(r))
+    s = Context(config=cfg, redis=r, queue=Queue(r))
     await _fill_litbotd(s.queue, n)
     done = 0
     all_done = asyncio.Event()
