@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from . import config as config_mod
+from . import configfile
 from . import logs, preflight, procinfo, systemd
 from .backends import Backend, machine_names, make_backend
 from .backoff import backoff
@@ -46,7 +47,7 @@ class Daemon:
                  config_loader: Callable[[], Config] | None = None, redis: aioredis.Redis | None = None) -> None:
         self.registry = registry
         self.config_path = config_path
-        self._load_config = config_loader or (lambda: config_mod.load(config_path))
+        self._load_config = config_loader or (lambda: configfile.load(config_path))
         self.host = os.environ.get("LITBOTD_HOST") or socket.gethostname()
         self.identity = procinfo.identity(self.host)
         self._stop = asyncio.Event()

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import aiohttp
 
-from litbotd import config as config_mod
+from litbotd import configfile
 from litbotd.daemon import Daemon
 from fake_github import FakeGitHub
 from litbotd.lifecycle import REGISTRY
@@ -139,7 +139,7 @@ async def post_webhook(port: int, event: str, payload: dict[str, Any], delivery:
 
 class InProcessDaemon:
     def __init__(self, data: dict[str, Any]) -> None:
-        cfg = config_mod.parse(data, env={"GH_PRIVATE_KEY": PRIVATE_PEM, "GH_WEBHOOK_SECRET": SECRET})
+        cfg = configfile.parse(data, env={"GH_PRIVATE_KEY": PRIVATE_PEM, "GH_WEBHOOK_SECRET": SECRET})
         self.daemon = Daemon(cfg, REGISTRY)
         self._task: asyncio.Task | None = None
 

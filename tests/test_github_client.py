@@ -9,7 +9,8 @@ from typing import AsyncIterator, Callable
 
 import pytest
 
-from litbotd import config, github, metrics
+from litbotd import github, metrics
+from litbotd import configfile
 from fake_github import FakeGitHub
 from litbotd.github import GitHubApp, GitHubError
 from litbotd.queue import Queue, connect
@@ -53,7 +54,7 @@ async def fake() -> AsyncIterator[FakeGitHub]:
 
 
 def make_services(redis_url: str, api_url: str) -> Context:
-    cfg = config.parse({"github": {"app_id": APP_ID, "private_key_file": str(DATA / "keys" / "app.pem"),
+    cfg = configfile.parse({"github": {"app_id": APP_ID, "private_key_file": str(DATA / "keys" / "app.pem"),
                                    "api_url": api_url},
                         "redis": {"url": redis_url}}, env={})
     r = connect(redis_url)

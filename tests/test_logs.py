@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 
 from litbotd import logs
-from litbotd.config import parse
+from litbotd.configfile import parse
 from litbotd.queue import Queue, connect
 from litbotd.context import Context, Current
 from litbotd.tasks import Task

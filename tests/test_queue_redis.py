@@ -11,7 +11,8 @@ import time
 
 import redis.exceptions
 
-from litbotd import config as config_mod, procinfo
+from litbotd import procinfo
+from litbotd import configfile
 from litbotd.pool import WorkerPool
 from litbotd.queue import Queue, connect
 from litbotd.context import Context, Current
@@ -20,7 +21,7 @@ from litbotd.worker import Registry
 
 
 def make_services(redis, **workers) -> Context:
-    cfg = config_mod.parse({"workers": {"lease_timeout": 1.0, "heartbeat_interval": 0.2, **workers}}, env={})
+    cfg = configfile.parse({"workers": {"lease_timeout": 1.0, "heartbeat_interval": 0.2, **workers}}, env={})
     return Context.of(cfg, Queue(redis, cfg.redis.queue))
 
 

@@ -6,7 +6,7 @@ from typing import AsyncIterator, Callable
 
 import pytest
 
-from litbotd import config
+from litbotd import configfile
 from fake_github import FakeGitHub
 from litbotd.github import GitHubApp
 from litbotd.queue import Queue, connect
@@ -36,7 +36,7 @@ async def daemon(redis_server: RedisServer, fake: FakeGitHub) -> AsyncIterator[C
     made: list[Context] = []
 
     def factory() -> Context:
-        cfg = config.parse({"github": {"app_id": APP_ID, "private_key_file": str(DATA / "keys" / "app.pem"),
+        cfg = configfile.parse({"github": {"app_id": APP_ID, "private_key_file": str(DATA / "keys" / "app.pem"),
                                        "api_url": fake.url, "redeliver_window": "1h"},
                             "redis": {"url": redis_server.url}}, env={})
         r = connect(redis_server.url)

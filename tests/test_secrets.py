@@ -16,7 +16,7 @@ import pytest
 
 from helpers import ops_daemon as od
 from litbotd import logs
-from litbotd.config import parse
+from litbotd.configfile import parse
 from litbotd.demo import throwaway_key
 from litbotd.queue import Queue, connect
 from litbotd.context import Context, Current

@@ -19,7 +19,8 @@ import pytest
 
 from conftest import free_port
 from helpers import ops_daemon as od
-from litbotd import config as config_mod, procinfo
+from litbotd import procinfo
+from litbotd import configfile
 from litbotd.queue import Queue
 from litbotd.context import Context, Current
 from litbotd.tasks import Task
@@ -191,7 +192,7 @@ def make_pool(services: Context, registry: Registry):
 
 
 def make_services(redis, **workers) -> Context:
-    cfg = config_mod.parse({"workers": {"lease_timeout": 1.0, "heartbeat_interval": 0.2, "retry_backoff": "50ms",
+    cfg = configfile.parse({"workers": {"lease_timeout": 1.0, "heartbeat_interval": 0.2, "retry_backoff": "50ms",
                                         **workers}}, env={})
     return Context.of(cfg, Queue(redis, cfg.redis.queue))
 

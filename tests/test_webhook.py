@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from litbotd import config
+from litbotd import configfile
 from litbotd.queue import Queue, connect
 from litbotd.context import Context, Current, Liveness
 from litbotd.tasks import Task, derive_id
@@ -75,7 +75,7 @@ class Intake:
 
 @pytest.fixture
 async def intake(redis_server: Any) -> AsyncIterator[Intake]:
-    cfg = config.parse({"server": {"port": 0, "path": "/hook", "max_body_bytes": LIMIT},
+    cfg = configfile.parse({"server": {"port": 0, "path": "/hook", "max_body_bytes": LIMIT},
                         "github": {"webhook_secret": SECRET}, "redis": {"url": redis_server.url}}, env={})
     redis = connect(cfg.redis.url)
     services = Context.of(cfg, Queue(redis, cfg.redis.queue))

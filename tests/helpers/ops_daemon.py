@@ -94,10 +94,11 @@ def _registry() -> Any:
 def main(argv: Sequence[str]) -> int:
     sys.path.insert(0, str(ROOT))
     from litbotd import config, daemon
+    from litbotd import configfile
 
     path = argv[1]
     try:
-        cfg = config.load(path)
+        cfg = configfile.load(path)
         return daemon.run(cfg, _registry(), path)
     except config.ConfigError as e:
         print(f"litbotd: config error: {e}", file=sys.stderr)

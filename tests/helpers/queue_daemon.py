@@ -24,6 +24,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from litbotd import config as config_mod, logs  # noqa: E402
+from litbotd import configfile  # noqa: E402
 from litbotd.daemon import Daemon  # noqa: E402
 from litbotd.context import Context  # noqa: E402
 from litbotd.tasks import Task  # noqa: E402
@@ -79,7 +80,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("-c", "--config", required=True)
     args = p.parse_args()
-    cfg = config_mod.load(args.config)
+    cfg = configfile.load(args.config)
     logs.setup(cfg.log.level, "text", config_mod.secrets_of(cfg))
     faulthandler.enable()
 
