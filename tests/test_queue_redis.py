@@ -221,6 +221,38 @@ async def _processing_total(r, n):
     return total >= n
 
 
+async def test_on_dead_successors_are_committed_by_the_dead_letters_own_finish(aredis):
+    """What on_dead returns (its report) goes out in the same finish as the dead letter: with it
+    when the task was still ours, not at all when the lease was lost and the task swept away."""
+    from litbotd.worker import Worker
+    s = make_services(aredis, max_attempts=1)
+
+    async def fail(task: Task, ctx: Context):
+        raise RuntimeError("boom")
+
+    async def on_dead(task: Task, ctx: Context):
+        return [task.successor("report", {"for": task.id})]
+
+    w = Worker("w1", Current(s), Registry(handlers={"fail": fail}, on_dead=on_dead))
+    kept = Task(kind="fail")
+    await s.queue.enqueue(kept)
+    await w.process(await s.queue.take("w1", 1), take_next=False)
+    [(_, dead)] = await s.queue.dead_tasks()
+    assert dead.id == kept.id
+    assert [Task.from_json(r).kind for r in await aredis.lrange("bot_queue", 0, -1)] == ["report"]
+    await aredis.delete("bot_queue", "bot_queue:dead")
+
+    lost = Task(kind="fail")
+    await s.queue.enqueue(lost)
+    raw = await s.queue.take("w1", 1)
+    await s.queue.heartbeat({"w1": {"host": "h"}}, 0.1)
+    await until(lambda: _gone(aredis, s.queue.lease("w1")), 2, "the lease to expire")
+    assert await s.queue.sweep() == 1
+    await w.process(raw, take_next=False)
+    assert await s.queue.dead_tasks() == []
+    assert await aredis.lrange("bot_queue", 0, -1) == [raw]  # swept back, and no report beside it
+
+
 # 9 -------------------------------------------------------------------------------------------------
 async def test_finish_after_the_lease_expired_and_the_task_was_swept(aredis):
     q = Queue(aredis)
