@@ -2,7 +2,7 @@
 promoter, sweeper, redelivery, job-directory pruning, watchdog), kept alive.
 
 - A worker holds its lease before its first take (a crash in between leaves nothing unswept).
-- A Redis error of any kind is an outage, waited out inside the worker or loop (queue.REDIS_UNAVAILABLE).
+- A Redis error of any kind is an outage, waited out inside the worker or loop (redisconn.REDIS_UNAVAILABLE).
 - Anything else that ends a worker or a loop is one ERROR line, and the pool restarts it with backoff.
 - Liveness: `liveness()` reports a problem while fewer workers are alive than configured, or a
   loop is down, for longer than one lease; /healthz then answers 503 and the watchdog goes unfed.
