@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from . import logs, metrics
 from .backoff import backoff
 from .context import Context, Current, Liveness
+from .outcomes import Outcome, outcome_for
 from .queue import Queue
 from .redisconn import REDIS_UNAVAILABLE
 from .tasks import Permanent, Task, TaskFormatError
@@ -128,7 +129,7 @@ class Worker:
         except TaskFormatError as e:
             log.error("malformed task sent to the dead letter", worker=self.id, error=str(e))
             return await self._finish(raw, [], Task(kind="malformed", payload={"raw": raw[:4096]}, error=str(e)),
-                                      "dead", "?", take_next)
+                                      Outcome.DEAD, "?", take_next)
         self.task, self.since = task, time.time()
         ctx = self.current.ctx  # one context for the whole task, its finish included
         try:
@@ -138,7 +139,7 @@ class Worker:
         finally:
             self.task, self.since = None, None
 
-    async def _handle(self, task: Task, ctx: Context) -> tuple[Sequence[Task], Task | None, str]:
+    async def _handle(self, task: Task, ctx: Context) -> tuple[Sequence[Task], Task | None, Outcome]:
         cfg = ctx.config.workers
         handler = self.registry.handlers.get(task.kind)
         started = time.monotonic()
@@ -146,21 +147,21 @@ class Worker:
             if handler is None:
                 raise Permanent(f"no handler for task kind {task.kind!r}")
             successors = await self._call(handler, task, ctx, cfg.task_timeout)
-            return successors, None, "done"
+            return successors, None, Outcome.DONE
         except asyncio.CancelledError:
             raise  # shutdown past its grace: the task stays in the processing list
         except Exception as e:
-            attempt = task.attempt + 1
             error = logs.redact(f"{type(e).__name__}: {e}")[:2000]
-            failed = replace(task, attempt=attempt, error=error, run_at=0.0)
-            if isinstance(e, Permanent) or attempt >= cfg.max_attempts:
-                log.error("task failed, giving up: sent to the dead letter", attempt=attempt, error=error)
-                return await self._on_dead(failed, ctx), failed, "dead"
-            delay = backoff(attempt, cfg.retry_backoff, cfg.retry_backoff_max)
-            log.warning("task failed, will retry", attempt=attempt, retry_in=f"{delay:.1f}s", error=error)
-            if not isinstance(e, REDIS_UNAVAILABLE) and attempt == 1:
+            decided = outcome_for(task, e, cfg, time.time())
+            failed = replace(task, attempt=decided.attempt, error=error, run_at=0.0)
+            if decided.outcome is Outcome.DEAD:
+                log.error("task failed, giving up: sent to the dead letter", attempt=decided.attempt, error=error)
+                return await self._on_dead(failed, ctx), failed, Outcome.DEAD
+            log.warning("task failed, will retry", attempt=decided.attempt, retry_in=f"{decided.delay:.1f}s",
+                        error=error)
+            if not isinstance(e, REDIS_UNAVAILABLE) and decided.attempt == 1:
                 log.exception("first failure of this task")
-            return [failed.later(time.time() + delay)], None, "retry"
+            return [failed.later(decided.run_at)], None, Outcome.RETRY
         finally:
             metrics.task_seconds(task.kind).observe(time.monotonic() - started)
 
@@ -185,7 +186,7 @@ class Worker:
             log.error("could not report the dead task", error=logs.redact(f"{type(e).__name__}: {e}"))
             return []
 
-    async def _finish(self, raw: str, successors: Sequence[Task], dead: Task | None, outcome: str, kind: str,
+    async def _finish(self, raw: str, successors: Sequence[Task], dead: Task | None, outcome: Outcome, kind: str,
                       take_next: bool) -> str | None:
         """Commit the outcome, and take the next task in the same step unless stopping. Redis may be
         down right now: keep trying, the task is safe meanwhile in the processing list, and a finish
@@ -211,6 +212,6 @@ class Worker:
             # Our lease lapsed (a stalled loop) and the task was requeued: it will run again
             # elsewhere, so its successors are dropped here rather than duplicated.
             log.warning("task was requeued while it ran (lease lost); dropping its successors")
-            outcome = "lost"
-        metrics.tasks(kind, outcome).inc()
+            outcome = Outcome.LOST
+        metrics.tasks(kind, outcome.value).inc()
         return nxt
