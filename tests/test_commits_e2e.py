@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
-from harness import INSTALLATION, REPO, GitHubWorld, InProcessDaemon, config_data, pr_payload, sha_of, wait_until
+from fake_github import INSTALLATION, REPO, GitHubWorld
+from helpers.configs import config_data
+from helpers.e2e import InProcessDaemon, pr_payload, sha_of
+from helpers.wait import wait_until
 from litbotd import decisions, workflows
 from litbotd.tasks import Task
 

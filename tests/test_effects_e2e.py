@@ -10,7 +10,10 @@ import asyncio
 
 import pytest
 
-from harness import INSTALLATION, REPO, GitHubWorld, InProcessDaemon, config_data, pr_payload, sha_of, wait_until
+from fake_github import INSTALLATION, REPO, GitHubWorld
+from helpers.configs import config_data
+from helpers.e2e import InProcessDaemon, pr_payload, sha_of
+from helpers.wait import wait_until
 from litbotd.runstate import RunRef, RunState
 
 MATRIX2 = "name: ci\nparametrize:\n  matrix: {n: [1, 2]}\nrun: echo cell $n\n"

@@ -7,17 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import (
-    REPO,
-    GitHubWorld,
-    InProcessDaemon,
-    comment_payload,
-    config_data,
-    pr_payload,
-    rerequested_payload,
-    sha_of,
-    wait_until,
-)
+from fake_github import REPO, GitHubWorld
+from helpers.configs import config_data
+from helpers.e2e import InProcessDaemon, comment_payload, pr_payload, rerequested_payload, sha_of
+from helpers.wait import wait_until
 
 MATRIX = """\
 name: ci
