@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import random
 import time
 
 import redis.exceptions
 
+from helpers.wait import wait_until
 from litbotd import configfile, procinfo
 from litbotd.context import Context, Current
 from litbotd.pool import WorkerPool
@@ -24,18 +26,9 @@ def make_services(redis, **workers) -> Context:
     return Context.of(cfg, Queue(redis, cfg.redis.queue))
 
 
-async def until(cond, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            v = await cond()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            v = None  # the test's own client sees a Redis restart too
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
+# The test's own client sees a Redis restart too: a connection error there means "not yet".
+until = functools.partial(wait_until, every=0.02,
+                          ignore=(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
 
 
 class Pool:
@@ -205,7 +198,7 @@ async def test_workers_carry_on_after_a_redis_restart(aredis, redis_server):
         finally:
             c.close()
         await until(lambda: _llen_at_least(aredis, "test:done", 104), 30, "every task after the restart",
-                    interval=0.1)
+                    every=0.1)
         await asyncio.sleep(0.2)
     done = collections.Counter(await aredis.lrange("test:done", 0, -1))
     assert set(done) == {t.id for t in before + in_flight + after}
