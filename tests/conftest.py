@@ -120,3 +120,13 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         if k.startswith(("GH_", "LITBOTD_", "LIGHTNING_", "NOTIFY_SOCKET", "WATCHDOG_", "JOURNAL_STREAM",
                          "CREDENTIALS_DIRECTORY")) or k == "REDIS_URL":
             monkeypatch.delenv(k, raising=False)
+
+
+@pytest.fixture
+async def world():
+    """The GitHub stand-in with the end-to-end tests' repository (fake_github.GitHubWorld), closed after."""
+    from fake_github import GitHubWorld
+
+    w = GitHubWorld()
+    yield w
+    await w.close()

@@ -965,6 +965,11 @@ class GitHubWorld:
     def conclusions(self, sha: str) -> dict[str, str | None]:
         return {r["name"]: r.get("conclusion") for r in self.runs(sha)}
 
+    def completed(self, sha: str, n: int) -> bool:
+        """At least `n` check runs on `sha`, all completed."""
+        runs = self.runs(sha)
+        return len(runs) >= n and all(r["status"] == "completed" for r in runs)
+
     def assert_no_duplicates(self) -> None:
         keys = [(r["head_sha"], r["name"], r["external_id"]) for r in self.gh.check_runs]
         assert len(keys) == len(set(keys)), f"a check run was created twice: {sorted(keys)}"

@@ -291,32 +291,23 @@ class DropFirstBulkReply:
 
     async def _conn(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
         sr, sw = await asyncio.open_connection("127.0.0.1", self.port)
+        await asyncio.gather(self._pump(cr, sw, False, sw), self._pump(sr, cw, True, cw, sw))
 
-        async def up():
-            try:
-                while data := await cr.read(65536):
-                    sw.write(data)
-                    await sw.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                sw.close()
-
-        async def down():
-            try:
-                while data := await sr.read(65536):
-                    if self.armed and not self.dropped and self.drop(data):
-                        self.dropped += 1
-                        break
-                    cw.write(data)
-                    await cw.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                cw.close()
-                sw.close()
-
-        await asyncio.gather(up(), down())
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool,
+                    *closing: asyncio.StreamWriter) -> None:
+        """Copy one direction; Redis's replies (once armed) may be dropped, cutting the connection."""
+        try:
+            while data := await src.read(65536):
+                if replies and self.armed and not self.dropped and self.drop(data):
+                    self.dropped += 1
+                    break
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            for w in closing:
+                w.close()
 
     async def close(self) -> None:
         self.server.close()

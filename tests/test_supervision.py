@@ -48,6 +48,11 @@ def healthz(port: int) -> int:
         return e.code
 
 
+def in_flight(r) -> int:
+    """Tasks in the workers' processing lists."""
+    return sum(r.llen(k) for k in r.keys("bot_queue:processing:*"))
+
+
 def runs_and_done(r) -> tuple[int, set[str]]:
     return int(r.get("bot_queue:test:runs") or 0), set(r.smembers("bot_queue:test:done"))
 
@@ -82,8 +87,7 @@ def test_a_redis_error_window_leaves_every_worker_alive_and_loses_nothing(tmp_pa
         wait_until_sync(lambda: od.alive_workers(cfg, proc.pid) == 4, 20, "4 live workers")
         before = [Task(kind="sleep", payload={"s": 1.5}) for _ in range(4)]
         push(r, *before)
-        wait_until_sync(lambda: sum(r.llen(k) for k in r.keys("bot_queue:processing:*")) == 4, 20,
-                        "4 tasks in flight")
+        wait_until_sync(lambda: in_flight(r) == 4, 20, "4 tasks in flight")
         start_window(r)
         try:
             with pytest.raises(Exception, match=reply):
@@ -122,8 +126,7 @@ def test_a_crash_right_after_a_resize_loses_no_task(tmp_path, redis_server):
         wait_until_sync(lambda: len(r.keys("bot_queue:processing:*")) == 1, 20, "the first task taken")
         cfg.write_text(cfg.read_text().replace("count = 1", "count = 4"))
         proc.send_signal(signal.SIGHUP)
-        wait_until_sync(lambda: sum(r.llen(k) for k in r.keys("bot_queue:processing:*")) == 4, 20, "4 tasks taken",
-                        every=0.005)
+        wait_until_sync(lambda: in_flight(r) == 4, 20, "4 tasks taken", every=0.005)
         proc.kill()  # inside the window: the heartbeat (every 4s) has not run since the resize
         proc.wait(10)
         unleased = [k for k in r.keys("bot_queue:processing:*") if r.llen(k)
@@ -165,8 +168,7 @@ def test_two_daemons_with_one_host_name_never_take_each_others_tasks(tmp_path, r
         wait_until_sync(lambda: od.alive_workers(cfg, a.pid) == 2, 20, "daemon A's workers")
         tasks = [Task(kind="sleep", payload={"s": 4}) for _ in range(2)]
         push(r, *tasks)
-        wait_until_sync(lambda: sum(r.llen(k) for k in r.keys("bot_queue:processing:*")) == 2, 20,
-                        "A runs both tasks")
+        wait_until_sync(lambda: in_flight(r) == 2, 20, "A runs both tasks")
         b = DaemonProcess(cfg, tmp_path / "b.log", program=[*prefix, *OPS_HELPER], env={"LITBOTD_HOST": host},
                           name="daemon B").start(wait=False)
         wait_until_sync(lambda: sum(1 for w in od.status(cfg)["workers"] if w["alive"] and w["host"] == host) == 4,
