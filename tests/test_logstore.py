@@ -1,0 +1,85 @@
+"""Reading a job's log for its page in bounded pieces (logstore.LogSource, Store)."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from litbotd import logstore
+from litbotd.logstore import LogSource, Store
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(logstore, "CHUNK", 64)  # many checkpoints in a small file
+
+
+def write(path, lines):
+    path.write_text("".join(f"{line}\n" for line in lines))
+
+
+@pytest.mark.usefixtures("small_chunks")
+def test_index_and_windows(tmp_path):
+    lines = [f"line {i} " + "x" * (i % 7) for i in range(1, 501)]
+    p = tmp_path / "log.txt"
+    write(p, lines)
+    src = LogSource(p)
+    ix = src.refresh()
+    assert ix.lines == 500 and ix.end == p.stat().st_size and len(ix.checkpoints) > 10
+    for n in (1, 2, 77, 250, 499, 500):
+        got, end = src.lines(n, 3, 10_000)
+        assert got == lines[n - 1:n + 2]
+        assert p.read_bytes()[src.offset_of(n):].startswith(lines[n - 1].encode())
+    got, end = src.lines(1, 1000, 200)  # the byte bound stops at a line end
+    assert got and got == lines[:len(got)] and end == src.offset_of(len(got) + 1)
+
+
+@pytest.mark.usefixtures("small_chunks")
+def test_growing_file_indexes_complete_lines_only(tmp_path):
+    p = tmp_path / "log.txt"
+    p.write_bytes(b"one\ntwo\npart")
+    src = LogSource(p)
+    assert src.refresh().lines == 2
+    assert src.new_lines(0) == (["one", "two"], 8)
+    assert src.new_lines(8) == ([], 8)
+    with open(p, "ab") as f:
+        f.write(b"ial\n::error file=a.py,line=3::boom\n")
+    ix = src.refresh()
+    assert ix.lines == 4 and [(m.line, m.where) for m in ix.marks.marks] == [(4, "a.py:3")]
+    assert src.new_lines(8) == (["partial", "::error file=a.py,line=3::boom"], p.stat().st_size)
+    end4 = ix.end
+    with open(p, "ab") as f:
+        f.write(b"no newline at the end")
+    assert src.refresh().lines == 4
+    assert src.refresh(final=True).lines == 5
+    assert src.new_lines(end4, final=True)[0] == ["no newline at the end"]
+
+
+def test_a_replaced_file_is_indexed_again(tmp_path):
+    p = tmp_path / "log.txt"
+    write(p, ["a", "b", "c"])
+    src = LogSource(p)
+    assert src.refresh().lines == 3
+    tmp = tmp_path / "new"
+    write(tmp, ["x"])
+    os.replace(tmp, p)
+    assert src.refresh().lines == 1
+
+
+def test_missing_file_is_empty(tmp_path):
+    src = LogSource(tmp_path / "nothing")
+    assert src.refresh().lines == 0 and src.lines(1, 10, 100) == ([], 0) and src.raw(0, 10) == b""
+
+
+def test_store_meta_and_prune(tmp_path):
+    st = Store(str(tmp_path))
+    st.write_meta("litci-old", {"a": 1})
+    logstore.keep_copy(tmp_path / "missing", st.log_path("litci-old"))
+    st.write_meta("litci-new", {"b": 2})
+    (tmp_path / "not-a-run").mkdir()
+    old = time.time() - 100
+    os.utime(st.dir("litci-old") / "meta.json", (old, old))
+    assert st.read_meta("litci-old") == {"a": 1} and st.read_meta("litci-none") is None
+    assert st.prune(keep=50) == 1
+    assert not st.dir("litci-old").exists() and st.dir("litci-new").exists() and (tmp_path / "not-a-run").exists()
