@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shutil
+import threading
 import time
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -141,6 +142,7 @@ class LogSource:
         self.path = path
         self.index = Index()
         self._identity: tuple[int, int] | None = None  # (device, inode): a replaced file starts over
+        self._lock = threading.Lock()  # refresh runs on worker threads, one at a time per file
 
     # The single read: issue 20's masking belongs here.
     def _read(self, offset: int, size: int) -> bytes:
@@ -163,6 +165,10 @@ class LogSource:
     def refresh(self, final: bool = False) -> Index:
         """Index what was appended since the last call (complete lines; with `final`, the last
         partial line too)."""
+        with self._lock:
+            return self._refresh(final)
+
+    def _refresh(self, final: bool) -> Index:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -227,6 +233,17 @@ class LogSource:
         if after is not None and after < len(data):
             data = data[:after]
         return split_lines(data), start + len(data)
+
+    def tail(self, max_lines: int, max_bytes: int) -> tuple[int, list[str]]:
+        """The last lines of the indexed part, at most about `max_bytes`: (first line number, lines)."""
+        ix = self.index
+        start = max(0, ix.end - max_bytes)
+        data = self._read(start, ix.end - start)
+        if start > 0:  # the first line is cut: leave it out
+            nl = data.find(b"\n")
+            data = data[nl + 1:] if nl >= 0 else b""
+        lines = split_lines(data)[-max_lines:]
+        return ix.lines - len(lines) + 1, lines
 
     def raw(self, offset: int, size: int) -> bytes:
         """Raw bytes for the download (through the same read)."""

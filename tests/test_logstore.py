@@ -83,3 +83,15 @@ def test_store_meta_and_prune(tmp_path):
     assert st.read_meta("litci-old") == {"a": 1} and st.read_meta("litci-none") is None
     assert st.prune(keep=50) == 1
     assert not st.dir("litci-old").exists() and st.dir("litci-new").exists() and (tmp_path / "not-a-run").exists()
+
+
+@pytest.mark.usefixtures("small_chunks")
+def test_tail_is_the_last_lines_within_the_bytes(tmp_path):
+    lines = [f"line {i}" for i in range(1, 301)]
+    p = tmp_path / "log.txt"
+    write(p, lines)
+    src = LogSource(p)
+    src.refresh()
+    assert src.tail(10, 10_000) == (291, lines[-10:])
+    first, got = src.tail(1000, 100)  # bytes bound: whole lines only
+    assert got == lines[-len(got):] and first == 301 - len(got) and 0 < len(got) < 20
