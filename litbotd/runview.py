@@ -117,12 +117,13 @@ class Window:
     later: int        # the first line after this part, 0 when this part reaches the end
 
 
-def window(total: int, requested: str | None, page_lines: int = PAGE_LINES) -> Window:
+def window(total: int, requested: str | None, page_lines: int | None = None) -> Window:
     """Which lines a page shows: from `?from=` when given, else from line 1 for a short log and the
     tail for a long one."""
+    page_lines = page_lines or PAGE_LINES
     first = 0
     if requested is not None and requested.isdigit() and len(requested) <= 10:
-        first = max(1, min(int(requested), MAX_FROM))
+        first = min(int(requested), MAX_FROM)  # 0: the default
     if not first:
         first = 1 if total <= page_lines else total - page_lines + 1
     first = min(first, max(1, total))

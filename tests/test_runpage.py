@@ -1,0 +1,208 @@
+"""A run page over HTTP (pages/): what it shows, who gets a 404, the raw log, earlier lines and the
+live events. The app is the pages' routes alone, on fakeredis; the browser test (test_runpage_browser)
+goes through the whole daemon."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aiohttp
+import fakeredis.aioredis
+import pytest
+import yarl
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from litbotd import config as config_mod, decisions, runlink, runview
+from litbotd.logstore import Store
+from litbotd.pages.app import add_routes
+from litbotd.pages.ctx import Pages
+from litbotd.queue import Queue
+from litbotd.runstate import RunRef, RunState
+from litbotd.workflows import Run
+
+KEY = b"L" * 32
+REPO, SHA = "octo-org/widgets", "c" * 40
+RUN = Run(workflow="ci", file=".litci.yaml", check_name="ci (3.11)", key="ci-3-11", cell={}, image="python:3.12-slim",
+          machine="CPU", interruptible=False, timeout=600.0, env={"SECRET_ENV": "hunter2-env-value"},
+          script="echo hi")
+ID = runlink.RunId(REPO, SHA, RUN.key, 1)
+JOB = decisions.job_name(REPO, SHA, RUN.key, 1)
+
+
+class LocalLogs:
+    """The part of a local backend the pages use: where a job's own log file is."""
+    name = "local"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def log_file(self, name: str) -> str:
+        return str(self.root / name / "log.txt")
+
+    async def copy_log(self, name: str, dest: str) -> bool:  # pragma: no cover - not used by pages for local
+        raise AssertionError("local logs are read in place")
+
+
+class World:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.redis = fakeredis.aioredis.FakeRedis(decode_responses=True)
+        self.queue = Queue(self.redis)
+        self.rs = RunState(self.queue)
+        self.store = Store(str(tmp / "runs"))
+        self.backend = LocalLogs(tmp / "jobs")
+        self.cfg = config_mod.parse({"server": {"public_url": "http://127.0.0.1:1"}}, env={})
+        self.log = tmp / "jobs" / JOB / "log.txt"
+        self.log.parent.mkdir(parents=True)
+        self.log.write_bytes(b"")
+        self.server: TestServer | None = None
+
+    async def start(self) -> str:
+        app = web.Application()
+        add_routes(app, Pages(config=lambda: self.cfg, queue=lambda: self.queue, backend=lambda: self.backend,
+                              store=self.store, link_key=KEY))
+        self.server = TestServer(app, host="127.0.0.1")
+        await self.server.start_server()
+        return f"http://127.0.0.1:{self.server.port}"
+
+    async def record(self, **fields: Any) -> None:
+        await self.rs.add_runs(REPO, SHA, [RUN], pr=7, owner="t")
+        await self.rs.update(RunRef(REPO, SHA, RUN.key, 1), job=JOB, **fields)
+
+    def write(self, *lines: str | bytes) -> None:
+        with open(self.log, "ab") as f:
+            for line in lines:
+                f.write((line if isinstance(line, bytes) else line.encode()) + b"\n")
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[tuple[World, str, aiohttp.ClientSession]]:
+    w = World(tmp_path)
+    base = await w.start()
+    async with aiohttp.ClientSession() as http:
+        yield w, base, http
+    assert w.server is not None
+    await w.server.close()
+
+
+def page_url(base: str, run: runlink.RunId = ID, key: bytes = KEY) -> str:
+    return base + runlink.path(key, run)
+
+
+async def test_page_shows_the_run_and_its_log_as_text(world):
+    w, base, http = world
+    await w.record(status="in_progress", started_at=time.time() - 5)
+    w.write("\x1b[32mcollected 3 items\x1b[0m", "<script>alert('x')</script>", b"bad \xff\xfe bytes",
+            "50%\r100%", "::error file=src/app.py,line=10,title=Type error::expected int", "last line")
+    async with http.get(page_url(base)) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Security-Policy"] == "default-src 'self'"
+        assert resp.headers["Referrer-Policy"] == "no-referrer"
+        body = await resp.text()
+    assert "ci (3.11)" in body and "running" in body and "pull request #7" in body and "python:3.12-slim" in body
+    assert '<span class="f2">collected 3 items</span>' in body
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in body and "<script>alert" not in body
+    assert "bad \ufffd\ufffd bytes" in body
+    assert "100%" in body and "50%" not in body
+    assert 'id="L5"' in body and 'href="#L5"' in body  # the annotation links to its line
+    assert "data-events=" in body  # running: the page follows the log
+    assert "<script" not in body.replace('<script src="/static/runpage.js" defer></script>', "")
+    assert "hunter2-env-value" not in body and "echo hi" not in body  # no env, no script
+
+
+async def test_wrong_stale_unknown_and_dotted_urls_are_the_same_404(world):
+    w, base, http = world
+    await w.record(status="in_progress")
+    good = page_url(base)
+    async with http.get(good) as resp:
+        assert resp.status == 200
+    async with http.get(page_url(base, key=b"x" * 32)) as resp:
+        wrong = (resp.status, await resp.text())
+    unknown_run = runlink.RunId(REPO, "d" * 40, RUN.key, 1)
+    bad = [page_url(base, key=b"x" * 32), page_url(base, unknown_run),  # wrong key; a run nobody recorded
+           page_url(base, runlink.RunId(REPO, SHA, RUN.key, 2)),     # another attempt under this key's mac
+           good[:-2] + "0/", good + "../../../../../../etc/passwd", good.replace("/widgets/", "/%2e%2e/"),
+           good + "log.txt/..", good + "%2e%2e/log.txt", base + "/runs/", base + "/runs/../static/litbotd.css"]
+    bad[2] = good.replace(f"/{RUN.key}/1/", f"/{RUN.key}/2/")
+    for url in bad:
+        # as sent: the client must not resolve the `..` itself
+        async with http.get(yarl.URL(url, encoded=True), allow_redirects=False) as resp:
+            assert (resp.status, await resp.text()) == wrong, url
+    assert wrong[0] == 404 and "widgets" not in wrong[1]
+
+
+async def test_raw_log_lines_json_and_static_files(world):
+    w, base, http = world
+    await w.record(status="completed", conclusion="success", finished_at=time.time())
+    w.write("one", "<two>", b"\xff")
+    async with http.get(page_url(base) + "log.txt") as resp:
+        assert resp.status == 200 and resp.content_type == "text/plain"
+        assert await resp.read() == b"one\n<two>\n\xff\n"
+    async with http.get(page_url(base) + "lines?from=2&to=4") as resp:
+        data = await resp.json()
+    assert data == {"first": 2, "lines": [[["", "<two>"]], [["", "\ufffd"]]]}
+    async with http.get(base + "/static/runpage.js") as resp:
+        assert resp.status == 200 and "textContent" in await resp.text()
+    async with http.get(base + "/static/../pages/app.py") as resp:
+        assert resp.status == 404
+
+
+async def test_events_follow_the_log_until_the_run_ends(world):
+    w, base, http = world
+    await w.record(status="in_progress")
+    w.write("first")
+    async with http.get(page_url(base)) as resp:
+        body = await resp.text()
+    events = body.split('data-events="')[1].split('"')[0].replace("&amp;", "&")
+    got: list[tuple[str, Any]] = []
+    async with http.get(page_url(base) + events) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        w.write("\x1b[31msecond\x1b[0m")
+        t0 = time.monotonic()
+        event = None
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                got.append((event, json.loads(line[6:])))
+                if event == "lines" and len(got) == 1:
+                    latency = time.monotonic() - t0
+                    w.write("third")
+                    await w.record(status="completed", conclusion="failure", finished_at=time.time())
+                if event == "end":
+                    break
+    assert got[0] == ("lines", {"first": 2, "lines": [[["f1", "second"]]]})
+    assert ("lines", {"first": 3, "lines": [[["", "third"]]]}) in got
+    assert got[-1] == ("end", {"status_text": "failed", "badge": "failure"})
+    assert latency < 5  # generous: the product's goal (1 s) is measured by the bench
+
+
+async def test_a_long_log_shows_its_tail_first_and_earlier_parts_on_demand(world, monkeypatch):
+    w, base, http = world
+    monkeypatch.setattr(runview, "PAGE_LINES", 100)
+    await w.record(status="completed", conclusion="success", finished_at=time.time())
+    w.write(*(f"line {i}" for i in range(1, 1001)))
+    async with http.get(page_url(base)) as resp:
+        body = await resp.text()
+    assert 'id="L901"' in body and 'id="L1000"' in body and 'id="L900"' not in body
+    assert '?from=801' in body and '?from=1"' in body
+    async with http.get(page_url(base) + "?from=1") as resp:
+        body = await resp.text()
+    assert 'id="L1"' in body and 'id="L100"' in body and 'id="L101"' not in body and "?from=101" in body
+
+
+async def test_a_kept_page_outlives_the_redis_record(world):
+    w, base, http = world
+    w.store.write_meta(JOB, {"state": {"conclusion": "success", "status": "completed"},
+                             "spec": {"check_name": "kept check", "machine": "CPU"},
+                             "marks": [], "tests": "3 passed, 0 failed, 0 skipped, 0 errors"})
+    w.store.log_path(JOB).write_text("kept line\n")
+    async with http.get(page_url(base)) as resp:
+        body = await resp.text()
+    assert resp.status == 200 and "kept check" in body and "kept line" in body and "3 passed" in body
+    assert "data-events" not in body
