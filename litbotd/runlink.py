@@ -66,3 +66,16 @@ def path(key: bytes, run: RunId) -> str:
 
 def url(public_url: str, key: bytes, run: RunId) -> str:
     return public_url.rstrip("/") + path(key, run)
+
+
+@dataclass(frozen=True)
+class Links:
+    """The run pages' addresses, for check runs' `details_url` (server.public_url + the link key)."""
+    public_url: str
+    key: bytes
+
+    def __repr__(self) -> str:  # the key never reaches a log
+        return f"Links({self.public_url!r})"
+
+    def url(self, repo: str, sha: str, run: str, attempt: int) -> str:
+        return url(self.public_url, self.key, RunId(repo, sha, run, attempt))
