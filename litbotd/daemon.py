@@ -26,6 +26,8 @@ from .backoff import backoff
 from .backends import make_backend
 from .config import Config, ConfigError, JobsConfig
 from .github import GitHubApp
+from .logstore import Store, load_link_key
+from .pages.ctx import Pages
 from .pool import WorkerPool
 from .queue import REDIS_UNAVAILABLE, connect_config, queue_config
 from .services import Services
@@ -116,7 +118,8 @@ class Daemon:
         if not self.cfg.server.enabled:
             return
         host, port = self.cfg.server.host, self.cfg.server.port
-        self._runner = web.AppRunner(make_app(self.services), access_log=None, handle_signals=False)
+        pages = await self._pages()
+        self._runner = web.AppRunner(make_app(self.services, pages), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         try:
@@ -127,6 +130,21 @@ class Daemon:
             raise StartError(f"cannot listen on {host}:{port} (server.host, server.port): "
                              f"{e.strerror or e}") from None
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def _pages(self) -> Pages | None:
+        """The run pages' doors, when server.public_url is set (SPEC §9): StartError when the link
+        key cannot be read or made."""
+        if not self.cfg.server.public_url:
+            return None
+        store = Store(config_mod.logs_dir(self.cfg))
+        try:
+            key = await asyncio.to_thread(load_link_key, os.environ, str(store.root))
+        except (OSError, ValueError) as e:
+            raise StartError(f"server.public_url: cannot read or create the run pages' link key: "
+                             f"{getattr(e, 'strerror', None) or e}") from None
+        s = self.services
+        return Pages(config=lambda: s.config, queue=lambda: s.queue, backend=lambda: s.backend, store=store,
+                     link_key=key)
 
     async def _wait_for_redis(self) -> bool:
         """READY waits for Redis; a stop request while waiting ends the daemon."""

@@ -21,6 +21,8 @@ from gidgethub.sansio import validate_event
 from . import logs, metrics
 from .events import PayloadError, tasks_for
 from .queue import REDIS_UNAVAILABLE
+from .pages.app import add_routes as add_pages
+from .pages.ctx import Pages
 from .services import Services
 
 log = logs.get(__name__)
@@ -110,8 +112,9 @@ def _answer(label: str, outcome: str, status: int, body: dict[str, Any], fields:
     return _json(status, body)
 
 
-def make_app(services: Services) -> web.Application:
-    """The aiohttp application: POST [server] path (fixed at startup), GET /healthz, GET /metrics."""
+def make_app(services: Services, pages: "Pages | None" = None) -> web.Application:
+    """The aiohttp application: POST [server] path (fixed at startup), GET /healthz, GET /metrics,
+    and with `pages` (server.public_url set) the run pages (pages/app.py)."""
     app = web.Application(handler_args={"lingering_time": 0})
     lines = _Lines()
 
@@ -232,4 +235,6 @@ def make_app(services: Services) -> web.Application:
     app.router.add_post(services.config.server.path, webhook, expect_handler=expect_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)
+    if pages is not None:
+        add_pages(app, pages)
     return app

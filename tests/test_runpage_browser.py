@@ -4,6 +4,7 @@ followed to its line, a tampered URL answered 404. The whole daemon runs (local 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,7 @@ async def test_follow_a_check_run_to_its_live_page(redis_server, world, tmp_path
         done = world.runs(sha)[0]
         assert done["conclusion"] == "failure" and done["details_url"] == url
         await page.wait_for_selector("#log >> text=teardown 80", timeout=20_000)
-        await page.wait_for_function("document.getElementById('status').textContent === 'failed'", timeout=20_000)
+        await page.wait_for_selector("#status:text-is('failed')", timeout=20_000)
 
         # The finished page: its annotation, followed to its line.
         await page.goto(url)
@@ -81,7 +82,7 @@ async def test_follow_a_check_run_to_its_live_page(redis_server, world, tmp_path
         await mark.wait_for(timeout=20_000)
         line = int(await mark.get_attribute("data-line"))
         await mark.click()
-        await page.wait_for_function(f"location.hash === '#L{line}'")
+        await page.wait_for_url(re.compile(f"#L{line}$"))
         target = page.locator(f"#L{line}")
         assert "::error file=src/widgets.py,line=42" in await target.inner_text()
         assert await page.evaluate("document.querySelector(':target').id") == f"L{line}"

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import aiohttp_jinja2
 import orjson
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
 from aiohttp_sse import sse_response
 
 from .. import decisions, logs, runlink, runview
@@ -94,6 +94,9 @@ def _log_path(pages: Pages, r: Resolved) -> tuple[Path, bool]:
     log_file = getattr(backend, "log_file", None)
     if log_file is not None:
         return Path(log_file(r.job)), False   # a local job: its own log file
+    cfg = pages.config()
+    if backend is None and cfg.jobs.backend == "local":  # a listener without workers, beside them
+        return Path(cfg.jobs.local.workdir) / r.job / "log.txt", False
     return pages.store.live_path(r.job), backend is not None
 
 
@@ -259,42 +262,50 @@ async def events(request: web.Request) -> web.StreamResponse:
     offset = _int(request.query.get("offset"), 0)
     line = _int(request.query.get("line"), 1, lo=1)
     ref = RunRef(r.run.repo, r.run.sha, r.run.run, r.run.attempt)
-    state = r.state
-    final = runview.final(state)
     path, mirrored = _log_path(pages, r)
     interval = pages.config().jobs.poll_interval if mirrored else LOCAL_FOLLOW_INTERVAL
     renderer = Renderer()
     async with sse_response(request, headers={"Cache-Control": "no-store"}) as resp:
-        checked = time.monotonic()
-        while resp.is_connected():
-            if mirrored and not final:
-                src = await _source(pages, r, final)
-            else:
-                src = pages.sources.get(path)
-            text, after = await asyncio.to_thread(src.new_lines, offset, final)
-            if text:
-                segs = await asyncio.to_thread(_render, text, renderer)
-                await resp.send(orjson.dumps({"first": line, "lines": segs}).decode(), event="lines")
-                offset, line = after, line + len(text)
-                continue
-            if final:
-                text_, badge = runview.status(state)
-                await resp.send(orjson.dumps({"status_text": text_, "badge": badge}).decode(), event="end")
-                break
-            await asyncio.sleep(interval)
-            if time.monotonic() - checked >= STATE_INTERVAL:
-                checked = time.monotonic()
-                try:
-                    state = await RunState(pages.queue()).get(ref) or state
-                except REDIS_UNAVAILABLE:
-                    continue
-                if runview.final(state):
-                    final = True
-                    if mirrored:  # one last read of the whole log
-                        pages.mirrors.forget(r.job)
-                        await _source(pages, r, False)
+        try:
+            await _follow(resp, pages, r, ref, path, mirrored, interval, renderer, offset, line)
+        except (ConnectionResetError, ClientConnectionResetError):
+            pass  # the reader went away (closed the page, navigated)
     return resp
 
 
-def facts_json(r: Resolved) -> dict[str, Any]:  # for tests and the dashboard
-    return asdict(runview.facts(r.run.repo, r.run.sha, r.run.attempt, r.state, r.spec))
+async def _follow(resp: Any, pages: Pages, r: Resolved, ref: RunRef, path: Path, mirrored: bool, interval: float,
+                  renderer: Renderer, offset: int, line: int) -> None:
+    """Send new lines as they come; stale state is re-read every STATE_INTERVAL; `end` once the
+    run has concluded and its log is read to the end."""
+    state = r.state
+    final = runview.final(state)
+    checked = time.monotonic()
+    while resp.is_connected():
+        if mirrored and not final:
+            src = await _source(pages, r, final)
+        else:
+            src = pages.sources.get(path)
+        text, after = await asyncio.to_thread(src.new_lines, offset, final)
+        if text:
+            segs = await asyncio.to_thread(_render, text, renderer)
+            await resp.send(orjson.dumps({"first": line, "lines": segs}).decode(), event="lines")
+            offset, line = after, line + len(text)
+            continue
+        if final:
+            text_, badge = runview.status(state)
+            await resp.send(orjson.dumps({"status_text": text_, "badge": badge}).decode(), event="end")
+            break
+        await asyncio.sleep(interval)
+        if time.monotonic() - checked >= STATE_INTERVAL:
+            checked = time.monotonic()
+            try:
+                state = await RunState(pages.queue()).get(ref) or state
+            except REDIS_UNAVAILABLE:
+                continue
+            if runview.final(state):
+                final = True
+                if mirrored:  # one last read of the whole log
+                    pages.mirrors.forget(r.job)
+                    await _source(pages, r, False)
+
+
