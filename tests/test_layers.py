@@ -20,7 +20,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "litbotd"
 
 PURE = {"__init__", "backoff", "config", "durations", "redaction", "safeyaml", "workflows", "report", "annotations", "decisions",
-        "events", "tasks"}
+        "events", "tasks", "logview", "runlink", "runview"}
 SUPPORT = {"logs", "metrics", "sealed", "procinfo", "locks"}
 # Each adapter: the modules that together speak to one outside system.
 ADAPTERS = {
@@ -29,8 +29,10 @@ ADAPTERS = {
     "jobs": {"backends", "backends.base", "backends.bootstrap", "backends.lightning", "backends.local",
              "backends.localrun", "backends.sandbox"},
     "systemd": {"systemd"},
+    "files": {"logstore"},   # run pages' kept logs, their index, the link key
 }
-APP = {"lifecycle", "worker", "pool", "webhook", "redeliver", "services", "preflight"}
+APP = {"lifecycle", "worker", "pool", "webhook", "redeliver", "services", "preflight",
+       "pages", "pages.app", "pages.access", "pages.ctx", "pages.runpage", "pages.keep"}
 ENTRY = {"__main__", "daemon", "cli", "ops", "demo", "demo_github"}
 
 LAYERS = [("pure", PURE), ("support", SUPPORT), ("adapters", set().union(*ADAPTERS.values())),
