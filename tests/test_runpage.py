@@ -206,3 +206,90 @@ async def test_a_kept_page_outlives_the_redis_record(world):
         body = await resp.text()
     assert resp.status == 200 and "kept check" in body and "kept line" in body and "3 passed" in body
     assert "data-events" not in body
+
+
+from test_backend_lightning import sdk_env, standin  # noqa: E402,F401  (the Lightning stand-in's fixtures)
+
+
+async def test_a_lightning_jobs_page_reads_its_log_through_the_sdk(sdk_env, tmp_path):
+    """Lightning: the log comes through lightning-sdk, copied to the VM once per poll_interval, and
+    a new line reaches a follower through the same path."""
+    from litbotd.backends.lightning import LightningBackend
+
+    job = sdk_env.add_job(JOB, state="running", logs=["fetching", "\x1b[33mwarming up\x1b[0m"])
+    w = World(tmp_path)
+    w.backend = LightningBackend("acme/ci", call_timeout=30, stop_wait=2.0)  # type: ignore[assignment]
+    w.cfg = config_mod.parse({"server": {"public_url": "http://127.0.0.1:1"},
+                              "jobs": {"poll_interval": 0.3, "poll_interval_max": 1}}, env={})
+    base = await w.start()
+    try:
+        await w.record(status="in_progress")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(page_url(base)) as resp:
+                body = await resp.text()
+            assert '<span class="f3">warming up</span>' in body
+            assert w.store.live_path(JOB).read_text() == "fetching\n\x1b[33mwarming up\x1b[0m\n"
+            events = body.split('data-events="')[1].split('"')[0].replace("&amp;", "&")
+            got = []
+            sdk_env.requests.clear()
+            t0 = time.monotonic()
+            async with http.get(page_url(base) + events) as resp:
+                job.logs.append("epoch 1 done")
+                event = None
+                async for raw in resp.content:
+                    line = raw.decode().rstrip("\r\n")
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: "):
+                        got.append((event, json.loads(line[6:])))
+                        if event == "lines":
+                            job.logs.append("litci-exit-code: 0")
+                            job.state = "completed"
+                            await w.record(status="completed", conclusion="success", finished_at=time.time())
+                        if event == "end":
+                            break
+        elapsed = time.monotonic() - t0
+        reads = sum("logs" in r for r in sdk_env.requests)
+        assert 1 <= reads <= 2 * (elapsed / 0.3 + 2), (reads, elapsed)  # once per poll_interval, not per look
+        assert got[0] == ("lines", {"first": 3, "lines": [[["", "epoch 1 done"]]]})
+        assert got[-1] == ("end", {"status_text": "succeeded", "badge": "success"})
+        assert any(e == "lines" and d["lines"] == [[["", "litci-exit-code: 0"]]] for e, d in got)
+    finally:
+        await w.backend.close()  # type: ignore[attr-defined]
+        assert w.server is not None
+        await w.server.close()
+
+
+async def test_a_huge_log_is_never_read_whole(world):
+    """30 MB of log: the page holds its tail, and serving the page, the raw log and the first
+    lines allocates a small part of the log's size (tracemalloc's peak), not the log."""
+    import tracemalloc
+
+    w, base, http = world
+    await w.record(status="completed", conclusion="success", finished_at=time.time())
+    line = b"\x1b[32mPASSED\x1b[0m tests/test_huge.py::test_case " + b"x" * 60 + b"\n"
+    block = line * 10_000
+    with open(w.log, "wb") as f:
+        for _ in range(30 * 1024 * 1024 // len(block)):
+            f.write(block)
+        f.write(b"the very last line\n")
+    size = w.log.stat().st_size
+    total = size // len(line) + 1
+    tracemalloc.start()
+    try:
+        async with http.get(page_url(base)) as resp:
+            body = await resp.text()
+        async with http.get(page_url(base) + "log.txt") as resp:
+            n = 0
+            async for chunk in resp.content.iter_chunked(1 << 20):
+                n += len(chunk)
+        async with http.get(page_url(base) + "lines?from=1&to=3") as resp:
+            first = await resp.json()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert n == size
+    assert f'id="L{total}"' in body and "the very last line" in body and 'id="L1"' not in body
+    assert len(body) < size / 5
+    assert first["first"] == 1 and len(first["lines"]) == 2
+    assert peak < size / 3, (peak, size)
