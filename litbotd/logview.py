@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from . import annotations
+from . import annotations as ann
 
 MAX_LINE_CHARS = 20_000      # longer lines are cut on the page ("… N more characters")
 MAX_MARKS = 1000             # annotations listed on a page (the check run keeps at most as many)
@@ -244,7 +244,7 @@ class Marks:
     def feed(self, lineno: int, raw: str) -> None:
         if "::" not in raw and "litci-" not in raw:
             return  # the common case, cheaply
-        if len(raw) > annotations.MAX_LINE_CHARS:
+        if len(raw) > ann.MAX_LINE_CHARS:
             return
         line = _ESCAPE.sub("", raw).strip()
         if self._stop is not None:
@@ -258,14 +258,14 @@ class Marks:
             self._workspace = line[len("litci-workspace: "):]
             return
         if line.startswith("litci-tests: "):
-            counts = annotations.tests_counts(line)
+            counts = ann.tests_counts(line)
             if counts is not None:
                 p, f, s, e = counts
                 self.tests = f"{p} passed, {f} failed, {s} skipped, {e} errors"
             return
         if not line.startswith("::"):
             return
-        a = annotations.parse_command(line)
+        a = ann.parse_command(line)
         if a is None:
             return
         if len(self.marks) >= MAX_MARKS:
@@ -273,7 +273,7 @@ class Marks:
             return
         where = ""
         if a.path:
-            path = annotations.repo_path(a.path, self._workspace) or a.path
+            path = ann.repo_path(a.path, self._workspace) or a.path
             where = f"{path}:{a.start_line}" if a.start_line else path
         self.marks.append(Mark(lineno, a.level, a.title or "", a.message, where))
 

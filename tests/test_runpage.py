@@ -3,7 +3,6 @@ live events. The app is the pages' routes alone, on fakeredis; the browser test 
 goes through the whole daemon."""
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -211,7 +210,7 @@ async def test_a_kept_page_outlives_the_redis_record(world):
 from test_backend_lightning import sdk_env, standin  # noqa: E402,F401  (the Lightning stand-in's fixtures)
 
 
-async def test_a_lightning_jobs_page_reads_its_log_through_the_sdk(sdk_env, tmp_path):
+async def test_a_lightning_jobs_page_reads_its_log_through_the_sdk(sdk_env, tmp_path):  # noqa: F811
     """Lightning: the log comes through lightning-sdk, copied to the VM once per poll_interval, and
     a new line reaches a follower through the same path."""
     from litbotd.backends.lightning import LightningBackend
