@@ -33,12 +33,14 @@ async def _not_found(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application, pages: Pages) -> None:
     app[PAGES] = pages
-    aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("litbotd", "templates"),
-                         autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
-                         enable_async=True, undefined=jinja2.StrictUndefined)
+    if aiohttp_jinja2.APP_KEY not in app:  # one environment for every page: async (the run page streams)
+        aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("litbotd", "templates"),
+                             autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+                             enable_async=True)
     app.on_response_prepare.append(_security_headers)
-    app.router.add_static("/static/", PACKAGE / "static", show_index=False, follow_symlinks=False,
-                          append_version=False)
+    if not any(r.canonical.rstrip("/") == "/static" for r in app.router.resources()):
+        app.router.add_static("/static/", PACKAGE / "static", name="static", show_index=False,
+                              follow_symlinks=False, append_version=False)
     app.router.add_get(RUN, runpage.page)
     app.router.add_get(RUN + "log.txt", runpage.raw_log)
     app.router.add_get(RUN + "lines", runpage.lines_json)
