@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 
 from . import config as config_mod
+from . import configfile
 from . import logs
 from .backends import sandbox
 from .daemon import Daemon
@@ -166,7 +167,7 @@ async def demo(workdir: Path, keep: bool = False, port: int = 0) -> int:
     # The demo's own known-good job may run unsandboxed where bwrap cannot work; the daemon never does that.
     sandbox_problem = sandbox.problem("isolated")
     port = port or _free_port()  # the run pages' public_url names it
-    cfg = config_mod.parse({
+    cfg = configfile.parse({
         "server": {"host": "127.0.0.1", "port": port, "public_url": f"http://127.0.0.1:{port}"},
         "github": {"app_id": 1, "api_url": api_url},
         "redis": {"url": "redis://in-process/0"},
@@ -229,7 +230,7 @@ async def _drive(daemon: Daemon, gh: DemoGitHub, sha: str, secret: str) -> int:
 
 
 async def _idle(daemon: Daemon) -> bool:
-    depths = await daemon.services.queue.depths()
+    depths = await daemon.ctx.queue.depths()
     return depths["queued"] == 0 and depths["delayed"] == 0 and all(w.task is None for w in daemon.live_workers())
 
 

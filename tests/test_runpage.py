@@ -15,7 +15,7 @@ import yarl
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from litbotd import config as config_mod, decisions, runlink, runview
+from litbotd import configfile, decisions, runlink, runview
 from litbotd.logstore import Store
 from litbotd.pages.app import add_routes
 from litbotd.pages.ctx import Pages
@@ -54,7 +54,7 @@ class World:
         self.rs = RunState(self.queue)
         self.store = Store(str(tmp / "runs"))
         self.backend = LocalLogs(tmp / "jobs")
-        self.cfg = config_mod.parse({"server": {"public_url": "http://127.0.0.1:1"}}, env={})
+        self.cfg = configfile.parse({"server": {"public_url": "http://127.0.0.1:1"}}, env={})
         self.log = tmp / "jobs" / JOB / "log.txt"
         self.log.parent.mkdir(parents=True)
         self.log.write_bytes(b"")
@@ -218,7 +218,7 @@ async def test_a_lightning_jobs_page_reads_its_log_through_the_sdk(sdk_env, tmp_
     job = sdk_env.add_job(JOB, state="running", logs=["fetching", "\x1b[33mwarming up\x1b[0m"])
     w = World(tmp_path)
     w.backend = LightningBackend("acme/ci", call_timeout=30, stop_wait=2.0)  # type: ignore[assignment]
-    w.cfg = config_mod.parse({"server": {"public_url": "http://127.0.0.1:1"},
+    w.cfg = configfile.parse({"server": {"public_url": "http://127.0.0.1:1"},
                               "jobs": {"poll_interval": 0.3, "poll_interval_max": 1}}, env={})
     base = await w.start()
     try:

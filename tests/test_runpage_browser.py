@@ -11,7 +11,7 @@ import pytest
 
 from browser import chromium, need_browser
 from conftest import free_port
-from harness import REPO, GitHubWorld, InProcessDaemon, config_data, pr_payload, sha_of, wait_until
+from harness import REPO, SECRET, GitHubWorld, InProcessDaemon, config_data, pr_payload, sha_of, wait_until
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -91,6 +91,14 @@ async def test_follow_a_check_run_to_its_live_page(redis_server, world, tmp_path
         if os.environ.get("LITBOTD_SCREENSHOTS"):
             await page.goto(url)
             await page.screenshot(path=str(DOCS / "runpage.png"), full_page=False)
+
+        content = await page.content()
+        assert SECRET not in content and "PRIVATE KEY" not in content and redis_server.url not in content
+        # Readable on a phone: nothing wider than the screen but the log's own scroll box.
+        phone = await browser.new_page(viewport={"width": 390, "height": 844})
+        await phone.goto(url)
+        assert await phone.evaluate("document.scrollingElement.scrollWidth <= window.innerWidth")
+        await phone.close()
 
         # The raw log, and a tampered URL.
         raw = await page.goto(url + "log.txt")

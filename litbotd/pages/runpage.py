@@ -26,7 +26,7 @@ from aiohttp_sse import sse_response
 from .. import decisions, logs, runlink, runview
 from ..logstore import LogSource
 from ..logview import Mark, Renderer, Segment
-from ..queue import REDIS_UNAVAILABLE
+from ..redisconn import REDIS_UNAVAILABLE
 from ..runstate import RunRef, RunState
 from . import access
 from .ctx import PAGES, Pages
