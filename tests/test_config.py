@@ -196,7 +196,7 @@ def test_the_sample_config_documents_every_key_with_its_default():
     ({"report": {"logs_dir": "relative/runs"}}, "report.logs_dir"),
 ])
 def test_run_page_keys_name_themselves(data, key):
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ": must"):
         parse(data, env={})
 
 
