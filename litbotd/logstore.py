@@ -60,6 +60,29 @@ def load_link_key(env: Mapping[str, str], fallback_dir: str) -> bytes:
     return _read_key(path)
 
 
+def link_key_problem(env: Mapping[str, str], fallback_dir: str) -> str | None:
+    """Why `load_link_key` would fail, without making anything (for check-config), or None."""
+    creds = env.get("CREDENTIALS_DIRECTORY")
+    if creds and os.path.exists(os.path.join(creds, LINK_KEY_CREDENTIAL)):
+        path = Path(creds, LINK_KEY_CREDENTIAL)
+    else:
+        path = Path(env.get("STATE_DIRECTORY", "").split(":")[0] or fallback_dir) / LINK_KEY_FILE
+    try:
+        if len(path.read_bytes().strip()) < 16:
+            return f"server.public_url: the run pages' link key {path} is shorter than 16 bytes"
+        return None
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        return f"server.public_url: cannot read the run pages' link key {path}: {e.strerror or e}"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"server.public_url: cannot create the run pages' link key {path}: {parent} is not writable"
+    return None
+
+
 def _read_key(path: Path) -> bytes:
     key = path.read_bytes()
     if len(key) < 16:

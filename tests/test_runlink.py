@@ -71,3 +71,20 @@ def test_link_key_from_the_credential(tmp_path):
     (tmp_path / "litbotd-link-key").write_bytes(b"short")
     with pytest.raises(ValueError, match="litbotd-link-key"):
         logstore.load_link_key(env, str(tmp_path))
+
+
+def test_check_config_sees_a_bad_link_key_without_making_one(tmp_path):
+    from litbotd import configfile, preflight
+
+    cfg = configfile.parse({"server": {"public_url": "https://ci.example.com"},
+                            "report": {"logs_dir": str(tmp_path / "runs")}}, env={})
+    assert preflight.pages_problem(cfg, {}) is None
+    assert not (tmp_path / "runs").exists()  # nothing made by a check
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "link-key").write_bytes(b"short")
+    assert "shorter than 16 bytes" in (preflight.pages_problem(cfg, {}) or "")
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "litbotd-link-key").write_bytes(b"k" * 32)
+    assert preflight.pages_problem(cfg, {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}) is None
+    off = configfile.parse({"report": {"logs_dir": str(tmp_path / "runs")}}, env={})
+    assert preflight.pages_problem(off, {}) is None  # no pages: no key needed
