@@ -292,3 +292,25 @@ async def test_a_huge_log_is_never_read_whole(world):
     assert len(body) < size / 5
     assert first["first"] == 1 and len(first["lines"]) == 2
     assert peak < size / 3, (peak, size)
+
+
+async def test_the_prune_loop_deletes_pages_kept_longer_than_keep_logs(tmp_path):
+    import os
+
+    from litbotd import procinfo
+    from litbotd.context import Context, Current
+    from litbotd.lifecycle import REGISTRY
+    from litbotd.pool import WorkerPool
+
+    store = Store(str(tmp_path / "runs"))
+    for job in ("litci-old", "litci-new"):
+        store.write_meta(job, {"state": {}})
+        store.log_path(job).write_text("x\n")
+    old = time.time() - 2 * 3600
+    for f in ("meta.json", "log.txt"):
+        os.utime(store.dir("litci-old") / f, (old, old))
+    cfg = configfile.parse({"report": {"keep_logs": "1h"}}, env={})
+    ctx = Context.of(cfg, Queue(fakeredis.aioredis.FakeRedis(decode_responses=True)), page_store=store)
+    pool = WorkerPool(Current(ctx), REGISTRY, procinfo.identity("test"))
+    await pool._prune()
+    assert not store.dir("litci-old").exists() and store.read_meta("litci-new") == {"state": {}}
