@@ -181,6 +181,33 @@ async def test_events_follow_the_log_until_the_run_ends(world):
     assert latency < 5  # generous: the product's goal (1 s) is measured by the bench
 
 
+async def test_a_reconnecting_follower_resumes_where_it_was(world):
+    """EventSource reconnects with Last-Event-ID (each event's id is "offset:line"): no line twice."""
+    w, base, http = world
+    await w.record(status="in_progress")
+    w.write("one")
+    async with http.get(page_url(base)) as resp:
+        events = (await resp.text()).split('data-events="')[1].split('"')[0].replace("&amp;", "&")
+    w.write("two")
+
+    async def first_event(headers: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        async with http.get(page_url(base) + events, headers=headers) as resp:
+            ident = ""
+            async for raw in resp.content:
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith("id: "):
+                    ident = line[4:]
+                elif line.startswith("data: "):
+                    return ident, json.loads(line[6:])
+        raise AssertionError("no event")
+
+    ident, data = await first_event({})
+    assert data == {"first": 2, "lines": [[["", "two"]]]} and ident == f"{w.log.stat().st_size}:3"
+    w.write("three")
+    _, again = await first_event({"Last-Event-ID": ident})
+    assert again == {"first": 3, "lines": [[["", "three"]]]}
+
+
 async def test_a_long_log_shows_its_tail_first_and_earlier_parts_on_demand(world, monkeypatch):
     w, base, http = world
     monkeypatch.setattr(runview, "PAGE_LINES", 100)

@@ -195,14 +195,17 @@ async def page(request: web.Request) -> web.StreamResponse:
 
     template = env.get_template("run.html")
     size = 0
-    async for piece in template.generate_async(run=facts, flush=flush, window=window):
-        buf.append(piece)
-        size += len(piece)
-        if size >= 64 * 1024:
-            await flush()
-            size = 0
-    await flush()
-    await resp.write_eof()
+    try:
+        async for piece in template.generate_async(run=facts, flush=flush, window=window):
+            buf.append(piece)
+            size += len(piece)
+            if size >= 64 * 1024:
+                await flush()
+                size = 0
+        await flush()
+        await resp.write_eof()
+    except (ConnectionResetError, ClientConnectionResetError):
+        pass  # the reader went away mid-page
     return resp
 
 
@@ -261,6 +264,10 @@ async def events(request: web.Request) -> web.StreamResponse:
     pages = request.app[PAGES]
     offset = _int(request.query.get("offset"), 0)
     line = _int(request.query.get("line"), 1, lo=1)
+    # A reconnecting EventSource says where it was (each event's id is "offset:line"): no line twice.
+    last, _, last_line = request.headers.get("Last-Event-ID", "").partition(":")
+    if last.isdigit() and last_line.isdigit() and len(last) < 14 and len(last_line) < 14:
+        offset, line = int(last), max(1, int(last_line))
     ref = RunRef(r.run.repo, r.run.sha, r.run.run, r.run.attempt)
     path, mirrored = _log_path(pages, r)
     interval = pages.config().jobs.poll_interval if mirrored else LOCAL_FOLLOW_INTERVAL
@@ -288,7 +295,8 @@ async def _follow(resp: Any, pages: Pages, r: Resolved, ref: RunRef, path: Path,
         text, after = await asyncio.to_thread(src.new_lines, offset, final)
         if text:
             segs = await asyncio.to_thread(_render, text, renderer)
-            await resp.send(orjson.dumps({"first": line, "lines": segs}).decode(), event="lines")
+            await resp.send(orjson.dumps({"first": line, "lines": segs}).decode(), event="lines",
+                            id=f"{after}:{line + len(text)}")
             offset, line = after, line + len(text)
             continue
         if final:
