@@ -56,6 +56,18 @@ def test_growing_file_indexes_complete_lines_only(tmp_path):
     assert src.new_lines(end4, final=True)[0] == ["no newline at the end"]
 
 
+def test_the_index_finds_commands_behind_colours_and_skips_the_rest(tmp_path):
+    p = tmp_path / "log.txt"
+    p.write_bytes(b"tests/a.py::test_one PASSED\n"                       # '::' inside a line: not a command
+                  b"  \x1b[31m::error file=a.py,line=1::red\x1b[0m\n"
+                  b"\x1b[2K\x1b[1G::warning::after an erase\n"
+                  b"\xff\xfe::notice::bad bytes first\n"                  # not at the line start: ignored
+                  b"litci-tests: 1 passed, 1 failed, 0 skipped, 0 errors\n")
+    ix = LogSource(p).refresh()
+    assert [(m.line, m.level, m.message) for m in ix.marks.marks] == [(2, "failure", "red"), (3, "warning", "after an erase")]
+    assert ix.marks.tests == "1 passed, 1 failed, 0 skipped, 0 errors" and ix.lines == 5
+
+
 def test_a_replaced_file_is_indexed_again(tmp_path):
     p = tmp_path / "log.txt"
     write(p, ["a", "b", "c"])

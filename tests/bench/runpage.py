@@ -9,7 +9,7 @@ process that serves the same file with `web.FileResponse` and follows it with a 
 aiohttp-sse handler polling the file as often as litbotd does (0.2 s). Measured, per round:
 
   ttfb       time to the first byte of the run page (cold: the first request, which indexes the
-             log; warm: the next ones) against the FileResponse's first byte
+             log; warm: the next ones) against the FileResponse's first byte; and to its last byte
   follow     a line appended to the log → that line received through the page's SSE stream
              (p50, p95 over --lines lines written every 50 ms), against the minimal SSE tail
   raw        the whole log.txt downloaded, against the FileResponse
@@ -100,7 +100,8 @@ def baseline(port: int, path: str) -> None:
 
 
 # -- the client --------------------------------------------------------------------------------
-async def ttfb(url: str) -> float:
+async def ttfb(url: str, whole: list[float] | None = None) -> float:
+    """Time to the first byte; the time to the last one is appended to `whole`."""
     import aiohttp
     async with aiohttp.ClientSession() as http:
         t0 = time.perf_counter()
@@ -110,6 +111,8 @@ async def ttfb(url: str) -> float:
             first = time.perf_counter() - t0
             async for _ in resp.content.iter_chunked(1 << 20):
                 pass
+    if whole is not None:
+        whole.append(time.perf_counter() - t0)
     return first
 
 
@@ -234,8 +237,10 @@ level = "warning"
                     pass
                 await asyncio.sleep(0.05)
         rss0, brss0 = rss_kb(daemon.pid), rss_kb(base.pid)
-        cold = await ttfb(page)
-        warm = statistics.median([await ttfb(page) for _ in range(5)])
+        cold_whole: list[float] = []
+        warm_whole: list[float] = []
+        cold = await ttfb(page, cold_whole)
+        warm = statistics.median([await ttfb(page, warm_whole) for _ in range(5)])
         base_ttfb = statistics.median([await ttfb(f"http://127.0.0.1:{bport}/log.txt") for _ in range(3)])
         raw_t, raw_n = await download(page + "log.txt")
         base_t, base_n = await download(f"http://127.0.0.1:{bport}/log.txt")
@@ -249,6 +254,7 @@ level = "warning"
         base_lat = await follow(f"http://127.0.0.1:{bport}/events?offset={offset}", log, args.lines)
         rss1, brss1 = rss_kb(daemon.pid), rss_kb(base.pid)
         return {"ttfb_cold_ms": cold * 1000, "ttfb_warm_ms": warm * 1000, "ttfb_base_ms": base_ttfb * 1000,
+                "page_cold_s": cold_whole[0], "page_warm_s": statistics.median(warm_whole),
                 "raw_s": raw_t, "raw_base_s": base_t, "page_bytes": len(body.encode()),
                 "follow_p50_ms": pct(lat, 50) * 1000, "follow_p95_ms": pct(lat, 95) * 1000,
                 "follow_base_p50_ms": pct(base_lat, 50) * 1000, "follow_base_p95_ms": pct(base_lat, 95) * 1000,
@@ -292,7 +298,8 @@ def main() -> int:
     print(f"\nmedians of {args.rounds} rounds, a {med('log_mb'):.0f} MB log:")
     print(f"  first byte of the page: cold {med('ttfb_cold_ms'):.1f} ms, warm {med('ttfb_warm_ms'):.1f} ms; "
           f"FileResponse {med('ttfb_base_ms'):.1f} ms (warm ratio {ratio('ttfb_warm_ms', 'ttfb_base_ms'):.2f}x)")
-    print(f"  page size: {med('page_bytes') / 1024:.0f} KB (the tail; earlier parts on demand)")
+    print(f"  whole page: cold {med('page_cold_s'):.2f} s (indexing the log), warm {med('page_warm_s'):.2f} s; "
+          f"{med('page_bytes') / 1024:.0f} KB (the tail; earlier parts on demand)")
     print(f"  line written → shown (SSE): p50 {med('follow_p50_ms'):.0f} ms, p95 {med('follow_p95_ms'):.0f} ms; "
           f"minimal SSE tail p50 {med('follow_base_p50_ms'):.0f} ms, p95 {med('follow_base_p95_ms'):.0f} ms "
           f"(p95 ratio {ratio('follow_p95_ms', 'follow_base_p95_ms'):.2f}x)")
