@@ -24,6 +24,7 @@ from aiohttp import ClientConnectionResetError, web
 from aiohttp_sse import sse_response
 
 from .. import decisions, logs, runlink, runview
+from ..backends.base import JobNotFound
 from ..logstore import LogSource
 from ..logview import Mark, Renderer, Segment
 from ..redisconn import REDIS_UNAVAILABLE
@@ -106,6 +107,8 @@ async def _source(pages: Pages, r: Resolved, final: bool) -> LogSource:
     if mirrored and backend is not None:
         try:
             await pages.mirrors.refresh(r.job, backend, path, pages.config().jobs.poll_interval)
+        except JobNotFound:
+            pass  # not started yet: nothing to show
         except Exception as e:  # the page still shows what was read before
             log.warning("reading a job's log for its page failed", job=r.job,
                         error=logs.redact(f"{type(e).__name__}: {e}"))
