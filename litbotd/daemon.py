@@ -27,12 +27,12 @@ from .backoff import backoff
 from .config import Config, ConfigError, JobsConfig
 from .context import Context, Current
 from .github import GitHubApp
-from .logstore import Store, load_link_key
+from .logstore import Store, load_link_key, logs_dir
 from .pages.ctx import Pages
 from .pool import WorkerPool
-from .runlink import Links
 from .queue import queue_config
 from .redisconn import REDIS_UNAVAILABLE, connect_config
+from .runlink import Links
 from .webhook import make_app
 from .worker import Registry, Worker
 from .workflows import Defaults
@@ -150,9 +150,9 @@ class Daemon:
         if not cfg.server.public_url:
             return None
         if self._doors is None:
-            store = Store(config_mod.logs_dir(cfg, os.environ))
+            store = Store(logs_dir(cfg))
             try:
-                key = await asyncio.to_thread(load_link_key, os.environ, str(store.root))
+                key = await asyncio.to_thread(load_link_key, None, str(store.root))
             except (OSError, ValueError) as e:
                 raise StartError(f"server.public_url: cannot read or create the run pages' link key: "
                                  f"{getattr(e, 'strerror', None) or e}") from None

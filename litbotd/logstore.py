@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from . import config
+from .config import Config
 from .logview import Marks, split_lines
 
 CHUNK = 1024 * 1024              # index checkpoint spacing and read size
@@ -45,9 +47,16 @@ LINK_KEY_FILE = "link-key"
 
 
 # -- the link key -------------------------------------------------------------------------------
-def load_link_key(env: Mapping[str, str], fallback_dir: str) -> bytes:
+def logs_dir(cfg: Config, env: Mapping[str, str] | None = None) -> str:
+    """Where run pages are kept (config.logs_dir), under this process's $STATE_DIRECTORY."""
+    return config.logs_dir(cfg, os.environ if env is None else env)
+
+
+def load_link_key(env: Mapping[str, str] | None, fallback_dir: str) -> bytes:
     """The credential `litbotd-link-key` when present, else `link-key` in $STATE_DIRECTORY (or
-    `fallback_dir`), created with 32 random bytes, mode 0600, the first time."""
+    `fallback_dir`), created with 32 random bytes, mode 0600, the first time. `env`: os.environ
+    unless given."""
+    env = os.environ if env is None else env
     creds = env.get("CREDENTIALS_DIRECTORY")
     if creds and os.path.exists(os.path.join(creds, LINK_KEY_CREDENTIAL)):
         key = Path(creds, LINK_KEY_CREDENTIAL).read_bytes().strip()
@@ -74,8 +83,9 @@ def load_link_key(env: Mapping[str, str], fallback_dir: str) -> bytes:
     return _read_key(path)
 
 
-def link_key_problem(env: Mapping[str, str], fallback_dir: str) -> str | None:
+def link_key_problem(env: Mapping[str, str] | None, fallback_dir: str) -> str | None:
     """Why `load_link_key` would fail, without making anything (for check-config), or None."""
+    env = os.environ if env is None else env
     creds = env.get("CREDENTIALS_DIRECTORY")
     if creds and os.path.exists(os.path.join(creds, LINK_KEY_CREDENTIAL)):
         path = Path(creds, LINK_KEY_CREDENTIAL)

@@ -55,7 +55,7 @@ def nearest_256(r: int, g: int, b: int) -> int:
     grey_v = 8 + grey * 10
 
     def dist(c: tuple[int, ...]) -> int:
-        return sum((a - b_) ** 2 for a, b_ in zip(c, (r, g, b)))
+        return sum((a - b_) ** 2 for a, b_ in zip(c, (r, g, b), strict=True))
     if dist((grey_v,) * 3) < dist(cube_rgb):
         return 232 + grey
     return 16 + 36 * ci[0] + 6 * ci[1] + ci[2]

@@ -3,10 +3,9 @@ ones (SPEC §2, §8). Each problem is one line naming the key or the backend, ne
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Mapping
 
-from .config import Config, logs_dir
+from .config import Config
 
 
 def key_problem(pem: str) -> str | None:
@@ -43,11 +42,12 @@ def backend_problem(cfg: Config) -> str | None:
     return None
 
 
-def pages_problem(cfg: Config, env: Mapping[str, str]) -> str | None:
-    """With server.public_url: the run pages' link key can be read, or made (nothing is made here)."""
+def pages_problem(cfg: Config, env: Mapping[str, str] | None = None) -> str | None:
+    """With server.public_url: the run pages' link key can be read, or made (nothing is made here).
+    `env`: the process's environment unless given."""
     if not cfg.server.public_url:
         return None
-    from .logstore import link_key_problem
+    from .logstore import link_key_problem, logs_dir
 
     return link_key_problem(env, logs_dir(cfg, env))
 
@@ -62,6 +62,6 @@ def problems(cfg: Config, env: Mapping[str, str] | None = None) -> list[str]:
         out.append(p)
     if p := backend_problem(cfg):
         out.append(p)
-    if p := pages_problem(cfg, os.environ if env is None else env):
+    if p := pages_problem(cfg, env):
         out.append(p)
     return out

@@ -6,16 +6,14 @@ import collections
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from aiohttp import web
 
+from ..backends.base import Backend
 from ..config import Config
 from ..logstore import LogSource, Store
-
-if TYPE_CHECKING:
-    from ..backends.base import Backend
-    from ..queue import Queue
+from ..queue import Queue
 
 SOURCES_KEPT = 64  # log indexes kept in memory (a few KB each, whatever the log's size)
 
@@ -45,7 +43,7 @@ class Mirrors:
         self._locks: dict[str, asyncio.Lock] = {}
         self._fresh: dict[str, float] = {}
 
-    async def refresh(self, job: str, backend: "Backend", dest: Path, interval: float) -> None:
+    async def refresh(self, job: str, backend: Backend, dest: Path, interval: float) -> None:
         lock = self._locks.setdefault(job, asyncio.Lock())
         async with lock:
             if time.monotonic() - self._fresh.get(job, -interval) < interval:
@@ -68,8 +66,8 @@ class Mirrors:
 @dataclass(frozen=True)
 class Pages:
     config: Callable[[], Config]                 # the config in force (replaced on SIGHUP)
-    queue: Callable[[], "Queue"]                 # for the run's recorded state
-    backend: Callable[[], "Backend | None"]      # where running jobs' logs are read
+    queue: Callable[[], Queue]                 # for the run's recorded state
+    backend: Callable[[], Backend | None]      # where running jobs' logs are read
     store: Store                                 # kept logs and pages
     link_key: bytes = field(repr=False)
     sources: Sources = field(default_factory=Sources)

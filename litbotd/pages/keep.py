@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from .. import logs
+from ..backends.base import Backend
 from ..logstore import LogSource, Store
-
-if TYPE_CHECKING:
-    from ..backends.base import Backend
 
 log = logs.get(__name__)
 
@@ -30,7 +28,7 @@ def _meta(store: Store, job: str, state: Mapping[str, str], spec: Mapping[str, A
             "kept_at": time.time()}
 
 
-async def keep_run(backend: "Backend", store: Store, job: str, state: Mapping[str, str],
+async def keep_run(backend: Backend, store: Store, job: str, state: Mapping[str, str],
                    spec: Mapping[str, Any]) -> bool:
     """Copy the job's log and write its page's record; False (logged) when that failed: the run's
     result never depends on its page."""

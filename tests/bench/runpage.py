@@ -164,6 +164,7 @@ def pct(values: list[float], p: float) -> float:
 
 async def one_round(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     import redis.asyncio as aioredis
+
     from litbotd import decisions, runlink
     from litbotd.queue import Queue
     from litbotd.runstate import RunRef, RunState
