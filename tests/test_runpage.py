@@ -220,6 +220,12 @@ async def test_a_long_log_shows_its_tail_first_and_earlier_parts_on_demand(world
     async with http.get(page_url(base) + "?from=1") as resp:
         body = await resp.text()
     assert 'id="L1"' in body and 'id="L100"' in body and 'id="L101"' not in body and "?from=101" in body
+    await w.record(status="in_progress", conclusion="")
+    async with http.get(page_url(base) + "?from=1") as resp:
+        early = await resp.text()
+    async with http.get(page_url(base)) as resp:
+        tail = await resp.text()
+    assert "data-events" not in early and "data-events" in tail  # only the part at the end follows
 
 
 async def test_a_kept_page_outlives_the_redis_record(world):
