@@ -191,7 +191,15 @@ class LogSource:
         self._identity: tuple[int, int] | None = None  # (device, inode): a replaced file starts over
         self._lock = threading.Lock()  # refresh runs on worker threads, one at a time per file
 
-    # The single read: issue 20's masking belongs here.
+    # Every byte comes from `_read` (raw: offsets are file offsets), and everything shown leaves
+    # through `_lines` (the page, earlier lines, live events, the marks) or `_raw_out` (log.txt).
+    # Those two are where secrets are to be masked (issue 20): reads are cut at line ends.
+    def _lines(self, data: bytes) -> list[str]:
+        return split_lines(data)
+
+    def _raw_out(self, data: bytes) -> bytes:
+        return data
+
     def _read(self, offset: int, size: int) -> bytes:
         try:
             with open(self.path, "rb") as f:
@@ -240,7 +248,7 @@ class LogSource:
                 lineno += data.count(b"\n", at, start)
                 end = data.find(b"\n", start)
                 end = len(data) if end < 0 else end
-                ix.marks.feed(lineno, data[start:end].decode("utf-8", errors="replace"))
+                ix.marks.feed(lineno, (self._lines(data[start:end]) or [""])[0])
                 at = start
             ix.lines += data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
             ix.end += cut
@@ -281,7 +289,7 @@ class LogSource:
         after = _offset_after_lines(data, max_lines)
         if after is not None and after < len(data):
             data = data[:after]
-        return split_lines(data), start + len(data)
+        return self._lines(data), start + len(data)
 
     def tail(self, max_lines: int, max_bytes: int) -> tuple[int, list[str]]:
         """The last lines of the indexed part, at most about `max_bytes`: (first line number, lines)."""
@@ -291,12 +299,17 @@ class LogSource:
         if start > 0:  # the first line is cut: leave it out
             nl = data.find(b"\n")
             data = data[nl + 1:] if nl >= 0 else b""
-        lines = split_lines(data)[-max_lines:]
+        lines = self._lines(data)[-max_lines:]
         return ix.lines - len(lines) + 1, lines
 
-    def raw(self, offset: int, size: int) -> bytes:
-        """Raw bytes for the download (through the same read)."""
-        return self._read(offset, size)
+    def raw(self, offset: int, size: int, final: bool = True) -> tuple[bytes, int]:
+        """Bytes for the download from `offset`, cut at a line end unless a line is longer than
+        `size` (or it is the file's last); and the offset after them."""
+        data = self._read(offset, size)
+        cut = data.rfind(b"\n") + 1
+        if cut == 0 or (final and offset + len(data) >= self.size()):
+            cut = len(data)
+        return self._raw_out(data[:cut]), offset + cut
 
     def new_lines(self, offset: int, final: bool = False) -> tuple[list[str], int]:
         """Complete lines written after byte `offset` (bounded), and the offset after them."""
@@ -308,7 +321,7 @@ class LogSource:
             if not final and len(data) < CHUNK:
                 return [], offset
             cut = len(data)
-        return split_lines(data[:cut]), offset + cut
+        return self._lines(data[:cut]), offset + cut
 
 
 def _offset_after_lines(data: bytes, n: int) -> int | None:

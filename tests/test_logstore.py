@@ -81,7 +81,7 @@ def test_a_replaced_file_is_indexed_again(tmp_path):
 
 def test_missing_file_is_empty(tmp_path):
     src = LogSource(tmp_path / "nothing")
-    assert src.refresh().lines == 0 and src.lines(1, 10, 100) == ([], 0) and src.raw(0, 10) == b""
+    assert src.refresh().lines == 0 and src.lines(1, 10, 100) == ([], 0) and src.raw(0, 10) == (b"", 0)
 
 
 def test_store_meta_and_prune(tmp_path):
@@ -107,3 +107,12 @@ def test_tail_is_the_last_lines_within_the_bytes(tmp_path):
     assert src.tail(10, 10_000) == (291, lines[-10:])
     first, got = src.tail(1000, 100)  # bytes bound: whole lines only
     assert got == lines[-len(got):] and first == 301 - len(got) and 0 < len(got) < 20
+
+
+def test_raw_pieces_end_at_line_ends(tmp_path):
+    p = tmp_path / "log.txt"
+    p.write_bytes(b"aaaa\nbbbb\ncc")
+    src = LogSource(p)
+    assert src.raw(0, 7) == (b"aaaa\n", 5)            # cut at the line end
+    assert src.raw(5, 7) == (b"bbbb\ncc", 12)          # the file's last bytes
+    assert src.raw(0, 3) == (b"aaa", 3)               # a line longer than the piece

@@ -223,15 +223,14 @@ async def raw_log(request: web.Request) -> web.StreamResponse:
     name = f"{r.job}-log.txt"
     resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store",
                                        "Content-Disposition": f'inline; filename="{name}"'})
-    resp.content_length = end
     await resp.prepare(request)
     offset = 0
     while offset < end:
-        data = await asyncio.to_thread(src.raw, offset, min(RAW_CHUNK, end - offset))
-        if not data:
+        data, after = await asyncio.to_thread(src.raw, offset, min(RAW_CHUNK, end - offset))
+        if after <= offset:
             break
         await resp.write(data)
-        offset += len(data)
+        offset = after
     await resp.write_eof()
     return resp
 
