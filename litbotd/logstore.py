@@ -22,7 +22,7 @@ import time
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from . import config
 from .config import Config
@@ -185,8 +185,9 @@ class Index:
 class LogSource:
     """A job's log file, read in bounded pieces (the one place the page reads logs)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, mask: Callable[[], Callable[[str], str] | None] | None = None) -> None:
         self.path = path
+        self._mask = mask  # the masking in force (it changes on SIGHUP): asked at each read
         self.index = Index()
         self._identity: tuple[int, int] | None = None  # (device, inode): a replaced file starts over
         self._lock = threading.Lock()  # refresh runs on worker threads, one at a time per file
@@ -194,11 +195,19 @@ class LogSource:
     # Every byte comes from `_read` (raw: offsets are file offsets), and everything shown leaves
     # through `_lines` (the page, earlier lines, live events, the marks) or `_raw_out` (log.txt).
     # Those two are where secrets are to be masked (issue 20): reads are cut at line ends.
+    def _masking(self) -> Callable[[str], str] | None:
+        return self._mask() if self._mask is not None else None
+
     def _lines(self, data: bytes) -> list[str]:
-        return split_lines(data)
+        lines = split_lines(data)
+        mask = self._masking()
+        return [mask(line) for line in lines] if mask is not None else lines
 
     def _raw_out(self, data: bytes) -> bytes:
-        return data
+        mask = self._masking()
+        if mask is None:
+            return data
+        return mask(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
 
     def _read(self, offset: int, size: int) -> bytes:
         try:

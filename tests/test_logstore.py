@@ -116,3 +116,20 @@ def test_raw_pieces_end_at_line_ends(tmp_path):
     assert src.raw(0, 7) == (b"aaaa\n", 5)            # cut at the line end
     assert src.raw(5, 7) == (b"bbbb\ncc", 12)          # the file's last bytes
     assert src.raw(0, 3) == (b"aaa", 3)               # a line longer than the piece
+
+
+def test_everything_shown_goes_through_the_masking_in_force(tmp_path):
+    p = tmp_path / "log.txt"
+    p.write_bytes(b"token hunter2 here\n::error file=a.py,line=1::leaked hunter2\n\xff hunter2\n")
+    masking = [None]
+    src = LogSource(p, lambda: masking[0])
+    masking[0] = lambda text: text.replace("hunter2", "***")
+    ix = src.refresh()
+    assert ix.marks.marks[0].message == "leaked ***"
+    assert src.lines(1, 10, 1000)[0] == ["token *** here", "::error file=a.py,line=1::leaked ***", "\ufffd ***"]
+    assert src.tail(1, 1000) == (3, ["\ufffd ***"])
+    assert src.new_lines(0)[0][0] == "token *** here"
+    assert src.raw(0, 1000)[0] == b"token *** here\n::error file=a.py,line=1::leaked ***\n\xff ***\n"
+    assert src.raw(0, 1000)[1] == p.stat().st_size  # offsets stay the file's
+    masking[0] = None  # another config in force: asked at each read
+    assert src.lines(1, 1, 1000)[0] == ["token hunter2 here"]

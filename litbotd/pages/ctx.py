@@ -16,19 +16,22 @@ from ..logstore import LogSource, Store
 from ..queue import Queue
 
 SOURCES_KEPT = 64  # log indexes kept in memory (a few KB each, whatever the log's size)
+# The masking of job secrets in force (issue 20), asked at each read: None shows the log as written.
+Masking = Callable[[], Callable[[str], str] | None]
 
 
 class Sources:
     """One LogSource per log file, so its index is built once and extended as the file grows."""
 
-    def __init__(self, limit: int = SOURCES_KEPT) -> None:
+    def __init__(self, limit: int = SOURCES_KEPT, mask: Masking | None = None) -> None:
         self.limit = limit
+        self.mask = mask
         self._by_path: collections.OrderedDict[Path, LogSource] = collections.OrderedDict()
 
     def get(self, path: Path) -> LogSource:
         src = self._by_path.get(path)
         if src is None:
-            src = self._by_path[path] = LogSource(path)
+            src = self._by_path[path] = LogSource(path, self.mask)
             while len(self._by_path) > self.limit:
                 self._by_path.popitem(last=False)
         self._by_path.move_to_end(path)
@@ -70,8 +73,13 @@ class Pages:
     backend: Callable[[], Backend | None]      # where running jobs' logs are read
     store: Store                                 # kept logs and pages
     link_key: bytes = field(repr=False)
+    mask: Masking | None = None                  # job secrets out of everything shown (issue 20)
     sources: Sources = field(default_factory=Sources)
     mirrors: Mirrors = field(default_factory=Mirrors)
+
+    def __post_init__(self) -> None:
+        if self.mask is not None:
+            self.sources.mask = self.mask
 
 
 PAGES = web.AppKey("litbotd_pages", Pages)
