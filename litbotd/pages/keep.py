@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .. import logs
 from ..backends.base import Backend
@@ -19,8 +19,9 @@ STATE_FIELDS = ("status", "conclusion", "message", "started_at", "finished_at", 
 SPEC_FIELDS = ("check_name", "machine", "image", "backend", "pr")
 
 
-def _meta(store: Store, job: str, state: Mapping[str, str], spec: Mapping[str, Any]) -> dict[str, Any]:
-    src = LogSource(store.log_path(job))
+def _meta(store: Store, job: str, state: Mapping[str, str], spec: Mapping[str, Any],
+          mask: Callable[[str], str] | None) -> dict[str, Any]:
+    src = LogSource(store.log_path(job), (lambda: mask) if mask is not None else None)
     ix = src.refresh(final=True)
     return {"state": {k: state[k] for k in STATE_FIELDS if state.get(k)},
             "spec": {k: spec[k] for k in SPEC_FIELDS if spec.get(k) is not None},
@@ -29,13 +30,14 @@ def _meta(store: Store, job: str, state: Mapping[str, str], spec: Mapping[str, A
 
 
 async def keep_run(backend: Backend, store: Store, job: str, state: Mapping[str, str],
-                   spec: Mapping[str, Any]) -> bool:
-    """Copy the job's log and write its page's record; False (logged) when that failed: the run's
-    result never depends on its page."""
+                   spec: Mapping[str, Any], mask: Callable[[str], str] | None = None) -> bool:
+    """Copy the job's log and write its page's record (its annotation texts through `mask`: the
+    log itself is kept as written and masked when read); False (logged) when that failed: the
+    run's result never depends on its page."""
     try:
         await asyncio.to_thread(store.prepare, job)
         await backend.copy_log(job, str(store.log_path(job)))
-        meta = await asyncio.to_thread(_meta, store, job, state, spec)
+        meta = await asyncio.to_thread(_meta, store, job, state, spec, mask)
         await asyncio.to_thread(store.write_meta, job, meta)
         return True
     except Exception as e:
