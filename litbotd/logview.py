@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from markupsafe import Markup, escape
+
 from . import annotations as ann
 
 MAX_LINE_CHARS = 20_000      # longer lines are cut on the page ("… N more characters")
@@ -206,6 +208,20 @@ def _cut(segments: list[Segment]) -> list[Segment]:
         left -= len(text)
     out.append(("cut", f" … {total - MAX_LINE_CHARS} more characters (see the raw log)"))
     return out
+
+
+def html_lines(first: int, lines: list[list[Segment]]) -> Markup:
+    """Numbered, anchored lines as HTML, every class and text escaped by markupsafe (Jinja2's own
+    escaping). Built here, off the event loop, rather than by the template: a page holds
+    thousands of lines, and rendering them in the template would hold the loop for tens of ms."""
+    out = []
+    for n, segs in enumerate(lines, first):
+        parts = [f'<span class="ln" id="L{n}"><a href="#L{n}" class="n">{n}</a>']
+        for cls, text in segs:
+            parts.append(f'<span class="{escape(cls)}">{escape(text)}</span>' if cls else str(escape(text)))
+        parts.append("\n</span>")
+        out.append("".join(parts))
+    return Markup("".join(out))
 
 
 def plain(text: str) -> str:

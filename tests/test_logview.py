@@ -99,3 +99,12 @@ def test_marks_find_annotations_with_their_lines_and_the_tests():
 def test_marks_are_capped():
     m = Marks().feed_all(["::error::x"] * (logview.MAX_MARKS + 3))
     assert len(m.marks) == logview.MAX_MARKS and m.dropped == 3
+
+
+def test_html_lines_escape_every_text_and_class():
+    html = logview.html_lines(7, [[("", "<script>alert('x')</script> & co")], [("f1 b", "red"), ('"><x', "y")], []])
+    assert html == ('<span class="ln" id="L7"><a href="#L7" class="n">7</a>'
+                    "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; co\n</span>"
+                    '<span class="ln" id="L8"><a href="#L8" class="n">8</a><span class="f1 b">red</span>'
+                    '<span class="&#34;&gt;&lt;x">y</span>\n</span>'
+                    '<span class="ln" id="L9"><a href="#L9" class="n">9</a>\n</span>')

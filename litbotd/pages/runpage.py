@@ -22,11 +22,12 @@ import aiohttp_jinja2
 import orjson
 from aiohttp import ClientConnectionResetError, web
 from aiohttp_sse import sse_response
+from markupsafe import Markup
 
 from .. import decisions, logs, runlink, runview
 from ..backends.base import JobNotFound
 from ..logstore import LogSource
-from ..logview import Mark, Renderer, Segment
+from ..logview import Mark, Renderer, Segment, html_lines
 from ..redisconn import REDIS_UNAVAILABLE
 from ..runstate import RunRef, RunState
 from . import access
@@ -121,6 +122,10 @@ def _render(lines: list[str], renderer: Renderer) -> list[list[Segment]]:
     return [renderer.line(line) for line in lines]
 
 
+def _render_html(first: int, lines: list[str], renderer: Renderer) -> Markup:
+    return html_lines(first, _render(lines, renderer))
+
+
 def not_found(request: web.Request) -> web.Response:
     return web.Response(status=404, text=_NOT_FOUND, content_type="text/html", charset="utf-8")
 
@@ -161,14 +166,11 @@ class _Part:
     def href(self, line: int) -> str:
         return runview.line_href(line, self.win)
 
-    async def lines(self) -> AsyncIterator[tuple[int, list[Segment]]]:
+    async def lines(self) -> AsyncIterator[Markup]:
+        """The lines as HTML, RENDER_BATCH at a time, rendered and escaped off the event loop."""
         renderer = Renderer()
-        n = self.first
         for i in range(0, len(self._lines), RENDER_BATCH):
-            batch = await asyncio.to_thread(_render, self._lines[i:i + RENDER_BATCH], renderer)
-            for segs in batch:
-                yield n, segs
-                n += 1
+            yield await asyncio.to_thread(_render_html, self.first + i, self._lines[i:i + RENDER_BATCH], renderer)
 
 
 async def page(request: web.Request) -> web.StreamResponse:
