@@ -36,7 +36,7 @@ from .ctx import PAGES, Pages
 log = logs.get(__name__)
 
 RENDER_BATCH = 500          # lines rendered per thread hop
-RAW_CHUNK = 256 * 1024
+RAW_CHUNK = 1024 * 1024
 LOCAL_FOLLOW_INTERVAL = 0.2  # a local job's log file is looked at this often while someone follows it
 STATE_INTERVAL = 1.0        # the run's state (has it ended?) is read this often while following
 
