@@ -103,6 +103,16 @@ async def test_follow_a_check_run_to_its_live_page(redis_server, world, tmp_path
         assert await phone.evaluate("document.scrollingElement.scrollWidth <= window.innerWidth")
         await phone.close()
 
+        # Without JavaScript: the same page, the annotation a plain link to its line.
+        nojs = await browser.new_context(java_script_enabled=False)
+        plain = await nojs.new_page()
+        await plain.goto(url)
+        await plain.locator(".marks a", has_text="test_resize: assert 3 == 4").click()
+        await plain.wait_for_url(re.compile(f"#L{line}$"))
+        assert "::error file=src/widgets.py,line=42" in await plain.locator(f"#L{line}").inner_text()
+        assert await plain.locator("#follow").count() == 0  # finished: nothing to follow
+        await nojs.close()
+
         # The raw log, and a tampered URL.
         raw = await page.goto(url + "log.txt")
         assert raw.status == 200 and "live line after the first gate" in await raw.text()
