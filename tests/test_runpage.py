@@ -347,3 +347,23 @@ async def test_the_prune_loop_deletes_pages_kept_longer_than_keep_logs(tmp_path)
     pool = WorkerPool(Current(ctx), REGISTRY, procinfo.identity("test"))
     await pool._prune()
     assert not store.dir("litci-old").exists() and store.read_meta("litci-new") == {"state": {}}
+
+
+async def test_redis_unavailable_is_a_503_that_says_nothing_of_the_run(tmp_path):
+    server = fakeredis.FakeServer()
+    w = World(tmp_path)
+    w.redis = fakeredis.aioredis.FakeRedis(server=server, decode_responses=True)
+    w.queue = Queue(w.redis)
+    base = await w.start()
+    try:
+        server.connected = False
+        async with aiohttp.ClientSession() as http:
+            for suffix in ("", "log.txt", "lines?from=1", "events"):
+                async with http.get(page_url(base) + suffix) as resp:
+                    assert resp.status == 503, suffix
+                    assert "widgets" not in await resp.text()
+            async with http.get(page_url(base, key=b"x" * 32)) as resp:
+                assert resp.status == 404  # a wrong key needs no Redis to be wrong
+    finally:
+        assert w.server is not None
+        await w.server.close()

@@ -13,10 +13,11 @@ its summary goes out before the log is indexed, and at most `runview.PAGE_LINES`
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp_jinja2
 import orjson
@@ -126,6 +127,24 @@ def _render_html(first: int, lines: list[str], renderer: Renderer) -> Markup:
     return html_lines(first, _render(lines, renderer))
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _answers(handler: Handler) -> Handler:
+    """Every run-page route answers the same 404 for a run it may not show, and 503 while Redis is
+    unavailable (which says nothing about the run)."""
+    @functools.wraps(handler)
+    async def answer(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except NotFound:
+            return not_found(request)
+        except REDIS_UNAVAILABLE:
+            return web.Response(status=503, text="Redis is unavailable; try again in a moment.",
+                                headers={"Retry-After": "5"})
+    return answer
+
+
 def not_found(request: web.Request) -> web.Response:
     return web.Response(status=404, text=_NOT_FOUND, content_type="text/html", charset="utf-8")
 
@@ -173,13 +192,9 @@ class _Part:
             yield await asyncio.to_thread(_render_html, self.first + i, self._lines[i:i + RENDER_BATCH], renderer)
 
 
+@_answers
 async def page(request: web.Request) -> web.StreamResponse:
-    try:
-        r = await _resolve(request)
-    except NotFound:
-        return not_found(request)
-    except REDIS_UNAVAILABLE:
-        return web.Response(status=503, text="Redis is unavailable; try again in a moment.")
+    r = await _resolve(request)
     pages = request.app[PAGES]
     env = aiohttp_jinja2.get_env(request.app)
     facts = runview.facts(r.run.repo, r.run.sha, r.run.attempt, r.state, r.spec)
@@ -214,11 +229,9 @@ async def page(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+@_answers
 async def raw_log(request: web.Request) -> web.StreamResponse:
-    try:
-        r = await _resolve(request)
-    except NotFound:
-        return not_found(request)
+    r = await _resolve(request)
     pages = request.app[PAGES]
     src = await _source(pages, r, runview.final(r.state))
     end = src.size() if runview.final(r.state) else src.index.end
@@ -243,11 +256,9 @@ def _int(value: str | None, default: int, lo: int = 0, hi: int = 10 ** 12) -> in
     return max(lo, min(int(value), hi))
 
 
+@_answers
 async def lines_json(request: web.Request) -> web.Response:
-    try:
-        r = await _resolve(request)
-    except NotFound:
-        return not_found(request)
+    r = await _resolve(request)
     pages = request.app[PAGES]
     src = await _source(pages, r, runview.final(r.state))
     first = _int(request.query.get("from"), 1, lo=1)
@@ -259,12 +270,10 @@ async def lines_json(request: web.Request) -> web.Response:
                         headers={"Cache-Control": "no-store"})
 
 
+@_answers
 async def events(request: web.Request) -> web.StreamResponse:
     """New lines after byte `offset` (line number `line`), until the run has ended and its log is read."""
-    try:
-        r = await _resolve(request)
-    except NotFound:
-        return not_found(request)
+    r = await _resolve(request)
     pages = request.app[PAGES]
     offset = _int(request.query.get("offset"), 0)
     line = _int(request.query.get("line"), 1, lo=1)
