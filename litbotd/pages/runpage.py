@@ -73,7 +73,8 @@ async def _resolve(request: web.Request) -> Resolved:
     state = await rs.get(ref)
     if not state:
         raise NotFound
-    return Resolved(run, state.get("job") or job, state, await spec_of(rs, ref, pages), False, None, None)
+    # The job's name is derived, never read from Redis: it becomes a path.
+    return Resolved(run, job, state, await spec_of(rs, ref, pages), False, None, None)
 
 
 async def spec_of(rs: RunState, ref: RunRef, pages: Pages) -> dict[str, Any]:
@@ -88,10 +89,10 @@ async def spec_of(rs: RunState, ref: RunRef, pages: Pages) -> dict[str, Any]:
     return out
 
 
-def _log_path(pages: Pages, r: Resolved) -> tuple[Path, bool]:
+async def _log_path(pages: Pages, r: Resolved) -> tuple[Path, bool]:
     """The file the page reads, and whether it is a Lightning mirror to refresh."""
     kept = pages.store.log_path(r.job)
-    if r.kept or kept.exists():
+    if r.kept or await asyncio.to_thread(kept.exists):
         return kept, False
     backend = pages.backend()
     log_file = getattr(backend, "log_file", None)
@@ -104,7 +105,7 @@ def _log_path(pages: Pages, r: Resolved) -> tuple[Path, bool]:
 
 
 async def _source(pages: Pages, r: Resolved, final: bool) -> LogSource:
-    path, mirrored = _log_path(pages, r)
+    path, mirrored = await _log_path(pages, r)
     backend = pages.backend()
     if mirrored and backend is not None:
         try:
@@ -234,7 +235,7 @@ async def raw_log(request: web.Request) -> web.StreamResponse:
     r = await _resolve(request)
     pages = request.app[PAGES]
     src = await _source(pages, r, runview.final(r.state))
-    end = src.size() if runview.final(r.state) else src.index.end
+    end = await asyncio.to_thread(src.size) if runview.final(r.state) else src.index.end
     name = f"{r.job}-log.txt"
     resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store",
                                        "Content-Disposition": f'inline; filename="{name}"'})
@@ -282,7 +283,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     if last.isdigit() and last_line.isdigit() and len(last) < 14 and len(last_line) < 14:
         offset, line = int(last), max(1, int(last_line))
     ref = RunRef(r.run.repo, r.run.sha, r.run.run, r.run.attempt)
-    path, mirrored = _log_path(pages, r)
+    path, mirrored = await _log_path(pages, r)
     interval = pages.config().jobs.poll_interval if mirrored else LOCAL_FOLLOW_INTERVAL
     renderer = Renderer()
     async with sse_response(request, headers={"Cache-Control": "no-store"}) as resp:
