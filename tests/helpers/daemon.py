@@ -76,6 +76,12 @@ class DaemonProcess:
         """What this run wrote (stdout and stderr)."""
         return self.log.read_bytes()[self._offset:].decode(errors="replace") if self.log.exists() else ""
 
+    @property
+    def url(self) -> str:
+        """The listener's base URL (after ready)."""
+        assert self.port is not None, "no listener (or not ready yet)"
+        return f"http://127.0.0.1:{self.port}"
+
     # -- the process ----------------------------------------------------------------------------
     @property
     def pid(self) -> int:
