@@ -296,7 +296,8 @@ async def wait_job(task: Task, s: Services) -> list[Task]:
     d = decisions.decide_wait(status.state, now, p["queued_at"], running_since, run.timeout,
                               cfg.jobs.queue_timeout, grace=cfg.jobs.poll_interval_max)
     if d.action == "poll":
-        poll = decisions.next_poll(p["poll"], cfg.jobs.poll_interval, cfg.jobs.poll_interval_max)
+        poll = decisions.next_poll(p["poll"], cfg.jobs.poll_interval, cfg.jobs.poll_interval_max, status.state,
+                                   reports_end=getattr(s.backend, "reports_end", False))
         return [task.successor("wait_job", {**p, "poll": poll, "running_since": running_since},
                                run_at=now + poll, key=str(now))]
     if d.action == "stop":
