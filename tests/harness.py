@@ -20,6 +20,7 @@ import aiohttp
 from litbotd import config as config_mod
 from litbotd.daemon import Daemon
 from fake_github import FakeGitHub
+from helpers.env import scrubbed_env
 from litbotd.lifecycle import REGISTRY
 
 DATA = Path(__file__).parent / "data"
@@ -173,8 +174,7 @@ class SubprocessDaemon:
         self.port: int | None = None
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "LITBOTD_", "NOTIFY_SOCKET"))}
-        env.update(GH_PRIVATE_KEY=PRIVATE_PEM, GH_WEBHOOK_SECRET=SECRET, PYTHONUNBUFFERED="1")
+        env = scrubbed_env(GH_PRIVATE_KEY=PRIVATE_PEM, GH_WEBHOOK_SECRET=SECRET, PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "litbotd", "run", "-c", str(self.config_path)],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env)

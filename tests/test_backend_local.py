@@ -13,6 +13,7 @@ from typing import AsyncIterator, Iterator
 import pytest
 
 from litbotd.backends import make_backend
+from helpers.env import scrubbed_env
 from litbotd.backends.base import BackendError, JobNotFound, JobSpec, JobStatus
 from litbotd.backends.local import LocalBackend
 from litbotd.config import Config, JobsConfig, LocalConfig
@@ -163,7 +164,7 @@ async def test_job_survives_the_death_of_its_starter(server: TarballServer, tmp_
     workdir = tmp_path / "jobs"
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", CHILD, json.dumps(fields), str(workdir), str(shared), stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        env=scrubbed_env())
     assert child.stdout is not None
     assert (await asyncio.wait_for(child.stdout.readline(), 20)).strip() == b"pending"
     fresh = local(tmp_path)

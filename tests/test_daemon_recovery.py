@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.env import scrubbed_env
+
 from litbotd.tasks import Task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,10 +60,7 @@ class DaemonProc:
 
     def start(self, wait: bool = True) -> "DaemonProc":
         self.runs += 1
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("GH_", "LITBOTD_", "NOTIFY_SOCKET", "WATCHDOG_", "CREDENTIALS_DIRECTORY"))
-               and k != "REDIS_URL"}
-        env.update(LITBOTD_HOST=self.host, PYTHONPATH=str(ROOT))
+        env = scrubbed_env(LITBOTD_HOST=self.host)
         self._log_offset = self.log.stat().st_size if self.log.exists() else 0
         self.proc = subprocess.Popen([sys.executable, str(HELPER), "-c", str(self.config)], cwd=ROOT, env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

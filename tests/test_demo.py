@@ -5,11 +5,12 @@ import os
 import subprocess
 import sys
 
+from helpers.env import scrubbed_env
+
 
 def test_demo_runs_and_shows_the_failing_cells_annotations():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "LITBOTD_", "REDIS_"))}
     out = subprocess.run([sys.executable, "-m", "litbotd", "demo"], capture_output=True, text=True, timeout=120,
-                         env=env)
+                         env=scrubbed_env())
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "annotation (failure) check.py:" in out.stdout
     assert "Tests: 1 passed, 1 failed, 0 skipped, 0 errors" in out.stdout
