@@ -85,15 +85,31 @@ async def _render_comment(rs: RunState, repo: str, pr: int, head: str | None) ->
     return report.summary_comment(repo, pr, head, rows) if rows else None
 
 
-async def _comment_soon(task: Task, s: Services, repo: str, pr: int | None, inst: int) -> list[Task]:
+async def _all_concluded(rs: RunState, repo: str, head: str | None) -> bool:
+    """Every run of the PR's head commit has concluded: the comment's last edit is due."""
+    if not head:
+        return False
+    runs = await rs.runs(repo, head)
+    for key, (_, attempt) in runs.items():
+        if not (await rs.get(RunRef(repo, head, key, attempt))).get("conclusion"):
+            return False
+    return bool(runs)
+
+
+async def _comment_soon(task: Task, s: Services, repo: str, pr: int | None, inst: int,
+                        sha: str | None = None) -> list[Task]:
     """A coalesced summary-comment edit: each change bumps the PR's version and schedules a
     `comment` task a moment later, which edits the comment only if nothing newer has been shown.
-    A burst of run changes (a matrix starting) costs one edit, not one per run and phase."""
+    A burst of run changes (a matrix starting) costs one edit, not one per run and phase. A
+    conclusion (`sha` given) that leaves every run of the head concluded schedules it now: the
+    last edit waits neither for the debounce nor for the edit spacing (SPEC §5)."""
     if pr is None or not s.config.report.comment:
         return []
-    await RunState(s.queue).bump_version(repo, pr)
+    rs = RunState(s.queue)
+    await rs.bump_version(repo, pr)
+    last = sha is not None and sha == (await rs.pr(repo, pr)).get("head") and await _all_concluded(rs, repo, sha)
     return [task.successor("comment", {"repo": repo, "pr": pr, "installation": inst},
-                           run_at=time.time() + COMMENT_DEBOUNCE, key="comment")]
+                           run_at=0.0 if last else time.time() + COMMENT_DEBOUNCE, key="comment")]
 
 
 async def comment(task: Task, s: Services) -> list[Task]:
@@ -110,7 +126,7 @@ async def comment(task: Task, s: Services) -> list[Task]:
     if _comment_version_due(info) is None:
         return []
     next_edit = float(info.get("commented_at") or 0) + COMMENT_EDIT_INTERVAL
-    if next_edit > time.time():
+    if next_edit > time.time() and not await _all_concluded(rs, repo, info.get("head")):
         # Edits of one comment coalesce: at most one per interval, showing the latest state.
         return [task.successor("comment", p, run_at=next_edit, key="coalesced")]
     claim = FencedLock(s.redis, s.queue.key("lock", "comment", f"{repo}#{pr}"), COMMENT_CLAIM_TTL)
@@ -329,7 +345,7 @@ async def results(task: Task, s: Services) -> list[Task]:
     await _report_completed(s, p, ref, tail, found)
     log.info("run finished", conclusion=conclusion, exit_code=status.exit_code, job=p["job"],
              annotations=len(found.annotations), tests=found.tests_text or None)
-    return await _comment_soon(task, s, p["repo"], await _pr_of(s, p), p["installation"])
+    return await _comment_soon(task, s, p["repo"], await _pr_of(s, p), p["installation"], sha=p["sha"])
 
 
 async def _pr_of(s: Services, p: dict[str, Any]) -> int | None:

@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable
 
 from . import logs, metrics, procinfo, systemd
 from .backoff import backoff
+from .jobends import JobEnds
 from .queue import REDIS_UNAVAILABLE
 from .redeliver import redeliver_once
 from .services import Services
@@ -67,6 +68,11 @@ class WorkerPool:
                  wait_first=True),
             Loop("prune", lambda: min(max(self.services.config.jobs.local.keep / 4, 1.0), 300.0), self._prune),
         ]
+        self._job_ends = JobEnds()
+        # Ended local jobs, reported at once; it blocks in the backend's FIFO, so "interval" is
+        # only the pause when the backend reports no ends (Lightning).
+        self.loops.append(Loop("job-ends", lambda: 1.0, lambda: self._job_ends.step(
+            self.services.queue, self.services.backend, block=1.0)))
         if (interval := systemd.watchdog_interval()) is not None:
             self.loops.append(Loop("watchdog", lambda: interval, self._watchdog))
 

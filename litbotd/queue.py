@@ -16,7 +16,7 @@ import json
 import time
 import urllib.parse
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -109,6 +109,14 @@ end
 return moved
 """
 
+# KEYS: delayed, main. ARGV: raw. A task still waiting in the delayed set goes to the main list now
+# (none when it was promoted or taken meanwhile: never twice).
+_BRING_FORWARD = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[1])
+return 1
+"""
+
 # KEYS: src, dst. ARGV: raw to remove from src, raw to push onto dst.
 _MOVE_ONE = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
@@ -183,6 +191,7 @@ class Queue:
         self._promote = redis.register_script(_PROMOTE)
         self._recover = redis.register_script(_RECOVER)
         self._move_one = redis.register_script(_MOVE_ONE)
+        self._bring_forward = redis.register_script(_BRING_FORWARD)
         self._claims: list[tuple[str, Sequence[Task], int, asyncio.Future[bool]]] = []
         self._claimer: asyncio.Task | None = None
 
@@ -308,6 +317,19 @@ class Queue:
                                          args=[repr(time.time() if now is None else now), limit])
         nxt = float(nxt)
         return int(moved), (None if nxt < 0 else nxt)
+
+    async def bring_forward(self, match: str, want: Callable[[Task], bool]) -> int:
+        """Move the delayed tasks `want` picks to the main list now; returns how many. `match` is a
+        Redis glob over their JSON (ZSCAN MATCH) that narrows the scan to likely candidates."""
+        moved = 0
+        async for raw, _ in self.redis.zscan_iter(self.delayed, match=match, count=1000):
+            try:
+                task = Task.from_json(raw)
+            except TaskFormatError:
+                continue
+            if want(task):
+                moved += int(await self._bring_forward(keys=[self.delayed, self.name], args=[raw]))
+        return moved
 
     # -- leases and recovery --------------------------------------------------------------------
     async def heartbeat(self, workers: dict[str, dict[str, Any]], lease_timeout: float) -> None:

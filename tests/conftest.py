@@ -1,6 +1,7 @@
 """Shared fixtures: a private redis-server per test that can be killed and restarted."""
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -15,6 +16,32 @@ import redis as syncredis
 from helpers.env import dropped
 
 DATA = Path(__file__).parent / "data"
+# Read before the session scrubs LITBOTD_* (see scrubbed_session): .ci/run sets it, so that on CI a
+# test that needs the local jobs' sandbox fails where a newcomer's machine would skip it.
+REQUIRE_SANDBOX = os.environ.get("LITBOTD_REQUIRE_SANDBOX") == "1"
+
+
+@functools.cache
+def sandbox_problem(network: str) -> str | None:
+    """Why the local jobs' sandbox cannot work on this machine (naming the package), or None."""
+    from litbotd.backends import sandbox
+
+    return sandbox.problem(network)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sandbox(network='isolated'): needs bwrap, and slirp4netns for network "
+                                       "'isolated'; skipped where they are missing, failed with LITBOTD_REQUIRE_SANDBOX=1")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    mark = item.get_closest_marker("sandbox")
+    if mark is None:
+        return
+    if why := sandbox_problem(mark.kwargs.get("network", "isolated")):
+        if REQUIRE_SANDBOX:
+            pytest.fail(f"LITBOTD_REQUIRE_SANDBOX=1, but the sandbox cannot work here: {why}", pytrace=False)
+        pytest.skip(f"needs the local jobs' sandbox: {why}")
 
 
 def free_port() -> int:

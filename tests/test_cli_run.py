@@ -39,7 +39,7 @@ def test_usage_error_exits_2(tmp_path):
 
 # -- start-up errors: one line, exit 1, within seconds (SPEC §2, §8) ---------------------------------
 def _local(tmp_path, extra: str = "") -> str:
-    return f'[jobs]\nbackend = "local"\n[jobs.local]\nworkdir = "{tmp_path / "jobs"}"\n{extra}'
+    return f'[jobs]\nbackend = "local"\n[jobs.local]\nworkdir = "{tmp_path / "jobs"}"\nsandbox = false\n{extra}'
 
 
 def test_run_on_a_port_in_use_is_one_line_and_exit_1(tmp_path):

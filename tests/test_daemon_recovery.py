@@ -53,7 +53,7 @@ class DaemonProc:
         self.config = self.dir / "litbotd.toml"
         self.config.write_text(
             f'[server]\nenabled = false\n\n[redis]\nurl = "{redis_url}"\n\n[workers]\n{body}\n\n'
-            f'[jobs]\nbackend = "local"\n\n[jobs.local]\nworkdir = "{self.dir / "jobs"}"\n\n'
+            f'[jobs]\nbackend = "local"\n\n[jobs.local]\nworkdir = "{self.dir / "jobs"}"\nsandbox = false\n\n'
             f'[github]\nredeliver_interval = 0\n\n[log]\nlevel = "info"\n')
         self.proc: subprocess.Popen | None = None
         self.runs = 0
@@ -299,7 +299,7 @@ async def test_a_restart_with_the_same_pid_still_takes_back_the_old_tasks(redis_
     cfg = config_mod.parse({"server": {"enabled": False}, "redis": {"url": redis_server.url},
                             "workers": {"count": 1, "lease_timeout": "30s", "heartbeat_interval": "1s"},
                             "github": {"redeliver_interval": 0},
-                            "jobs": {"backend": "local", "local": {"workdir": str(tmp_path / "jobs")}}}, env={})
+                            "jobs": {"backend": "local", "local": {"workdir": str(tmp_path / "jobs"), "sandbox": False}}}, env={})
 
     async def count(task, s):
         await s.redis.rpush("test:done", task.id)

@@ -139,6 +139,7 @@ shutdown_grace = "10s"
 backend = "local"
 
 [jobs.local]
+sandbox = false
 workdir = "{path.parent / 'jobs'}"
 
 [log]
