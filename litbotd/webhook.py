@@ -211,8 +211,13 @@ def make_app(services: Services) -> web.Application:
                 depths = await services.queue.depths()
                 oldest = await services.queue.oldest_age()
             body.update(depths, redis=True, oldest_task_age_s=None if oldest is None else round(oldest, 1))
+            if services.queue.ack_replicas:
+                async with asyncio.timeout(HEALTH_TIMEOUT):
+                    await services.queue.connected_replicas()
         except REDIS_UNAVAILABLE:
             pass
+        # With Sentinel and no replica connected: answering, but a failover now could lose deliveries.
+        body["durability"] = services.queue.durability()
         # Workers or loops down for longer than a lease: the process is not doing its job.
         body["problem"] = services.health() if services.health is not None else None
         ok = body["redis"] and not services.draining and body["problem"] is None
