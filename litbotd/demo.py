@@ -26,12 +26,12 @@ from typing import Any
 import aiohttp
 
 from . import config as config_mod
+from . import configfile
 from . import logs
 from .backends import sandbox
 from .daemon import Daemon
 from .demo_github import DemoGitHub
 from .lifecycle import REGISTRY
-from .runstate import RunState
 
 REPO = "octo-org/hello-litci"
 WORKFLOW = """\
@@ -153,7 +153,7 @@ async def demo(workdir: Path) -> int:
     secret = secrets.token_hex(16)
     # The demo's own known-good job may run unsandboxed where bwrap cannot work; the daemon never does that.
     sandbox_problem = sandbox.problem("isolated")
-    cfg = config_mod.parse({
+    cfg = configfile.parse({
         "server": {"host": "127.0.0.1", "port": 0},
         "github": {"app_id": 1, "api_url": api_url},
         "redis": {"url": "redis://in-process/0"},
@@ -212,7 +212,7 @@ async def _drive(daemon: Daemon, gh: DemoGitHub, sha: str, secret: str) -> int:
 
 async def _comment_shown(daemon: Daemon) -> bool:
     """The PR's summary comment shows its latest version (nothing newer waits to be shown)."""
-    info = await RunState(daemon.services.queue).pr(REPO, 1)
+    info = await daemon.ctx.runs.pr(REPO, 1)
     return bool(info.get("version")) and int(info.get("commented") or -1) >= int(info["version"])
 
 

@@ -12,9 +12,10 @@ over about as long as one poll_interval.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from . import logs
+from .backends.base import Backend
 from .queue import Queue
 from .tasks import Task
 
@@ -36,16 +37,15 @@ class JobEnds:
         self.pending: dict[str, tuple[int, float]] = {}  # job -> (tries so far, when to try next)
         self.broken = False
 
-    async def step(self, queue: Queue, backend: Any, block: float) -> float | None:
+    async def step(self, queue: Queue, backend: Backend | None, block: float) -> float | None:
         """One round: wait up to `block` seconds for ended jobs, then bring forward what is due.
         None when the backend does not report ends (the pool loop then waits its interval)."""
-        ended = getattr(backend, "ended", None)
-        if ended is None or self.broken:
+        if backend is None or not backend.reports_end or self.broken:
             return None
         now = time.monotonic()
         wait = min([block, *(max(0.0, due - now) for _, due in self.pending.values())])
         try:
-            names = await ended(wait)
+            names = await backend.ended(wait)
         except Exception as e:  # the FIFO cannot be used here: polls report the jobs instead
             log.warning("local jobs' ends cannot be watched; their polls report them", error=logs.redact(str(e)))
             self.broken = True

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from helpers.env import scrubbed_env
-from litbotd.lifecycle import COMMENT_EDIT_INTERVAL
+from litbotd.lifecycle.comments import COMMENT_EDIT_INTERVAL
 
 
 def test_demo_runs_and_shows_the_failing_cells_annotations():

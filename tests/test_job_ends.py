@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness import GitHubWorld, InProcessDaemon, config_data, pr_payload, sha_of, wait_until
-from litbotd import lifecycle
+from litbotd.lifecycle import comments
 from litbotd.backends.local import LocalBackend
 from litbotd.backends.localrun import ENDED_FIFO, announce_end
 from tarball_server import TarballServer, github_tarball
@@ -35,7 +35,7 @@ def slow_and_quick(release: Path) -> dict[str, str]:
 async def test_a_finished_job_is_reported_before_its_poll_also_across_a_daemon_restart(redis_server, world, tmp_path,
                                                                                        monkeypatch):
     # The comment's edits are spaced a minute apart here: only the last one may skip the spacing.
-    monkeypatch.setattr(lifecycle, "COMMENT_EDIT_INTERVAL", POLL)
+    monkeypatch.setattr(comments, "COMMENT_EDIT_INTERVAL", POLL)
     sha = sha_of("ends")
     release = tmp_path / "release"
     await world.start({sha: slow_and_quick(release)})

@@ -109,6 +109,24 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Release threads and connections. Jobs keep running."""
 
+    # Optional: a backend that keeps finished jobs' files sets `prunes = True` and deletes them in
+    # prune() (the pool's prune loop calls it); the others keep these defaults.
+    prunes: bool = False
+
+    async def prune(self) -> int:
+        """Delete what finished jobs left behind (older than the backend's keep time); how many."""
+        return 0
+
+    # Optional: a backend whose jobs announce their own end sets `reports_end = True` and returns
+    # their names from ended() (the pool's job-ends loop brings their wait_jobs forward); its
+    # wait_job polls are then only the safety net and back off (decisions.next_poll).
+    reports_end: bool = False
+
+    async def ended(self, timeout: float) -> list[str]:
+        """Names of jobs that ended since the last call, waiting up to `timeout` seconds for one."""
+        await asyncio.sleep(timeout)
+        return []
+
 
 class Offload:
     """Runs blocking calls on a bounded thread pool, each under a time limit.
