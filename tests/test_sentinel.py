@@ -250,8 +250,8 @@ def test_the_primary_dead_for_good_intake_keeps_answering_unless_a_replica_is_re
     http_port = free_port()
     cfg = od.write_config(tmp_path / "litbotd.toml", "redis://127.0.0.1:1/0", workers=0, server_port=http_port)
     cfg.write_text(cfg.read_text().replace(
-        'url = "redis://127.0.0.1:1/0"', f'url = "redis://127.0.0.1:1/0"\nsentinels = ["{st["sentinel"]}"]\n'
-        f'require_replica = {"true" if require_replica else "false"}'))
+        'url = "redis://127.0.0.1:1/0"', f'url = "redis://127.0.0.1:1/0"\nsentinels = ["{st["sentinel"]}"]'
+        + ("\nrequire_replica = true" if require_replica else "")))  # the default: not written
     payload = (Path(__file__).parent / "data" / "webhooks" / "pull_request.opened.4.json").read_bytes()
     log_path = tmp_path / "daemon.log"
     proc = od.start(cfg, log_path)

@@ -12,6 +12,7 @@ import time
 from .. import checks, logs, report
 from ..context import Context
 from ..github import PaceDeferred
+from ..payloads import ID, REPO, needs
 from ..locks import FencedLock
 from ..runstate import TTL, RunRef, RunState
 from ..tasks import Task
@@ -62,6 +63,7 @@ async def comment_soon(task: Task, ctx: Context, repo: str, pr: int | None, inst
                            run_at=0.0 if last else time.time() + COMMENT_DEBOUNCE, key="comment")]
 
 
+@needs(repo=REPO, pr=ID, installation=ID)
 async def comment(task: Task, ctx: Context) -> list[Task]:
     """Edit the summary comment, unless an earlier comment task already showed this version.
 

@@ -9,6 +9,7 @@ from .. import annotations, checks, decisions, logs, metrics
 from ..backends.base import JobNotFound, JobSpec, JobStatus
 from ..context import Context
 from ..github import PaceDeferred
+from ..payloads import BOOL, ID, INT, NUM, REPO, SHA, STR, needs, opt
 from ..runstate import RunRef
 from ..tasks import Task
 from .checkruns import report_completed
@@ -17,6 +18,12 @@ from .comments import comment_soon
 log = logs.get("litbotd.lifecycle")
 
 
+# What a run's job steps carry (each schema next to its handler; payloads.py checks them first).
+_RUN = dict(repo=REPO, sha=SHA, run=STR, attempt=INT, installation=ID, check_run_id=ID, pr=opt(ID),
+            private=opt(BOOL), delivery=opt(STR))
+
+
+@needs(**_RUN)
 async def start_job(task: Task, ctx: Context) -> list[Task]:
     p = task.payload
     cfg, rs = ctx.config, ctx.runs
@@ -63,6 +70,7 @@ async def start_job(task: Task, ctx: Context) -> list[Task]:
                            key=name), *await comment_soon(task, ctx, repo, await _pr_of(ctx, p), p["installation"])]
 
 
+@needs(**_RUN, job=STR, poll=NUM, queued_at=NUM, running_since=opt(NUM))
 async def wait_job(task: Task, ctx: Context) -> list[Task]:
     p = task.payload
     cfg, rs = ctx.config, ctx.runs
@@ -94,6 +102,7 @@ async def wait_job(task: Task, ctx: Context) -> list[Task]:
     return [task.successor("results", p, key="results")]
 
 
+@needs(**_RUN, job=STR, timed_out=opt(BOOL), message=opt(STR))
 async def results(task: Task, ctx: Context) -> list[Task]:
     p = task.payload
     rs = ctx.runs
