@@ -34,14 +34,20 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "'isolated'; skipped where they are missing, failed with LITBOTD_REQUIRE_SANDBOX=1")
 
 
+def missing_tool(why: str) -> None:
+    """A system tool a test needs is not installed: skip, saying which package gives it; on CI
+    (LITBOTD_REQUIRE_SANDBOX=1) fail, since there everything must run."""
+    if REQUIRE_SANDBOX:
+        pytest.fail(f"LITBOTD_REQUIRE_SANDBOX=1, but {why}", pytrace=False)
+    pytest.skip(why)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     mark = item.get_closest_marker("sandbox")
     if mark is None:
         return
     if why := sandbox_problem(mark.kwargs.get("network", "isolated")):
-        if REQUIRE_SANDBOX:
-            pytest.fail(f"LITBOTD_REQUIRE_SANDBOX=1, but the sandbox cannot work here: {why}", pytrace=False)
-        pytest.skip(f"needs the local jobs' sandbox: {why}")
+        missing_tool(f"needs the local jobs' sandbox: {why}")
 
 
 def free_port() -> int:
