@@ -107,3 +107,38 @@ def test_the_payloads_litbotd_writes_fit_their_schemas(kind: str, payload: dict[
 def test_a_comment_task_without_repo_does_not_fit() -> None:
     with pytest.raises(PayloadInvalid, match="payload field repo: missing"):
         schema_of(REGISTRY.handlers["comment"]).check({"pr": 1, "installation": 2})
+
+
+# -- the worker, against a real redis-server -------------------------------------------------------
+async def test_a_failure_path_that_itself_fails_dead_letters_the_task_and_the_worker_carries_on(aredis):
+    """Issue 17: what the failure path raises (here an exception that cannot even be printed, as the
+    `"1" + 1` of a string `attempt` once did) killed the worker, whose restart took the same task
+    again. Now: one ERROR line, the task in the dead letter, the next task done."""
+    from test_queue_redis import Pool, make_services, until
+
+    from litbotd.payloads import needs
+    from litbotd.worker import Registry
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise TypeError('can only concatenate str (not "int") to str')
+
+    async def evil(task: Task, ctx: Any) -> None:
+        raise Unprintable()
+
+    @needs(n=INT)
+    async def fine(task: Task, ctx: Any) -> None:
+        await ctx.redis.rpush("test:done", task.id)
+
+    s = make_services(aredis, max_attempts=5)
+    bad, no_n, good = Task(kind="evil"), Task(kind="fine", payload={"n": "one"}), Task(kind="fine", payload={"n": 1})
+    async with Pool(s, Registry(handlers={"evil": evil, "fine": fine}), 1):
+        await s.queue.enqueue(bad)
+        await s.queue.enqueue(no_n)
+        await s.queue.enqueue(good)
+        await until(lambda: aredis.lrange("test:done", 0, -1), 10, "the good task done")
+        dead = [Task.from_json(raw) for raw in await aredis.lrange("bot_queue:dead", 0, -1)]
+    assert await aredis.lrange("test:done", 0, -1) == [good.id]
+    assert len(dead) == 2 and await aredis.zcard("bot_queue:delayed") == 0  # no retry of either
+    errors = sorted(t.error or "" for t in dead)
+    assert "TypeError: can only concatenate" in errors[0] and errors[1].startswith("payload field n: expected")
