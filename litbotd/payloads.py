@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, TypeVar
 
 from .events import FULL_NAME_RE, SHA_RE
-from .tasks import type_name, shown
+from .tasks import shown, type_name
 
 
 class PayloadInvalid(ValueError):

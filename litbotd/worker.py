@@ -16,9 +16,9 @@ import redis.asyncio as aioredis
 from . import logs, metrics
 from .backoff import backoff
 from .context import Context, Current, Liveness
+from .payloads import PayloadInvalid, schema_of
 from .queue import Queue
 from .redisconn import REDIS_UNAVAILABLE
-from .payloads import PayloadInvalid, schema_of
 from .tasks import Permanent, Task, TaskFormatError, shown
 
 log = logs.get("litbotd.worker")

@@ -17,10 +17,10 @@ from typing import Any, Callable
 
 import aiohttp
 
-from litbotd import configfile
-from litbotd.daemon import Daemon
 from fake_github import FakeGitHub
 from helpers.env import scrubbed_env
+from litbotd import configfile
+from litbotd.daemon import Daemon
 from litbotd.lifecycle import REGISTRY
 
 DATA = Path(__file__).parent / "data"

@@ -12,8 +12,8 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-from lightning_standin import LightningStandIn
 from helpers.env import scrubbed_env
+from lightning_standin import LightningStandIn
 from litbotd.backends import machine_names, make_backend
 from litbotd.backends.base import BackendError, JobNotFound, JobSpec
 from litbotd.backends.lightning import INFRA_FAILED, PREEMPTED, LightningBackend
@@ -221,9 +221,9 @@ def test_auth_token_alone_is_enough(sdk_env: LightningStandIn, monkeypatch: pyte
 def test_teamspace_must_be_configured(sdk_env: LightningStandIn) -> None:
     cfg = Config(jobs=JobsConfig(backend="lightning", lightning=LightningConfig(teamspace="")))
     with pytest.raises(BackendError, match="jobs.lightning.teamspace is not set"):
-        make_backend(cfg)
+        make_backend(cfg.jobs)
     cfg = Config(jobs=JobsConfig(backend="lightning", lightning=LightningConfig(teamspace="acme/ci")))
-    assert isinstance(make_backend(cfg), LightningBackend)
+    assert isinstance(make_backend(cfg.jobs), LightningBackend)
 
 
 def test_importing_litbotd_does_not_import_the_sdk() -> None:

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from helpers.env import scrubbed_env
-
 from litbotd.tasks import Task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +93,7 @@ class DaemonProc:
             time.sleep(0.5)
             self.proc.send_signal(signal.SIGABRT)  # faulthandler dumps the threads' stacks
             time.sleep(0.5)
-            raise AssertionError(f"{self.name} did not exit {timeout}s after SIGTERM:\n{self.output()[-12000:]}")
+            raise AssertionError(f"{self.name} did not exit {timeout}s after SIGTERM:\n{self.output()[-12000:]}") from None
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

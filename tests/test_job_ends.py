@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from harness import GitHubWorld, InProcessDaemon, config_data, pr_payload, sha_of, wait_until
-from litbotd.lifecycle import comments
 from litbotd.backends.local import LocalBackend
 from litbotd.backends.localrun import ENDED_FIFO, announce_end
+from litbotd.lifecycle import comments
 from tarball_server import TarballServer, github_tarball
 from test_backend_local import spec
 

@@ -15,11 +15,11 @@ from typing import Iterator
 
 import pytest
 
-from litbotd import logs
 from helpers.env import scrubbed_env
+from litbotd import logs
 from litbotd.configfile import parse
-from litbotd.queue import Queue, connect
 from litbotd.context import Context, Current
+from litbotd.queue import Queue, connect
 from litbotd.tasks import Task
 from litbotd.worker import Registry, Worker
 

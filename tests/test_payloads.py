@@ -114,10 +114,9 @@ async def test_a_failure_path_that_itself_fails_dead_letters_the_task_and_the_wo
     """Issue 17: what the failure path raises (here an exception that cannot even be printed, as the
     `"1" + 1` of a string `attempt` once did) killed the worker, whose restart took the same task
     again. Now: one ERROR line, the task in the dead letter, the next task done."""
-    from test_queue_redis import Pool, make_services, until
-
     from litbotd.payloads import needs
     from litbotd.worker import Registry
+    from test_queue_redis import Pool, make_services, until
 
     class Unprintable(Exception):
         def __str__(self) -> str:

@@ -7,10 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from conftest import missing_tool
-
 from litbotd.config import WorkersConfig, parse_duration
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "litbotd.service"

@@ -24,9 +24,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import stat
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -37,10 +37,10 @@ import litbotd
 
 from ..procinfo import boot_id, process_start
 from ..redaction import scrub
+from . import sandbox
 from .base import FINAL_STATES, NAME_RE, Backend, BackendError, JobNotFound, JobSpec, JobStatus, Offload, check_name
 from .bootstrap import job_argv, job_env
 from .localrun import ENDED_FIFO, write_json_atomic
-from . import sandbox
 
 # A job whose runner has not recorded its pid this long after the directory was made never
 # started (the daemon died between mkdir and spawn).

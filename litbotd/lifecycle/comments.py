@@ -12,8 +12,8 @@ import time
 from .. import checks, logs, report
 from ..context import Context
 from ..github import PaceDeferred
-from ..payloads import ID, REPO, needs
 from ..locks import FencedLock
+from ..payloads import ID, REPO, needs
 from ..runstate import TTL, RunRef, RunState
 from ..tasks import Task
 from .checkruns import report_row
