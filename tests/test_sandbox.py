@@ -30,6 +30,7 @@ from harness import (
     sha_of,
     wait_until,
 )
+from helpers.env import scrubbed_env
 from litbotd.backends import sandbox
 from litbotd.backends.local import LocalBackend
 from litbotd.config import render_toml
@@ -212,7 +213,7 @@ def cli(tmp_path: Path, command: str, path: str, redis_url: str, toml: str) -> s
     cfg = tmp_path / "litbotd.toml"
     cfg.write_text(f'[server]\nport = 0\nhost = "127.0.0.1"\n[jobs]\nbackend = "local"\n[jobs.local]\n'
                    f'workdir = "{tmp_path / "jobs"}"\n{toml}')
-    env = {"PATH": path, "HOME": str(tmp_path), "GH_WEBHOOK_SECRET": "s3cr3t", "REDIS_URL": redis_url}
+    env = scrubbed_env({"PATH": path, "HOME": str(tmp_path)}, GH_WEBHOOK_SECRET="s3cr3t", REDIS_URL=redis_url)
     return subprocess.run([sys.executable, "-m", "litbotd", command, "-c", str(cfg)], capture_output=True,
                           text=True, timeout=60, env=env)
 
@@ -260,7 +261,7 @@ def test_demo_runs_its_known_good_job_unsandboxed_where_bwrap_is_missing_and_say
             if f.name not in ("bwrap", "slirp4netns") and not (bin_dir / f.name).exists():
                 (bin_dir / f.name).symlink_to(f)
     out = subprocess.run([sys.executable, "-m", "litbotd", "demo"], capture_output=True, text=True, timeout=120,
-                         env={"PATH": str(bin_dir), "HOME": str(tmp_path)})
+                         env=scrubbed_env({"PATH": str(bin_dir), "HOME": str(tmp_path)}))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr
     assert "UNSANDBOXED" in out.stdout and "bubblewrap package" in out.stdout
 
