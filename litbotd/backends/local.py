@@ -107,7 +107,7 @@ class LocalBackend(Backend):
         if self._ends_ready is None:
             self._ends_ready = asyncio.Event()
             try:
-                self._ends_fds = self._open_ends()
+                self._ends_fds = await asyncio.to_thread(self._open_ends)
             except OSError as e:
                 self.reports_end = False
                 raise BackendError(f"jobs.local.workdir: cannot use {self.workdir / ENDED_FIFO} to learn of "
@@ -126,7 +126,7 @@ class LocalBackend(Backend):
 
     def _open_ends(self) -> tuple[int, int]:
         """mkfifo (0600) once; read it non-blocking, and hold a write end ourselves so the read end
-        never sees EOF between runners. Small and local: fine on the loop."""
+        never sees EOF between runners."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / ENDED_FIFO
         try:
