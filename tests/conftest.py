@@ -13,11 +13,11 @@ from typing import Iterator
 import pytest
 import redis as syncredis
 
-from helpers.env import dropped
+from helpers.env import TEST_KNOBS, dropped
 
 DATA = Path(__file__).parent / "data"
-# Read before the session scrubs LITBOTD_* (see scrubbed_session): .ci/run sets it, so that on CI a
-# test that needs the local jobs' sandbox fails where a newcomer's machine would skip it.
+# .ci/run sets it, so that on CI a test that needs the local jobs' sandbox fails where a newcomer's
+# machine would skip it (a test knob: the session scrub keeps it, helpers/env.py).
 REQUIRE_SANDBOX = os.environ.get("LITBOTD_REQUIRE_SANDBOX") == "1"
 
 
@@ -152,9 +152,9 @@ def reap_leftover_jobs(tmp_path: Path) -> Iterator[None]:
 def scrubbed_session() -> Iterator[None]:
     """The test process itself runs without the developer's REDIS_URL, GH_*, LITBOTD_*, ...
     (helpers/env.py): an in-process daemon, or a process started with the inherited environment,
-    cannot reach their Redis or App. (LITBOTD_REQUIRE_SANDBOX is read before this, at import.)"""
+    cannot reach their Redis or App. The suite's own knobs (env.TEST_KNOBS) stay."""
     with pytest.MonkeyPatch.context() as mp:
-        for k in [k for k in os.environ if dropped(k)]:
+        for k in [k for k in os.environ if dropped(k) and k not in TEST_KNOBS]:
             mp.delenv(k)
         yield
 

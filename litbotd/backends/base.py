@@ -103,6 +103,10 @@ class Backend(Protocol):
     async def log_tail(self, name: str, lines: int) -> str:
         """The last `lines` lines of the job's log ("" when there is none yet)."""
 
+    async def copy_log(self, name: str, dest: str) -> bool:
+        """Write the job's whole log so far to the file `dest` (replaced atomically), for its run
+        page; False when there is no log yet. Blocking work runs off the event loop."""
+
     async def stop(self, name: str) -> None:
         """Ask the job to stop. Idempotent; returns within a bounded time, the job may still be stopping."""
 

@@ -97,6 +97,14 @@ class LocalBackend(Backend):
         check_name(name)
         await self._offload.run(self._stop, name)
 
+    def log_file(self, name: str) -> str:
+        """The job's own log file (for its run page, which reads it while the job runs)."""
+        return str(self.workdir / check_name(name) / "log.txt")
+
+    async def copy_log(self, name: str, dest: str) -> bool:
+        check_name(name)
+        return await self._offload.run(self._copy_log, name, dest, timeout=600.0)
+
     async def prune(self) -> int:
         """Delete the directories of jobs that finished more than `keep` ago; returns how many."""
         return await self._offload.run(self._prune, time.time() - self.keep, timeout=600.0)
@@ -311,6 +319,17 @@ class LocalBackend(Backend):
                 os.killpg(pgid, signal.SIGTERM)  # the runner and the bootstrap; it kills the script's group
             except ProcessLookupError:
                 pass
+
+    def _copy_log(self, name: str, dest: str) -> bool:
+        src = self.workdir / name / "log.txt"
+        if not src.exists():
+            return False
+        out = Path(dest)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.{os.getpid()}"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, out)
+        return True
 
     def _log_tail(self, name: str, lines: int) -> str:
         jobdir = self.workdir / name

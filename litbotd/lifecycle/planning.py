@@ -21,9 +21,11 @@ async def queue_run(ctx: Context, task: Task, p: dict[str, Any], run: workflows.
     """Create the run's `queued` check run and the start_job task that follows."""
     gh, rs = ctx.github, ctx.runs
     ref = RunRef(p["repo"], p["sha"], run.key, attempt)
+    page = ctx.page_url(p["repo"], p["sha"], run.key, attempt)  # the run page, from the start (SPEC §9)
     check_id = await checks.find_or_create_check(
         gh, p["installation"], p["repo"], p["sha"], run.check_name, decisions.external_id(run.key, attempt),
-        priority="create", status="queued", output=report.check_output(report_row(run, attempt, {})))
+        priority="create", status="queued", output=report.check_output(report_row(run, attempt, {})),
+        **({"details_url": page} if page else {}))
     await rs.count_write(ref)
     if not await rs.transition(ref, ("", "queued"), status="queued", check_run_id=check_id, queued_at=time.time()):
         await rs.update(ref, check_run_id=check_id)  # repeated after a cancel ended it: keep its state
