@@ -34,8 +34,10 @@ class Decision:
 def outcome_for(task: Task, error: BaseException | None, config: WorkersConfig, now: float,
                 rng: random.Random | None = None) -> Decision:
     """The outcome of one run of `task` that raised `error` (None: it returned). A Permanent
-    error (a task that cannot run: no handler, an invalid payload, a gone repository) is dead at
-    once; any other is retried with the one backoff until workers.max_attempts are spent."""
+    error (retrying cannot help: e.g. a gone repository) is dead at once; any other is retried
+    with the one backoff until workers.max_attempts are spent. (A task that cannot run at all, an
+    unknown kind or a payload its schema refuses, never reaches a handler: the worker sends it
+    to the dead letter as DEAD before.)"""
     if error is None:
         return Decision(Outcome.DONE, task.attempt)
     attempt = task.attempt + 1

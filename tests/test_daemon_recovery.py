@@ -228,7 +228,7 @@ async def test_a_restart_with_the_same_pid_still_takes_back_the_old_tasks(redis_
     cfg = configfile.parse({"server": {"enabled": False}, "redis": {"url": redis_server.url},
                             "workers": {"count": 1, "lease_timeout": "30s", "heartbeat_interval": "1s"},
                             "github": {"redeliver_interval": 0},
-                            "jobs": {"backend": "local", "local": {"workdir": str(tmp_path / "jobs")}}}, env={})
+                            "jobs": {"backend": "local", "local": {"workdir": str(tmp_path / "jobs"), "sandbox": False}}}, env={})
 
     async def count(task, s):
         await s.redis.rpush("test:done", task.id)

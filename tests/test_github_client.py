@@ -9,8 +9,9 @@ from typing import AsyncIterator, Callable
 
 import pytest
 
-from conftest import DATA, RedisServer, free_port
+from conftest import DATA, RedisServer
 from fake_github import PRIVATE_PEM, PUBLIC_PEM, SPEC, FakeGitHub
+from helpers.net import free_port
 from litbotd import configfile, github, metrics
 from litbotd.context import Context
 from litbotd.github import GitHubApp, GitHubError

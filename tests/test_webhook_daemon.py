@@ -195,6 +195,9 @@ def _pr_with(path: str, value: Any) -> bytes:
     ("repository.full_name", "acme/widgets/../../app"),
     ("installation.id", "77"),
     ("pull_request.number", 1.5),
+    ("pull_request.number", 0),
+    ("pull_request.number", -5),
+    ("installation.id", -77),
 ])
 async def test_malformed_signed_payloads_are_400_and_not_queued(daemon: DaemonProcess, db: syncredis.Redis,
                                                                 path: str, value: Any) -> None:

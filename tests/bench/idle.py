@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,12 +21,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers.env import scrubbed_env  # noqa: E402
+from helpers.net import free_port  # noqa: E402
 
 
 def main() -> None:
@@ -47,8 +42,7 @@ def main() -> None:
                        f'[workers]\ncount = {args.workers}\n[jobs]\nbackend = "local"\n'
                        f'[jobs.local]\nworkdir = "{tmp}/jobs"\nsandbox = false\n'
                        '[github]\nredeliver_interval = 0\n[log]\nformat = "text"\n')
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "LITBOTD_", "NOTIFY_SOCKET"))}
-        env.update(PYTHONPATH=str(ROOT), GH_WEBHOOK_SECRET="idle-secret")
+        env = scrubbed_env(GH_WEBHOOK_SECRET="idle-secret")
         daemon = subprocess.Popen([sys.executable, "-m", "litbotd", "run", "-c", str(cfg)], env=env,
                                   stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "daemon.log", "wb"))
         try:

@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 DROP_PREFIXES = ("GH_", "LITBOTD_", "LIGHTNING_", "WATCHDOG_", "LISTEN_")
 DROP_NAMES = frozenset({"REDIS_URL", "NOTIFY_SOCKET", "CREDENTIALS_DIRECTORY", "JOURNAL_STREAM"})
+# The test suite's own settings, which litbotd never reads: the session keeps them for the tests
+# (they still never reach a daemon or command: scrubbed_env drops them).
+TEST_KNOBS = frozenset({"LITBOTD_REQUIRE_SANDBOX", "LITBOTD_CHROMIUM", "LITBOTD_SCREENSHOTS"})
 
 
 def dropped(name: str) -> bool:

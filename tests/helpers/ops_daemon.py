@@ -16,7 +16,7 @@ does, with these task kinds instead of the CI phases:
     leak   {"what": w}      raises an error holding a secret the daemon knows but the task does
                             not carry: w = "webhook_secret", "private_key" (its body lines), or
                             "token" ($TEST_INSTALLATION_TOKEN)
-    github {"path": p}      GET p from the GitHub API as the App (FakeGitHubApp answers 401,
+    github {"path": p}      GET p from the GitHub API as the App (the test's FakeGitHub answers 401,
                             echoing a token in its message)
 
 The test side (its config, start, status, the CLI, a systemd stand-in) lives here too, so each
