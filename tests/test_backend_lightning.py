@@ -1,7 +1,6 @@
 """The Lightning backend driving lightning-sdk's own request code against a loopback stand-in."""
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ from typing import AsyncIterator, Iterator
 import pytest
 
 from helpers.env import scrubbed_env
+from helpers.wait import wait_until
 from lightning_standin import LightningStandIn
 from litbotd.backends import machine_names, make_backend
 from litbotd.backends.base import BackendError, JobNotFound, JobSpec
@@ -143,10 +143,8 @@ async def test_renamed_duplicate_is_stopped_and_the_original_reported(backend: L
     st = await backend.start(spec())
     assert st.state == "running"
     assert st.url is not None and st.url.endswith("/jobs/litci-3f2a9c1b7d?app_id=jobs")
-    deadline = time.monotonic() + 10
-    while ("litci-3f2a9c1b7d-1", {"state": "stop"}) not in sdk_env.updates:
-        assert time.monotonic() < deadline, f"duplicate not stopped: {sdk_env.updates}"
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: ("litci-3f2a9c1b7d-1", {"state": "stop"}) in sdk_env.updates, 10,
+                     "the duplicate to be stopped")
     assert sdk_env.by_name("litci-3f2a9c1b7d-1").state == "stopped"  # type: ignore[union-attr]
     assert sdk_env.by_name("litci-3f2a9c1b7d").state == "running"  # type: ignore[union-attr]
 

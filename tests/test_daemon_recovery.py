@@ -6,7 +6,6 @@ private redis-server. Readiness is the "ready" log line; every wait polls with a
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import os
@@ -17,7 +16,7 @@ import pytest
 
 from helpers.configs import write_config
 from helpers.daemon import QUEUE_HELPER, DaemonProcess
-from helpers.wait import wait_until_sync
+from helpers.wait import wait_until, wait_until_sync
 from litbotd.tasks import Task
 
 pytestmark = pytest.mark.slow
@@ -245,12 +244,11 @@ async def test_a_restart_with_the_same_pid_still_takes_back_the_old_tasks(redis_
                                  "task": t.id, "since": time.time() - 5}}, 30)
     await d.start()
     try:
-        deadline = time.monotonic() + 8
-        while await aredis.lrange("test:done", 0, -1) != [t.id]:
-            assert time.monotonic() < deadline, (
-                "the previous process's task was never done: it sits in a processing list under a live "
-                f"lease: {processing(redis_server.client())}")
-            await asyncio.sleep(0.05)
+        async def done() -> bool:
+            return await aredis.lrange("test:done", 0, -1) == [t.id]
+
+        await wait_until(done, 8, "the previous process's task to be done (not left in a processing list "
+                         "under a live lease)")
     finally:
         d.stop()
         await d.drain()
