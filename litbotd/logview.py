@@ -215,11 +215,6 @@ def html_lines(first: int, lines: list[list[Segment]]) -> Markup:
     return Markup("".join(out))
 
 
-def plain(text: str) -> str:
-    """The text a line shows, without styles (for searching and tests)."""
-    return "".join(t for _, t in Renderer().line(text))
-
-
 # -- what the page lists above the log ----------------------------------------------------------
 @dataclass(frozen=True)
 class Mark:
