@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 from markupsafe import Markup, escape
 
@@ -229,8 +229,8 @@ class Mark:
                 "where": self.where}
 
     @classmethod
-    def from_json(cls, d: dict[str, object]) -> "Mark":
-        return cls(line=int(d["line"]), level=str(d["level"]), title=str(d.get("title") or ""),  # type: ignore[call-overload]
+    def from_json(cls, d: Mapping[str, Any]) -> "Mark":
+        return cls(line=int(d["line"]), level=str(d["level"]), title=str(d.get("title") or ""),
                    message=str(d.get("message") or ""), where=str(d.get("where") or ""))
 
 

@@ -16,6 +16,7 @@ that do some are listed in IO_OUTSIDE_ADAPTERS with their reason.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,13 @@ def test_the_hint_reader_sees_type_checking_imports_only(tmp_path: Path) -> None
     src.write_text("from typing import TYPE_CHECKING\nfrom . import workflows\n"
                    "if TYPE_CHECKING:\n    from .daemon import Daemon\n    import aiohttp\n")
     assert _imports("queue", src, type_checking=True) == ({"daemon"}, {"aiohttp"})
+
+
+def test_every_type_ignore_names_its_error_and_says_why() -> None:
+    """`# type: ignore[code]  # why` on the line itself: no blanket ignores, none unexplained."""
+    bad = []
+    for module, path in MODULES.items():
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if "type: ignore" in line and not re.search(r"# type: ignore\[[a-z-, ]+\]\s+#\s*\S", line):
+                bad.append(f"{module}:{n}: {line.strip()}")
+    assert not bad, "a type: ignore without its code and reason:\n" + "\n".join(bad)
