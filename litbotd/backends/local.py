@@ -32,7 +32,7 @@ import litbotd
 
 from ..procinfo import boot_id, process_start
 from ..redaction import scrub
-from .base import FINAL_STATES, NAME_RE, BackendError, JobNotFound, JobSpec, JobStatus, Offload, check_name
+from .base import FINAL_STATES, NAME_RE, BackendError, JobNotFound, JobSpec, JobStatus, Offload, Price, check_name
 from .bootstrap import job_argv, job_env
 from .localrun import write_json_atomic
 from . import sandbox
@@ -89,6 +89,10 @@ class LocalBackend:
     async def prune(self) -> int:
         """Delete the directories of jobs that finished more than `keep` ago; returns how many."""
         return await self._offload.run(self._prune, time.time() - self.keep, timeout=600.0)
+
+    async def prices(self) -> dict[str, Price]:
+        """Local jobs list no prices: `limits.prices` may price them (SPEC §11)."""
+        return {}
 
     async def close(self) -> None:
         self._offload.close()
