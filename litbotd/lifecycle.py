@@ -289,21 +289,24 @@ async def wait_job(task: Task, s: Services) -> list[Task]:
     try:
         status = await s.backend.status(p["job"])
     except JobNotFound:
-        status = JobStatus(state="unknown", exit_code=None, url=None, message="the job no longer exists")
+        return [task.successor("results", p, key="results")]  # gone: results says so
     now = time.time()
     running_since = p.get("running_since") or (now if status.state in ("running", "stopping") else None)
+    # A state the backend reports but litbotd does not know: still running, up to queue_timeout.
+    unknown_since = (p.get("unknown_since") or now) if status.state == "unknown" else None
     run, _ = (await rs.runs(p["repo"], p["sha"]))[p["run"]]
     d = decisions.decide_wait(status.state, now, p["queued_at"], running_since, run.timeout,
-                              cfg.jobs.queue_timeout, grace=cfg.jobs.poll_interval_max)
+                              cfg.jobs.queue_timeout, grace=cfg.jobs.poll_interval_max, unknown_since=unknown_since)
     if d.action == "poll":
         poll = decisions.next_poll(p["poll"], cfg.jobs.poll_interval, cfg.jobs.poll_interval_max)
-        return [task.successor("wait_job", {**p, "poll": poll, "running_since": running_since},
-                               run_at=now + poll, key=str(now))]
+        return [task.successor("wait_job", {**p, "poll": poll, "running_since": running_since,
+                                            "unknown_since": unknown_since}, run_at=now + poll, key=str(now))]
     if d.action == "stop":
-        log.warning("stopping the job", reason=d.message)
+        message = f"{d.message}; {status.message}" if status.message else d.message  # e.g. "Lightning: no capacity"
+        log.warning("stopping the job", reason=message)
         await s.backend.stop(p["job"])
         return [task.successor("results", {**p, "timed_out": d.conclusion == decisions.TIMED_OUT,
-                                           "message": d.message}, key="results")]
+                                           "message": message}, key="results")]
     return [task.successor("results", p, key="results")]
 
 
