@@ -23,7 +23,7 @@ import functools
 import time
 from typing import Any, Sequence
 
-from . import annotations, checks, decisions, logs, metrics, report, workflows
+from . import annotations, checks, decisions, infra, logs, metrics, report, workflows
 from .backends import machine_names
 from .backends.base import JobNotFound, JobSpec, JobStatus
 from .github import GitHubApp, GitHubError, Gone, PaceDeferred
@@ -66,11 +66,18 @@ def _report_row(run: workflows.Run, attempt: int, st: dict[str, str], log_tail: 
     def num(k: str) -> float | None:
         return float(st[k]) if st.get(k) else None
 
+    try_n, total = int(st.get("try") or 1), int(st.get("tries") or 1)
+    tries: tuple[str, ...] = ()
+    if try_n > 1:  # SPEC §11: each try the infrastructure failed, then the one in force
+        now = "running" if st.get("status") != "completed" else (
+            "passed" if st.get("conclusion") == decisions.SUCCESS else st.get("message") or st.get("conclusion", ""))
+        tries = (*(st.get(f"try:{n}", infra.attempt_line(n, total, "?")) for n in range(1, try_n)),
+                 infra.attempt_line(try_n, total, now))
     return report.RunReport(
         check_name=run.check_name, status=st.get("status") or "queued", conclusion=st.get("conclusion") or None,
         machine=run.machine, image=run.image, attempt=attempt, started_at=num("started_at"),
         finished_at=num("finished_at"), details_url=st.get("url") or None, message=st.get("message", ""),
-        log_tail=log_tail,
+        log_tail=log_tail, tries=tries, try_n=try_n, tries_total=total,
     )
 
 
@@ -236,15 +243,19 @@ async def start_job(task: Task, s: Services) -> list[Task]:
     cfg, rs = s.config, RunState(s.queue)
     repo, sha, key, attempt = p["repo"], p["sha"], p["run"], p["attempt"]
     ref = RunRef(repo, sha, key, attempt)
-    if not decisions.may_start(await rs.get(ref)):
+    try_n = int(p.get("try") or 1)  # an infrastructure retry's try (SPEC §11): a job of its own name
+    name = decisions.job_name(repo, sha, key, attempt, try_n)
+    if not decisions.may_start(await rs.get(ref), try_n):
+        if try_n > 1 or task.attempt > 1:
+            await s.backend.stop(name)  # an earlier run of this task may have started it before a cancel
         return []  # cancelled before it started
     run, _ = (await rs.runs(repo, sha))[key]
-    name = decisions.job_name(repo, sha, key, attempt)
+    interruptible = bool(p.get("interruptible", run.interruptible))  # the last retry: on demand
     token = await _gh(s).scoped_token(p["installation"], repo) if decisions.needs_token(p.get("private")) else None
-    if not decisions.may_start(await rs.get(ref)):
+    if not decisions.may_start(await rs.get(ref), try_n):
         return []  # cancelled while the token was minted: start nothing
     spec = JobSpec(name=name, repo=repo, sha=sha, archive_url=f"{cfg.github.api_url}{checks.repo_path(repo)}/tarball/{sha}",
-                   script=run.script, image=run.image, machine=run.machine, interruptible=run.interruptible,
+                   script=run.script, image=run.image, machine=run.machine, interruptible=interruptible,
                    timeout=run.timeout, env=run.env, token=token, reports=run.reports)
     with logs.context(job=name):
         status = await s.backend.start(spec)
@@ -321,6 +332,8 @@ async def results(task: Task, s: Services) -> list[Task]:
         log_text = await s.backend.log_tail(p["job"], max(lines, annotations.SCAN_LINES))
     except JobNotFound:
         status, log_text = JobStatus(state="unknown", exit_code=None, url=None, message="the job no longer exists"), ""
+    if not p.get("timed_out") and (retried := await _retry_infra(task, s, ref, status)) is not None:
+        return retried
     found = await asyncio.to_thread(annotations.scan, log_text)  # megabytes of log: not on the loop
     tail = _last_lines(log_text, lines)
     timed_out = bool(p.get("timed_out") or status.timed_out)
@@ -332,6 +345,42 @@ async def results(task: Task, s: Services) -> list[Task]:
     log.info("run finished", conclusion=conclusion, exit_code=status.exit_code, job=p["job"],
              annotations=len(found.annotations), tests=found.tests_text or None)
     return await _comment_soon(task, s, p["repo"], await _pr_of(s, p), p["installation"])
+
+
+async def _retry_infra(task: Task, s: Services, ref: RunRef, status: JobStatus) -> list[Task] | None:
+    """SPEC §11: a try the infrastructure failed is tried again (infra.decide_retry, the one
+    place that decides), as a job of its own name, in the same check run; None when it is not.
+    Exactly once: the try moves on in one Redis step that a repeat of this task finds done."""
+    p = task.payload
+    run, _ = (await RunState(s.queue).runs(ref.repo, ref.sha))[ref.key]
+    try_n, retries = int(p.get("try") or 1), s.config.jobs.infra_retries
+    retry = infra.decide_retry(state=status.state, exit_code=status.exit_code, timed_out=status.timed_out,
+                               infra=status.infra, try_n=try_n, retries=retries,
+                               interruptible=bool(p.get("interruptible", run.interruptible)))
+    if retry is None:
+        return None
+    rs = RunState(s.queue)
+    line = infra.attempt_line(try_n, retries + 1, status.message or infra.KINDS.get(status.infra, status.infra))
+    now_try = await rs.advance_try(ref, try_n, line, retries + 1)
+    if now_try == 0:
+        return None  # concluded or being cancelled meanwhile: report it as it is
+    if now_try != retry.next_try:
+        log.info("infrastructure retry already under way", job=p["job"], try_now=now_try)
+        return []
+    log.warning("the infrastructure failed the job; trying again", job=p["job"], kind=status.infra,
+                attempt=f"{retry.next_try} of {retries + 1}", interruptible=retry.interruptible)
+    metrics.JOBS.labels(s.backend.name, f"retried_{status.infra}").inc()
+    row = _report_row(run, ref.attempt, await rs.get(ref))
+    try:
+        await checks.update_check(_gh(s), p["installation"], ref.repo, int(p["check_run_id"]), "progress",
+                                  defer=True, status="in_progress", output=report.check_output(row))
+        await rs.count_write(ref)
+    except PaceDeferred:
+        log.info("retry note skipped: the pacing budget is kept for results")
+    nxt = _routing(p, run=ref.key, attempt=ref.attempt, check_run_id=p["check_run_id"])
+    return [task.successor("start_job", {**nxt, "try": retry.next_try, "interruptible": retry.interruptible},
+                           key=f"try{retry.next_try}"),
+            *await _comment_soon(task, s, ref.repo, await _pr_of(s, p), p["installation"])]
 
 
 async def _pr_of(s: Services, p: dict[str, Any]) -> int | None:

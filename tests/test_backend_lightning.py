@@ -27,40 +27,11 @@ API_KEY = "lightning-api-key-must-stay-home"
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
-@pytest.fixture(scope="module")
-def standin() -> Iterator[LightningStandIn]:
-    s = LightningStandIn()
-    s.start()
-    yield s
-    s.close()
-
-
 @pytest.fixture
-def sdk_env(standin: LightningStandIn, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[LightningStandIn]:
-    """Point the SDK at the stand-in, with credentials in the environment and no user config.
-    Every request the test made must be one the stand-in models."""
-    standin.reset()
-    for k in list(os.environ):
-        if k.startswith("LIGHTNING_"):
-            monkeypatch.delenv(k)
-    monkeypatch.setenv("LIGHTNING_CLOUD_URL", standin.url)
-    monkeypatch.setenv("LIGHTNING_USER_ID", "user-1")
-    monkeypatch.setenv("LIGHTNING_API_KEY", API_KEY)
+def sdk_env(lightning: LightningStandIn, monkeypatch: pytest.MonkeyPatch) -> LightningStandIn:
+    """The SDK aimed at the stand-in (conftest.py); its unknown requests fail the test."""
     monkeypatch.setenv("GH_WEBHOOK_SECRET", "daemon-webhook-secret")
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.lightning/config.yaml of the developer
-    from litbotd.backends.lightning import _import_sdk
-
-    _import_sdk()
-    from lightning_sdk.api import utils as sdk_utils
-    from lightning_sdk.lightning_cloud import env as sdk_cloud_env
-
-    # The SDK reads its URL at import and caches one client per process: aim both at the stand-in.
-    monkeypatch.setattr(sdk_cloud_env, "LIGHTNING_CLOUD_URL", standin.url)
-    sdk_utils.cached_lightning_client.cache_clear()
-    sdk_utils.allowed_resource_access.cache_clear()
-    yield standin
-    standin.release()
-    assert standin.unknown == [], f"requests the stand-in does not model: {standin.unknown}"
+    return lightning
 
 
 @pytest.fixture
