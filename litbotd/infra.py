@@ -33,16 +33,16 @@ RETRIED = frozenset({PREEMPTED, LOST, IMAGE, CAPACITY, PLATFORM})
 # cloud's and Kubernetes' reasons passed on), so these are the phrases those use.
 _MESSAGE_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (BUDGET, re.compile(r"budget|spending limit|insufficient (?:funds|credits?|balance)|out of credits"
-                        r"|payment|billing", re.I)),
+                        r"|payment|billing", re.IGNORECASE)),
     (IMAGE, re.compile(r"imagepull|errimage|pull(?:ing)? (?:the )?image|image pull|pull access denied"
                        r"|manifest (?:unknown|not found)|repository does not exist|image .*not found"
-                       r"|invalidimagename", re.I)),
+                       r"|invalidimagename", re.IGNORECASE)),
     (CAPACITY, re.compile(r"capacity|insufficientinstance|no (?:available )?(?:machines?|instances?|nodes?)"
-                          r"|not enough (?:gpus?|resources)|quota|unschedulable|zone .*exhausted", re.I)),
-    (PREEMPTED, re.compile(r"preempt|spot|interrupt|reclaim", re.I)),
+                          r"|not enough (?:gpus?|resources)|quota|unschedulable|zone .*exhausted", re.IGNORECASE)),
+    (PREEMPTED, re.compile(r"preempt|spot|interrupt|reclaim", re.IGNORECASE)),
     (LOST, re.compile(r"machine (?:was )?lost|node (?:was )?lost|lost contact|unreachable|not ready"
                       r"|terminated unexpectedly|instance (?:was )?terminated|heartbeat|evicted|hardware",
-                      re.I)),
+                      re.IGNORECASE)),
 )
 
 # Lightning's raw job states (lightning_sdk JobApiV2.v2_job_state_*). The SDK maps any other

@@ -7,17 +7,16 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 import pytest
-
 from lightning_standin import LightningStandIn
-from litbotd.backends import machine_names, make_backend
-from litbotd.backends.base import BackendError, JobNotFound, JobSpec
+
 from litbotd import infra
 from litbotd.backends import lightning as lightning_mod
-from litbotd.backends.base import Price
+from litbotd.backends import machine_names, make_backend
+from litbotd.backends.base import BackendError, JobNotFound, JobSpec, Price
 from litbotd.backends.lightning import INFRA_FAILED, LightningBackend
 from litbotd.config import Config, JobsConfig, LightningConfig
 

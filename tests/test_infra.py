@@ -4,7 +4,16 @@ from __future__ import annotations
 import pytest
 
 from litbotd import infra
-from litbotd.infra import CAPACITY, IMAGE, LOST, PLATFORM, PREEMPTED, BUDGET, Retry, Verdict
+from litbotd.infra import (
+    BUDGET,
+    CAPACITY,
+    IMAGE,
+    LOST,
+    PLATFORM,
+    PREEMPTED,
+    Retry,
+    Verdict,
+)
 
 
 @pytest.mark.parametrize("text, kind", [

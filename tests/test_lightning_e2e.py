@@ -10,8 +10,14 @@ import time
 from typing import Any
 
 import pytest
-
-from harness import REPO, GitHubWorld, InProcessDaemon, config_data, pr_payload, sha_of, wait_until
+from harness import (
+    GitHubWorld,
+    InProcessDaemon,
+    config_data,
+    pr_payload,
+    sha_of,
+    wait_until,
+)
 from lightning_standin import LightningStandIn
 
 GPU = """\

@@ -35,18 +35,26 @@ The script's exit status comes from the bootstrap's last log line (see bootstrap
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import os
 import threading
 import urllib.request
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .. import infra
 from ..redaction import scrub
-from .base import BackendError, JobNotFound, JobSpec, JobStatus, Offload, Price, check_name
+from .base import (
+    BackendError,
+    JobNotFound,
+    JobSpec,
+    JobStatus,
+    Offload,
+    Price,
+    check_name,
+)
 from .bootstrap import job_env, parse_result, shell_command
 
 log = logging.getLogger(__name__)
@@ -168,7 +176,7 @@ class LightningBackend:
             return await self._offload.run(self._start, spec)
         except BackendError:
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BackendError(f"failed to start: Lightning did not answer within {self._offload.timeout:g}s") from None
         except Exception as e:
             raise BackendError(f"failed to start: {_short(e, spec.secrets())}") from None
@@ -194,7 +202,7 @@ class LightningBackend:
         check_name(name)
         try:
             await self._offload.run(self._stop, name, timeout=self.stop_wait)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BackendError(f"stop of {name}: Lightning did not answer within {self.stop_wait:g}s") from None
         except (BackendError, JobNotFound):
             raise
@@ -216,7 +224,7 @@ class LightningBackend:
             return await self._offload.run(fn, *args)
         except (BackendError, JobNotFound):
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BackendError(f"Lightning did not answer within {self._offload.timeout:g}s") from None
         except Exception as e:
             raise BackendError(f"Lightning: {_short(e)}") from None
@@ -321,10 +329,14 @@ class LightningBackend:
 
     def _status_of(self, name: str, rec: Any) -> JobStatus:
         state = str(rec.state or "")
-        facts = dict(message=_text(rec.message), server_error=_text(rec.server_error),
-                     interruption_notice=bool(rec.interruption_notice_received),
-                     restart_count=int(rec.restart_count or 0))
-        v = infra.lightning_verdict(state, **facts)  # type: ignore[arg-type]
+        message, server_error = _text(rec.message), _text(rec.server_error)
+        notice, restarts = bool(rec.interruption_notice_received), int(rec.restart_count or 0)
+
+        def verdict(**more: Any) -> infra.Verdict:
+            return infra.lightning_verdict(state, message=message, server_error=server_error,
+                                           interruption_notice=notice, restart_count=restarts, **more)
+
+        v = verdict()
         unavailable = False
         if v.needs_log:
             try:
@@ -333,9 +345,8 @@ class LightningBackend:
             except Exception as e:
                 log.warning("lightning logs unavailable job=%s error=%s", name, _short(e))
                 result, unavailable = None, True
-            v = infra.lightning_verdict(state, **facts, log_read=True,  # type: ignore[arg-type]
-                                        result=(result.kind, result.exit_code, result.detail) if result else None)
-            if unavailable and not (facts["interruption_notice"] or facts["message"] or facts["server_error"]):
+            v = verdict(log_read=True, result=(result.kind, result.exit_code, result.detail) if result else None)
+            if unavailable and not (notice or message or server_error):
                 # Without the log a test failure looks like a lost machine: never retry on a guess.
                 v = infra.Verdict("failed", message=INFRA_FAILED)
         if v.state == "unknown" and state not in self._unknown_seen:
