@@ -155,6 +155,7 @@ class Fault:
     hang: bool = False            # answer only after release()
     times: int | None = 1         # how many requests it hits (None: all)
     hits: int = 0
+    reached: threading.Event = field(default_factory=threading.Event)  # set at its first hit
 
 
 FINAL = ("completed", "failed", "stopped")
@@ -384,6 +385,7 @@ class LightningStandIn:
                           and (f.times is None or f.hits < f.times)), None)
             if fault is not None:
                 fault.hits += 1
+                fault.reached.set()
         if fault is not None:
             if fault.hang and self._release is not None:
                 await self._release.wait()

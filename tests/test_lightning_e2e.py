@@ -171,3 +171,18 @@ async def test_a_superseded_runs_machine_is_stopped_within_60s(redis_server, wor
     assert lightning.stops[0][0] == name and lightning.job(name).state == "stopped"
     assert stopped_after < 60
     assert check(world, old)["conclusion"] == "cancelled"
+
+
+async def test_a_job_pending_too_long_says_what_lightning_said(redis_server, world, lightning, tmp_path):
+    sha = sha_of("nocapacity")
+    await world.start({sha: {".lightning/workflows/gpu.yaml": GPU}})
+    async with InProcessDaemon(lightning_config(redis_server.url, world.url, tmp_path, queue_timeout="2s")) as d:
+        await start_pr(d, world, sha)
+        name = await wait_until(lambda: created(lightning, 1), 30, "the job")
+        lightning.job(name).message = "waiting for L4 capacity in us-east-1"
+        await wait_until(lambda: completed(world, sha), 30, "the check run to complete")
+        await wait_until(d.idle, 20, "idle")
+    run = check(world, sha)
+    assert run["conclusion"] == "timed_out"
+    assert "queue_timeout" in run["output"]["summary"]
+    assert "Lightning: waiting for L4 capacity in us-east-1" in run["output"]["summary"]
