@@ -180,3 +180,9 @@ def outcome_text(state: str, exit_code: int | None, timed_out: bool, infra: str)
         return KINDS.get(infra, infra)
     return {"success": "passed", "test_failure": f"exit code {exit_code}", "timed_out": "timed out",
             "stopped": "stopped", "running": "running", "unknown": "outcome unknown"}.get(c, "failed")
+
+
+def final_message(message: str, try_n: int, total: int) -> str:
+    """Why a run the infrastructure failed for the last time concluded `failure` (SPEC §11)."""
+    tried = f" on attempt {try_n} of {total}" if total > 1 else ""
+    return f"the infrastructure failed{tried}, not the tests: {message}"

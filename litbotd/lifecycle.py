@@ -339,6 +339,8 @@ async def results(task: Task, s: Services) -> list[Task]:
     timed_out = bool(p.get("timed_out") or status.timed_out)
     conclusion = decisions.conclusion_for(status.state, status.exit_code, timed_out)
     message = p.get("message") or status.message
+    if status.infra and not p.get("message"):  # retried as often as jobs.infra_retries allows, or not retried
+        message = infra.final_message(status.message, int(p.get("try") or 1), int((await rs.get(ref)).get("tries") or 1))
     conclusion, message = await rs.conclude(ref, conclusion, message, time.time())
     metrics.JOBS.labels(s.backend.name, conclusion).inc()
     await _report_completed(s, p, ref, tail, found)

@@ -130,3 +130,6 @@ def test_attempt_lines() -> None:
     assert infra.outcome_text("failed", 2, False, "") == "exit code 2"
     assert infra.server_text("a  b", "a b") == "a b"
     assert infra.server_text("x", "y") == "x; y"
+
+    assert infra.final_message("preempted: x", 3, 3) == "the infrastructure failed on attempt 3 of 3, not the tests: preempted: x"
+    assert infra.final_message("no capacity", 1, 1) == "the infrastructure failed, not the tests: no capacity"

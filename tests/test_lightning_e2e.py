@@ -129,7 +129,7 @@ async def test_a_failure_with_a_server_message_shows_it(redis_server, world, lig
     run = check(world, sha)
     assert run["conclusion"] == "failure"
     summary = run["output"]["summary"]
-    assert "image could not be pulled" in summary
+    assert "the infrastructure failed, not the tests: image could not be pulled" in summary
     assert 'Back-off pulling image "python:3.12-slim": not found; ErrImagePull' in summary
 
 
