@@ -245,9 +245,12 @@ async def start_job(task: Task, s: Services) -> list[Task]:
     ref = RunRef(repo, sha, key, attempt)
     try_n = int(p.get("try") or 1)  # an infrastructure retry's try (SPEC §11): a job of its own name
     name = decisions.job_name(repo, sha, key, attempt, try_n)
-    if not decisions.may_start(await rs.get(ref), try_n):
-        if try_n > 1 or task.attempt > 1:
-            await s.backend.stop(name)  # an earlier run of this task may have started it before a cancel
+    state = await rs.get(ref)
+    if not decisions.may_start(state, try_n):
+        if state.get("cancel_reason"):
+            # An earlier run of this task (before a crash, or one whose stop failed) may have
+            # started the job before the cancel could see it: stop it (nothing when there is none).
+            await s.backend.stop(name)
         return []  # cancelled before it started
     run, _ = (await rs.runs(repo, sha))[key]
     interruptible = bool(p.get("interruptible", run.interruptible))  # the last retry: on demand
