@@ -368,3 +368,18 @@ async def test_the_log_download_fallback_has_a_timeout(sdk_env: LightningStandIn
         assert (await b.status("litci-other")).state == "running"  # the one thread is free again
     finally:
         await b.close()
+
+
+async def test_the_stand_in_can_run_jobs_by_itself(backend: LightningBackend, sdk_env: LightningStandIn) -> None:
+    """autorun: pending → running at the first read, the end after autorun_reads more; peak counted."""
+    sdk_env.autorun = lambda job: 0
+    sdk_env.autorun_reads = 1
+    await backend.start(spec("litci-auto-1", machine="L4"))
+    await backend.start(spec("litci-auto-2", machine="L4"))
+    states = []
+    for _ in range(4):
+        states.append([(await backend.status(n)).state for n in ("litci-auto-1", "litci-auto-2")])
+    assert states[0] == ["running", "running"] and states[-1] == ["succeeded", "succeeded"]
+    assert sdk_env.peak_running["lit-l4-1"] == 2 and sdk_env.running("lit-l4-1") == 0
+    cost = (await backend.status("litci-auto-1")).cost
+    assert cost is not None and cost >= 0
