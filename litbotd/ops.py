@@ -12,13 +12,15 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Callable, Concatenate, Coroutine, ParamSpec
 
 from . import logs
 from .config import Config
-from .queue import REDIS_UNAVAILABLE, Queue, connect_config, queue_config
+from .queue import Queue, queue_config
+from .redisconn import REDIS_UNAVAILABLE, connect_config
 
 GITHUB_CHECK_TIMEOUT = 30.0
+P = ParamSpec("P")
 
 
 @contextlib.asynccontextmanager
@@ -30,12 +32,13 @@ async def _queue(cfg: Config) -> AsyncIterator[Queue]:
         await redis.aclose()
 
 
-def _redis_errors(fn: Callable[..., Awaitable[int]]) -> Callable[..., Awaitable[int]]:
+def _redis_errors(fn: Callable[Concatenate[Config, P], Coroutine[Any, Any, int]]
+                  ) -> Callable[Concatenate[Config, P], Coroutine[Any, Any, int]]:
     """An unreachable Redis is a one-line failure (exit 1), not a traceback."""
     @functools.wraps(fn)
-    async def wrapper(cfg: Config, *args: Any) -> int:
+    async def wrapper(cfg: Config, /, *args: P.args, **kwargs: P.kwargs) -> int:
         try:
-            return await fn(cfg, *args)
+            return await fn(cfg, *args, **kwargs)
         except REDIS_UNAVAILABLE as e:
             print(f"litbotd: redis at {logs.safe_url(cfg.redis.url)} is unreachable: "
                   f"{logs.redact(f'{type(e).__name__}: {e}')}", file=sys.stderr)
@@ -154,8 +157,7 @@ def lint(directory: str, base: str, cfg: Config) -> int:
     candidates = [*(root / f for f in workflows.ROOT_FILES), *sorted((root / workflows.WORKFLOW_DIR).glob("*"))]
     paths = workflows.discover(str(p.relative_to(root)) for p in candidates if p.is_file())
     files = {p: (root / p).read_bytes() for p in paths}
-    defaults = workflows.Defaults(image=cfg.jobs.lightning.default_image, machine=cfg.jobs.lightning.default_machine,
-                                  timeout=cfg.jobs.default_timeout, machines=_machines())
+    defaults = workflows.Defaults.from_config(cfg.jobs, _machines())
     plan = workflows.plan(files, base, defaults)
     if not paths:
         print(f"no workflow files ({workflows.LOCATIONS}): nothing would run")
@@ -200,7 +202,6 @@ async def check_online(cfg: Config) -> int:
 
 async def _check_github(cfg: Config, q: Queue) -> bool:
     from .github import GitHubApp
-    from .services import Services
 
     gh_cfg = cfg.github
     if not gh_cfg.app_id or not gh_cfg.private_key:
@@ -208,7 +209,7 @@ async def _check_github(cfg: Config, q: Queue) -> bool:
               "or the github-app.pem credential) must both be set")
         return False
     # Short waits between retries: an operator is watching, and the reason matters more.
-    gh = GitHubApp(Services(config=cfg, redis=q.redis, queue=q), sleep=lambda s: asyncio.sleep(min(s, 1.0)))
+    gh = GitHubApp.on_redis(gh_cfg, q.redis, q.name, sleep=lambda s: asyncio.sleep(min(s, 1.0)))
     try:
         app = await asyncio.wait_for(gh.get("/app", None), GITHUB_CHECK_TIMEOUT)
     except asyncio.TimeoutError:

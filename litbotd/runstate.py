@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
+
+from redis.typing import EncodableT, FieldT
 
 from .queue import Queue
 from .workflows import Run, run_from_jsonable, to_jsonable
 
 TTL = 30 * 24 * 3600
+# Replies are str (every client decodes: redisconn.connect); redis-py types them bytes | str,
+# hence the casts marked "decoded".
 
 # KEYS: sha hash. ARGV: run key, owner task id, ttl.
 _NEW_ATTEMPT = """
@@ -95,6 +99,10 @@ class RunState:
     def __init__(self, queue: Queue) -> None:
         self.q = queue
         self.r = queue.redis
+        self._new_attempt = self.r.register_script(_NEW_ATTEMPT)
+        self._transition = self.r.register_script(_TRANSITION)
+        self._conclude = self.r.register_script(_CONCLUDE)
+        self._request_cancel = self.r.register_script(_REQUEST_CANCEL)
 
     def _sha(self, repo: str, sha: str) -> str:
         return self.q.key("sha", f"{repo}@{sha}")
@@ -125,11 +133,11 @@ class RunState:
             p.expire(key, TTL)
             await p.execute()
         owners = await self.r.hmget(key, [f"owner:{run.key}:1" for run in runs]) if runs else []
-        return {run.key: 1 for run, o in zip(runs, owners) if o == owner}
+        return {run.key: 1 for run, o in zip(runs, owners, strict=True) if o == owner}
 
     async def runs(self, repo: str, sha: str) -> dict[str, tuple[Run, int]]:
         """Every run recorded for a SHA with its latest attempt."""
-        raw = await self.r.hgetall(self._sha(repo, sha))
+        raw = cast(dict[str, str], await self.r.hgetall(self._sha(repo, sha)))  # decoded
         out = {}
         for field, value in raw.items():
             if field.startswith("spec:"):
@@ -147,16 +155,17 @@ class RunState:
 
     async def new_attempt(self, repo: str, sha: str, key: str, owner: str) -> int:
         """The next attempt of a run, for task `owner`; the same number if that task asks again."""
-        return int(await self.r.eval(_NEW_ATTEMPT, 1, self._sha(repo, sha), key, owner, TTL))
+        return int(await self._new_attempt(keys=[self._sha(repo, sha)], args=[key, owner, TTL]))
 
     # -- one attempt of a run ---------------------------------------------------------------------------
     async def get(self, ref: RunRef) -> dict[str, str]:
-        return await self.r.hgetall(self._run(ref))
+        return cast(dict[str, str], await self.r.hgetall(self._run(ref)))  # decoded
 
     async def update(self, ref: RunRef, **fields: Any) -> None:
-        values = {k: ("" if v is None else v) for k, v in fields.items()}
+        values: dict[FieldT, EncodableT] = {k: ("" if v is None else v) for k, v in fields.items()}
         async with self.r.pipeline(transaction=True) as p:
-            p.hset(self._run(ref), mapping=values).expire(self._run(ref), TTL)
+            p.hset(self._run(ref), mapping=values)
+            p.expire(self._run(ref), TTL)
             await p.execute()
 
     async def transition(self, ref: RunRef, allowed_from: tuple[str, ...], **fields: Any) -> bool:
@@ -165,19 +174,20 @@ class RunState:
         args: list[Any] = [",".join(allowed_from), TTL]
         for k, v in fields.items():
             args += [k, "" if v is None else v]
-        return bool(await self.r.eval(_TRANSITION, 1, self._run(ref), *args))
+        return bool(await self._transition(keys=[self._run(ref)], args=args))
 
     async def count_write(self, ref: RunRef) -> int:
         """Count one check-run write for this run (for the writes-per-run metric); the total."""
         async with self.r.pipeline(transaction=True) as p:
-            p.hincrby(self._run(ref), "writes", 1).expire(self._run(ref), TTL)
+            p.hincrby(self._run(ref), "writes", 1)
+            p.expire(self._run(ref), TTL)
             n, _ = await p.execute()
         return int(n)
 
     async def conclude(self, ref: RunRef, conclusion: str, message: str, finished_at: float) -> tuple[str, str]:
         """Record the conclusion unless the run already has one (a cancel and a result racing:
         the first decides). Returns the conclusion and message in force."""
-        got = await self.r.eval(_CONCLUDE, 1, self._run(ref), conclusion, message, repr(finished_at), TTL)
+        got = await self._conclude(keys=[self._run(ref)], args=[conclusion, message, repr(finished_at), TTL])
         return got[0], got[1] or ""
 
     async def advance_try(self, ref: RunRef, ended: int, line: str, total: int) -> int:
@@ -189,7 +199,7 @@ class RunState:
 
     async def request_cancel(self, ref: RunRef, reason: str) -> bool:
         """Mark a run cancelled for the phases that will see it next; False if it already ended."""
-        return bool(await self.r.eval(_REQUEST_CANCEL, 1, self._run(ref), reason, TTL))
+        return bool(await self._request_cancel(keys=[self._run(ref)], args=[reason, TTL]))
 
     # -- pull requests ------------------------------------------------------------------------------------
     async def set_head(self, repo: str, pr: int, sha: str, base_ref: str, installation: int) -> list[str]:
@@ -197,25 +207,30 @@ class RunState:
         key = self._pr(repo, pr)
         async with self.r.pipeline(transaction=True) as p:
             p.hset(key, mapping={"head": sha, "base_ref": base_ref, "installation": installation})
-            p.sadd(f"{key}:shas", sha).smembers(f"{key}:shas")
-            p.expire(key, TTL).expire(f"{key}:shas", TTL)
+            p.sadd(f"{key}:shas", sha)
+            p.smembers(f"{key}:shas")
+            p.expire(key, TTL)
+            p.expire(f"{key}:shas", TTL)
             res = await p.execute()
         return sorted(s for s in res[2] if s != sha)
 
     async def pr(self, repo: str, pr: int) -> dict[str, str]:
-        return await self.r.hgetall(self._pr(repo, pr))
+        return cast(dict[str, str], await self.r.hgetall(self._pr(repo, pr)))  # decoded
 
     async def pr_shas(self, repo: str, pr: int) -> list[str]:
-        return sorted(await self.r.smembers(f"{self._pr(repo, pr)}:shas"))
+        return sorted(cast(set[str], await self.r.smembers(f"{self._pr(repo, pr)}:shas")))  # decoded
 
     async def bump_version(self, repo: str, pr: int) -> int:
         """Count a change worth showing in the PR's summary comment."""
         async with self.r.pipeline(transaction=True) as p:
-            p.hincrby(self._pr(repo, pr), "version", 1).expire(self._pr(repo, pr), TTL)
+            p.hincrby(self._pr(repo, pr), "version", 1)
+            p.expire(self._pr(repo, pr), TTL)
             n, _ = await p.execute()
         return int(n)
 
     async def set_pr_field(self, repo: str, pr: int, **fields: Any) -> None:
         async with self.r.pipeline(transaction=True) as p:
-            p.hset(self._pr(repo, pr), mapping=fields).expire(self._pr(repo, pr), TTL)
+            values: dict[FieldT, EncodableT] = {k: v for k, v in fields.items()}
+            p.hset(self._pr(repo, pr), mapping=values)
+            p.expire(self._pr(repo, pr), TTL)
             await p.execute()

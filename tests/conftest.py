@@ -7,10 +7,13 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 import redis as syncredis
+
+if TYPE_CHECKING:
+    from lightning_standin import LightningStandIn
 
 DATA = Path(__file__).parent / "data"
 

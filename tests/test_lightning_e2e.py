@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+
 from harness import (
     GitHubWorld,
     InProcessDaemon,

@@ -47,6 +47,7 @@ from typing import Any
 from .. import infra
 from ..redaction import scrub
 from .base import (
+    Backend,
     BackendError,
     JobNotFound,
     JobSpec,
@@ -85,7 +86,7 @@ def _import_sdk() -> Any:
     logging.getLogger("lightning_sdk.job").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r"Job name '.*' was already taken")
     # The saved-log download calls urlopen(url) with no timeout.
-    job_api.urlopen = _urlopen  # type: ignore[attr-defined]
+    job_api.urlopen = _urlopen
     return lightning_sdk
 
 
@@ -143,7 +144,7 @@ def prices_of(listing: list[Any], constants: list[Any]) -> dict[str, Price]:
     return out
 
 
-class LightningBackend:
+class LightningBackend(Backend):
     name = "lightning"
 
     def __init__(self, teamspace: str, *, threads: int = 8, call_timeout: float = 120.0,
