@@ -187,3 +187,41 @@ async def test_a_job_pending_too_long_says_what_lightning_said(redis_server, wor
     assert run["conclusion"] == "timed_out"
     assert "queue_timeout" in run["output"]["summary"]
     assert "Lightning: waiting for L4 capacity in us-east-1" in run["output"]["summary"]
+
+
+MATRIX = """\
+name: gpu
+machine: L4
+interruptible: true
+image: python:3.12-slim
+parametrize:
+  matrix: {shard: ["1", "2", "3", "4"]}
+run: pytest -q --shard $shard
+"""
+
+
+async def test_superseded_machines_stop_before_github_hears_of_it(redis_server, world, lightning, tmp_path):
+    """Four superseded runs, and GitHub holds the first check-run completion: every machine is
+    still told to stop within 60 s of the push (they go first, all at once)."""
+    old, new = sha_of("old-matrix"), sha_of("new-matrix")
+    await world.start({old: {".lightning/workflows/gpu.yaml": MATRIX}, new: {".lightning/workflows/gpu.yaml": GPU}})
+    async with InProcessDaemon(lightning_config(redis_server.url, world.url, tmp_path)) as d:
+        await start_pr(d, world, old)
+        await wait_until(lambda: len(lightning.creates) == 4, 30, "the old commit's four jobs")
+        names = [c["name"] for c in lightning.creates]
+        for n in names:
+            lightning.set_state(n, "running")
+        await wait_until(lambda: [r["status"] for r in world.runs(old)] == ["in_progress"] * 4, 30, "all running")
+        hold = world.gh.hold("PATCH", r"/check-runs/\d+$", when=lambda b: (b or {}).get("status") == "completed")
+        world.pull(new)
+        pushed = time.time()
+        assert await d.send("pull_request", pr_payload("synchronize", new)) == 202
+        await wait_until(lambda: len(lightning.stops) == 4, 50, "all four machines told to stop")
+        slowest = max(t for _, t in lightning.stops) - pushed
+        await wait_until(hold.reached.is_set, 30, "GitHub holding the first completion")
+        hold.release()
+        await wait_until(lambda: completed(world, old), 30, "the old check runs to complete")
+    print(f"\nfour superseded machines stopped at most {slowest:.2f}s after the push (limit 60 s)")
+    assert sorted(n for n, _ in lightning.stops) == sorted(names)
+    assert slowest < 60
+    assert {r["conclusion"] for r in world.runs(old)} == {"cancelled"}
