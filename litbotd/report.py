@@ -234,7 +234,7 @@ def check_output(r: RunReport) -> dict[str, str]:
 
     lines = [f"**{outcome}**" + (f": {_code(_clip_end(r.message, 2000))}" if r.message.strip() else ""), "",
              "| Machine | Image | Duration | Attempt |", "|---|---|---|---|",
-             f"| {_cell(r.machine)} | {_cell(r.image)} | {duration_text(duration)} | {r.attempt} |"]
+             f"| {_cell(r.machine)} | {_cell(r.image)} | {duration_text(duration)} | {_attempt_cell(r)} |"]
     if link := _link(r.details_url, "Job details"):
         lines += ["", link]
     if r.tries:
@@ -255,6 +255,14 @@ def check_output(r: RunReport) -> dict[str, str]:
         # Shorten freak backtick runs so the fence that must outgrow them fits the 200 spare bytes.
         text += _fenced(re.sub(r"`{16,}", "`" * 15, body), "text")
     return {"title": _clip_end(title, 1000), "summary": summary, "text": text}
+
+
+def _attempt_cell(r: RunReport) -> str:
+    """The re-run attempt, and the infrastructure try within it once there was a retry."""
+    if r.try_n <= 1:
+        return str(r.attempt)
+    tries = f"{r.try_n} of {r.tries_total}"
+    return tries if r.attempt == 1 else f"{r.attempt} (try {tries})"
 
 
 def error_check_output(file: str, line: int | None, message: str) -> dict[str, str]:

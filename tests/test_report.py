@@ -281,4 +281,6 @@ def test_infrastructure_tries_show_in_the_check_run() -> None:
     done = check_output(rr(try_n=2, tries_total=3, tries=("attempt 1 of 3: preempted", "attempt 2 of 3: passed")))
     assert done["title"] == "Passed in 1m 05s · attempt 2 of 3"
     assert "- `attempt 1 of 3: preempted`\n- `attempt 2 of 3: passed`" in done["summary"]
+    assert "| 1m 05s | 2 of 3 |" in done["summary"]
+    assert "| 1m 05s | 2 (try 2 of 3) |" in check_output(rr(attempt=2, try_n=2, tries_total=3))["summary"]
     assert "Attempts" not in check_output(rr())["summary"]
