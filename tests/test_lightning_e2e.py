@@ -98,6 +98,11 @@ async def test_a_preempted_run_is_retried_in_its_check_run_and_passes(redis_serv
     assert "The interruptible machine was reclaimed by the cloud provider" in summary  # Lightning's own words
     assert run["output"]["title"].endswith("attempt 3 of 3")
     world.assert_no_duplicates()  # one check run for all three tries
+    # What each retried try cost stays with the run, for the spend (the last one is the run's own).
+    (key,) = redis_server.client().keys("bot_queue:run:*")
+    state = redis_server.client().hgetall(key)
+    assert {k for k in state if k.startswith("try_cost:")} == {"try_cost:1", "try_cost:2"}
+    assert float(state["try_cost:1"]) == lightning.job(first).cost()
 
 
 async def test_a_test_failure_is_not_retried(redis_server, world, lightning, tmp_path):
@@ -107,6 +112,11 @@ async def test_a_test_failure_is_not_retried(redis_server, world, lightning, tmp
         await start_pr(d, world, sha)
         name = await wait_until(lambda: created(lightning, 1), 30, "the job")
         lightning.set_state(name, "running")
+        # Lightning answers a whole status read (the SDK's three tries) with 503, then slowly: a
+        # poll that fails is tried again, it is no failure of the run
+        failing = lightning.fail("GET", r"/jobs/find$", 503, times=3)
+        await wait_until(lambda: failing.hits == 3, 30, "a status read refused")
+        lightning.slow("GET", r"/jobs/find$", 1.0, times=2)
         lightning.notice(name)  # even with a notice: the script's own exit status decides
         lightning.finish(name, 1, lines=("1 failed",))
         await wait_until(lambda: completed(world, sha), 30, "the check run to complete")

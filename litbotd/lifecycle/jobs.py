@@ -145,7 +145,7 @@ async def _retry_infra(task: Task, ctx: Context, ref: RunRef, status: JobStatus)
     if retry is None:
         return None
     line = infra.attempt_line(try_n, retries + 1, status.message or infra.KINDS.get(status.infra, status.infra))
-    now_try = await rs.advance_try(ref, try_n, line, retries + 1)
+    now_try = await rs.advance_try(ref, try_n, line, retries + 1, status.cost)
     if now_try == 0:
         return None  # concluded or being cancelled meanwhile: report it as it is
     if now_try != retry.next_try:
