@@ -14,7 +14,7 @@ A test failure — the script's own non-zero exit — is never retried: only the
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 PREEMPTED, LOST, IMAGE, CAPACITY, BUDGET, PLATFORM = (
     "preempted", "machine_lost", "image_pull", "capacity", "budget", "platform")
@@ -89,13 +89,25 @@ def lightning_verdict(state: str, *, message: str = "", server_error: str = "", 
     """A Lightning job record → its status. `result` is the bootstrap's result line (kind, exit
     code, detail) once the log has been read (`log_read`); it decides a failed job: a result line
     consistent with a failure is the script's own, anything else is the infrastructure's."""
-    said = server_text(message, server_error)
+    v = _lightning_verdict(state, server_text(message, server_error), interruption_notice, restart_count,
+                           result, log_read)
+    if restart_count and v.state in ("succeeded", "failed", "stopped") and not v.needs_log:
+        # max_run_attempts=1 should keep Lightning from restarting a job; should it anyway, say so.
+        v = replace(v, message=f"{v.message} ({_restarts(restart_count)})")
+    return v
+
+
+def _restarts(n: int) -> str:
+    return f"restarted by Lightning {n} time{'s' if n != 1 else ''}"
+
+
+def _lightning_verdict(state: str, said: str, interruption_notice: bool, restart_count: int,
+                       result: tuple[str, int | None, str] | None, log_read: bool) -> Verdict:
     note = f"Lightning: {said}" if said else ""
     if state in _PENDING:
         return Verdict("pending", message=note)
     if state in _RUNNING:
-        restarted = (f"restarted by Lightning {restart_count} time{'s' if restart_count != 1 else ''}"
-                     if restart_count else "")
+        restarted = _restarts(restart_count) if restart_count else ""
         return Verdict("running", message="; ".join(p for p in (restarted, note) if p))
     if state in _STOPPING:
         return Verdict("stopping", message=note)

@@ -278,7 +278,8 @@ async def test_a_restart_by_lightning_is_shown_and_still_running(backend: Lightn
     sdk = lightning_mod._import_sdk()
     assert sdk.Job("litci-restarted", teamspace="acme/ci").current_run_attempt == 2
     sdk_env.finish("litci-restarted", 0)
-    assert (await backend.status("litci-restarted")).state == "succeeded"
+    done = await backend.status("litci-restarted")
+    assert (done.state, done.message) == ("succeeded", "exit code 0 (restarted by Lightning 1 time)")
 
 
 @pytest.mark.parametrize("message, server_error, kind, state", [

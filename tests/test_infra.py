@@ -72,6 +72,11 @@ NO_REASON = "machine lost: the job ended before the script finished, and Lightni
      Verdict("failed", message="no capacity (Lightning: no capacity; quota)", infra=CAPACITY)),
     ("failed", {"log_read": True, "server_error": "internal error 0x1f"},
      Verdict("failed", message="failed on the platform (Lightning: internal error 0x1f)", infra=PLATFORM)),
+    # Lightning restarted the job itself (it should not: max_run_attempts=1): the result says so
+    ("completed", {"restart_count": 1}, Verdict("succeeded", 0, "exit code 0 (restarted by Lightning 1 time)")),
+    ("failed", {"restart_count": 2, "result": ("exit", 1, ""), "log_read": True},
+     Verdict("failed", 1, "exit code 1 (restarted by Lightning 2 times)")),
+    ("failed", {"restart_count": 2}, Verdict("failed", needs_log=True)),
     ("quarantined", {}, Verdict("unknown", message="Lightning reports the job state 'quarantined', which litbotd does not know")),
     ("", {}, Verdict("unknown", message="Lightning reports the job state '', which litbotd does not know")),
 ])
