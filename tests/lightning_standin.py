@@ -219,6 +219,11 @@ class LightningStandIn:
             self.autorun = None
             self.autorun_reads = 2
 
+    def sdk_env(self, home: str) -> dict[str, str]:
+        """The environment that aims a litbotd process's lightning-sdk at this stand-in."""
+        return {"LIGHTNING_CLOUD_URL": self.url, "LIGHTNING_USER_ID": USER_ID,
+                "LIGHTNING_API_KEY": "lightning-api-key-must-stay-home", "HOME": home}
+
     def fail(self, method: str, path: str, status: int = 503, times: int | None = 1) -> Fault:
         """Answer the next `times` requests whose path matches the regex `path` with `status`."""
         return self._fault(Fault(method, re.compile(path), status=status, times=times))

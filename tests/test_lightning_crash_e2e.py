@@ -36,7 +36,7 @@ async def test_sigkill_during_an_infrastructure_retry(where, redis_server, light
                        workers={"count": 2}, jobs={"backend": "lightning", "lightning": {"teamspace": "acme/ci"}})
     cfg_path = tmp_path / "litbotd.toml"
     cfg_path.write_text(render_toml(data))
-    daemon = SubprocessDaemon(cfg_path, tmp_path / "daemon.log")
+    daemon = SubprocessDaemon(cfg_path, tmp_path / "daemon.log", env=lightning.sdk_env(str(tmp_path)))
     try:
         daemon.start()
         port = await daemon.ready(60)

@@ -42,6 +42,7 @@ import threading
 import urllib.request
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from .. import infra
@@ -196,6 +197,10 @@ class LightningBackend(Backend):
     async def log_tail(self, name: str, lines: int) -> str:
         check_name(name)
         return await self._call(self._log_tail, name, lines)
+
+    async def copy_log(self, name: str, dest: str) -> bool:
+        check_name(name)
+        return bool(await self._call(self._copy_log, name, dest))
 
     async def stop(self, name: str) -> None:
         """Send the stop request and return once Lightning accepted it (or the job is already
@@ -358,6 +363,26 @@ class LightningBackend(Backend):
         cost = float(rec.total_cost) if final and rec.total_cost is not None else None
         return JobStatus(v.state, v.exit_code, self._link(name), v.message + (LOG_UNAVAILABLE if unavailable else ""),
                          timed_out=v.timed_out, infra=v.infra, cost=cost)
+
+    def _copy_log(self, name: str, dest: str) -> bool:
+        """The job's whole log so far (the SDK returns it whole), written to `dest` atomically."""
+        job = self._find(name)
+        if job is None:
+            raise JobNotFound(name)
+        if str(job.status) in ("NotCreated", "Pending"):
+            return False
+        try:
+            text = str(job.logs)
+        except RuntimeError:  # "Logs are not available while the job is …"
+            return False
+        if text and not text.endswith("\n"):
+            text += "\n"  # the SDK's snapshot drops the last newline: lines stay whole
+        out = Path(dest)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.{os.getpid()}.{threading.get_ident()}"
+        tmp.write_text(text, encoding="utf-8", errors="replace")
+        os.replace(tmp, out)
+        return True
 
     def _log_tail(self, name: str, lines: int) -> str:
         job = self._find(name)
