@@ -157,12 +157,6 @@ def scrubbed_session() -> Iterator[None]:
 
 
 @pytest.fixture
-def clean_env() -> None:
-    """No config from the developer's environment leaks into a test (the session is scrubbed
-    already; kept for the tests that ask for it by name)."""
-
-
-@pytest.fixture
 async def world():
     """The GitHub stand-in with the end-to-end tests' repository (fake_github.GitHubWorld), closed after."""
     from fake_github import GitHubWorld
