@@ -6,6 +6,7 @@
     start_job  start the job (start-or-find by its deterministic name), check → in_progress
     wait_job   poll the job with backoff; enforce queue_timeout and the run's timeout
     results    log tail, conclusion, check → completed (+ annotations), summary comment
+    needs      after a conclusion: start the runs waiting for it, or skip them (ordering.py)
     cancel     stop a SHA's runs (superseded, PR closed, /litci cancel)
     rerun      check_run / check_suite re-requested: new attempts of recorded runs
     command    /litci run|cancel|ok-to-test from a PR comment
@@ -23,7 +24,7 @@ import functools
 import time
 from typing import Any, Sequence
 
-from . import annotations, checks, decisions, logs, metrics, report, workflows
+from . import annotations, checks, decisions, logs, metrics, ordering, report, workflows
 from .backends import machine_names
 from .backends.base import JobNotFound, JobSpec, JobStatus
 from .github import GitHubApp, GitHubError, Gone, PaceDeferred
@@ -62,16 +63,7 @@ async def _defaults(s: Services) -> workflows.Defaults:
                               machines=_machines if cfg.jobs.backend == "lightning" else None)
 
 
-def _report_row(run: workflows.Run, attempt: int, st: dict[str, str], log_tail: str = "") -> report.RunReport:
-    def num(k: str) -> float | None:
-        return float(st[k]) if st.get(k) else None
-
-    return report.RunReport(
-        check_name=run.check_name, status=st.get("status") or "queued", conclusion=st.get("conclusion") or None,
-        machine=run.machine, image=run.image, attempt=attempt, started_at=num("started_at"),
-        finished_at=num("finished_at"), details_url=st.get("url") or None, message=st.get("message", ""),
-        log_tail=log_tail,
-    )
+_report_row = report.row_of
 
 
 async def _render_comment(rs: RunState, repo: str, pr: int, head: str | None) -> str | None:
@@ -80,8 +72,9 @@ async def _render_comment(rs: RunState, repo: str, pr: int, head: str | None) ->
     if not head:
         return None
     rows = []
-    for key, (run, attempt) in sorted((await rs.runs(repo, head)).items()):
-        rows.append(_report_row(run, attempt, await rs.get(RunRef(repo, head, key, attempt))))
+    flaky = await rs.flaky(repo, head)
+    for key, (run, attempt, st) in sorted((await rs.latest_states(repo, head)).items()):
+        rows.append(report.row_of(run, attempt, st, flaky=key in flaky))
     return report.summary_comment(repo, pr, head, rows) if rows else None
 
 
@@ -144,19 +137,18 @@ def _comment_version_due(info: dict[str, str]) -> int | None:
     return version if version > int(info.get("commented") or -1) else None
 
 
-async def _queue_run(s: Services, task: Task, p: dict[str, Any], run: workflows.Run, attempt: int) -> Task:
-    """Create the run's `queued` check run and the start_job task that follows."""
-    gh, rs = _gh(s), RunState(s.queue)
-    ref = RunRef(p["repo"], p["sha"], run.key, attempt)
-    check_id = await checks.find_or_create_check(
-        gh, p["installation"], p["repo"], p["sha"], run.check_name, decisions.external_id(run.key, attempt),
-        priority="create", status="queued", output=report.check_output(_report_row(run, attempt, {})))
-    await rs.count_write(ref)
-    if not await rs.transition(ref, ("", "queued"), status="queued", check_run_id=check_id, queued_at=time.time()):
-        await rs.update(ref, check_run_id=check_id)  # repeated after a cancel ended it: keep its state
-    log.info("run queued", run=run.key, check=run.check_name, attempt=attempt)
-    return task.successor("start_job", _routing(p, run=run.key, attempt=attempt, check_run_id=check_id),
-                          key=f"{run.key}/{attempt}")
+async def _rerun_runs(s: Services, task: Task, p: dict[str, Any], keys: list[str], every: bool) -> list[Task]:
+    """New attempts of `keys`, and of the runs skipped because one of them did not succeed
+    (re-armed: they wait for it again). Re-running every run leaves out those the paths filter
+    skipped: the change still does not touch them."""
+    rs = RunState(s.queue)
+    repo, sha = p["repo"], p["sha"]
+    latest = await rs.latest_states(repo, sha)
+    if every:
+        keys = [k for k in keys if latest[k][2].get("skip_kind") != "paths"]
+    keys = sorted(set(keys) | set(await ordering.rearmed(rs, repo, sha, keys)))
+    todo = [(latest[k][0], await rs.new_attempt(repo, sha, k, task.id)) for k in keys]
+    return await ordering.queue_runs(task, p, _gh(s), rs, todo, None)
 
 
 # -- phases ------------------------------------------------------------------------------------------
@@ -191,6 +183,7 @@ async def new_event(task: Task, s: Services) -> list[Task]:
                                           conclusion=decisions.NEUTRAL, output=report.no_workflows_output())
     new = await rs.add_runs(repo, sha, plan.runs, pr, owner=task.id)
     recorded = await rs.runs(repo, sha)
+    todo = []
     for run in plan.runs:
         attempt = new.get(run.key)
         if attempt is None and p.get("action") == "reopened":
@@ -200,7 +193,9 @@ async def new_event(task: Task, s: Services) -> list[Task]:
             if attempt is None and decisions.restart_on_reopen(last.get("conclusion")):
                 attempt = await rs.new_attempt(repo, sha, run.key, task.id)
         if attempt is not None:
-            out.append(await _queue_run(s, task, p, run, attempt))
+            todo.append((run, attempt))
+    change = await ordering.change_of(gh, p, [r for r, _ in todo])
+    out += await ordering.queue_runs(task, p, gh, rs, todo, change)
     log.info("workflows planned", runs=len(plan.runs), started=sum(t.kind == "start_job" for t in out),
              errors=len(plan.errors), skipped=len(plan.skipped))
     return out + await _comment_soon(task, s, repo, pr, inst)
@@ -225,8 +220,10 @@ async def new_commit(task: Task, s: Services) -> list[Task]:
         await checks.find_or_create_check(gh, inst, repo, sha, "litci", "no-workflows", status="completed",
                                           conclusion=decisions.NEUTRAL, output=report.no_workflows_output())
     new = await rs.add_runs(repo, sha, plan.runs, None, owner=task.id)
-    out = [await _queue_run(s, task, p, run, new[run.key]) for run in plan.runs if run.key in new]
-    log.info("workflows planned", trigger=event, branch=p["branch"], runs=len(plan.runs), started=len(out),
+    todo = [(run, new[run.key]) for run in plan.runs if run.key in new]
+    out = await ordering.queue_runs(task, p, gh, rs, todo, await ordering.change_of(gh, p, [r for r, _ in todo]))
+    log.info("workflows planned", trigger=event, branch=p["branch"], runs=len(plan.runs),
+             started=sum(t.kind == "start_job" for t in out),
              errors=len(plan.errors), skipped=len(plan.skipped))
     return out
 
@@ -236,8 +233,11 @@ async def start_job(task: Task, s: Services) -> list[Task]:
     cfg, rs = s.config, RunState(s.queue)
     repo, sha, key, attempt = p["repo"], p["sha"], p["run"], p["attempt"]
     ref = RunRef(repo, sha, key, attempt)
-    if not decisions.may_start(await rs.get(ref)):
+    state = await rs.get(ref)
+    if not decisions.may_start(state):
         return []  # cancelled before it started
+    if not decisions.needs_met(state):
+        return []  # waiting for its needs: the `needs` phase starts it (ordering.release)
     run, _ = (await rs.runs(repo, sha))[key]
     name = decisions.job_name(repo, sha, key, attempt)
     token = await _gh(s).scoped_token(p["installation"], repo) if decisions.needs_token(p.get("private")) else None
@@ -325,10 +325,29 @@ async def results(task: Task, s: Services) -> list[Task]:
     message = p.get("message") or status.message
     conclusion, message = await rs.conclude(ref, conclusion, message, time.time())
     metrics.JOBS.labels(s.backend.name, conclusion).inc()
+    if await rs.record_outcome(ref, conclusion, time.time()):
+        log.info("flaky run: failed, then passed on a re-run of the same commit", run=p["run"], attempt=p["attempt"])
     await _report_completed(s, p, ref, tail, found)
     log.info("run finished", conclusion=conclusion, exit_code=status.exit_code, job=p["job"],
              annotations=len(found.annotations), tests=found.tests_text or None)
-    return await _comment_soon(task, s, p["repo"], await _pr_of(s, p), p["installation"])
+    return await _after_conclusion(task, s, p) + await _comment_soon(
+        task, s, p["repo"], await _pr_of(s, p), p["installation"])
+
+
+async def _after_conclusion(task: Task, s: Services, p: dict[str, Any]) -> list[Task]:
+    """A conclusion on a commit whose runs have `needs`: the `needs` phase decides the waiting
+    runs, as a successor committed in the same atomic finish (never lost, nothing polls)."""
+    return [ordering.needs_task(task, p)] if await ordering.needs_any(RunState(s.queue), p["repo"], p["sha"]) else []
+
+
+async def needs(task: Task, s: Services) -> list[Task]:
+    """Start the commit's runs whose needs succeeded; skip those whose needs did not."""
+    p = task.payload
+    out, changed = await ordering.release(task, _gh(s), RunState(s.queue),
+                                          lambda q, ref: _report_completed(s, q, ref))
+    if changed:
+        out += await _comment_soon(task, s, p["repo"], await _pr_of(s, p), p["installation"])
+    return out
 
 
 async def _pr_of(s: Services, p: dict[str, Any]) -> int | None:
@@ -401,7 +420,8 @@ async def cancel(task: Task, s: Services) -> list[Task]:
                 await _report_completed(s, {**p, "check_run_id": state["check_run_id"]}, ref)
             stopped += 1
     log.info("runs cancelled", runs=stopped, reason=reason)
-    return await _comment_soon(task, s, repo, p.get("pr"), p["installation"])
+    after = [t for sha in shas for t in await _after_conclusion(task, s, {**p, "sha": sha})]
+    return after + await _comment_soon(task, s, repo, p.get("pr"), p["installation"])
 
 
 async def rerun(task: Task, s: Services) -> list[Task]:
@@ -421,7 +441,7 @@ async def rerun(task: Task, s: Services) -> list[Task]:
         return []
     pr = p.get("pr") or await rs.pr_of(repo, sha)
     base = _routing(p, pr=pr)
-    out = [await _queue_run(s, task, base, recorded[k][0], await rs.new_attempt(repo, sha, k, task.id)) for k in keys]
+    out = await _rerun_runs(s, task, base, keys, every=not p.get("check_run_id"))
     return out + await _comment_soon(task, s, repo, pr, p["installation"])
 
 
@@ -461,7 +481,7 @@ async def command(task: Task, s: Services) -> list[Task]:
                 log.info("command refused", command=cmd.text, reason=f"no run named {', '.join(unknown)}")
                 await checks.react(gh, inst, repo, p["comment_id"], "confused")
                 return []
-            out += [await _queue_run(s, task, event, recorded[k][0], await rs.new_attempt(repo, head, k, task.id)) for k in keys]
+            out += await _rerun_runs(s, task, event, keys, every=not cmd.names)
             out += await _comment_soon(task, s, repo, pr, inst)
     await checks.react(gh, inst, repo, p["comment_id"], "+1")
     log.info("command accepted", command=cmd.text, user=p["user"])
@@ -477,7 +497,8 @@ async def on_dead(task: Task, s: Services) -> None:
         ref = RunRef(p["repo"], p["sha"], p["run"], p["attempt"])
         await RunState(s.queue).conclude(ref, *ended, time.time())
         await _report_completed(s, p, ref)
-        await s.queue.enqueue(*await _comment_soon(task, s, p["repo"], p.get("pr"), p["installation"]))
+        await s.queue.enqueue(*await _after_conclusion(task, s, p),
+                              *await _comment_soon(task, s, p["repo"], p.get("pr"), p["installation"]))
     elif task.kind in ("new_event", "new_commit"):
         await checks.find_or_create_check(
             _gh(s), p["installation"], p["repo"], p["sha"], "litci", "event-failed", status="completed",
@@ -507,7 +528,7 @@ REGISTRY = Registry(
     handlers={kind: _ends_when_gone(h) for kind, h in {
         "new_event": new_event, "start_job": start_job, "wait_job": wait_job, "results": results,
         "new_commit": new_commit, "cancel": cancel, "rerun": rerun, "command": command,
-        "comment": comment}.items()},
+        "comment": comment, "needs": needs}.items()},
     on_dead=on_dead,
 )
 

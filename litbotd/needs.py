@@ -160,3 +160,32 @@ def rearm(nodes: Mapping[str, Node], rerun: Iterable[str], needs_skipped: Iterab
                 out.add(k)
                 changed = True
     return out
+
+
+def state_of(st: Mapping[str, str]) -> str:
+    """A run attempt's recorded state (runstate's hash) as `decide` sees it."""
+    if st.get("conclusion"):
+        return st["conclusion"]
+    if st.get("cancel_reason"):
+        return "cancelled"
+    if st.get("waiting"):
+        return WAITING
+    return PENDING
+
+
+def plan_new(nodes: Mapping[str, Node], states: Mapping[str, str], new: Iterable[str],
+             path_skips: Mapping[str, str]) -> dict[str, Decision]:
+    """What runs being queued now do: skip (their paths filter left them out, or a need did not
+    succeed), wait, or start. `states`: the other runs' latest states; `path_skips`: new run → why."""
+    now = dict(states)
+    new = list(new)
+    for k in new:
+        now[k] = SKIPPED if k in path_skips else (WAITING if waits(nodes[k], nodes) else PENDING)
+    decided = decide(nodes, now)
+    out: dict[str, Decision] = {}
+    for k in new:
+        if k in path_skips:
+            out[k] = Decision("skip", path_skips[k])
+        else:
+            out[k] = decided.get(k, Decision("start"))
+    return out

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .workflows import ROOT_FILES, WORKFLOW_DIR, WORKFLOW_EXTS
+from .workflows import ROOT_FILES, WORKFLOW_DIR, WORKFLOW_EXTS, Run
 
 MAX_OUTPUT_CHARS = 65_535
 MAX_COMMENT_CHARS = 65_536            # GitHub's limit of an issue comment body
@@ -76,6 +76,9 @@ class RunReport:
     tests: str = ""            # "3 passed, 2 failed, 0 skipped, 0 errors" from the job's JUnit reports
     annotations: int = 0       # annotations placed on the diff
     notes: tuple[str, ...] = ()  # workflow commands without a file: "error: title: message"
+    waiting: str = ""          # queued behind its needs: "waiting for lint"
+    note: str = ""             # why a filter was not applied ("paths: src/** not applied: …")
+    flaky: bool = False        # an earlier attempt on this commit failed, this one passed
 
     @property
     def state(self) -> str:
@@ -87,6 +90,20 @@ class RunReport:
         if self.started_at is None or self.finished_at is None:
             return None
         return max(0.0, self.finished_at - self.started_at)
+
+
+def row_of(run: Run, attempt: int, st: dict[str, str], log_tail: str = "", flaky: bool = False) -> RunReport:
+    """A run's report from its recorded state (runstate's hash of that attempt)."""
+    def num(k: str) -> float | None:
+        return float(st[k]) if st.get(k) else None
+
+    return RunReport(
+        check_name=run.check_name, status=st.get("status") or "queued", conclusion=st.get("conclusion") or None,
+        machine=run.machine, image=run.image, attempt=attempt, started_at=num("started_at"),
+        finished_at=num("finished_at"), details_url=st.get("url") or None, message=st.get("message", ""),
+        log_tail=log_tail, waiting=st.get("waiting", ""), note=st.get("note", ""),
+        flaky=flaky and st.get("conclusion") == "success",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +219,7 @@ def _link(url: str | None, label: str) -> str:
 
 def _outcome(r: RunReport) -> str:
     if r.status == "queued":
-        return "Queued"
+        return r.waiting[:1].upper() + r.waiting[1:] if r.waiting else "Queued"
     if r.status == "in_progress":
         return "Running"
     return _TITLES.get(r.conclusion or "neutral", (r.conclusion or "neutral").replace("_", " ").capitalize())
@@ -228,6 +245,10 @@ def check_output(r: RunReport) -> dict[str, str]:
     lines = [f"**{outcome}**" + (f": {_code(_clip_end(r.message, 2000))}" if r.message.strip() else ""), "",
              "| Machine | Image | Duration | Attempt |", "|---|---|---|---|",
              f"| {_cell(r.machine)} | {_cell(r.image)} | {duration_text(duration)} | {r.attempt} |"]
+    if r.note:
+        lines += ["", f"**Filters not applied:** {_code(_clip_end(r.note, 2000))}"]
+    if r.flaky:
+        lines += ["", "**Flaky:** an earlier attempt on this commit failed; this one passed."]
     if link := _link(r.details_url, "Job details"):
         lines += ["", link]
     if r.tests:
@@ -303,8 +324,8 @@ def _counts(rows: Sequence[RunReport]) -> str:
 
 def _row(r: RunReport) -> str:
     status = f"{_EMOJI.get(r.state, '•')} {_outcome(r)}"
-    if r.attempt > 1:
-        status += f" (attempt {r.attempt})"
+    if r.attempt > 1 or r.flaky:
+        status += f" ({', '.join(([f'attempt {r.attempt}'] if r.attempt > 1 else []) + (['flaky'] if r.flaky else []))})"
     return (f"| {status} | {_cell(r.check_name)} | {duration_text(r.duration)} | "
             f"{_link(r.details_url, 'details') or '—'} |")
 
@@ -318,6 +339,12 @@ def summary_comment(repo: str, pr: int, sha: str, rows: Sequence[RunReport]) -> 
     if not rows:
         return "\n".join(head + ["No runs for this commit."]) + foot
     ordered = sorted(rows, key=lambda r: (r.check_name.casefold(), r.check_name))
+    flaky = [r.check_name for r in ordered if r.flaky]
+    if flaky:
+        # Below the table but outside its budget: a long table is cut, this line never is.
+        shown = ", ".join(_code(_clip_end(n, 200)) for n in flaky[:20])
+        more = f" and {len(flaky) - 20} more" if len(flaky) > 20 else ""
+        foot = (f"\n\n**Flaky** (failed, then passed on a re-run of this commit): {shown}{more}" + foot)
     head += [_counts(ordered), "", "| Status | Check | Duration | Job |", "|---|---|---|---|"]
 
     budget = MAX_COMMENT_CHARS - _utf8_len("\n".join(head) + foot) - 200  # 200: the "not shown" line

@@ -20,7 +20,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "litbotd"
 
 PURE = {"__init__", "backoff", "config", "durations", "redaction", "safeyaml", "workflows", "report", "annotations", "decisions",
-        "events", "tasks"}
+        "events", "tasks", "paths", "needs"}
 SUPPORT = {"logs", "metrics", "sealed", "procinfo", "locks"}
 # Each adapter: the modules that together speak to one outside system.
 ADAPTERS = {
@@ -30,7 +30,7 @@ ADAPTERS = {
              "backends.localrun", "backends.sandbox"},
     "systemd": {"systemd"},
 }
-APP = {"lifecycle", "worker", "pool", "webhook", "redeliver", "services", "preflight"}
+APP = {"lifecycle", "ordering", "worker", "pool", "webhook", "redeliver", "services", "preflight"}
 ENTRY = {"__main__", "daemon", "cli", "ops", "demo", "demo_github"}
 
 LAYERS = [("pure", PURE), ("support", SUPPORT), ("adapters", set().union(*ADAPTERS.values())),

@@ -85,3 +85,31 @@ def test_a_needed_workflow_without_runs_is_nothing_to_wait_for() -> None:
 ])
 def test_rearm(rerun: set[str], skipped: set[str], expected: set[str]) -> None:
     assert rearm(NODES, rerun, skipped) == expected
+
+
+def test_plan_new_cascades_path_skips_and_waits() -> None:
+    from litbotd.needs import plan_new
+
+    # lint left out by its paths filter: gpu, which needs it, is skipped at once, naming lint
+    got = plan_new(NODES, {}, ["lint", "gpu1", "docs"], {"lint": "none of the 1 changed files matches paths (src/**)"})
+    assert got["lint"] == got["lint"].__class__("skip", "none of the 1 changed files matches paths (src/**)")
+    assert got["gpu1"].action == "skip" and "lint (skipped)" in got["gpu1"].reason
+    assert got["docs"].action == "start"
+    # a fresh plan: gpu waits for lint, e2e for gpu
+    got = plan_new(NODES, {}, list(NODES), {})
+    assert {k: d.action for k, d in got.items()} == {"lint": "start", "gpu1": "wait", "gpu2": "wait",
+                                                    "e2e": "wait", "docs": "start"}
+    # a re-run of gpu alone after lint passed starts at once
+    got = plan_new(NODES, {"lint": "success", "gpu2": "success", "e2e": "success"}, ["gpu1"], {})
+    assert got["gpu1"].action == "start"
+
+
+@pytest.mark.parametrize("st, state", [
+    ({}, PENDING), ({"status": "queued", "waiting": "waiting for lint"}, WAITING),
+    ({"status": "in_progress"}, PENDING), ({"conclusion": "failure"}, "failure"),
+    ({"cancel_reason": "superseded", "status": "queued", "waiting": "w"}, "cancelled"),
+])
+def test_state_of(st: dict[str, str], state: str) -> None:
+    from litbotd.needs import state_of
+
+    assert state_of(st) == state

@@ -1,0 +1,155 @@
+"""`paths` and `needs` wired to GitHub and the run state (SPEC §4): which of a commit's runs are
+queued to start, wait for their needs, or are completed `skipped` at once.
+
+    change_of     the files the change touches: a PR's (pulls files API, paged), a push's
+                  before..after, a merge group's base..head (compare API); only when a run filters
+    queue_runs    one check run per run: `queued` + a start_job task, `queued` "waiting for lint",
+                  or `completed` / `skipped` naming the filter or the need
+    release       the `needs` phase: after any conclusion on the commit, start the waiting runs
+                  whose needs succeeded, skip those whose needs did not
+    rearmed       the runs a re-run brings back with it (those skipped for their needs)
+
+Event-driven, and safe across a crash: every conclusion (results, cancel, a dead task) returns a
+`needs` task as a successor, committed in the same atomic finish as the conclusion; every run put
+to wait is followed by one too. So after the last change on a commit there is always a `needs`
+task that sees it. Releasing a run is one Lua step (runstate.release) that only one task wins, and
+the task that won it emits the run's start_job again if it runs twice. Nothing polls.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Awaitable, Callable, Iterable
+
+from . import checks, decisions, logs, needs, paths, report
+from .github import GitHubApp
+from .runstate import RunRef, RunState
+from .tasks import Task
+from .workflows import Run
+
+log = logs.get("litbotd.ordering")
+SKIPPED = "skipped"
+ROUTING = ("delivery", "installation", "repo", "pr", "sha", "private")
+
+Complete = Callable[[dict[str, Any], RunRef], Awaitable[None]]
+
+
+def _routing(p: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {**{k: p.get(k) for k in ROUTING}, **extra}
+
+
+async def change_of(gh: GitHubApp, p: dict[str, Any], runs: Iterable[Run]) -> paths.Change | None:
+    """The files the task's change touches, or None when no run has a paths filter (no call)."""
+    if not any(r.path_filter.active for r in runs):
+        return None
+    inst, repo, sha = p["installation"], p["repo"], p["sha"]
+    if p.get("event") not in ("push", "merge_group") and p.get("pr"):
+        return await checks.pull_change(gh, inst, repo, int(p["pr"]))
+    base = p.get("compare_base")
+    if not base:
+        return paths.Change(None, p.get("compare_why") or "there is no earlier commit to compare with")
+    return await checks.compare_change(gh, inst, repo, base, sha)
+
+
+def _nodes(recorded: dict[str, tuple[Run, int, dict[str, str]]]) -> dict[str, needs.Node]:
+    return {k: needs.Node(run.workflow, run.needs, run.check_name) for k, (run, _, _) in recorded.items()}
+
+
+def needs_task(task: Task, p: dict[str, Any]) -> Task:
+    """The `needs` phase for the task's commit (a successor: committed with the task's finish)."""
+    return task.successor("needs", _routing(p), key=f"needs/{p['sha']}")
+
+
+async def queue_runs(task: Task, p: dict[str, Any], gh: GitHubApp, rs: RunState, todo: list[tuple[Run, int]],
+                     change: paths.Change | None) -> list[Task]:
+    """Create the check runs of `todo` (run, attempt) and the tasks that follow: a start_job for
+    each run that may start now, a `needs` task when some wait."""
+    if not todo:
+        return []
+    repo, sha, inst = p["repo"], p["sha"], p["installation"]
+    recorded = await rs.latest_states(repo, sha)
+    new = {run.key for run, _ in todo}
+    states = {k: needs.state_of(st) for k, (_, _, st) in recorded.items() if k not in new}
+    skips = {run.key: why for run, _ in todo
+             if change is not None and (why := paths.decide(run.path_filter, change)) is not None}
+    plan = needs.plan_new(_nodes(recorded), states, new, skips)
+    out: list[Task] = []
+    waiting = False
+    for run, attempt in todo:
+        d = plan[run.key]
+        ref = RunRef(repo, sha, run.key, attempt)
+        st: dict[str, str] = {}
+        if d.action == "wait":
+            st["waiting"] = d.reason
+        if change is not None and (note := paths.note(run.path_filter, change)):
+            st["note"] = note
+        if d.action == "skip":
+            st.update(status="completed", conclusion=SKIPPED, message=d.reason)
+            fields: dict[str, Any] = dict(status="completed", conclusion=SKIPPED,
+                                          completed_at=checks.iso(time.time()))
+        else:
+            fields = dict(status="queued")
+        check_id = await checks.find_or_create_check(
+            gh, inst, repo, sha, run.check_name, decisions.external_id(run.key, attempt),
+            priority="conclusion" if d.action == "skip" else "create",
+            output=report.check_output(report.row_of(run, attempt, st)), **fields)
+        await rs.count_write(ref)
+        queued = {k: v for k, v in st.items() if k in ("waiting", "note")}
+        if not await rs.transition(ref, ("", "queued"), status="queued", check_run_id=check_id,
+                                   queued_at=time.time(), **queued):
+            await rs.update(ref, check_run_id=check_id)  # repeated after a cancel ended it: keep its state
+        if d.action == "skip":
+            await rs.update(ref, skip_kind="paths" if run.key in skips else "needs", reported=1)
+            await rs.conclude(ref, SKIPPED, d.reason, time.time())
+            log.info("run skipped", run=run.key, check=run.check_name, attempt=attempt, reason=d.reason)
+        elif d.action == "wait":
+            waiting = True
+            log.info("run waiting", run=run.key, check=run.check_name, attempt=attempt, reason=d.reason)
+        else:
+            log.info("run queued", run=run.key, check=run.check_name, attempt=attempt)
+            out.append(task.successor("start_job", _routing(p, run=run.key, attempt=attempt, check_run_id=check_id),
+                                      key=f"{run.key}/{attempt}"))
+    if waiting:
+        # Its needs may have concluded while this task ran: a `needs` task after it looks again.
+        out.append(needs_task(task, p))
+    return out
+
+
+async def release(task: Task, gh: GitHubApp, rs: RunState, complete: Complete) -> tuple[list[Task], bool]:
+    """The `needs` phase: start or skip the commit's waiting runs whose needs have concluded.
+    Returns the start_job tasks and whether anything changed (for the summary comment)."""
+    p = task.payload
+    repo, sha = p["repo"], p["sha"]
+    recorded = await rs.latest_states(repo, sha)
+    states = {k: needs.state_of(st) for k, (_, _, st) in recorded.items()}
+    out: list[Task] = []
+    changed = False
+    for key, d in sorted(needs.decide(_nodes(recorded), states).items()):
+        run, attempt, st = recorded[key]
+        ref = RunRef(repo, sha, key, attempt)
+        if d.action == "start":
+            if await rs.release(ref, task.id, "start"):
+                log.info("needs met: run starts", run=key, check=run.check_name, attempt=attempt)
+                out.append(task.successor("start_job", _routing(p, run=key, attempt=attempt,
+                                                                check_run_id=int(st["check_run_id"])),
+                                          key=f"{key}/{attempt}"))
+                changed = True
+        elif d.action == "skip":
+            if await rs.release(ref, task.id, "skip", d.reason, time.time()):
+                log.info("needs not met: run skipped", run=key, check=run.check_name, attempt=attempt,
+                         reason=d.reason)
+                await complete({**p, "check_run_id": st["check_run_id"]}, ref)
+                changed = True
+    return out, changed
+
+
+async def rearmed(rs: RunState, repo: str, sha: str, keys: Iterable[str]) -> list[str]:
+    """The runs to re-run along with `keys`: those skipped because a re-run one did not succeed."""
+    recorded = await rs.latest_states(repo, sha)
+    skipped = [k for k, (_, _, st) in recorded.items()
+               if st.get("conclusion") == SKIPPED and st.get("skip_kind") == "needs"]
+    return sorted(needs.rearm(_nodes(recorded), keys, skipped))
+
+
+async def needs_any(rs: RunState, repo: str, sha: str) -> bool:
+    """Whether any run of the commit waits on others (a conclusion then calls for a `needs` task)."""
+    return any(run.needs for run, _ in (await rs.runs(repo, sha)).values())
