@@ -595,7 +595,7 @@ class FakeGitHub:
 
     # -- check runs ---------------------------------------------------------------------------------
     def _run_json(self, run: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in run.items() if k not in ("history", "repo", "annotations")}
+        out = {k: v for k, v in run.items() if k not in ("history", "repo", "annotations", "concluded_at")}
         given = run.get("output") or {}
         out["output"] = {"title": given.get("title"), "summary": given.get("summary"), "text": given.get("text"),
                          "annotations_count": len(run["annotations"]),
@@ -616,6 +616,7 @@ class FakeGitHub:
         if body.get("conclusion"):
             run["status"] = "completed"
             run["completed_at"] = body.get("completed_at") or _iso(time.time())
+            run.setdefault("concluded_at", time.time())  # when GitHub first saw it completed (for tests)
         if run["status"] == "completed" and not run.get("conclusion"):
             raise _Reply(422, "Invalid request. \"conclusion\" wasn't supplied.")
         if run["status"] == "in_progress" and not run.get("started_at"):
