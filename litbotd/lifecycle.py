@@ -343,7 +343,7 @@ async def _after_conclusion(task: Task, s: Services, p: dict[str, Any]) -> list[
 async def needs(task: Task, s: Services) -> list[Task]:
     """Start the commit's runs whose needs succeeded; skip those whose needs did not."""
     p = task.payload
-    out, changed = await ordering.release(task, _gh(s), RunState(s.queue),
+    out, changed = await ordering.release(task, RunState(s.queue),
                                           lambda q, ref: _report_completed(s, q, ref))
     if changed:
         out += await _comment_soon(task, s, p["repo"], await _pr_of(s, p), p["installation"])
@@ -499,6 +499,9 @@ async def on_dead(task: Task, s: Services) -> None:
         await _report_completed(s, p, ref)
         await s.queue.enqueue(*await _after_conclusion(task, s, p),
                               *await _comment_soon(task, s, p["repo"], p.get("pr"), p["installation"]))
+    elif task.kind == "needs":
+        await ordering.give_up(task, RunState(s.queue), lambda q, ref: _report_completed(s, q, ref), message)
+        await s.queue.enqueue(*await _comment_soon(task, s, p["repo"], p.get("pr"), p["installation"]))
     elif task.kind in ("new_event", "new_commit"):
         await checks.find_or_create_check(
             _gh(s), p["installation"], p["repo"], p["sha"], "litci", "event-failed", status="completed",

@@ -114,7 +114,7 @@ async def queue_runs(task: Task, p: dict[str, Any], gh: GitHubApp, rs: RunState,
     return out
 
 
-async def release(task: Task, gh: GitHubApp, rs: RunState, complete: Complete) -> tuple[list[Task], bool]:
+async def release(task: Task, rs: RunState, complete: Complete) -> tuple[list[Task], bool]:
     """The `needs` phase: start or skip the commit's waiting runs whose needs have concluded.
     Returns the start_job tasks and whether anything changed (for the summary comment)."""
     p = task.payload
@@ -123,15 +123,24 @@ async def release(task: Task, gh: GitHubApp, rs: RunState, complete: Complete) -
     states = {k: needs.state_of(st) for k, (_, _, st) in recorded.items()}
     out: list[Task] = []
     changed = False
+    for key, (run, attempt, st) in sorted(recorded.items()):
+        if st.get("released_by") != task.id:
+            continue
+        # Released by this very task before a crash (its successors were never committed): the
+        # release stands, so finish it — start the run, or report its skip.
+        ref = RunRef(repo, sha, key, attempt)
+        if st.get("conclusion") == SKIPPED:
+            await complete({**p, "check_run_id": st["check_run_id"]}, ref)
+        elif not st.get("conclusion"):
+            out.append(_start(task, p, key, attempt, st))
+        changed = True
     for key, d in sorted(needs.decide(_nodes(recorded), states).items()):
         run, attempt, st = recorded[key]
         ref = RunRef(repo, sha, key, attempt)
         if d.action == "start":
             if await rs.release(ref, task.id, "start"):
                 log.info("needs met: run starts", run=key, check=run.check_name, attempt=attempt)
-                out.append(task.successor("start_job", _routing(p, run=key, attempt=attempt,
-                                                                check_run_id=int(st["check_run_id"])),
-                                          key=f"{key}/{attempt}"))
+                out.append(_start(task, p, key, attempt, st))
                 changed = True
         elif d.action == "skip":
             if await rs.release(ref, task.id, "skip", d.reason, time.time()):
@@ -140,6 +149,27 @@ async def release(task: Task, gh: GitHubApp, rs: RunState, complete: Complete) -
                 await complete({**p, "check_run_id": st["check_run_id"]}, ref)
                 changed = True
     return out, changed
+
+
+def _start(task: Task, p: dict[str, Any], key: str, attempt: int, st: dict[str, str]) -> Task:
+    return task.successor("start_job", _routing(p, run=key, attempt=attempt, check_run_id=int(st["check_run_id"])),
+                          key=f"{key}/{attempt}")
+
+
+async def give_up(task: Task, rs: RunState, complete: Complete, message: str) -> int:
+    """A `needs` task given up on (dead letter): its commit's waiting runs end `neutral` with the
+    reason, so no check run stays queued. Returns how many."""
+    p = task.payload
+    ended = 0
+    for key, (run, attempt, st) in (await rs.latest_states(p["repo"], p["sha"])).items():
+        if needs.state_of(st) != needs.WAITING:
+            continue
+        ref = RunRef(p["repo"], p["sha"], key, attempt)
+        conclusion, _ = await rs.conclude(ref, decisions.NEUTRAL, message, time.time())
+        if conclusion == decisions.NEUTRAL:
+            await complete({**p, "check_run_id": st["check_run_id"]}, ref)
+            ended += 1
+    return ended
 
 
 async def rearmed(rs: RunState, repo: str, sha: str, keys: Iterable[str]) -> list[str]:
