@@ -17,7 +17,6 @@ import pytest
 from harness import (REPO, GitHubWorld, InProcessDaemon, comment_payload, config_data, pr_payload,
                      rerequested_payload, sha_of, wait_until)
 from litbotd import decisions, workflows
-from litbotd.runstate import flaky_counts
 from test_commits_e2e import merge_group_payload, push_payload
 
 BASE = {"src/lightning/trainer.py": "x = 1\n", "tests/test_trainer.py": "def test(): pass\n",
@@ -171,6 +170,8 @@ async def test_lint_passes_and_the_gpu_jobs_start_only_after_its_conclusion(redi
 
 
 async def test_a_flaky_lint_rerun_rearms_the_gpu_runs_and_is_named_in_the_comment(redis_server, world, tmp_path):
+    from litbotd.runstate import flaky_counts
+
     marker = tmp_path / "lint-flaked-once"
     base, head = sha_of("base"), sha_of("flaky")
     await world.start({base: tree(lint(flaky_marker=marker)),
