@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from litbotd import ordering, workflows
+from litbotd import workflows
+from litbotd.lifecycle import ordering
 from litbotd.queue import Queue
 from litbotd.runstate import RunRef, RunState, flaky_counts
 from litbotd.tasks import Task

@@ -189,7 +189,7 @@ async def test_a_flaky_lint_rerun_rearms_the_gpu_runs_and_is_named_in_the_commen
         await wait_until(lambda: world.gh.comments and "**Flaky**" in world.gh.comments[0]["body"]
                          and "Queued" not in world.gh.comments[0]["body"], 30, "the comment to name the flaky run")
         await wait_until(d.idle, 20, "the daemon to go idle")
-        counts = await flaky_counts(d.daemon.services.queue)
+        counts = await flaky_counts(d.daemon.ctx.queue)
     runs = by_name(world, head)
     assert {n: r["conclusion"] for n, r in runs.items()} == {"lint": "success", **{n: "success" for n in GPU_NAMES}}
     body = world.gh.comments[0]["body"]

@@ -1,13 +1,14 @@
 """`paths` and `needs` wired to GitHub and the run state (SPEC §4): which of a commit's runs are
 queued to start, wait for their needs, or are completed `skipped` at once.
 
-    change_of     the files the change touches: a PR's (pulls files API, paged), a push's
-                  before..after, a merge group's base..head (compare API); only when a run filters
-    queue_runs    one check run per run: `queued` + a start_job task, `queued` "waiting for lint",
-                  or `completed` / `skipped` naming the filter or the need
-    release       the `needs` phase: after any conclusion on the commit, start the waiting runs
-                  whose needs succeeded, skip those whose needs did not
-    rearmed       the runs a re-run brings back with it (those skipped for their needs)
+    change_of       the files the change touches: a PR's (pulls files API, paged), a push's
+                    before..after, a merge group's base..head (compare API); only when a run filters
+    queue_runs      one check run per run: `queued` + a start_job task, `queued` "waiting for lint",
+                    or `completed` / `skipped` naming the filter or the need
+    needs           the phase: after any conclusion on the commit, start the waiting runs whose
+                    needs succeeded, skip those whose needs did not
+    after_conclusion  the `needs` task a conclusion commits with it (when the commit has needs)
+    rerun_runs      new attempts of runs, with the ones skipped for their needs re-armed
 
 Event-driven, and safe across a crash: every conclusion (results, cancel, a dead task) returns a
 `needs` task as a successor, committed in the same atomic finish as the conclusion; every run put
@@ -20,21 +21,18 @@ from __future__ import annotations
 import time
 from typing import Any, Awaitable, Callable, Iterable
 
-from . import checks, decisions, logs, needs, paths, report
-from .github import GitHubApp
-from .runstate import RunRef, RunState
-from .tasks import Task
-from .workflows import Run
+from .. import checks, decisions, logs, needs as needs_mod, paths, report
+from ..context import Context
+from ..github import GitHubApp
+from ..runstate import RunRef, RunState
+from ..tasks import Task
+from ..workflows import Run
+from .checkruns import report_completed
+from .checkruns import routing as _routing
+from .comments import comment_soon
 
-log = logs.get("litbotd.ordering")
+log = logs.get("litbotd.lifecycle")
 SKIPPED = "skipped"
-ROUTING = ("delivery", "installation", "repo", "pr", "sha", "private")
-
-Complete = Callable[[dict[str, Any], RunRef], Awaitable[None]]
-
-
-def _routing(p: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {**{k: p.get(k) for k in ROUTING}, **extra}
 
 
 async def change_of(gh: GitHubApp, p: dict[str, Any], runs: Iterable[Run]) -> paths.Change | None:
@@ -50,8 +48,8 @@ async def change_of(gh: GitHubApp, p: dict[str, Any], runs: Iterable[Run]) -> pa
     return await checks.compare_change(gh, inst, repo, base, sha)
 
 
-def _nodes(recorded: dict[str, tuple[Run, int, dict[str, str]]]) -> dict[str, needs.Node]:
-    return {k: needs.Node(run.workflow, run.needs, run.check_name) for k, (run, _, _) in recorded.items()}
+def _nodes(recorded: dict[str, tuple[Run, int, dict[str, str]]]) -> dict[str, needs_mod.Node]:
+    return {k: needs_mod.Node(run.workflow, run.needs, run.check_name) for k, (run, _, _) in recorded.items()}
 
 
 def needs_task(task: Task, p: dict[str, Any]) -> Task:
@@ -68,10 +66,10 @@ async def queue_runs(task: Task, p: dict[str, Any], gh: GitHubApp, rs: RunState,
     repo, sha, inst = p["repo"], p["sha"], p["installation"]
     recorded = await rs.latest_states(repo, sha)
     new = {run.key for run, _ in todo}
-    states = {k: needs.state_of(st) for k, (_, _, st) in recorded.items() if k not in new}
+    states = {k: needs_mod.state_of(st) for k, (_, _, st) in recorded.items() if k not in new}
     skips = {run.key: why for run, _ in todo
              if change is not None and (why := paths.decide(run.path_filter, change)) is not None}
-    plan = needs.plan_new(_nodes(recorded), states, new, skips)
+    plan = needs_mod.plan_new(_nodes(recorded), states, new, skips)
     out: list[Task] = []
     waiting = False
     for run, attempt in todo:
@@ -114,13 +112,47 @@ async def queue_runs(task: Task, p: dict[str, Any], gh: GitHubApp, rs: RunState,
     return out
 
 
+async def needs(task: Task, ctx: Context) -> list[Task]:
+    """The `needs` phase: start the commit's waiting runs whose needs succeeded (a start_job
+    each), skip those whose needs did not; then the summary comment, when anything changed."""
+    out, changed = await release(task, ctx.runs, lambda p, ref: report_completed(ctx, p, ref))
+    p = task.payload
+    if changed:
+        out += await comment_soon(task, ctx, p["repo"], p.get("pr") or await ctx.runs.pr_of(p["repo"], p["sha"]),
+                                  p["installation"])
+    return out
+
+
+async def after_conclusion(task: Task, ctx: Context, p: dict[str, Any]) -> list[Task]:
+    """A conclusion on a commit whose runs have `needs`: the `needs` phase decides the waiting
+    runs, as a successor committed in the same atomic finish (never lost, nothing polls)."""
+    return [needs_task(task, p)] if await needs_any(ctx.runs, p["repo"], p["sha"]) else []
+
+
+async def rerun_runs(ctx: Context, task: Task, p: dict[str, Any], keys: list[str], every: bool) -> list[Task]:
+    """New attempts of `keys`, and of the runs skipped because one of them did not succeed
+    (re-armed: they wait for it again). Re-running every run leaves out those the paths filter
+    skipped: the change still does not touch them."""
+    rs = ctx.runs
+    repo, sha = p["repo"], p["sha"]
+    latest = await rs.latest_states(repo, sha)
+    if every:
+        keys = [k for k in keys if latest[k][2].get("skip_kind") != "paths"]
+    keys = sorted(set(keys) | set(await rearmed(rs, repo, sha, keys)))
+    todo = [(latest[k][0], await rs.new_attempt(repo, sha, k, task.id)) for k in keys]
+    return await queue_runs(task, p, ctx.github, rs, todo, None)
+
+
+Complete = Callable[[dict[str, Any], RunRef], Awaitable[None]]
+
+
 async def release(task: Task, rs: RunState, complete: Complete) -> tuple[list[Task], bool]:
-    """The `needs` phase: start or skip the commit's waiting runs whose needs have concluded.
-    Returns the start_job tasks and whether anything changed (for the summary comment)."""
+    """Start or skip the commit's waiting runs whose needs have concluded. Returns the start_job
+    tasks and whether anything changed (for the summary comment)."""
     p = task.payload
     repo, sha = p["repo"], p["sha"]
     recorded = await rs.latest_states(repo, sha)
-    states = {k: needs.state_of(st) for k, (_, _, st) in recorded.items()}
+    states = {k: needs_mod.state_of(st) for k, (_, _, st) in recorded.items()}
     out: list[Task] = []
     changed = False
     for key, (run, attempt, st) in sorted(recorded.items()):
@@ -134,7 +166,7 @@ async def release(task: Task, rs: RunState, complete: Complete) -> tuple[list[Ta
         elif not st.get("conclusion"):
             out.append(_start(task, p, key, attempt, st))
         changed = True
-    for key, d in sorted(needs.decide(_nodes(recorded), states).items()):
+    for key, d in sorted(needs_mod.decide(_nodes(recorded), states).items()):
         run, attempt, st = recorded[key]
         ref = RunRef(repo, sha, key, attempt)
         if d.action == "start":
@@ -162,7 +194,7 @@ async def give_up(task: Task, rs: RunState, complete: Complete, message: str) ->
     p = task.payload
     ended = 0
     for key, (run, attempt, st) in (await rs.latest_states(p["repo"], p["sha"])).items():
-        if needs.state_of(st) != needs.WAITING:
+        if needs_mod.state_of(st) != needs_mod.WAITING:
             continue
         ref = RunRef(p["repo"], p["sha"], key, attempt)
         conclusion, _ = await rs.conclude(ref, decisions.NEUTRAL, message, time.time())
@@ -177,7 +209,7 @@ async def rearmed(rs: RunState, repo: str, sha: str, keys: Iterable[str]) -> lis
     recorded = await rs.latest_states(repo, sha)
     skipped = [k for k, (_, _, st) in recorded.items()
                if st.get("conclusion") == SKIPPED and st.get("skip_kind") == "needs"]
-    return sorted(needs.rearm(_nodes(recorded), keys, skipped))
+    return sorted(needs_mod.rearm(_nodes(recorded), keys, skipped))
 
 
 async def needs_any(rs: RunState, repo: str, sha: str) -> bool:
