@@ -284,3 +284,19 @@ async def test_needs_across_a_cancelled_commit(redis_server, world, tmp_path):
     assert {j["dir"].name for j in gpu} == expected  # the new commit's only
     assert len(jobs(tmp_path, "lint")) == 2
     world.assert_no_duplicates()
+
+
+async def test_a_merge_group_whose_lint_fails_skips_the_gpu_runs_and_posts_no_comment(redis_server, world, tmp_path):
+    base, head = sha_of("main"), sha_of("queue-broken")
+    await world.start({base: tree(lint()), head: tree(lint(), **{"src/broken.py": "oops\n"})})
+    payload = merge_group_payload("checks_requested", head)
+    payload["merge_group"]["base_sha"] = base
+    async with InProcessDaemon(cfg(redis_server.url, world.url, tmp_path)) as d:
+        assert await d.send("merge_group", payload) == 202
+        await wait_until(lambda: all_completed(world, head), 60, "every check run completed")
+        await wait_until(d.idle, 20, "the daemon to go idle")
+    runs = by_name(world, head)
+    assert runs["lint"]["conclusion"] == "failure"
+    assert all(runs[n]["conclusion"] == "skipped" and "needs lint" in runs[n]["output"]["summary"] for n in GPU_NAMES)
+    assert jobs(tmp_path, "gpu") == [] and world.gh.comments == []
+    world.assert_no_duplicates()
