@@ -18,7 +18,7 @@ from . import logs
 from .config import Config
 from .queue import Queue, queue_config
 from .redisconn import REDIS_UNAVAILABLE, connect_config
-from .runstate import flaky_counts
+from .runstate import flaky_stats
 
 GITHUB_CHECK_TIMEOUT = 30.0
 
@@ -53,11 +53,11 @@ async def status(cfg: Config, as_json: bool) -> int:
         workers = await q.worker_infos()
         oldest = await q.oldest_age()
         refused = await _refused_reloads(q)
-        flaky = await flaky_counts(q)
+        flaky = await flaky_stats(q)
     if as_json:
         print(json.dumps({
             **depths, "queued_by_phase": by_kind, "oldest_task_age_s": oldest, "reload_refused": refused,
-            "flaky_runs_30d": flaky,
+            "flaky_runs_30d": {repo: {"flaky": f.flaky, "runs": f.runs} for repo, f in flaky.items()},
             "workers": [{"id": w.id, "host": w.host, "pid": w.pid, "alive": w.alive, "task": w.task,
                          "busy_s": w.busy_s, "processing": w.processing} for w in workers],
         }, sort_keys=True))
@@ -66,8 +66,9 @@ async def status(cfg: Config, as_json: bool) -> int:
     print(f"queue {cfg.redis.queue}: queued {depths['queued']} ({phases}), delayed {depths['delayed']}, "
           f"dead {depths['dead']}" + (f", oldest {oldest:.0f}s" if oldest is not None else ""))
     if flaky:
-        top = sorted(flaky.items(), key=lambda kv: (-kv[1], kv[0]))
-        shown = ", ".join(f"{repo} {n}" for repo, n in top[:10]) + (f", … ({len(top)} repositories)" if len(top) > 10 else "")
+        top = sorted(flaky.items(), key=lambda kv: (-kv[1].flaky, kv[0]))
+        shown = ", ".join(f"{repo} {f.flaky} of {f.runs}" for repo, f in top[:10]) \
+            + (f", … ({len(top)} repositories)" if len(top) > 10 else "")
         print(f"flaky runs (failed, then passed on a re-run; 30 days): {shown}")
     alive = [w for w in workers if w.alive]
     print(f"workers: {len(alive)} alive")

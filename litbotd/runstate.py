@@ -98,12 +98,21 @@ return 1
 FLAKY_WINDOW = 30 * 24 * 3600
 FLAKY_MAX = 10_000  # members kept per repository, and repositories kept
 
-# KEYS: sha hash, the repository's flaky zset, the flaky-repositories zset. ARGV: run key,
-# conclusion, now, window, ttl, member, repository, max. A failure (or time-out) marks the run
+# KEYS: sha hash, the repository's flaky zset, the flaky-repositories zset, the repository's
+# runs-per-day hash, the attempt's run hash. ARGV: run key, conclusion, now, window, ttl, member,
+# repository, max, days. Counts the attempt once in its day; a failure (or time-out) marks the run
 # failed on this commit; a success after one marks it flaky, once, and counts it. 1 when it
 # turned flaky now.
 _OUTCOME = """
 local failed, flaky = 'failed:' .. ARGV[1], 'flaky:' .. ARGV[1]
+if redis.call('HSETNX', KEYS[5], 'counted', 1) == 1 then
+  local day = math.floor(tonumber(ARGV[3]) / 86400)
+  redis.call('HINCRBY', KEYS[4], day, 1)
+  for _, f in ipairs(redis.call('HKEYS', KEYS[4])) do
+    if tonumber(f) == nil or tonumber(f) <= day - tonumber(ARGV[9]) then redis.call('HDEL', KEYS[4], f) end
+  end
+  redis.call('EXPIRE', KEYS[4], ARGV[4])
+end
 if ARGV[2] == 'failure' or ARGV[2] == 'timed_out' then
   redis.call('HSET', KEYS[1], failed, 1)
   return 0
@@ -277,8 +286,10 @@ class RunState:
         """Remember a concluded attempt for flaky detection; True when the run became flaky (a
         success after a failure on the same commit), counted once per run and commit."""
         return bool(await self._outcome(
-            keys=[self._sha(ref.repo, ref.sha), self.q.key("flaky", ref.repo), self.q.key("flaky")],
-            args=[ref.key, conclusion, repr(now), FLAKY_WINDOW, TTL, f"{ref.sha}:{ref.key}", ref.repo, FLAKY_MAX]))
+            keys=[self._sha(ref.repo, ref.sha), self.q.key("flaky", ref.repo), self.q.key("flaky"),
+                  self.q.key("runs", ref.repo), self._run(ref)],
+            args=[ref.key, conclusion, repr(now), FLAKY_WINDOW, TTL, f"{ref.sha}:{ref.key}", ref.repo, FLAKY_MAX,
+                  FLAKY_WINDOW // 86400]))
 
     async def flaky(self, repo: str, sha: str) -> set[str]:
         """The run keys of a SHA that failed and then passed."""
@@ -286,15 +297,35 @@ class RunState:
         return {f[6:] for f in raw if f.startswith("flaky:")}
 
 
-async def flaky_counts(queue: Queue, now: float | None = None, window: float = FLAKY_WINDOW) -> dict[str, int]:
-    """Flaky runs per repository over the last `window` (30 days): {repo: count}. For
-    `litbotd status` and the dashboard; a few commands, bounded by FLAKY_MAX repositories."""
-    since = (time.time() if now is None else now) - window
+@dataclass(frozen=True)
+class FlakyStat:
+    flaky: int   # runs that failed, then passed on a re-run of the same commit
+    runs: int    # attempts that ran a job and concluded (its results reported), same 30 days
+
+
+async def flaky_stats(queue: Queue, now: float | None = None) -> dict[str, FlakyStat]:
+    """The repositories with flaky runs over the last 30 days: {repo: FlakyStat}. For `litbotd
+    status` and the dashboard (one read, no write); bounded by FLAKY_MAX repositories. `runs` is
+    counted in whole days (the last 30, today included)."""
+    at = time.time() if now is None else now
+    since = at - FLAKY_WINDOW
     repos = await queue.redis.zrangebyscore(queue.key("flaky"), since, "+inf")
     if not repos:
         return {}
     async with queue.redis.pipeline(transaction=False) as p:
         for repo in repos:
             p.zcount(queue.key("flaky", repo), since, "+inf")
-        counts = await p.execute()
-    return {repo: int(n) for repo, n in zip(repos, counts) if int(n)}
+            p.hgetall(queue.key("runs", repo))
+        got = await p.execute()
+    first_day = int(at // 86400) - FLAKY_WINDOW // 86400
+    out = {}
+    for repo, n, days in zip(repos, got[::2], got[1::2]):
+        runs = sum(int(v) for d, v in days.items() if d.lstrip("-").isdigit() and int(d) > first_day)
+        if int(n):
+            out[repo] = FlakyStat(flaky=int(n), runs=runs)
+    return out
+
+
+async def flaky_counts(queue: Queue, now: float | None = None) -> dict[str, int]:
+    """Flaky runs per repository over the last 30 days: {repo: count}."""
+    return {repo: s.flaky for repo, s in (await flaky_stats(queue, now)).items()}

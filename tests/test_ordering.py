@@ -8,7 +8,7 @@ from typing import Any
 from litbotd import workflows
 from litbotd.lifecycle import ordering
 from litbotd.queue import Queue
-from litbotd.runstate import RunRef, RunState, flaky_counts
+from litbotd.runstate import FlakyStat, RunRef, RunState, flaky_counts, flaky_stats
 from litbotd.tasks import Task
 
 REPO, SHA = "o/r", "a" * 40
@@ -95,6 +95,8 @@ async def test_flaky_is_counted_once_per_run_and_commit_and_bounded(aredis):
     assert not await rs.record_outcome(RunRef(REPO, SHA, runs["gpu (1)"].key, 1), "success", now)  # never failed
     assert await rs.flaky(REPO, SHA) == {key}
     assert await flaky_counts(q) == {REPO: 1}
+    # every attempt counted once in its day, a repeated one (a crash) not again
+    assert await flaky_stats(q) == {REPO: FlakyStat(flaky=1, runs=3)}
     # 30 days later it no longer counts
     assert await flaky_counts(q, now=now + 31 * 24 * 3600) == {}
     # an old entry is dropped when a new one is recorded

@@ -170,7 +170,7 @@ async def test_lint_passes_and_the_gpu_jobs_start_only_after_its_conclusion(redi
 
 
 async def test_a_flaky_lint_rerun_rearms_the_gpu_runs_and_is_named_in_the_comment(redis_server, world, tmp_path):
-    from litbotd.runstate import flaky_counts
+    from litbotd.runstate import FlakyStat, flaky_stats
 
     marker = tmp_path / "lint-flaked-once"
     base, head = sha_of("base"), sha_of("flaky")
@@ -189,13 +189,13 @@ async def test_a_flaky_lint_rerun_rearms_the_gpu_runs_and_is_named_in_the_commen
         await wait_until(lambda: world.gh.comments and "**Flaky**" in world.gh.comments[0]["body"]
                          and "Queued" not in world.gh.comments[0]["body"], 30, "the comment to name the flaky run")
         await wait_until(d.idle, 20, "the daemon to go idle")
-        counts = await flaky_counts(d.daemon.ctx.queue)
+        counts = await flaky_stats(d.daemon.ctx.queue)
     runs = by_name(world, head)
     assert {n: r["conclusion"] for n, r in runs.items()} == {"lint": "success", **{n: "success" for n in GPU_NAMES}}
     body = world.gh.comments[0]["body"]
     assert "**Flaky** (failed, then passed on a re-run of this commit): `lint`" in body
     assert "gpu" not in body.split("**Flaky**")[1].split("\n")[0]  # the gpu runs never failed: not flaky
-    assert counts == {REPO: 1}
+    assert counts == {REPO: FlakyStat(flaky=1, runs=4)}  # lint twice, each gpu run once (skipped ones ran no job)
     assert len(jobs(tmp_path, "lint")) == 2 and len(jobs(tmp_path, "gpu")) == 2
     world.assert_no_duplicates()
 
