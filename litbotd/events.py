@@ -197,7 +197,8 @@ def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
                 compare_why="" if _opt_sha(payload, "merge_group.base_sha") else "the merge group names no base commit",
             ), "merge_group checks_requested"
         if action == "destroyed":
-            why = payload.get("reason") if isinstance(payload.get("reason"), str) else "destroyed"
+            reason = payload.get("reason")
+            why = reason if isinstance(reason, str) else "destroyed"
             return task(
                 "cancel",
                 sha=_sha(payload, "merge_group.head_sha"),
