@@ -291,7 +291,7 @@ class RunState:
             for key, (_, attempt) in runs.items():
                 p.hgetall(self._run(RunRef(repo, sha, key, attempt)))
             states = await p.execute() if runs else []
-        return {key: (run, attempt, st) for (key, (run, attempt)), st in zip(runs.items(), states)}
+        return {key: (run, attempt, st) for (key, (run, attempt)), st in zip(runs.items(), states, strict=True)}
 
     async def record_outcome(self, ref: RunRef, conclusion: str, now: float) -> bool:
         """Remember a concluded attempt for flaky detection; True when the run became flaky (a
@@ -304,7 +304,7 @@ class RunState:
 
     async def flaky(self, repo: str, sha: str) -> set[str]:
         """The run keys of a SHA that failed and then passed."""
-        raw = await self.r.hkeys(self._sha(repo, sha))
+        raw = cast(list[str], await self.r.hkeys(self._sha(repo, sha)))  # decoded
         return {f[6:] for f in raw if f.startswith("flaky:")}
 
 
@@ -320,7 +320,7 @@ async def flaky_stats(queue: Queue, now: float | None = None) -> dict[str, Flaky
     counted in whole days (the last 30, today included)."""
     at = time.time() if now is None else now
     since = at - FLAKY_WINDOW
-    repos = await queue.redis.zrangebyscore(queue.key("flaky"), since, "+inf")
+    repos = cast(list[str], await queue.redis.zrangebyscore(queue.key("flaky"), since, "+inf"))  # decoded
     if not repos:
         return {}
     async with queue.redis.pipeline(transaction=False) as p:
@@ -329,8 +329,8 @@ async def flaky_stats(queue: Queue, now: float | None = None) -> dict[str, Flaky
             p.hgetall(queue.key("runs", repo))
         got = await p.execute()
     first_day = int(at // 86400) - FLAKY_WINDOW // 86400
-    out = {}
-    for repo, n, days in zip(repos, got[::2], got[1::2]):
+    out: dict[str, FlakyStat] = {}
+    for repo, n, days in zip(repos, got[::2], got[1::2], strict=True):
         runs = sum(int(v) for d, v in days.items() if d.lstrip("-").isdigit() and int(d) > first_day)
         if int(n):
             out[repo] = FlakyStat(flaky=int(n), runs=runs)

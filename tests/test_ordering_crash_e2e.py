@@ -7,8 +7,6 @@ killed at that moment, then lets GitHub apply it (GitHub did the work, the daemo
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from conftest import free_port

@@ -14,8 +14,16 @@ from typing import Any
 
 import pytest
 
-from harness import (REPO, GitHubWorld, InProcessDaemon, comment_payload, config_data, pr_payload,
-                     rerequested_payload, sha_of, wait_until)
+from harness import (
+    REPO,
+    GitHubWorld,
+    InProcessDaemon,
+    config_data,
+    pr_payload,
+    rerequested_payload,
+    sha_of,
+    wait_until,
+)
 from litbotd import decisions, workflows
 from test_commits_e2e import merge_group_payload, push_payload
 

@@ -5,7 +5,7 @@ import dataclasses
 import time
 from typing import Any
 
-from .. import checks, logs, metrics, report, workflows
+from .. import checks, logs, metrics, report
 from ..annotations import Scan, batches
 from ..context import Context
 from ..runstate import RunRef

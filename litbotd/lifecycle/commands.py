@@ -7,8 +7,8 @@ from .. import checks, decisions, logs
 from ..context import Context
 from ..runstate import RunRef
 from ..tasks import Task
-from .checkruns import report_completed, routing
 from . import ordering
+from .checkruns import report_completed, routing
 from .comments import comment_soon
 
 log = logs.get("litbotd.lifecycle")

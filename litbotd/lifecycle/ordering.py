@@ -21,7 +21,8 @@ from __future__ import annotations
 import time
 from typing import Any, Awaitable, Callable, Iterable
 
-from .. import checks, decisions, logs, needs as needs_mod, paths, report
+from .. import checks, decisions, logs, paths, report
+from .. import needs as needs_mod
 from ..context import Context
 from ..github import GitHubApp
 from ..runstate import RunRef, RunState
@@ -155,7 +156,7 @@ async def release(task: Task, rs: RunState, complete: Complete) -> tuple[list[Ta
     states = {k: needs_mod.state_of(st) for k, (_, _, st) in recorded.items()}
     out: list[Task] = []
     changed = False
-    for key, (run, attempt, st) in sorted(recorded.items()):
+    for key, (_, attempt, st) in sorted(recorded.items()):
         if st.get("released_by") != task.id:
             continue
         # Released by this very task before a crash (its successors were never committed): the
@@ -193,7 +194,7 @@ async def give_up(task: Task, rs: RunState, complete: Complete, message: str) ->
     reason, so no check run stays queued. Returns how many."""
     p = task.payload
     ended = 0
-    for key, (run, attempt, st) in (await rs.latest_states(p["repo"], p["sha"])).items():
+    for key, (_, attempt, st) in (await rs.latest_states(p["repo"], p["sha"])).items():
         if needs_mod.state_of(st) != needs_mod.WAITING:
             continue
         ref = RunRef(p["repo"], p["sha"], key, attempt)

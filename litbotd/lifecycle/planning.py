@@ -3,9 +3,6 @@ with its start_job task, `queued` waiting for its needs, or `skipped` at once (o
 (new_event, new_commit)."""
 from __future__ import annotations
 
-import time
-from typing import Any
-
 from .. import checks, decisions, logs, report, workflows
 from ..context import Context
 from ..github import GitHubApp
