@@ -108,3 +108,10 @@ def test_dead_task_conclusion() -> None:
     assert decisions.dead_task_conclusion("start_job", 5, "boom") == ("failure", "the job failed to start: boom")
     assert decisions.dead_task_conclusion("results", 5, "boom") == ("neutral", "litbotd gave up after 5 attempts: boom")
     assert decisions.dead_task_conclusion("comment", 5, "boom") is None
+
+
+def test_needs_gate_holds_a_waiting_run() -> None:
+    from litbotd.decisions import needs_met
+
+    assert needs_met({"status": "queued"}) and needs_met({})
+    assert not needs_met({"status": "queued", "waiting": "waiting for lint"})
