@@ -168,6 +168,9 @@ async def test_lint_passes_and_the_gpu_jobs_start_only_after_its_conclusion(redi
         await wait_until(d.idle, 20, "the daemon to go idle")
     runs = by_name(world, head)
     assert {n: r["conclusion"] for n, r in runs.items()} == {"lint": "success", **{n: "success" for n in GPU_NAMES}}
+    for n in GPU_NAMES:  # once started, the check no longer says it waits
+        started = next(h for h in runs[n]["history"] if h.get("status") == "in_progress")
+        assert started["output"]["title"].startswith("Running on"), started
     lint_done = runs["lint"]["concluded_at"]
     gpu_jobs = jobs(tmp_path, "gpu")
     assert len(gpu_jobs) == 2

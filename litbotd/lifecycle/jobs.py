@@ -5,7 +5,7 @@ import asyncio
 import time
 from typing import Any
 
-from .. import checks, decisions, logs, metrics
+from .. import checks, decisions, logs, metrics, report
 from ..annotations import SCAN_LINES, scan
 from ..backends.base import JobNotFound, JobSpec, JobStatus
 from ..context import Context
@@ -51,6 +51,8 @@ async def start_job(task: Task, ctx: Context) -> list[Task]:
         fields: dict[str, Any] = {"status": "in_progress", "started_at": checks.iso(now)}
         if status.url and status.url.startswith(("http://", "https://")):
             fields["details_url"] = status.url
+        if state.get("released_by"):  # it waited for its needs: its check still says so
+            fields["output"] = report.check_output(report.row_of(run, attempt, await rs.get(ref)))
         try:
             await checks.update_check(ctx.github, p["installation"], repo, int(p["check_run_id"]), "progress",
                                       defer=True, **fields)

@@ -72,7 +72,7 @@ async def queue_runs(task: Task, p: dict[str, Any], gh: GitHubApp, rs: RunState,
              if change is not None and (why := paths.decide(run.path_filter, change)) is not None}
     plan = needs_mod.plan_new(_nodes(recorded), states, new, skips)
     out: list[Task] = []
-    waiting = False
+    waiting = False  # some run waits, or a skip concluded one that others may need
     for run, attempt in todo:
         d = plan[run.key]
         ref = RunRef(repo, sha, run.key, attempt)
@@ -99,6 +99,7 @@ async def queue_runs(task: Task, p: dict[str, Any], gh: GitHubApp, rs: RunState,
         if d.action == "skip":
             await rs.update(ref, skip_kind="paths" if run.key in skips else "needs", reported=1)
             await rs.conclude(ref, SKIPPED, d.reason, time.time())
+            waiting = waiting or any(n.needs for n in (r for r, _, _ in recorded.values()))
             log.info("run skipped", run=run.key, check=run.check_name, attempt=attempt, reason=d.reason)
         elif d.action == "wait":
             waiting = True
@@ -108,7 +109,8 @@ async def queue_runs(task: Task, p: dict[str, Any], gh: GitHubApp, rs: RunState,
             out.append(task.successor("start_job", _routing(p, run=run.key, attempt=attempt, check_run_id=check_id),
                                       key=f"{run.key}/{attempt}"))
     if waiting:
-        # Its needs may have concluded while this task ran: a `needs` task after it looks again.
+        # Needs may have concluded while this task ran, and a skip here concludes a run others
+        # may wait on: a `needs` task after this one looks again.
         out.append(needs_task(task, p))
     return out
 
