@@ -18,6 +18,7 @@ from harness import (
     REPO,
     GitHubWorld,
     InProcessDaemon,
+    comment_payload,
     config_data,
     pr_payload,
     rerequested_payload,
@@ -180,7 +181,8 @@ async def test_lint_passes_and_the_gpu_jobs_start_only_after_its_conclusion(redi
     world.assert_no_duplicates()
 
 
-async def test_a_flaky_lint_rerun_rearms_the_gpu_runs_and_is_named_in_the_comment(redis_server, world, tmp_path):
+@pytest.mark.parametrize("how", ["check_run", "command"])
+async def test_a_flaky_lint_rerun_rearms_the_gpu_runs_and_is_named_in_the_comment(how, redis_server, world, tmp_path):
     from litbotd.runstate import FlakyStat, flaky_stats
 
     marker = tmp_path / "lint-flaked-once"
@@ -193,8 +195,13 @@ async def test_a_flaky_lint_rerun_rearms_the_gpu_runs_and_is_named_in_the_commen
         await wait_until(lambda: all_completed(world, head), 60, "the first attempt to complete")
         first = by_name(world, head)
         assert first["lint"]["conclusion"] == "failure" and all(first[n]["conclusion"] == "skipped" for n in GPU_NAMES)
-        # Re-run lint only (as the checks tab's "Re-run" does): the gpu runs it skipped come back with it.
-        assert await d.send("check_run", rerequested_payload(first["lint"])) == 202
+        # Re-run lint only (the checks tab's "Re-run", or `/litci run lint`): the gpu runs it
+        # skipped come back with it.
+        if how == "check_run":
+            assert await d.send("check_run", rerequested_payload(first["lint"])) == 202
+        else:
+            world.gh.set_permission(REPO, "alice", "write")
+            assert await d.send("issue_comment", comment_payload("/litci run lint", "alice")) == 202
         await wait_until(lambda: len(world.runs(head)) == 6 and all_completed(world, head), 60,
                          "the re-run and the re-armed gpu runs to complete")
         await wait_until(lambda: world.gh.comments and "**Flaky**" in world.gh.comments[0]["body"]
