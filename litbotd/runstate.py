@@ -9,6 +9,7 @@
     q:flaky:<repo>                     zset  "<sha>:<run>" → when it turned flaky (failed, then passed
                                              on a re-run of the same commit); 30 days, ≤ 10,000
     q:flaky                            zset  repository → its latest flaky run (≤ 10,000 repositories)
+    q:runs:<repo>                      hash  day number → attempts whose results were reported (≤ 30 days)
 
 A run waiting for its `needs` has `waiting` ("waiting for lint") in its attempt's hash, until the
 one task that releases it (`released_by`) clears it; `skip_kind` (paths | needs) says why a
