@@ -38,9 +38,11 @@ def graph_errors(workflows: Iterable[Declared], broken: Mapping[str, str] = {}) 
     # Cycles first: each workflow on one names it.
     graph: dict[str, set[str]] = {}
     for w in wfs:
+        if w.file in broken:
+            continue
         graph.setdefault(w.name, set()).update(n for n in w.needs if n in known_all)
     for w in wfs:
-        if w.file in bad:
+        if w.file in bad or w.file in broken:
             continue
         cycle = _cycle_through(w.name, graph)
         if cycle:

@@ -21,6 +21,8 @@ A, B, C = ".lightning/workflows/a.yml", ".lightning/workflows/b.yml", ".lightnin
     ([Declared(B, "gpu", ("lint",)), Declared(C, "e2e", ("gpu",))], {A: "bad yaml"},
      {B: "needs 'lint': no workflow of that name", C: "needs 'gpu', but its file .lightning/workflows/b.yml"}),
     ([Declared(A, "lint", ()), Declared(B, "gpu", ("lint",))], {A: "bad"}, {B: "needs 'lint', but its file"}),
+    # a file already invalid gets no second error, even on a cycle
+    ([Declared(A, "a", ("b",)), Declared(B, "b", ("a",))], {A: "too many runs"}, {B: "needs 'a', but its file"}),
     # a diamond is no cycle
     ([Declared(A, "lint", ()), Declared(B, "x", ("lint",)), Declared(C, "y", ("lint", "x"))], {}, {}),
 ])
