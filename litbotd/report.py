@@ -245,6 +245,8 @@ def check_output(r: RunReport) -> dict[str, str]:
     lines = [f"**{outcome}**" + (f": {_code(_clip_end(r.message, 2000))}" if r.message.strip() else ""), "",
              "| Machine | Image | Duration | Attempt |", "|---|---|---|---|",
              f"| {_cell(r.machine)} | {_cell(r.image)} | {duration_text(duration)} | {r.attempt} |"]
+    if r.conclusion == "skipped":
+        lines += ["", "No job started for this run: no machine time was spent."]
     if r.note:
         lines += ["", f"**Filters not applied:** {_code(_clip_end(r.note, 2000))}"]
     if r.flaky:

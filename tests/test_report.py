@@ -279,6 +279,7 @@ def test_waiting_skipped_and_unfiltered_runs_say_why() -> None:
     skipped = rr("docs", conclusion="skipped", message="paths-ignore (docs/**) matches every one of the 2 changed files")
     out = check_output(skipped)
     assert out["title"].startswith("Skipped") and "paths-ignore (docs/**)" in out["summary"]
+    assert "No job started" in out["summary"] and "No job started" not in check_output(rr())["summary"]
     noted = rr(note="paths: src/** not applied: the push was forced, so every workflow runs")
     assert "**Filters not applied:**" in check_output(noted)["summary"] and "forced" in check_output(noted)["summary"]
     assert "Filters not applied" not in check_output(rr())["summary"]
