@@ -46,7 +46,7 @@ def graph_errors(workflows: Iterable[Declared], broken: Mapping[str, str] = {}) 
             continue
         cycle = _cycle_through(w.name, graph)
         if cycle:
-            bad[w.file] = f"a cycle of needs: {' → '.join(cycle)}"
+            bad[w.file] = f"a cycle: {' → '.join(cycle)}"
     # Unknown names, and names whose every workflow is in a bad file: to a fixed point, since a
     # workflow that needs one in a bad file cannot run either.
     while True:
@@ -63,10 +63,10 @@ def graph_errors(workflows: Iterable[Declared], broken: Mapping[str, str] = {}) 
                     hint = f"; workflows here: {', '.join(close[:10])}" if close else ""
                     if broken:
                         hint += f"; invalid: {', '.join(sorted(broken))}"
-                    bad[w.file] = f"needs {n!r}: no workflow of that name{' (' + hint[2:] + ')' if hint else ''}"
+                    bad[w.file] = f"{n!r} names no workflow{' (' + hint[2:] + ')' if hint else ''}"
                 else:
                     where = sorted({x.file for x in wfs if x.name == n})
-                    bad[w.file] = f"needs {n!r}, but its file {', '.join(where)} has an error"
+                    bad[w.file] = f"{n!r} is in {', '.join(where)}, which has an error"
                 added = True
                 break
         if not added:

@@ -10,19 +10,19 @@ A, B, C = ".lightning/workflows/a.yml", ".lightning/workflows/b.yml", ".lightnin
 
 @pytest.mark.parametrize("declared, broken, expected", [
     ([Declared(A, "lint", ()), Declared(B, "gpu", ("lint",))], {}, {}),
-    ([Declared(B, "gpu", ("lnt",)), Declared(A, "lint", ())], {}, {B: "needs 'lnt': no workflow of that name"}),
+    ([Declared(B, "gpu", ("lnt",)), Declared(A, "lint", ())], {}, {B: "'lnt' names no workflow"}),
     ([Declared(A, "a", ("b",)), Declared(B, "b", ("a",))], {},
-     {A: "a cycle of needs: a → b → a", B: "a cycle of needs: b → a → b"}),
-    ([Declared(A, "a", ("a",))], {}, {A: "a cycle of needs: a → a"}),
+     {A: "a cycle: a → b → a", B: "a cycle: b → a → b"}),
+    ([Declared(A, "a", ("a",))], {}, {A: "a cycle: a → a"}),
     # a file that needs one on a cycle cannot run either
     ([Declared(A, "a", ("b",)), Declared(B, "b", ("a",)), Declared(C, "c", ("a",))], {},
-     {A: "cycle", B: "cycle", C: "needs 'a', but its file"}),
+     {A: "cycle", B: "cycle", C: "'a' is in .lightning/workflows/a.yml, which has an error"}),
     # a needed workflow in an invalid file: unknown, so the needing file fails too (and the next)
     ([Declared(B, "gpu", ("lint",)), Declared(C, "e2e", ("gpu",))], {A: "bad yaml"},
-     {B: "needs 'lint': no workflow of that name", C: "needs 'gpu', but its file .lightning/workflows/b.yml"}),
-    ([Declared(A, "lint", ()), Declared(B, "gpu", ("lint",))], {A: "bad"}, {B: "needs 'lint', but its file"}),
+     {B: "'lint' names no workflow", C: "'gpu' is in .lightning/workflows/b.yml, which has an error"}),
+    ([Declared(A, "lint", ()), Declared(B, "gpu", ("lint",))], {A: "bad"}, {B: "'lint' is in .lightning/workflows/a.yml"}),
     # a file already invalid gets no second error, even on a cycle
-    ([Declared(A, "a", ("b",)), Declared(B, "b", ("a",))], {A: "too many runs"}, {B: "needs 'a', but its file"}),
+    ([Declared(A, "a", ("b",)), Declared(B, "b", ("a",))], {A: "too many runs"}, {B: "'a' is in .lightning/workflows/a.yml, which has an error"}),
     # a diamond is no cycle
     ([Declared(A, "lint", ()), Declared(B, "x", ("lint",)), Declared(C, "y", ("lint", "x"))], {}, {}),
 ])

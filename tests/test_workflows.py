@@ -657,7 +657,7 @@ def test_plan_is_pure_and_deterministic() -> None:
 def test_paths_and_needs_are_read_into_every_run_and_survive_the_queue() -> None:
     p = one('name: gpu\nparametrize: {matrix: {machine: ["L4", "A10G"]}}\npaths: ["src/**", "tests/**"]\n'
             'paths-ignore: ["docs/**"]\nneeds: lint\nrun: x\n', file=".lightning/workflows/gpu.yml")
-    assert "needs 'lint': no workflow of that name" in p.errors[0].message and p.runs == []  # alone: unknown
+    assert "needs: 'lint' names no workflow" in p.errors[0].message and p.runs == []  # alone: unknown
     p = plan({".lightning/workflows/gpu.yml": 'name: gpu\nparametrize: {matrix: {machine: ["L4", "A10G"]}}\n'
               'paths: ["src/**", "tests/**"]\npaths-ignore: ["docs/**"]\nneeds: lint\nrun: x\n',
               ".lightning/workflows/lint.yml": "run: ruff check .\n"}, "main", D)
@@ -681,8 +681,8 @@ def test_paths_and_needs_are_read_into_every_run_and_survive_the_queue() -> None
     ("paths: ['src/**', 3]\nrun: x\n", 1, "paths[1]: expected a string"),
     ("needs: [lint, 3]\nrun: x\n", 1, "needs[1]: expected a string"),
     ("needs: {lint: 1}\nrun: x\n", 1, "needs: expected a workflow name or a list"),
-    ("run: x\nneeds: [lnt]\n", 2, "needs: needs 'lnt': no workflow of that name"),
-    ("name: ci\nneeds: ci\nrun: x\n", 2, "needs: a cycle of needs: ci → ci"),
+    ("run: x\nneeds: [lnt]\n", 2, "needs: 'lnt' names no workflow"),
+    ("name: ci\nneeds: ci\nrun: x\n", 2, "needs: a cycle: ci → ci"),
 ])
 def test_paths_and_needs_errors(text: str, line: int, message: str) -> None:
     err = error_of(text)
