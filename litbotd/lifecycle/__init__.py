@@ -43,7 +43,7 @@ from .checkruns import report_completed
 from .commands import cancel, command, rerun
 from .comments import comment, comment_soon
 from .jobs import results, start_job, wait_job
-from .ordering import after_conclusion, give_up, needs
+from .ordering import after_conclusion, give_up, needs_phase
 from .planning import new_commit, new_event
 
 log = logs.get("litbotd.lifecycle")
@@ -94,6 +94,6 @@ REGISTRY = Registry(
     handlers={kind: _ends_when_gone(h) for kind, h in {
         "new_event": new_event, "start_job": start_job, "wait_job": wait_job, "results": results,
         "new_commit": new_commit, "cancel": cancel, "rerun": rerun, "command": command,
-        "comment": comment, "needs": needs}.items()},
+        "comment": comment, "needs": needs_phase}.items()},
     on_dead=on_dead,
 )

@@ -5,8 +5,8 @@ queued to start, wait for their needs, or are completed `skipped` at once.
                     before..after, a merge group's base..head (compare API); only when a run filters
     queue_runs      one check run per run: `queued` + a start_job task, `queued` "waiting for lint",
                     or `completed` / `skipped` naming the filter or the need
-    needs           the phase: after any conclusion on the commit, start the waiting runs whose
-                    needs succeeded, skip those whose needs did not
+    needs_phase     the `needs` phase: after any conclusion on the commit, start the waiting runs
+                    whose needs succeeded, skip those whose needs did not
     after_conclusion  the `needs` task a conclusion commits with it (when the commit has needs)
     rerun_runs      new attempts of runs, with the ones skipped for their needs re-armed
 
@@ -25,6 +25,8 @@ from .. import checks, decisions, logs, paths, report
 from .. import needs as needs_mod
 from ..context import Context
 from ..github import GitHubApp
+from ..payloads import BOOL, ID, REPO, SHA, STR, opt
+from ..payloads import needs as payload
 from ..runstate import RunRef, RunState
 from ..tasks import Task
 from ..workflows import Run
@@ -58,12 +60,14 @@ def needs_task(task: Task, p: dict[str, Any]) -> Task:
     return task.successor("needs", _routing(p), key=f"needs/{p['sha']}")
 
 
-async def queue_runs(task: Task, p: dict[str, Any], gh: GitHubApp, rs: RunState, todo: list[tuple[Run, int]],
+async def queue_runs(task: Task, p: dict[str, Any], ctx: Context, todo: list[tuple[Run, int]],
                      change: paths.Change | None) -> list[Task]:
     """Create the check runs of `todo` (run, attempt) and the tasks that follow: a start_job for
-    each run that may start now, a `needs` task when some wait."""
+    each run that may start now, a `needs` task when some wait. A run that will run links its run
+    page from the start (SPEC §9)."""
     if not todo:
         return []
+    gh, rs = ctx.github, ctx.runs
     repo, sha, inst = p["repo"], p["sha"], p["installation"]
     recorded = await rs.latest_states(repo, sha)
     new = {run.key for run, _ in todo}
@@ -87,6 +91,8 @@ async def queue_runs(task: Task, p: dict[str, Any], gh: GitHubApp, rs: RunState,
                                           completed_at=checks.iso(time.time()))
         else:
             fields = dict(status="queued")
+            if page := ctx.page_url(repo, sha, run.key, attempt):
+                fields["details_url"] = page
         check_id = await checks.find_or_create_check(
             gh, inst, repo, sha, run.check_name, decisions.external_id(run.key, attempt),
             priority="conclusion" if d.action == "skip" else "create",
@@ -115,8 +121,9 @@ async def queue_runs(task: Task, p: dict[str, Any], gh: GitHubApp, rs: RunState,
     return out
 
 
-async def needs(task: Task, ctx: Context) -> list[Task]:
-    """The `needs` phase: start the commit's waiting runs whose needs succeeded (a start_job
+@payload(repo=REPO, sha=SHA, installation=ID, pr=opt(ID), private=opt(BOOL), delivery=opt(STR))
+async def needs_phase(task: Task, ctx: Context) -> list[Task]:
+    """The `needs` phase (task kind "needs"): start the commit's waiting runs whose needs succeeded (a start_job
     each), skip those whose needs did not; then the summary comment, when anything changed."""
     out, changed = await release(task, ctx.runs, lambda p, ref: report_completed(ctx, p, ref))
     p = task.payload
@@ -143,7 +150,7 @@ async def rerun_runs(ctx: Context, task: Task, p: dict[str, Any], keys: list[str
         keys = [k for k in keys if latest[k][2].get("skip_kind") != "paths"]
     keys = sorted(set(keys) | set(await rearmed(rs, repo, sha, keys)))
     todo = [(latest[k][0], await rs.new_attempt(repo, sha, k, task.id)) for k in keys]
-    return await queue_runs(task, p, ctx.github, rs, todo, None)
+    return await queue_runs(task, p, ctx, todo, None)
 
 
 Complete = Callable[[dict[str, Any], RunRef], Awaitable[None]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from .. import checks, decisions, logs, report, workflows
 from ..context import Context
 from ..github import GitHubApp
+from ..payloads import BOOL, ID, REPO, SHA, STR, needs, opt
 from ..runstate import RunRef
 from ..tasks import Task
 from . import ordering
@@ -29,6 +30,8 @@ async def _report_plan(gh: GitHubApp, inst: int, repo: str, sha: str, plan: work
                                           conclusion=decisions.NEUTRAL, output=report.no_workflows_output())
 
 
+@needs(repo=REPO, sha=SHA, pr=ID, installation=ID, base_ref=STR, fork=opt(BOOL), author_association=opt(STR),
+       author=opt(STR), action=opt(STR), private=opt(BOOL))
 async def new_event(task: Task, ctx: Context) -> list[Task]:
     p = task.payload
     cfg, gh, rs = ctx.config, ctx.github, ctx.runs
@@ -65,12 +68,13 @@ async def new_event(task: Task, ctx: Context) -> list[Task]:
         if attempt is not None:
             todo.append((run, attempt))
     change = await ordering.change_of(gh, p, [r for r, _ in todo])
-    out += await ordering.queue_runs(task, p, gh, rs, todo, change)
+    out += await ordering.queue_runs(task, p, ctx, todo, change)
     log.info("workflows planned", runs=len(plan.runs), started=sum(t.kind == "start_job" for t in out),
              errors=len(plan.errors), skipped=len(plan.skipped))
     return out + await comment_soon(task, ctx, repo, pr, inst)
 
 
+@needs(repo=REPO, sha=SHA, installation=ID, event=STR, branch=STR, pr=opt(ID), private=opt(BOOL))
 async def new_commit(task: Task, ctx: Context) -> list[Task]:
     """merge_group checks_requested / push: the workflows read at the commit, planned for the
     event and branch. Only people with write access push or queue, so no fork rules apply; no PR,
@@ -84,7 +88,7 @@ async def new_commit(task: Task, ctx: Context) -> list[Task]:
     await _report_plan(gh, inst, repo, sha, plan, no_workflows=not files and event == "merge_group")
     new = await rs.add_runs(repo, sha, plan.runs, None, owner=task.id)
     todo = [(run, new[run.key]) for run in plan.runs if run.key in new]
-    out = await ordering.queue_runs(task, p, gh, rs, todo, await ordering.change_of(gh, p, [r for r, _ in todo]))
+    out = await ordering.queue_runs(task, p, ctx, todo, await ordering.change_of(gh, p, [r for r, _ in todo]))
     log.info("workflows planned", trigger=event, branch=p["branch"], runs=len(plan.runs),
              started=sum(t.kind == "start_job" for t in out),
              errors=len(plan.errors), skipped=len(plan.skipped))
