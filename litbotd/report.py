@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .workflows import ROOT_FILES, WORKFLOW_DIR, WORKFLOW_EXTS, Run
+from .workflows import ROOT_FILES, WORKFLOW_DIR, WORKFLOW_EXTS
 
 MAX_OUTPUT_CHARS = 65_535
 MAX_COMMENT_CHARS = 65_536            # GitHub's limit of an issue comment body
@@ -79,6 +79,11 @@ class RunReport:
     waiting: str = ""          # queued behind its needs: "waiting for lint"
     note: str = ""             # why a filter was not applied ("paths: src/** not applied: …")
     flaky: bool = False        # an earlier attempt on this commit failed, this one passed
+    # SPEC §11: tries of this attempt when the infrastructure failed it, and how each ended:
+    # ("attempt 1 of 3: preempted: …", …); try_n of tries_total is the one shown.
+    tries: tuple[str, ...] = ()
+    try_n: int = 1
+    tries_total: int = 1
 
     @property
     def state(self) -> str:
@@ -90,20 +95,6 @@ class RunReport:
         if self.started_at is None or self.finished_at is None:
             return None
         return max(0.0, self.finished_at - self.started_at)
-
-
-def row_of(run: Run, attempt: int, st: dict[str, str], log_tail: str = "", flaky: bool = False) -> RunReport:
-    """A run's report from its recorded state (runstate's hash of that attempt)."""
-    def num(k: str) -> float | None:
-        return float(st[k]) if st.get(k) else None
-
-    return RunReport(
-        check_name=run.check_name, status=st.get("status") or "queued", conclusion=st.get("conclusion") or None,
-        machine=run.machine, image=run.image, attempt=attempt, started_at=num("started_at"),
-        finished_at=num("finished_at"), details_url=st.get("url") or None, message=st.get("message", ""),
-        log_tail=log_tail, waiting=st.get("waiting", ""), note=st.get("note", ""),
-        flaky=flaky and st.get("conclusion") == "success",
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,10 +232,12 @@ def check_output(r: RunReport) -> dict[str, str]:
         title = outcome
     if r.attempt > 1:
         title += f" (attempt {r.attempt})"
+    if r.try_n > 1:
+        title += f" · attempt {r.try_n} of {r.tries_total}"
 
     lines = [f"**{outcome}**" + (f": {_code(_clip_end(r.message, 2000))}" if r.message.strip() else ""), "",
              "| Machine | Image | Duration | Attempt |", "|---|---|---|---|",
-             f"| {_cell(r.machine)} | {_cell(r.image)} | {duration_text(duration)} | {r.attempt} |"]
+             f"| {_cell(r.machine)} | {_cell(r.image)} | {duration_text(duration)} | {_attempt_cell(r)} |"]
     if r.conclusion == "skipped":
         lines += ["", "No job started for this run: no machine time was spent."]
     if r.note:
@@ -253,6 +246,9 @@ def check_output(r: RunReport) -> dict[str, str]:
         lines += ["", "**Flaky:** an earlier attempt on this commit failed; this one passed."]
     if link := _link(r.details_url, "Job details"):
         lines += ["", link]
+    if r.tries:
+        lines += ["", "**Attempts** (the infrastructure failed the earlier ones; they were tried again):", ""]
+        lines += [f"- {_code(_clip_end(t, 2000))}" for t in r.tries[-20:]]
     if r.tests:
         lines += ["", f"**Tests:** {_code(r.tests)}"]
     if r.annotations:
@@ -268,6 +264,14 @@ def check_output(r: RunReport) -> dict[str, str]:
         # Shorten freak backtick runs so the fence that must outgrow them fits the 200 spare bytes.
         text += _fenced(re.sub(r"`{16,}", "`" * 15, body), "text")
     return {"title": _clip_end(title, 1000), "summary": summary, "text": text}
+
+
+def _attempt_cell(r: RunReport) -> str:
+    """The re-run attempt, and the infrastructure try within it once there was a retry."""
+    if r.try_n <= 1:
+        return str(r.attempt)
+    tries = f"{r.try_n} of {r.tries_total}"
+    return tries if r.attempt == 1 else f"{r.attempt} (try {tries})"
 
 
 def error_check_output(file: str, line: int | None, message: str) -> dict[str, str]:

@@ -292,3 +292,17 @@ def test_flaky_runs_are_listed_in_the_comment() -> None:
     assert "(attempt 2, flaky)" in body and body.count("flaky") == 1  # the failed gpu re-run is no flake
     assert "Flaky" not in summary_comment("o/r", 1, "a" * 40, [rr("unit", attempt=2)])
     assert "**Flaky:**" in check_output(rows[0])["summary"]
+
+
+def test_infrastructure_tries_show_in_the_check_run() -> None:
+    """SPEC §11: each attempt shows in the check run, with the backend's own message."""
+    out = check_output(rr(status="in_progress", conclusion=None, try_n=2, tries_total=3,
+                          tries=("attempt 1 of 3: preempted (Lightning: spot reclaimed `x` | y)",)))
+    assert out["title"] == "Running on CPU · attempt 2 of 3"
+    assert "- ``attempt 1 of 3: preempted (Lightning: spot reclaimed `x` | y)``" in out["summary"]
+    done = check_output(rr(try_n=2, tries_total=3, tries=("attempt 1 of 3: preempted", "attempt 2 of 3: passed")))
+    assert done["title"] == "Passed in 1m 05s · attempt 2 of 3"
+    assert "- `attempt 1 of 3: preempted`\n- `attempt 2 of 3: passed`" in done["summary"]
+    assert "| 1m 05s | 2 of 3 |" in done["summary"]
+    assert "| 1m 05s | 2 (try 2 of 3) |" in check_output(rr(attempt=2, try_n=2, tries_total=3))["summary"]
+    assert "Attempts" not in check_output(rr())["summary"]

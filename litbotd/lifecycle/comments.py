@@ -16,6 +16,7 @@ from ..locks import FencedLock
 from ..payloads import ID, REPO, needs
 from ..runstate import TTL, RunRef, RunState
 from ..tasks import Task
+from .checkruns import report_row
 
 log = logs.get("litbotd.lifecycle")
 COMMENT_DEBOUNCE = 1.0  # seconds
@@ -32,7 +33,7 @@ async def _render_comment(rs: RunState, repo: str, pr: int, head: str | None) ->
     rows = []
     flaky = await rs.flaky(repo, head)
     for key, (run, attempt, st) in sorted((await rs.latest_states(repo, head)).items()):
-        rows.append(report.row_of(run, attempt, st, flaky=key in flaky))
+        rows.append(report_row(run, attempt, st, flaky=key in flaky))
     return report.summary_comment(repo, pr, head, rows) if rows else None
 
 

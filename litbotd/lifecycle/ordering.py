@@ -30,7 +30,7 @@ from ..payloads import needs as payload
 from ..runstate import RunRef, RunState
 from ..tasks import Task
 from ..workflows import Run
-from .checkruns import report_completed
+from .checkruns import report_completed, report_row
 from .checkruns import routing as _routing
 from .comments import comment_soon
 
@@ -96,7 +96,7 @@ async def queue_runs(task: Task, p: dict[str, Any], ctx: Context, todo: list[tup
         check_id = await checks.find_or_create_check(
             gh, inst, repo, sha, run.check_name, decisions.external_id(run.key, attempt),
             priority="conclusion" if d.action == "skip" else "create",
-            output=report.check_output(report.row_of(run, attempt, st)), **fields)
+            output=report.check_output(report_row(run, attempt, st)), **fields)
         await rs.count_write(ref)
         queued = {k: v for k, v in st.items() if k in ("waiting", "note")}
         if not await rs.transition(ref, ("", "queued"), status="queued", check_run_id=check_id,
