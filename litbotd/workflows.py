@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from . import durations
+from . import durations, jobsecrets
 from .safeyaml import MAX_ALIASES, MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES  # noqa: F401 (the limits, for callers)
 from .safeyaml import Invalid as _Invalid
 from .safeyaml import NodeMap, decode, load
@@ -39,7 +39,7 @@ WORKFLOW_EXTS = (".yml", ".yaml")
 LOCATIONS = f"{', '.join(ROOT_FILES)} or {WORKFLOW_DIR}*{', *'.join(WORKFLOW_EXTS)}"  # for messages
 
 WORKFLOW_KEYS = ("name", "trigger", "image", "machine", "interruptible", "timeout", "mode", "env",
-                 "parametrize", "run", "reports")
+                 "parametrize", "run", "reports", "secrets")
 PARAMETRIZE_KEYS = ("matrix", "include", "exclude")
 TRIGGER_EVENTS = ("pull_request", "push", "merge_group")
 EVENTS = ("pull_request", "merge_group", "push")  # what plan() plans for
@@ -78,6 +78,7 @@ class Run:
     env: dict[str, str]
     script: str
     reports: tuple[str, ...] = ()   # JUnit XML globs, relative to the checkout
+    secrets: tuple[str, ...] = ()   # names of the job secrets its trusted runs receive (SPEC §10)
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,7 @@ class _Workflow:
     script: str
     cells: tuple[_Cell, ...] | None      # None: no matrix, one run with the bare name
     reports: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = ()
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -370,6 +372,21 @@ def _reports(value: Any, path: tuple[str | int, ...]) -> tuple[str, ...]:
         if pattern.startswith("/") or ".." in pattern.split("/"):
             raise _Invalid(path + (i,), f"{pattern!r} leaves the repository: use a path relative to its root")
     return tuple(value)
+
+
+def _secrets(value: Any, path: tuple[str | int, ...], env: Mapping[str, str]) -> tuple[str, ...]:
+    """`secrets:` the names of job secrets (SPEC §10) the workflow's trusted runs receive."""
+    if value is None:
+        return ()
+    _want(value, list, "a list of secret names (e.g. ['CODECOV_TOKEN'])", path)
+    if len(value) > jobsecrets.MAX_SECRETS:
+        raise _Invalid(path, f"at most {jobsecrets.MAX_SECRETS} secrets")
+    for i, name in enumerate(value):
+        if why := jobsecrets.name_problem(name):
+            raise _Invalid(path + (i,), why)
+        if name in env:
+            raise _Invalid(path + (i,), f"{name} is also set under env: a secret's name must be its own")
+    return tuple(dict.fromkeys(value))
 
 
 def _matrix_cells(value: Any, path: tuple[str | int, ...], doc: _Doc,
@@ -523,6 +540,7 @@ def _workflow(data: Any, file: str, path: tuple[str | int, ...], doc: _Doc, defa
         settings=settings, env=env, script=script,
         cells=_matrix_cells(data.get("parametrize"), path + ("parametrize",), doc, defaults),
         reports=_reports(data.get("reports"), path + ("reports",)),
+        secrets=_secrets(data.get("secrets"), path + ("secrets",), env),
     )
 
 
@@ -600,7 +618,7 @@ def _runs(wf: _Workflow, defaults: Defaults) -> list[Run]:
             machine=settings.get("machine", defaults.machine),
             interruptible=settings.get("interruptible", False),
             timeout=settings.get("timeout", defaults.timeout),
-            env=env, script=wf.script, reports=wf.reports,
+            env=env, script=wf.script, reports=wf.reports, secrets=wf.secrets,
         ))
     return runs
 
@@ -683,6 +701,7 @@ def run_from_jsonable(d: Mapping[str, Any]) -> Run:
             interruptible=bool(d["interruptible"]), timeout=float(d["timeout"]),
             env={str(k): str(v) for k, v in d["env"].items()}, script=str(d["script"]),
             reports=tuple(str(g) for g in d.get("reports") or ()),
+            secrets=tuple(str(n) for n in d.get("secrets") or ()),
         )
     except KeyError as e:
         raise ValueError(f"run payload lacks {e.args[0]!r}") from None
