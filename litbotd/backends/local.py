@@ -3,6 +3,8 @@
 Layout of `{workdir}/{name}/` (mode 0700):
   run.json     what the runner runs: bootstrap argv, environment (no token), slot settings
   token        the GITHUB_TOKEN, mode 0600; the runner reads and deletes it at once
+  secrets      the job secrets released to the run (JSON), mode 0600; read and deleted at once
+               by the runner, which puts them in the job's environment only and masks them in log.txt
   status.json  state, pid, pgid, exit_code, message, timed_out, created/started/finished
                (written atomically: temp file + rename, by the daemon once, then by the runner)
   log.txt      the job's combined stdout and stderr
@@ -104,9 +106,10 @@ class LocalBackend:
             return self._status(spec.name)  # someone started it already: find, don't start
         home = jobdir / "home"  # not the job dir itself: a script must not trip over status.json
         home.mkdir()
+        # The token and the secrets go through their own 0600 files, never run.json.
+        public = {k: v for k, v in job_env(spec).items() if k != "GITHUB_TOKEN" and k not in spec.secret_env}
         env = {"PATH": os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-               "HOME": str(home), "CI": "true", **job_env(spec)}
-        env.pop("GITHUB_TOKEN", None)  # goes through the token file, not run.json
+               "HOME": str(home), "CI": "true", **public}
         write_json_atomic(jobdir / "run.json", {
             "argv": job_argv(spec, python=self.python, workdir=str(jobdir), result_file=str(jobdir / "result.json"),
                              grace=self.grace, sandbox=self._sandbox_argv(home)),
@@ -114,9 +117,9 @@ class LocalBackend:
             "max_log_bytes": self.max_log_bytes,
         })
         if spec.token:
-            fd = os.open(jobdir / "token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(spec.token)
+            _write_private(jobdir / "token", spec.token)
+        if spec.secret_env:
+            _write_private(jobdir / "secrets", json.dumps(spec.secret_env))
         write_json_atomic(jobdir / "status.json", {"state": "pending", "pid": None, "created": time.time()})
         pkg_root = str(Path(litbotd.__file__).resolve().parent.parent)
         runner_env = {"PATH": env["PATH"], "LANG": "C.UTF-8", "PYTHONPATH": pkg_root}
@@ -184,6 +187,7 @@ class LocalBackend:
             if st2.get("pid") is None and time.time() - float(st2.get("created") or 0) < NEVER_STARTED_AFTER:
                 return JobStatus("stopping" if stop_requested else "pending", None, None)
             (jobdir / "token").unlink(missing_ok=True)
+            (jobdir / "secrets").unlink(missing_ok=True)
             if stop_requested:
                 return JobStatus("stopped", None, None, "stopped")
             if st2.get("pid") is None:
@@ -258,6 +262,13 @@ class LocalBackend:
                 data = f.read(step) + data
         text = data.decode("utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A file only this user may read, created here and nowhere else (O_EXCL)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _rmtree(path: Path) -> None:

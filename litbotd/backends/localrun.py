@@ -5,9 +5,11 @@ so the runner belongs to no daemon process: a daemon restart, even SIGKILL, neit
 loses what it writes. Everything about the job lives in DIR (see local.py for the layout).
 
 The runner: records its identity in status.json, takes the GITHUB_TOKEN from the 0600 token file
-(deleting it at once), waits for one of `max_parallel` slots (an flock on one of N lock files,
+and the job's secrets from the 0600 secrets file (deleting both at once), waits for one of `max_parallel` slots (an flock on one of N lock files,
 held until it exits), runs the bootstrap with stdout+stderr to log.txt, and writes the final
-status from the bootstrap's result file. SIGTERM (sent by `stop` to the runner's process group,
+status from the bootstrap's result file. The job's output passes a streaming masker
+(masking.py) on its way to log.txt: the secrets and the token are `***` in the log on disk, and so
+in everything read from it (check output, annotations, comment, run page). SIGTERM (sent by `stop` to the runner's process group,
 which the bootstrap shares) ends a pending job at once and a running one via the bootstrap,
 which kills the script's process group.
 """
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..masking import ByteStreamMasker, Masker
 from ..procinfo import boot_id, process_start
 from .bootstrap import result_from_json
 
@@ -137,15 +140,13 @@ class Runner:
         self.status = json.loads((self.dir / "status.json").read_text())
         self.write(state="pending", pid=os.getpid(), pgid=os.getpgid(0), boot_id=boot_id(),
                    proc_start=process_start(os.getpid()))
-        token_file = self.dir / "token"
-        token = ""
-        if token_file.exists():
-            token = token_file.read_text()
-            token_file.unlink()
+        token = _take(self.dir / "token")
+        secrets = json.loads(_take(self.dir / "secrets") or "{}")
+        masker = Masker([token, *secrets.values()])
         if self.take_slot() is None or self.stopping():  # the slot stays held until this process exits
             self.write(state="stopped", message="stopped before it started", finished=time.time())
             return
-        env = dict(self.run["env"])
+        env = {**self.run["env"], **secrets}
         if token:
             env["GITHUB_TOKEN"] = token
         self.write(state="running", started=time.time())
@@ -153,16 +154,16 @@ class Runner:
         try:
             self.child = subprocess.Popen(self.run["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, env=env, cwd=self.dir)
-            self.copy_output(self.child, log)
+            self.copy_output(self.child, log, ByteStreamMasker(masker))
         finally:
             log.close()
         rc = self.child.wait()
         self.write(finished=time.time(), **self.outcome(rc))
 
     @staticmethod
-    def copy_output(child: subprocess.Popen[bytes], log: CappedLog) -> None:
-        """The child's output into the capped log, until EOF — or DRAIN_AFTER_EXIT after it exited:
-        an unsandboxed job's `setsid` leftovers may hold the pipe open forever."""
+    def copy_output(child: subprocess.Popen[bytes], log: CappedLog, masker: ByteStreamMasker) -> None:
+        """The child's output, masked, into the capped log, until EOF — or DRAIN_AFTER_EXIT after it
+        exited: an unsandboxed job's `setsid` leftovers may hold the pipe open forever."""
         fd = child.stdout.fileno()  # type: ignore[union-attr]
         deadline = None
         while True:
@@ -175,7 +176,8 @@ class Runner:
                 data = os.read(fd, 1 << 16)
                 if not data:
                     break
-                log.write(data)
+                log.write(masker.feed(data))
+        log.write(masker.flush())
         child.stdout.close()  # type: ignore[union-attr]
 
     def outcome(self, rc: int) -> dict[str, Any]:
@@ -198,6 +200,16 @@ class Runner:
         if result.kind == "error":
             return {"state": "failed", "exit_code": None, "message": f"failed to start: {result.detail}"}
         return {"state": "stopped", "exit_code": None, "message": "stopped"}
+
+
+def _take(path: Path) -> str:
+    """A 0600 file's text, the file deleted at once ("" when there is none)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return ""
+    path.unlink()
+    return text
 
 
 def main(argv: list[str]) -> int:
