@@ -93,10 +93,10 @@ class Masker:
     """Masks the given secret values (and their `forms`) in text."""
 
     def __init__(self, values: Iterable[str]) -> None:
+        self.values = frozenset(v for v in values if v)
         patterns: set[str] = set()
-        for v in values:
-            if v:
-                patterns |= forms(v)
+        for v in self.values:
+            patterns |= forms(v)
         self.patterns = frozenset(patterns)
         self.longest = max((len(p) for p in patterns), default=0)
         self._ac: ahocorasick.Automaton | None = None

@@ -3,7 +3,9 @@ ones (SPEC §2, §8). Each problem is one line naming the key or the backend, ne
 from __future__ import annotations
 
 import asyncio
+import os
 
+from . import jobsecrets
 from .config import Config
 
 
@@ -40,6 +42,15 @@ def backend_problem(cfg: Config) -> str | None:
     return None
 
 
+def secret_store(cfg: Config) -> tuple[jobsecrets.Store, str | None]:
+    """The job secrets store the config points at, or the empty store and why it cannot be read
+    (one line naming the file and the key, never a value)."""
+    try:
+        return jobsecrets.load(jobsecrets.path_of(cfg.secrets.file, os.environ)), None
+    except jobsecrets.SecretsError as e:
+        return jobsecrets.EMPTY, f"secrets.file: {e}"
+
+
 def problems(cfg: Config) -> list[str]:
     """Everything that makes `litbotd run` refuse to start, as one line each."""
     out = []
@@ -49,5 +60,7 @@ def problems(cfg: Config) -> list[str]:
     if cfg.github.private_key and (p := key_problem(cfg.github.private_key)):
         out.append(p)
     if p := backend_problem(cfg):
+        out.append(p)
+    if p := secret_store(cfg)[1]:
         out.append(p)
     return out
