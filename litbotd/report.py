@@ -76,6 +76,8 @@ class RunReport:
     tests: str = ""            # "3 passed, 2 failed, 0 skipped, 0 errors" from the job's JUnit reports
     annotations: int = 0       # annotations placed on the diff
     notes: tuple[str, ...] = ()  # workflow commands without a file: "error: title: message"
+    secrets: tuple[str, ...] = ()        # names of the job secrets the run received (never values)
+    secret_notes: tuple[str, ...] = ()   # one line per named secret it did not get, and why
 
     @property
     def state(self) -> str:
@@ -234,6 +236,10 @@ def check_output(r: RunReport) -> dict[str, str]:
         lines += ["", f"**Tests:** {_code(r.tests)}"]
     if r.annotations:
         lines += ["", f"**Annotations:** {r.annotations}, on the lines they name"]
+    if r.secrets:
+        lines += ["", f"**Secrets:** {', '.join(_code(n) for n in r.secrets)}"]
+    if r.secret_notes:
+        lines += [""] + [f"- {_code(_clip_end(n, 1000))}" for n in r.secret_notes[:100]]
     summary = _clip_end("\n".join(lines), MAX_OUTPUT_CHARS)
 
     text = ""
