@@ -263,20 +263,10 @@ def _validate(cfg: Config) -> None:
         bad("secrets.forks", f"must be 'never' or 'approved', got {cfg.secrets.forks!r}")
     if cfg.secrets.file and not cfg.secrets.file.startswith("/"):
         bad("secrets.file", f"must be an absolute path, got {cfg.secrets.file!r}")
-    workdir = os.path.abspath(j.local.workdir)
-    for p in j.local.writable_paths:
-        if _overlaps(os.path.abspath(p), workdir):
-            bad("jobs.local.writable_paths", f"{p!r} overlaps jobs.local.workdir: a job could read another job's "
-                                             "files (its token and secrets)")
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error", "critical"):
         bad("log.level", f"must be one of debug, info, warning, error, critical, got {cfg.log.level!r}")
     if cfg.log.format not in ("auto", "text", "journal", "json"):
         bad("log.format", f"must be one of auto, text, journal, json, got {cfg.log.format!r}")
-
-
-def _overlaps(a: str, b: str) -> bool:
-    a, b = a.rstrip("/") + "/", b.rstrip("/") + "/"
-    return a.startswith(b) or b.startswith(a)
 
 
 def _read_secret_file(path: str, key: str) -> str:

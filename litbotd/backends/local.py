@@ -3,8 +3,6 @@
 Layout of `{workdir}/{name}/` (mode 0700):
   run.json     what the runner runs: bootstrap argv, environment (no token), slot settings
   token        the GITHUB_TOKEN, mode 0600; the runner reads and deletes it at once
-  secrets      the job secrets released to the run (JSON), mode 0600; read and deleted at once
-               by the runner, which puts them in the job's environment only and masks them in log.txt
   status.json  state, pid, pgid, exit_code, message, timed_out, created/started/finished
                (written atomically: temp file + rename, by the daemon once, then by the runner)
   log.txt      the job's combined stdout and stderr
@@ -14,6 +12,9 @@ Layout of `{workdir}/{name}/` (mode 0700):
 else finds it. Slots for `max_parallel` are flock'ed files in `{workdir}/.slots/`.
 
   home/        the job's HOME
+The job secrets released to the run never touch the disk: the daemon writes them (JSON) to the
+runner's stdin when it spawns it; the runner puts them in the job's environment only and masks
+them in log.txt.
 The job's environment is built from scratch (PATH, LANG, HOME, CI=true, the workflow env), never
 inherited from the daemon, whose environment holds its secrets. `image`, `machine` and
 `interruptible` do not apply: the job runs on this machine, as the daemon's user.
@@ -118,17 +119,17 @@ class LocalBackend:
         })
         if spec.token:
             _write_private(jobdir / "token", spec.token)
-        if spec.secret_env:
-            _write_private(jobdir / "secrets", json.dumps(spec.secret_env))
         write_json_atomic(jobdir / "status.json", {"state": "pending", "pid": None, "created": time.time()})
         pkg_root = str(Path(litbotd.__file__).resolve().parent.parent)
         runner_env = {"PATH": env["PATH"], "LANG": "C.UTF-8", "PYTHONPATH": pkg_root}
         try:
             first = subprocess.Popen([self.python, "-m", "litbotd.backends.localrun", str(jobdir)],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, cwd=jobdir, env=runner_env,
                                      start_new_session=True)
-            first.wait(30)  # it forks the real runner and exits at once
+            # The secrets through a pipe: no file, no argv, no environment of a process but the job's.
+            # The runner reads them, forks the real runner and exits at once.
+            first.communicate(json.dumps({"secrets": spec.secret_env}).encode(), timeout=30)
         except (OSError, subprocess.TimeoutExpired) as e:
             message = scrub(f"failed to start: cannot run the local runner: {e}", spec.secrets())
             write_json_atomic(jobdir / "status.json", {"state": "failed", "pid": None, "exit_code": None,
@@ -187,7 +188,6 @@ class LocalBackend:
             if st2.get("pid") is None and time.time() - float(st2.get("created") or 0) < NEVER_STARTED_AFTER:
                 return JobStatus("stopping" if stop_requested else "pending", None, None)
             (jobdir / "token").unlink(missing_ok=True)
-            (jobdir / "secrets").unlink(missing_ok=True)
             if stop_requested:
                 return JobStatus("stopped", None, None, "stopped")
             if st2.get("pid") is None:

@@ -4,8 +4,9 @@ Started by `LocalBackend.start` in a new session; it forks once more and the fir
 so the runner belongs to no daemon process: a daemon restart, even SIGKILL, neither kills it nor
 loses what it writes. Everything about the job lives in DIR (see local.py for the layout).
 
-The runner: records its identity in status.json, takes the GITHUB_TOKEN from the 0600 token file
-and the job's secrets from the 0600 secrets file (deleting both at once), waits for one of `max_parallel` slots (an flock on one of N lock files,
+The runner: reads the job's secrets from its stdin (the daemon writes them there, JSON, and closes
+it), records its identity in status.json, takes the GITHUB_TOKEN from the 0600 token file
+(deleting it at once), waits for one of `max_parallel` slots (an flock on one of N lock files,
 held until it exits), runs the bootstrap with stdout+stderr to log.txt, and writes the final
 status from the bootstrap's result file. The job's output passes a streaming masker
 (masking.py) on its way to log.txt: the secrets and the token are `***` in the log on disk, and so
@@ -94,8 +95,9 @@ class CappedLog:
 
 
 class Runner:
-    def __init__(self, jobdir: Path) -> None:
+    def __init__(self, jobdir: Path, secrets: dict[str, str] | None = None) -> None:
         self.dir = jobdir
+        self.secrets = dict(secrets or {})  # NAME -> value: in this process's memory only
         self.run: dict[str, Any] = {}
         self.status: dict[str, Any] = {}
         self.stop_requested = False
@@ -140,13 +142,16 @@ class Runner:
         self.status = json.loads((self.dir / "status.json").read_text())
         self.write(state="pending", pid=os.getpid(), pgid=os.getpgid(0), boot_id=boot_id(),
                    proc_start=process_start(os.getpid()))
-        token = _take(self.dir / "token")
-        secrets = json.loads(_take(self.dir / "secrets") or "{}")
-        masker = Masker([token, *secrets.values()])
+        token_file = self.dir / "token"
+        token = ""
+        if token_file.exists():
+            token = token_file.read_text()
+            token_file.unlink()
+        masker = Masker([token, *self.secrets.values()])
         if self.take_slot() is None or self.stopping():  # the slot stays held until this process exits
             self.write(state="stopped", message="stopped before it started", finished=time.time())
             return
-        env = {**self.run["env"], **secrets}
+        env = {**self.run["env"], **self.secrets}
         if token:
             env["GITHUB_TOKEN"] = token
         self.write(state="running", started=time.time())
@@ -202,24 +207,27 @@ class Runner:
         return {"state": "stopped", "exit_code": None, "message": "stopped"}
 
 
-def _take(path: Path) -> str:
-    """A 0600 file's text, the file deleted at once ("" when there is none)."""
+def _read_secrets(stream: Any) -> dict[str, str]:
+    """The job's secrets, as the daemon wrote them to stdin ({} when stdin is empty or not ours)."""
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return ""
-    path.unlink()
-    return text
+        data = json.loads(stream.read(1 << 20) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    secrets = data.get("secrets") if isinstance(data, dict) else None
+    if not isinstance(secrets, dict):
+        return {}
+    return {k: v for k, v in secrets.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m litbotd.backends.localrun JOBDIR", file=sys.stderr)
         return 2
+    secrets = _read_secrets(sys.stdin.buffer)  # before the fork: the starter waits for this process
     # Detach: the starter waits only for this first process; the runner is the forked child.
     if os.fork() > 0:
         return 0
-    runner = Runner(Path(argv[0]))
+    runner = Runner(Path(argv[0]), secrets)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, runner.on_signal)
