@@ -27,7 +27,7 @@ from litbotd.demo import throwaway_key
 from test_commits_e2e import push_payload
 from test_secrets import _dump_redis
 
-pytestmark = pytest.mark.skipif(
+requires_sandbox = pytest.mark.skipif(
     shutil.which("bwrap") is None and os.environ.get("LITBOTD_REQUIRE_SANDBOX") != "1",
     reason="the local jobs' sandbox needs bubblewrap (bwrap): apt-get install bubblewrap")
 
@@ -112,6 +112,7 @@ def assert_nothing_leaked(values: list[str], world: GitHubWorld, redis_server: A
 
 
 # -- who gets them ------------------------------------------------------------------------------------
+@requires_sandbox
 async def test_same_repo_member_pr_and_push_get_their_secrets(redis_server, world, tmp_path, daemon_log):
     pr_sha, main_sha = sha_of("member-pr"), sha_of("pushed-main")
     await world.start({pr_sha: {".lightning/workflows/sec.yaml": SEC},
@@ -133,6 +134,7 @@ async def test_same_repo_member_pr_and_push_get_their_secrets(redis_server, worl
     assert_nothing_leaked([TOKEN, "org-level-value-loses"], world, redis_server, tmp_path, daemon_log)
 
 
+@requires_sandbox
 async def test_outside_fork_gets_none_before_or_after_ok_to_test_by_default(redis_server, world, tmp_path,
                                                                             daemon_log):
     sha = sha_of("fork-never")
@@ -158,6 +160,7 @@ async def test_outside_fork_gets_none_before_or_after_ok_to_test_by_default(redi
     assert_nothing_leaked([TOKEN, TOKEN + "-extra"], world, redis_server, tmp_path, daemon_log)
 
 
+@requires_sandbox
 async def test_approved_forks_get_them_for_the_approved_commit_only(redis_server, world, tmp_path, daemon_log):
     first, second = sha_of("fork-approved-1"), sha_of("fork-approved-2")
     member_fork = sha_of("member-fork")
@@ -245,6 +248,7 @@ def corpus_workflow() -> str:
     return f"name: corpus\nsecrets: [S, PEM]\nreports: [reports/junit.xml]\nrun: |\n{body}"
 
 
+@requires_sandbox
 async def test_leak_corpus_reaches_no_destination(redis_server, world, tmp_path, daemon_log):
     sha = sha_of("corpus")
     await world.start({sha: {".lightning/workflows/corpus.yaml": corpus_workflow(), "README.md": "a\nb\nc\n"}})
@@ -257,11 +261,11 @@ async def test_leak_corpus_reaches_no_destination(redis_server, world, tmp_path,
         await wait_until(d.idle, 20, "idle")
 
     [log_file] = list((tmp_path / "jobs").glob("*/log.txt"))
-    log = log_file.read_text()
+    log = log_file.read_bytes().decode()  # not read_text: its universal newlines would split at \r
     assert "litci-exit-code: 0" in log, log
     # The job really printed each way: its tagged line is there, with its ***.
     for n, (what, _, count) in enumerate(WAYS, 1):
-        lines = [ln for ln in log.splitlines() if f"W{n:02d}" in ln]
+        lines = [ln for ln in log.split("\n") if f"W{n:02d}" in ln]  # \r is part of a line
         assert lines and sum(ln.count("***") for ln in lines) >= count, (what, lines)
     assert len(WAYS) + 1 >= 20
     assert log.count("***") >= sum(c for _, _, c in WAYS)
@@ -273,3 +277,67 @@ async def test_leak_corpus_reaches_no_destination(redis_server, world, tmp_path,
     assert any("W24 ***" in t and "boom ***" in t for t in texts), texts
     assert "W01 ***" in output_of(run)
     assert_nothing_leaked([TOKEN, PEM], world, redis_server, tmp_path, daemon_log)
+
+
+# -- the daemon's side: a backend whose log comes back unmasked (as Lightning's does) --------------------
+class UnmaskedBackend:
+    """A job backend that "runs" a job by printing its secrets in many forms, unmasked, the way a
+    Lightning job's log comes back: the daemon's own masking is all that stands in the way."""
+    name = "lightning"
+    prunes = False
+
+    def __init__(self) -> None:
+        self.specs: list[Any] = []
+
+    async def start(self, spec: Any) -> Any:
+        from litbotd.backends.base import JobStatus
+        self.specs.append(spec)
+        return JobStatus("pending", None, "https://lightning.example/job")
+
+    async def status(self, name: str) -> Any:
+        from litbotd.backends.base import JobStatus
+        return JobStatus("failed", 1, "https://lightning.example/job", "exit code 1")
+
+    async def log_tail(self, name: str, lines: int) -> str:
+        import base64
+        import urllib.parse
+        s = self.specs[-1].secret_env["S"]
+        half = len(s) // 2
+        return "\n".join([
+            f"raw {s}", f"b64 {base64.b64encode(b'x' + s.encode()).decode()}",
+            f"url {urllib.parse.quote(s, safe='')}", f"json {json.dumps({'t': s})}",
+            f"ansi-split {s[:half]}\x1b[0m{s[half:]}",   # whole again once the check output strips ANSI
+            f"::error file=README.md,line=1::annotated {s.replace('%', '%25')}",
+            "litci-exit-code: 1"]) + "\n"
+
+    async def stop(self, name: str) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_the_daemon_masks_a_log_read_back_unmasked(redis_server, world, tmp_path, daemon_log, monkeypatch):
+    import litbotd.daemon
+    backend = UnmaskedBackend()
+    monkeypatch.setattr(litbotd.daemon, "make_backend", lambda cfg: backend)
+    sha = sha_of("unmasked")
+    await world.start({sha: {".lightning/workflows/sec.yaml": SEC.replace("[TOKEN_A, MISSING]", "[S]"),
+                             "README.md": "a\nb\n"}})
+    world.pull(sha, association="MEMBER")
+    store = secrets_file(tmp_path, repo={"S": TOKEN})
+    async with daemon(redis_server, world, tmp_path, store) as d:
+        assert await d.send("pull_request", pr_payload("opened", sha, association="MEMBER")) == 202
+        [run] = await wait_until(lambda: completed(world, sha), 60, "the run")
+        await wait_until(lambda: world.gh.comments, 30, "the comment")
+        await wait_until(d.idle, 20, "idle")
+    assert backend.specs[0].secret_env == {"S": TOKEN}  # the job got it, in its env
+    assert TOKEN not in repr(backend.specs[0])
+    text = output_of(run)
+    assert "raw ***" in text and "ansi-split ***" in text and "json {\"t\": \"***\"}" in text, text
+    messages = [a["message"] for a in run["annotations"]]
+    assert "annotated ***" in messages, messages
+    places = {"sent to GitHub": "\n".join(b.decode("utf-8", "replace") for b in world.gh.bodies),
+              "the daemon's log": daemon_log.getvalue(), "Redis": _dump_redis(redis_server.client())}
+    for where, found in places.items():
+        assert leaks(found, [TOKEN]) == [], where
