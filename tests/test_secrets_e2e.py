@@ -341,3 +341,32 @@ async def test_the_daemon_masks_a_log_read_back_unmasked(redis_server, world, tm
               "the daemon's log": daemon_log.getvalue(), "Redis": _dump_redis(redis_server.client())}
     for where, found in places.items():
         assert leaks(found, [TOKEN]) == [], where
+
+
+@requires_sandbox
+async def test_sighup_rereads_the_store_and_keeps_the_old_one_when_the_new_is_bad(redis_server, world, tmp_path,
+                                                                                 daemon_log):
+    rotated = TOKEN + "-rotated"
+    sha = sha_of("after-rotation")
+    await world.start({sha: {".lightning/workflows/sec.yaml": SEC}})
+    store = secrets_file(tmp_path, repo={"TOKEN_A": TOKEN})
+    async with daemon(redis_server, world, tmp_path, store) as d:
+        same = d.daemon.cfg
+        d.daemon._load_config = lambda: same  # the config file is unchanged; the secrets file is not
+        secrets_file(tmp_path, repo={"TOKEN_A": rotated})
+        await d.daemon.reload()
+        assert d.daemon.ctx.secrets.for_repo(REPO) == {"TOKEN_A": rotated}
+        assert await d.send("push", push_payload("main", sha)) == 202
+        [run] = await wait_until(lambda: completed(world, sha), 60, "the run after the reload")
+
+        store.write_text(f'[repos."{REPO}"]\nTOKEN_A = "{TOKEN}-broken\n')  # not TOML: an open string
+        await d.daemon.reload()
+        assert d.daemon.ctx.secrets.for_repo(REPO) == {"TOKEN_A": rotated}  # the old store stays
+        refused = redis_server.client().hvals("bot_queue:reload")
+        assert len(refused) == 1 and f"secrets file {store}: invalid TOML" in refused[0], refused
+        logs.get("litbotd.test").info(f"an old value {TOKEN} and the new {rotated}")
+        await wait_until(d.idle, 20, "idle")
+    digest = hashlib.sha256(rotated.encode()).hexdigest()[:16]
+    assert f"HAS_SECRET {digest}" in output_of(run)  # the job got the new value
+    assert "reload refused" in daemon_log.getvalue() and "an old value *** and the new ***" in daemon_log.getvalue()
+    assert_nothing_leaked([TOKEN, rotated], world, redis_server, tmp_path, daemon_log)
