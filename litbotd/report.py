@@ -282,15 +282,19 @@ def no_workflows_output() -> dict[str, str]:
     return {"title": "No workflow files found", "summary": summary, "text": ""}
 
 
-def fork_approval_output(prefix: str) -> dict[str, str]:
-    """The `action_required` check of a fork PR whose author is not trusted: nothing ran."""
+def fork_approval_output(prefix: str, forks: str = "never") -> dict[str, str]:
+    """The `action_required` check of a fork PR whose author is not trusted: nothing ran.
+    `forks`: the `secrets.forks` setting, which decides whether the approved runs get job secrets."""
     command = _code(f"{prefix} ok-to-test")
+    secrets = ("They get the job secrets their workflow names, for this commit only."
+               if forks == "approved" else "They get no job secrets (`secrets.forks = \"never\"`).")
     summary = "\n".join([
         "This pull request comes from a fork, and its author is not yet trusted to run CI here,"
         " so nothing has run.",
         "",
         f"A maintainer may reply {command} to run the workflows on this commit. The workflow files"
-        " are then read from the base branch; only the code under test comes from the pull request.",
+        " are then read from the base branch; only the code under test comes from the pull request. "
+        + secrets,
     ])
     return {"title": "Approval required to run CI", "summary": summary, "text": ""}
 

@@ -35,7 +35,8 @@ def make_backend(cfg: "Config") -> Backend:
         loc = cfg.jobs.local
         # what the sandbox masks should it sit under /etc or /usr: the config file, key and credentials
         hidden = [os.path.abspath(p) for p in (cfg.github.private_key_file, os.environ.get("CREDENTIALS_DIRECTORY"),
-                                               cfg.source if cfg.source and os.path.isfile(cfg.source) else "") if p]
+                                               cfg.source if cfg.source and os.path.isfile(cfg.source) else "",
+                                               cfg.secrets.file) if p]
         return LocalBackend(loc.workdir, loc.max_parallel, sandbox=loc.sandbox, network=loc.network,
                             writable_paths=loc.writable_paths, hidden=hidden, max_log_bytes=loc.max_log_bytes,
                             keep=loc.keep)
