@@ -8,7 +8,8 @@ import subprocess
 import urllib.parse
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from litbotd import masking
 from litbotd.masking import MASK, ByteStreamMasker, Masker

@@ -3,20 +3,19 @@ environment variables; the runner masks them in log.txt as it writes it; they ar
 (they reach the runner through a pipe) and in no process's command line."""
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
+from tarball_server import REPO, SHA, TarballServer, github_tarball
+from test_backend_local import kill_leftovers, wait_file, wait_final
 
 from litbotd.backends.base import JobSpec
 from litbotd.backends.local import LocalBackend
-from tarball_server import REPO, SHA, TarballServer, github_tarball
-from test_backend_local import kill_leftovers, wait_file, wait_final
 
 SECRET = "sup3r-s3cret/value+with:odd,chars"
 OTHER = "an0ther-secret-value-2"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from litbotd import masking  # noqa: E402
+from litbotd import masking
 
 
 def make_log(mb: float, values: list[str]) -> str:
