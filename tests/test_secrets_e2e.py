@@ -75,8 +75,11 @@ def daemon_log() -> Iterator[io.StringIO]:
 
 
 def daemon(redis_server: Any, world: GitHubWorld, tmp_path: Path, store: Path, forks: str = "never") -> InProcessDaemon:
-    return InProcessDaemon(config_data(redis_server.url, world.url, tmp_path / "jobs",
-                                       secrets={"file": str(store), "forks": forks}))
+    data = config_data(redis_server.url, world.url, tmp_path / "jobs", secrets={"file": str(store), "forks": forks})
+    # The real sandbox (SPEC §10: local jobs see their secrets only inside it); no network needed:
+    # the code is fetched outside it.
+    data["jobs"]["local"].update(sandbox=True, network="none")
+    return InProcessDaemon(data)
 
 
 def completed(world: GitHubWorld, sha: str, name: str = "sec", n: int = 1) -> list[dict[str, Any]]:
