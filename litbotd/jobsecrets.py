@@ -122,8 +122,9 @@ def parse(data: Mapping[str, Any], source: str = "") -> Store:
 def loads(text: str, source: str = "") -> Store:
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:  # its message gives the place, not the text
-        raise SecretsError(f"{source or 'the secrets file'}: invalid TOML: {e}") from None
+    except tomllib.TOMLDecodeError as e:  # its message gives the place; not even the one character
+        why = re.sub(r"(character) (?:'[^']*'|\"[^\"]*\")", r"\1", str(e))
+        raise SecretsError(f"{source or 'the secrets file'}: invalid TOML: {why}") from None
     return parse(data, source)
 
 

@@ -48,6 +48,7 @@ def test_store_tables_repo_wins_names_case_insensitive() -> None:
     ('[repos."a/b"]\nX = "abc\\u0000def"\n', 'repos."a/b".X: a value cannot hold a NUL'),
     ('[repos."a/b"]\nX = "abcdef"\n[repos."A/B"]\nY = "abcdef"\n', 'repos."A/B": given twice'),
     ('[repos."a/b"]\nX = "' + VALUE + '\n', "invalid TOML"),
+    ('[repos."a/b"]\nX = "' + VALUE + '\x01"\n', "invalid TOML: Illegal character (at line 2"),
     ('repos = "' + VALUE + '"\n', "repos: expected tables"),
     ('[repos."a/b"]\nX = ["' + VALUE + '"]\n', 'repos."a/b".X: expected a string, got a list'),
 ])
@@ -56,7 +57,7 @@ def test_malformed_files_are_one_line_naming_the_key_never_the_value(text: str, 
         jobsecrets.loads(text, "secrets file /etc/s.toml")
     msg = str(e.value)
     assert msg.startswith("secrets file /etc/s.toml: ") and message in msg, msg
-    assert "\n" not in msg and VALUE not in msg and "123456789" not in msg
+    assert "\n" not in msg and VALUE not in msg and "123456789" not in msg and "\\x01" not in msg
 
 
 def test_load_reads_the_file_and_refuses_one_others_can_read(tmp_path: Path) -> None:
