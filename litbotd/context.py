@@ -12,6 +12,7 @@ from typing import Callable
 
 import redis.asyncio as aioredis
 
+from . import jobsecrets, masking
 from .backends.base import Backend
 from .config import Config
 from .github import GitHubApp
@@ -29,12 +30,18 @@ class Context:
     defaults: Defaults                    # the planner's defaults for this config (workflows.plan)
     github_app: GitHubApp | None = None   # None: no App credentials configured
     backend_impl: Backend | None = None   # None: this daemon runs no workers
+    secrets: jobsecrets.Store = jobsecrets.EMPTY  # the job secrets store (values in memory only)
 
     @classmethod
     def of(cls, config: Config, queue: Queue, github: GitHubApp | None = None, backend: Backend | None = None,
-           defaults: Defaults | None = None) -> "Context":
+           defaults: Defaults | None = None, secrets: jobsecrets.Store = jobsecrets.EMPTY) -> "Context":
         return cls(config=config, queue=queue, runs=RunState(queue), github_app=github, backend_impl=backend,
-                   defaults=defaults or Defaults.from_config(config.jobs))
+                   defaults=defaults or Defaults.from_config(config.jobs), secrets=secrets)
+
+    @property
+    def masker(self) -> masking.Masker:
+        """Masks every job secret value in text bound for a log, GitHub or a page (SPEC §10)."""
+        return masking.masker_for(self.secrets.masked_values())
 
     @property
     def redis(self) -> aioredis.Redis:

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from . import config as config_mod
 from . import configfile
-from . import logs, preflight, procinfo, systemd
+from . import jobsecrets, logs, preflight, procinfo, systemd
 from .backends import Backend, machine_names, make_backend
 from .backoff import backoff
 from .config import Config, ConfigError, JobsConfig
@@ -161,10 +161,15 @@ class Daemon:
     async def start(self) -> None:
         """Adapters, then the pool (recovery, sweep, workers, loops); listen() if not yet done."""
         cfg = self.cfg
+        try:
+            store = await asyncio.to_thread(self._secrets, cfg)
+        except jobsecrets.SecretsError as e:
+            raise StartError(f"secrets.file: {e}") from None
+        logs.set_job_secrets(store.masked_values())
         backend = make_backend(cfg) if cfg.workers.count > 0 else None
         self._backend_jobs = cfg.jobs if backend is not None else None
         self.current.ctx = Context.of(cfg, self.queue, self._github(cfg), backend,
-                                      await self._defaults(cfg, backend))
+                                      await self._defaults(cfg, backend), store)
         await self.pool.start()
         if self.cfg.server.enabled and self._runner is None:
             await self.listen()
@@ -194,6 +199,11 @@ class Daemon:
         if not (cfg.github.app_id and cfg.github.private_key):
             return None
         return GitHubApp.on_redis(cfg.github, self.redis, self.queue.name)
+
+    @staticmethod
+    def _secrets(cfg: Config) -> jobsecrets.Store:
+        """The job secrets store the config points at (blocking file I/O: call it on a thread)."""
+        return jobsecrets.load(jobsecrets.path_of(cfg.secrets.file, os.environ))
 
     @staticmethod
     async def _defaults(cfg: Config, backend: Backend | None) -> Defaults:
@@ -253,13 +263,19 @@ class Daemon:
                    if f.name != "source" and getattr(old, f.name) != getattr(new, f.name)]
         # Everything that can fail happens before the first change.
         was = self.ctx
+        try:  # the secrets file, re-read: a bad one is refused like a bad config, the old store kept
+            store = (await asyncio.to_thread(self._secrets, new)).succeeding(was.secrets)
+        except jobsecrets.SecretsError as e:
+            return f"secrets.file: {e}"
         backend = was.backend_impl
         if new.workers.count > 0 and new.jobs != self._backend_jobs:
             backend = make_backend(new)
         github = self._github(new) if new.github != old.github else was.github_app
         defaults = await self._defaults(new, backend)
         logs.setup(new.log.level, new.log.format, config_mod.secrets_of(new))
-        self.current.ctx = Context.of(new, self.queue, github, backend, defaults)  # the swap: one assignment
+        logs.set_job_secrets(store.masked_values())
+        # the swap: one assignment
+        self.current.ctx = Context.of(new, self.queue, github, backend, defaults, store)
         if backend is not was.backend_impl:
             self._backend_jobs = new.jobs
             if was.backend_impl is not None:
@@ -269,7 +285,8 @@ class Daemon:
         if self._stop.is_set():
             return None  # SIGTERM arrived while reloading: a draining daemon starts no workers
         self.pool.resize(new.workers.count)
-        log.info("reloaded", changed=",".join(changed) or "nothing", workers=new.workers.count)
+        log.info("reloaded", changed=",".join(changed) or "nothing", workers=new.workers.count,
+                 secrets=f"{len(store.orgs)} orgs, {len(store.repos)} repos")
         return None
 
 

@@ -15,6 +15,7 @@ trusted; every named secret it does not get is one line of its check output sayi
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
@@ -56,6 +57,9 @@ class Store:
     orgs: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False)
     repos: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False)
     source: str = ""
+    # Values of the stores this process read before (a SIGHUP replaced them): still masked, a job
+    # started with one may still print it.
+    retired: frozenset[str] = field(default=frozenset(), repr=False)
 
     def for_repo(self, repo: str) -> dict[str, str]:
         """Every secret `repo` ("owner/name") may receive: its owner's table, then its own over it."""
@@ -63,8 +67,16 @@ class Store:
         return {**self.orgs.get(owner, {}), **self.repos.get(repo.lower(), {})}
 
     def values(self) -> set[str]:
-        """Every value in the store (the daemon's own log masks them all)."""
+        """Every value in the store."""
         return {v for table in (*self.orgs.values(), *self.repos.values()) for v in table.values()}
+
+    def masked_values(self) -> frozenset[str]:
+        """What every output masks: the values, and those of the stores before it."""
+        return frozenset(self.values()) | self.retired
+
+    def succeeding(self, old: Store) -> Store:
+        """This store as the one after `old` (a reload): `old`'s values stay masked."""
+        return dataclasses.replace(self, retired=old.masked_values() - self.values())
 
     def listing(self) -> list[str]:
         """For check-config: one line per table with its secret names, never a value."""
@@ -168,14 +180,16 @@ class Origin:
     fork: bool = False           # a PR whose head is another repository (or a deleted one)
     association: str = ""        # the PR author's author_association
 
-    def to_payload(self) -> dict[str, Any]:
-        return {"origin": self.event, "fork": self.fork, "author_association": self.association}
+    def to_fields(self) -> dict[str, str]:
+        """As run-state fields (Redis hash values are strings)."""
+        return {"origin": self.event, "fork": "1" if self.fork else "0", "author_association": self.association}
 
     @classmethod
-    def from_payload(cls, p: Mapping[str, Any]) -> Origin:
-        event = p.get("origin")
-        return cls(event=event if isinstance(event, str) else "", fork=p.get("fork") is not False,
-                   association=str(p.get("author_association") or ""))
+    def from_fields(cls, d: Mapping[str, Any]) -> Origin:
+        """From run-state fields; what is missing or odd counts against trust."""
+        event = d.get("origin")
+        return cls(event=event if isinstance(event, str) else "", fork=d.get("fork") != "0",
+                   association=str(d.get("author_association") or ""))
 
 
 @dataclass(frozen=True)

@@ -134,12 +134,23 @@ def test_withheld_reasons(origin: Origin, why: str) -> None:
                                          or "")
 
 
-@pytest.mark.parametrize("payload, origin", [
-    ({"origin": "pull_request", "fork": False, "author_association": "MEMBER"}, SAME_REPO_MEMBER),
+@pytest.mark.parametrize("fields, origin", [
+    ({"origin": "pull_request", "fork": "0", "author_association": "MEMBER"}, SAME_REPO_MEMBER),
     ({"origin": "push"}, Origin("push", fork=True)),            # fork unknown: True, irrelevant for a push
-    ({}, Origin("", fork=True)),
+    ({}, Origin("", fork=True)),                                # a run recorded before: no secrets
     ({"origin": 3, "fork": "no"}, Origin("", fork=True)),
 ])
-def test_origin_from_payload_fails_closed(payload: dict, origin: Origin) -> None:
-    assert Origin.from_payload(payload) == origin
-    assert Origin.from_payload(SAME_REPO_MEMBER.to_payload()) == SAME_REPO_MEMBER
+def test_origin_from_run_state_fails_closed(fields: dict, origin: Origin) -> None:
+    assert Origin.from_fields(fields) == origin
+    for o in (SAME_REPO_MEMBER, FORK_STRANGER, PUSH, MERGE_GROUP):
+        assert Origin.from_fields(o.to_fields()) == o
+        assert all(isinstance(v, str) for v in o.to_fields().values())
+
+
+def test_a_reloaded_store_keeps_masking_the_old_values() -> None:
+    old = jobsecrets.loads('[repos."a/b"]\nX = "old-value-1"\nY = "kept-value"\n')
+    new = jobsecrets.loads('[repos."a/b"]\nX = "new-value-2"\nY = "kept-value"\n').succeeding(old)
+    assert new.masked_values() == {"old-value-1", "new-value-2", "kept-value"}
+    assert new.for_repo("a/b") == {"X": "new-value-2", "Y": "kept-value"}
+    newer = jobsecrets.loads('[repos."a/b"]\n').succeeding(new)
+    assert newer.masked_values() == {"old-value-1", "new-value-2", "kept-value"} and newer.for_repo("a/b") == {}

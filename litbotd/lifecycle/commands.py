@@ -9,7 +9,7 @@ from ..runstate import RunRef
 from ..tasks import Task
 from .checkruns import report_completed, routing
 from .comments import comment_soon
-from .planning import queue_run
+from .planning import pr_origin, queue_run
 
 log = logs.get("litbotd.lifecycle")
 
@@ -58,7 +58,9 @@ async def rerun(task: Task, ctx: Context) -> list[Task]:
         return []
     pr = p.get("pr") or await rs.pr_of(repo, sha)
     base = routing(p, pr=pr)
-    out = [await queue_run(ctx, task, base, recorded[k][0], await rs.new_attempt(repo, sha, k, task.id)) for k in keys]
+    # The same origin as the attempt before: a re-run is the same code with the same trust.
+    out = [await queue_run(ctx, task, base, recorded[k][0], await rs.new_attempt(repo, sha, k, task.id), None)
+           for k in keys]
     return out + await comment_soon(task, ctx, repo, pr, p["installation"])
 
 
@@ -86,7 +88,8 @@ async def command(task: Task, ctx: Context) -> list[Task]:
     if cmd.verb == "cancel":
         out.append(task.successor("cancel", {**event, "all_shas": True, "reason": f"cancelled by @{p['user']}"}))
     elif cmd.verb == "ok-to-test":
-        await rs.set_pr_field(repo, pr, approved=head)
+        # Recorded per commit (SPEC §10: a new push needs a new approval), with who approved it.
+        await rs.set_pr_field(repo, pr, approved=head, **{f"approved:{head}": p["user"]})
         out.append(task.successor("new_event", {**event, "approved": True}))
     else:
         recorded = await rs.runs(repo, head)
@@ -98,7 +101,8 @@ async def command(task: Task, ctx: Context) -> list[Task]:
                 log.info("command refused", command=cmd.text, reason=f"no run named {', '.join(unknown)}")
                 await checks.react(gh, inst, repo, p["comment_id"], "confused")
                 return []
-            out += [await queue_run(ctx, task, event, recorded[k][0], await rs.new_attempt(repo, head, k, task.id)) for k in keys]
+            out += [await queue_run(ctx, task, event, recorded[k][0], await rs.new_attempt(repo, head, k, task.id),
+                                    pr_origin(event)) for k in keys]
             out += await comment_soon(task, ctx, repo, pr, inst)
     await checks.react(gh, inst, repo, p["comment_id"], "+1")
     log.info("command accepted", command=cmd.text, user=p["user"])

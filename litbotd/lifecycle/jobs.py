@@ -5,7 +5,7 @@ import asyncio
 import time
 from typing import Any
 
-from .. import annotations, checks, decisions, logs, metrics
+from .. import annotations, checks, decisions, jobsecrets, logs, metrics
 from ..backends.base import JobNotFound, JobSpec, JobStatus
 from ..context import Context
 from ..github import PaceDeferred
@@ -27,11 +27,13 @@ async def start_job(task: Task, ctx: Context) -> list[Task]:
     run, _ = (await rs.runs(repo, sha))[key]
     name = decisions.job_name(repo, sha, key, attempt)
     token = await ctx.github.scoped_token(p["installation"], repo) if decisions.needs_token(p.get("private")) else None
-    if not decisions.may_start(await rs.get(ref)):
+    state = await rs.get(ref)
+    if not decisions.may_start(state):
         return []  # cancelled while the token was minted: start nothing
+    released = await _release(ctx, p, run.secrets, state)
     spec = JobSpec(name=name, repo=repo, sha=sha, archive_url=f"{cfg.github.api_url}{checks.repo_path(repo)}/tarball/{sha}",
                    script=run.script, image=run.image, machine=run.machine, interruptible=run.interruptible,
-                   timeout=run.timeout, env=run.env, token=token, reports=run.reports)
+                   timeout=run.timeout, env=run.env, token=token, reports=run.reports, secret_env=released.env)
     with logs.context(job=name):
         status = await ctx.backend.start(spec)
         metrics.JOBS.labels(ctx.backend.name, status.state).inc()
@@ -39,7 +41,8 @@ async def start_job(task: Task, ctx: Context) -> list[Task]:
         # One atomic step: a run that a racing cancel ended (or is ending) never goes back to running.
         # in_progress again: this task re-executed after a crash (the job name is deterministic).
         if not await rs.transition(ref, ("queued", "", "in_progress"), status="in_progress", job=name, started_at=now,
-                                   url=status.url or ""):
+                                   url=status.url or "", secrets=",".join(released.names),
+                                   secret_notes="\n".join(released.notes)):
             await ctx.backend.stop(name)  # a cancel raced our start: it could not see the job yet
             log.info("run cancelled while its job started; job stopped")
             return []
@@ -57,10 +60,25 @@ async def start_job(task: Task, ctx: Context) -> list[Task]:
             # Concluded while our in_progress write was in flight: make sure the last write is the conclusion.
             await report_completed(ctx, p, ref)
             return []
-        log.info("job started", state=status.state, url=status.url)
+        log.info("job started", state=status.state, url=status.url, secrets=",".join(released.names) or None,
+                 withheld=len(released.notes) or None)
     poll = cfg.jobs.poll_interval
     return [task.successor("wait_job", {**p, "job": name, "poll": poll, "queued_at": now}, run_at=now + poll,
                            key=name), *await comment_soon(task, ctx, repo, await _pr_of(ctx, p), p["installation"])]
+
+
+async def _release(ctx: Context, p: dict[str, Any], names: tuple[str, ...], state: dict[str, str]) -> jobsecrets.Release:
+    """The secrets this run receives (jobsecrets.release), read from the store now: values are
+    never in a task or in Redis. A fork's commit counts as approved only with an ok-to-test
+    recorded for that very SHA."""
+    if not names:
+        return jobsecrets.Release()
+    origin = jobsecrets.Origin.from_fields(state)
+    approved = False
+    if origin.fork and ctx.config.secrets.forks == "approved" and (pr := await _pr_of(ctx, p)):
+        approved = bool((await ctx.runs.pr(p["repo"], pr)).get(f"approved:{p['sha']}"))
+    return jobsecrets.release(names, ctx.secrets.for_repo(p["repo"]), origin, p["sha"],
+                              ctx.config.github.trusted_associations, ctx.config.secrets.forks, approved)
 
 
 async def wait_job(task: Task, ctx: Context) -> list[Task]:
@@ -104,11 +122,14 @@ async def results(task: Task, ctx: Context) -> list[Task]:
         log_text = await ctx.backend.log_tail(p["job"], max(lines, annotations.SCAN_LINES))
     except JobNotFound:
         status, log_text = JobStatus(state="unknown", exit_code=None, url=None, message="the job no longer exists"), ""
-    found = await asyncio.to_thread(annotations.scan, log_text)  # megabytes of log: not on the loop
+    # The one place the daemon reads a job's log: every job secret masked before anything is
+    # parsed, stored or sent (a local job's log is masked on disk already; a Lightning one is not).
+    log_text = await asyncio.to_thread(ctx.masker.mask, log_text)  # megabytes of log: not on the loop
+    found = await asyncio.to_thread(annotations.scan, log_text)
     tail = _last_lines(log_text, lines)
     timed_out = bool(p.get("timed_out") or status.timed_out)
     conclusion = decisions.conclusion_for(status.state, status.exit_code, timed_out)
-    message = p.get("message") or status.message
+    message = ctx.masker.mask(p.get("message") or status.message)
     conclusion, message = await rs.conclude(ref, conclusion, message, time.time())
     metrics.JOBS.labels(ctx.backend.name, conclusion).inc()
     await report_completed(ctx, p, ref, tail, found)

@@ -2,12 +2,14 @@
 start_job task per run (new_event, new_commit)."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 from .. import checks, decisions, logs, report, workflows
 from ..context import Context
 from ..github import GitHubApp
+from ..jobsecrets import Origin
 from ..runstate import RunRef
 from ..tasks import Task
 from .checkruns import report_row, routing
@@ -16,15 +18,27 @@ from .comments import comment_soon
 log = logs.get("litbotd.lifecycle")
 
 
-async def queue_run(ctx: Context, task: Task, p: dict[str, Any], run: workflows.Run, attempt: int) -> Task:
-    """Create the run's `queued` check run and the start_job task that follows."""
+def pr_origin(p: dict[str, Any]) -> Origin:
+    """A pull request's runs: a fork or not (unknown counts as a fork), and its author's association."""
+    return Origin("pull_request", fork=p.get("fork") is not False, association=str(p.get("author_association") or ""))
+
+
+async def queue_run(ctx: Context, task: Task, p: dict[str, Any], run: workflows.Run, attempt: int,
+                    origin: Origin | None) -> Task:
+    """Create the run's `queued` check run and the start_job task that follows. `origin` (what
+    started the run, for the secrets it may get) is recorded with the attempt; None: the same as
+    the attempt before (a re-run)."""
     gh, rs = ctx.github, ctx.runs
     ref = RunRef(p["repo"], p["sha"], run.key, attempt)
+    if origin is None:
+        before = await rs.get(RunRef(p["repo"], p["sha"], run.key, attempt - 1)) if attempt > 1 else {}
+        origin = Origin.from_fields(before)
     check_id = await checks.find_or_create_check(
         gh, p["installation"], p["repo"], p["sha"], run.check_name, decisions.external_id(run.key, attempt),
         priority="create", status="queued", output=report.check_output(report_row(run, attempt, {})))
     await rs.count_write(ref)
-    if not await rs.transition(ref, ("", "queued"), status="queued", check_run_id=check_id, queued_at=time.time()):
+    if not await rs.transition(ref, ("", "queued"), status="queued", check_run_id=check_id, queued_at=time.time(),
+                               **origin.to_fields()):
         await rs.update(ref, check_run_id=check_id)  # repeated after a cancel ended it: keep its state
     log.info("run queued", run=run.key, check=run.check_name, attempt=attempt)
     return task.successor("start_job", routing(p, run=run.key, attempt=attempt, check_run_id=check_id),
@@ -45,6 +59,16 @@ async def _report_plan(gh: GitHubApp, inst: int, repo: str, sha: str, plan: work
                                           conclusion=decisions.NEUTRAL, output=report.no_workflows_output())
 
 
+async def _base_secrets(ctx: Context, p: dict[str, Any], plan: workflows.Plan) -> workflows.Plan:
+    """A fork PR whose author is trusted runs its own workflow files, but the secrets a run may
+    ask for are those the base branch's workflow of the same run names (SPEC §10): a fork cannot
+    name a secret the repository's own workflow does not. A run the base does not have asks for none."""
+    base = workflows.plan(await checks.workflow_files(ctx.github, p["installation"], p["repo"], p["base_ref"]),
+                          p["base_ref"], ctx.defaults)
+    names = {r.key: r.secrets for r in base.runs}
+    return dataclasses.replace(plan, runs=[dataclasses.replace(r, secrets=names.get(r.key, ())) for r in plan.runs])
+
+
 async def new_event(task: Task, ctx: Context) -> list[Task]:
     p = task.payload
     cfg, gh, rs = ctx.config, ctx.github, ctx.runs
@@ -60,12 +84,15 @@ async def new_event(task: Task, ctx: Context) -> list[Task]:
     if not trusted and not approved:
         await checks.find_or_create_check(
             gh, inst, repo, sha, "litci", "fork-approval", status="completed", conclusion=decisions.ACTION_REQUIRED,
-            output=report.fork_approval_output(cfg.github.command_prefix))
+            output=report.fork_approval_output(cfg.github.command_prefix, cfg.secrets.forks))
         log.info("fork PR from an untrusted author: waiting for ok-to-test", author=p.get("author"))
         return out
     # An untrusted fork's workflow files always come from the base branch (SPEC §5).
     files = await checks.workflow_files(gh, inst, repo, sha if trusted else p["base_ref"])
     plan = workflows.plan(files, p["base_ref"], ctx.defaults)
+    origin = pr_origin(p)
+    if origin.fork and trusted:
+        plan = await _base_secrets(ctx, p, plan)
     await _report_plan(gh, inst, repo, sha, plan, no_workflows=not files)
     new = await rs.add_runs(repo, sha, plan.runs, pr, owner=task.id)
     recorded = await rs.runs(repo, sha)
@@ -78,7 +105,7 @@ async def new_event(task: Task, ctx: Context) -> list[Task]:
             if attempt is None and decisions.restart_on_reopen(last.get("conclusion")):
                 attempt = await rs.new_attempt(repo, sha, run.key, task.id)
         if attempt is not None:
-            out.append(await queue_run(ctx, task, p, run, attempt))
+            out.append(await queue_run(ctx, task, p, run, attempt, origin))
     log.info("workflows planned", runs=len(plan.runs), started=sum(t.kind == "start_job" for t in out),
              errors=len(plan.errors), skipped=len(plan.skipped))
     return out + await comment_soon(task, ctx, repo, pr, inst)
@@ -96,7 +123,8 @@ async def new_commit(task: Task, ctx: Context) -> list[Task]:
     plan = workflows.plan(files, p["branch"], ctx.defaults, event=event)
     await _report_plan(gh, inst, repo, sha, plan, no_workflows=not files and event == "merge_group")
     new = await rs.add_runs(repo, sha, plan.runs, None, owner=task.id)
-    out = [await queue_run(ctx, task, p, run, new[run.key]) for run in plan.runs if run.key in new]
+    origin = Origin(event)  # a push or a merge queue: only people with write access
+    out = [await queue_run(ctx, task, p, run, new[run.key], origin) for run in plan.runs if run.key in new]
     log.info("workflows planned", trigger=event, branch=p["branch"], runs=len(plan.runs), started=len(out),
              errors=len(plan.errors), skipped=len(plan.skipped))
     return out
