@@ -203,7 +203,7 @@ class Daemon:
     @staticmethod
     def _secrets(cfg: Config) -> jobsecrets.Store:
         """The job secrets store the config points at (blocking file I/O: call it on a thread)."""
-        return jobsecrets.load(jobsecrets.path_of(cfg.secrets.file, os.environ))
+        return configfile.load_secrets(cfg.secrets.file)
 
     @staticmethod
     async def _defaults(cfg: Config, backend: Backend | None) -> Defaults:

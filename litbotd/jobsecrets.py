@@ -1,5 +1,5 @@
-"""Secrets for jobs (SPEC §10): the store, and which of its secrets a run receives. Pure apart from
-reading the file it is pointed at.
+"""Secrets for jobs (SPEC §10): the store, and which of its secrets a run receives. Pure
+(configfile.load_secrets reads the file).
 
 The store is a TOML file (`secrets.file`, or the systemd credential `litbotd-secrets`):
 
@@ -16,7 +16,6 @@ trusted; every named secret it does not get is one line of its check output sayi
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -138,38 +137,6 @@ def loads(text: str, source: str = "") -> Store:
         why = re.sub(r"(character) (?:'[^']*'|\"[^\"]*\")", r"\1", str(e))
         raise SecretsError(f"{source or 'the secrets file'}: invalid TOML: {why}") from None
     return parse(data, source)
-
-
-def path_of(file: str, env: Mapping[str, str]) -> str | None:
-    """Where the store is: `secrets.file` when set, else the credential litbotd-secrets when
-    systemd loaded one, else nowhere (no job gets a secret)."""
-    if file:
-        return file
-    creds = env.get("CREDENTIALS_DIRECTORY")
-    if creds and os.path.exists(os.path.join(creds, CREDENTIAL)):
-        return os.path.join(creds, CREDENTIAL)
-    return None
-
-
-def load(path: str | None) -> Store:
-    """Read the store at `path` (None: the empty store). A file other users may read is refused:
-    it holds every token the jobs get."""
-    if path is None:
-        return EMPTY
-    try:
-        with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            raw = f.read()
-    except OSError as e:
-        raise SecretsError(f"secrets file {path}: {e.strerror or type(e).__name__}") from None
-    if mode & 0o007:
-        raise SecretsError(f"secrets file {path}: readable by other users (mode {mode & 0o777:o}): "
-                           f"chmod o-rwx it")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SecretsError(f"secrets file {path}: not UTF-8 text") from None
-    return loads(text, f"secrets file {path}")
 
 
 # -- which secrets a run receives -----------------------------------------------------------------

@@ -3,9 +3,8 @@ ones (SPEC §2, §8). Each problem is one line naming the key or the backend, ne
 from __future__ import annotations
 
 import asyncio
-import os
 
-from . import jobsecrets
+from . import configfile, jobsecrets
 from .config import Config
 
 
@@ -46,7 +45,7 @@ def secret_store(cfg: Config) -> tuple[jobsecrets.Store, str | None]:
     """The job secrets store the config points at, or the empty store and why it cannot be read
     (one line naming the file and the key, never a value)."""
     try:
-        return jobsecrets.load(jobsecrets.path_of(cfg.secrets.file, os.environ)), None
+        return configfile.load_secrets(cfg.secrets.file), None
     except jobsecrets.SecretsError as e:
         return jobsecrets.EMPTY, f"secrets.file: {e}"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from litbotd import jobsecrets
+from litbotd import configfile, jobsecrets
 from litbotd.jobsecrets import Origin, SecretsError
 
 VALUE = "v4lue-that-must-not-show"
@@ -64,21 +64,24 @@ def test_load_reads_the_file_and_refuses_one_others_can_read(tmp_path: Path) -> 
     f = tmp_path / "secrets.toml"
     f.write_text(GOOD)
     f.chmod(0o640)
-    assert jobsecrets.load(str(f)).for_repo("acme/widgets")["HF_TOKEN"] == VALUE
+    assert configfile.load_secrets(str(f), {}).for_repo("acme/widgets")["HF_TOKEN"] == VALUE
     f.chmod(0o644)
     with pytest.raises(SecretsError, match="readable by other users"):
-        jobsecrets.load(str(f))
+        configfile.load_secrets(str(f), {})
     with pytest.raises(SecretsError, match="No such file"):
-        jobsecrets.load(str(tmp_path / "missing.toml"))
-    assert jobsecrets.load(None) is jobsecrets.EMPTY
+        configfile.load_secrets(str(tmp_path / "missing.toml"), {})
+    assert configfile.load_secrets("", {}) is jobsecrets.EMPTY
 
 
-def test_path_of_prefers_the_file_then_the_credential(tmp_path: Path) -> None:
+def test_the_file_comes_first_then_the_credential(tmp_path: Path) -> None:
     (tmp_path / "litbotd-secrets").write_text(GOOD)
+    (tmp_path / "litbotd-secrets").chmod(0o600)
     env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
-    assert jobsecrets.path_of("/etc/x.toml", env) == "/etc/x.toml"
-    assert jobsecrets.path_of("", env) == os.path.join(str(tmp_path), "litbotd-secrets")
-    assert jobsecrets.path_of("", {}) is None
+    assert configfile.secrets_path("/etc/x.toml", env) == "/etc/x.toml"
+    assert configfile.secrets_path("", env) == os.path.join(str(tmp_path), "litbotd-secrets")
+    assert configfile.secrets_path("", {}) is None
+    assert configfile.load_secrets("", env).for_repo("acme/x") == {"CODECOV_TOKEN": "org-codecov-token",
+                                                                    "SHARED": "org-shared-value"}
 
 
 # -- the release rule ------------------------------------------------------------------------------
