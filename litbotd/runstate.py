@@ -2,8 +2,11 @@
 
     q:sha:<repo>@<sha>                 hash  spec:<run> -> JSON {run, check_name}, attempt:<run> -> int
     q:run:<repo>@<sha>:<run>:<attempt> hash  status, check_run_id, job, times, url, message,
-                                             cancel_reason, conclusion (set once: first terminal wins)
+                                             cancel_reason, conclusion (set once: first terminal wins),
+                                             origin, fork, author_association (what started it: trust),
+                                             secrets, secret_notes (job secret NAMES released, and why not)
     q:pr:<repo>#<pr>                   hash  head, base_ref, installation, comment_id, approved,
+                                             approved:<sha> (who said ok-to-test on that commit),
                                              version (changes), commented (version shown)
     q:pr:<repo>#<pr>:shas              set   every head SHA seen, for supersede and close
 
