@@ -21,8 +21,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from . import config as config_mod
-from . import configfile
-from . import jobsecrets, logs, preflight, procinfo, systemd
+from . import configfile, jobsecrets, logs, preflight, procinfo, systemd
 from .backends import Backend, machine_names, make_backend
 from .backoff import backoff
 from .config import Config, ConfigError, JobsConfig
@@ -136,7 +135,7 @@ class Daemon:
             self._runner = None
             raise StartError(f"cannot listen on {host}:{port} (server.host, server.port): "
                              f"{e.strerror or e}") from None
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]  # the port bound (port 0: a free one)
 
     async def _wait_for_redis(self) -> bool:
         """READY waits for Redis; a stop request while waiting ends the daemon."""
@@ -166,7 +165,7 @@ class Daemon:
         except jobsecrets.SecretsError as e:
             raise StartError(f"secrets.file: {e}") from None
         logs.set_job_secrets(store.masked_values())
-        backend = make_backend(cfg) if cfg.workers.count > 0 else None
+        backend = make_backend(cfg.jobs, configfile.secret_paths(cfg)) if cfg.workers.count > 0 else None
         self._backend_jobs = cfg.jobs if backend is not None else None
         self.current.ctx = Context.of(cfg, self.queue, self._github(cfg), backend,
                                       await self._defaults(cfg, backend), store)
@@ -269,7 +268,7 @@ class Daemon:
             return f"secrets.file: {e}"
         backend = was.backend_impl
         if new.workers.count > 0 and new.jobs != self._backend_jobs:
-            backend = make_backend(new)
+            backend = make_backend(new.jobs, configfile.secret_paths(new))
         github = self._github(new) if new.github != old.github else was.github_app
         defaults = await self._defaults(new, backend)
         logs.setup(new.log.level, new.log.format, config_mod.secrets_of(new))

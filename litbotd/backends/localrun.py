@@ -169,7 +169,10 @@ class Runner:
     def copy_output(child: subprocess.Popen[bytes], log: CappedLog, masker: ByteStreamMasker) -> None:
         """The child's output, masked, into the capped log, until EOF — or DRAIN_AFTER_EXIT after it
         exited: an unsandboxed job's `setsid` leftovers may hold the pipe open forever."""
-        fd = child.stdout.fileno()  # type: ignore[union-attr]
+        out = child.stdout
+        if out is None:
+            raise ValueError("copy_output needs a child started with stdout=PIPE")
+        fd = out.fileno()
         deadline = None
         while True:
             if deadline is None and child.poll() is not None:
@@ -183,7 +186,7 @@ class Runner:
                     break
                 log.write(masker.feed(data))
         log.write(masker.flush())
-        child.stdout.close()  # type: ignore[union-attr]
+        out.close()
 
     def outcome(self, rc: int) -> dict[str, Any]:
         try:
