@@ -1,9 +1,8 @@
 """The Lightning backend driving lightning-sdk's own request code against a loopback stand-in."""
 from __future__ import annotations
 
-import dataclasses
-
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import REPO, GitHubWorld, InProcessDaemon, comment_payload, config_data, pr_payload, sha_of, wait_until
-from test_commits_e2e import push_payload
-from test_secrets import _dump_redis
 
+from harness import REPO, GitHubWorld, InProcessDaemon, comment_payload, config_data, pr_payload, sha_of, wait_until
 from litbotd import logs, masking
 from litbotd.demo import throwaway_key
+from test_commits_e2e import push_payload
+from test_secrets import _dump_redis
 
 requires_sandbox = pytest.mark.skipif(
     shutil.which("bwrap") is None and os.environ.get("LITBOTD_REQUIRE_SANDBOX") != "1",

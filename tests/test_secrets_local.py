@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tarball_server import REPO, SHA, TarballServer, github_tarball
-from test_backend_local import kill_leftovers, wait_file, wait_final
 
 from litbotd.backends.base import JobSpec
 from litbotd.backends.local import LocalBackend
+from tarball_server import REPO, SHA, TarballServer, github_tarball
+from test_backend_local import kill_leftovers, wait_file, wait_final
 
 SECRET = "sup3r-s3cret/value+with:odd,chars"
 OTHER = "an0ther-secret-value-2"

@@ -79,7 +79,7 @@ def main() -> None:
         row = {"secrets": n, "patterns": len(patterns), "masker_mb_s": round(mb / statistics.median(ac), 1),
                "stream_mb_s": round(mb / statistics.median(st), 1),
                "loop_mb_s": round(mb / statistics.median(loop), 1),
-               "ratio_vs_loop": round(statistics.median([lp / a for lp, a in zip(loop, ac)]), 2)}
+               "ratio_vs_loop": round(statistics.median([lp / a for lp, a in zip(loop, ac, strict=True)]), 2)}
         results[n] = row
         print(f"{n:>3} secrets ({row['patterns']} forms): masker {row['masker_mb_s']} MB/s, "
               f"stream {row['stream_mb_s']} MB/s, str.replace loop {row['loop_mb_s']} MB/s "
