@@ -323,7 +323,7 @@ class UnmaskedBackend:
 async def test_the_daemon_masks_a_log_read_back_unmasked(redis_server, world, tmp_path, daemon_log, monkeypatch):
     import litbotd.daemon
     backend = UnmaskedBackend()
-    monkeypatch.setattr(litbotd.daemon, "make_backend", lambda cfg: backend)
+    monkeypatch.setattr(litbotd.daemon, "make_backend", lambda *args, **kwargs: backend)
     sha = sha_of("unmasked")
     await world.start({sha: {".lightning/workflows/sec.yaml": SEC.replace("[TOKEN_A, MISSING]", "[S]"),
                              "README.md": "a\nb\n"}})
