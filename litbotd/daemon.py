@@ -165,6 +165,9 @@ class Daemon:
         except jobsecrets.SecretsError as e:
             raise StartError(f"secrets.file: {e}") from None
         logs.set_job_secrets(store.masked_values())
+        if store.values() and cfg.jobs.backend == "local" and not cfg.jobs.local.sandbox:
+            log.warning("job secrets with jobs.local.sandbox = false: an unsandboxed job can read the secrets "
+                        "of the others running beside it (README, Job secrets)")
         backend = make_backend(cfg.jobs, configfile.secret_paths(cfg)) if cfg.workers.count > 0 else None
         self._backend_jobs = cfg.jobs if backend is not None else None
         self.current.ctx = Context.of(cfg, self.queue, self._github(cfg), backend,
