@@ -27,6 +27,8 @@ class ServerConfig:
     port: int = 8080
     path: str = "/"
     max_body_bytes: int = 26_214_400
+    public_url: str = ""            # where run pages are served (SPEC §9); "": no pages, details_url as before
+    auth: str = "link"              # run pages: "link" (the URL holds the key) or "github"
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ class JobsConfig:
 class ReportConfig:
     comment: bool = True
     log_tail_lines: int = 200
+    keep_logs: float = 30 * 24 * 3600.0   # a finished run's page and whole log are kept this long
+    logs_dir: str = ""              # where: "" = $STATE_DIRECTORY/runs, else /var/lib/litbotd/runs
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,7 @@ DURATION_KEYS = {
     "workers.heartbeat_interval", "workers.lease_timeout", "workers.task_timeout", "workers.retry_backoff",
     "workers.retry_backoff_max", "workers.shutdown_grace",
     "jobs.poll_interval", "jobs.poll_interval_max", "jobs.queue_timeout", "jobs.default_timeout",
-    "jobs.local.keep",
+    "jobs.local.keep", "report.keep_logs",
 }
 
 
@@ -202,6 +206,10 @@ def _validate(cfg: Config) -> None:
         bad("server.path", f"must start with '/', got {cfg.server.path!r}")
     if cfg.server.max_body_bytes < 1024:
         bad("server.max_body_bytes", f"must be at least 1024, got {cfg.server.max_body_bytes}")
+    if cfg.server.public_url and not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", cfg.server.public_url):
+        bad("server.public_url", f"must be an http(s) URL without query or fragment, got {cfg.server.public_url!r}")
+    if cfg.server.auth not in ("link", "github"):
+        bad("server.auth", f"must be 'link' or 'github', got {cfg.server.auth!r}")
     if cfg.github.app_id < 0:
         bad("github.app_id", f"must not be negative, got {cfg.github.app_id}")
     if not re.match(r"^https?://[^/\s]+", cfg.github.api_url):
@@ -257,6 +265,10 @@ def _validate(cfg: Config) -> None:
         bad("jobs.local.keep", "must be more than 0")
     if cfg.report.log_tail_lines < 1:
         bad("report.log_tail_lines", f"must be at least 1, got {cfg.report.log_tail_lines}")
+    if cfg.report.keep_logs <= 0:
+        bad("report.keep_logs", "must be more than 0")
+    if cfg.report.logs_dir and not cfg.report.logs_dir.startswith("/"):
+        bad("report.logs_dir", f"must be an absolute path, got {cfg.report.logs_dir!r}")
     if cfg.secrets.forks not in ("never", "approved"):
         bad("secrets.forks", f"must be 'never' or 'approved', got {cfg.secrets.forks!r}")
     if cfg.secrets.file and not cfg.secrets.file.startswith("/"):
@@ -323,6 +335,15 @@ def build(data: Mapping[str, Any], env: Mapping[str, str], source: str, read_sec
     )
     _validate(cfg)
     return cfg
+
+
+def logs_dir(cfg: Config, env: Mapping[str, str]) -> str:
+    """Where run pages' logs are kept: report.logs_dir, else $STATE_DIRECTORY/runs, else
+    /var/lib/litbotd/runs."""
+    if cfg.report.logs_dir:
+        return cfg.report.logs_dir
+    state = env.get("STATE_DIRECTORY", "").split(":")[0]
+    return (state or "/var/lib/litbotd").rstrip("/") + "/runs"
 
 
 def secrets_of(cfg: Config) -> list[str]:

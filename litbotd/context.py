@@ -16,7 +16,9 @@ from . import jobsecrets, masking
 from .backends.base import Backend
 from .config import Config
 from .github import GitHubApp
+from .logstore import Store
 from .queue import Queue
+from .runlink import Links
 from .runstate import RunState
 from .tasks import Permanent
 from .workflows import Defaults
@@ -30,13 +32,21 @@ class Context:
     defaults: Defaults                    # the planner's defaults for this config (workflows.plan)
     github_app: GitHubApp | None = None   # None: no App credentials configured
     backend_impl: Backend | None = None   # None: this daemon runs no workers
+    links: Links | None = None            # run pages' URLs (server.public_url set), for details_url
+    page_store: Store | None = None       # where finished runs' pages are kept (with links)
     secrets: jobsecrets.Store = jobsecrets.EMPTY  # the job secrets store (values in memory only)
 
     @classmethod
     def of(cls, config: Config, queue: Queue, github: GitHubApp | None = None, backend: Backend | None = None,
-           defaults: Defaults | None = None, secrets: jobsecrets.Store = jobsecrets.EMPTY) -> "Context":
+           defaults: Defaults | None = None, links: Links | None = None,
+           page_store: Store | None = None, secrets: jobsecrets.Store = jobsecrets.EMPTY) -> "Context":
         return cls(config=config, queue=queue, runs=RunState(queue), github_app=github, backend_impl=backend,
-                   defaults=defaults or Defaults.from_config(config.jobs), secrets=secrets)
+                   defaults=defaults or Defaults.from_config(config.jobs), links=links, page_store=page_store,
+                   secrets=secrets)
+
+    def page_url(self, repo: str, sha: str, run: str, attempt: int) -> str | None:
+        """The run's page, for its check run's details_url; None without server.public_url."""
+        return self.links.url(repo, sha, run, attempt) if self.links is not None else None
 
     @property
     def masker(self) -> masking.Masker:

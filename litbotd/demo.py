@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -145,7 +146,13 @@ class Narrator:
         return len(runs) == len(EXPECTED) and all(r["status"] == "completed" for r in runs)
 
 
-async def demo(workdir: Path) -> int:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def demo(workdir: Path, keep: bool = False, port: int = 0) -> int:
     import fakeredis
 
     say("litbotd demo — offline: in-process Redis, a GitHub stand-in, the local job backend\n")
@@ -158,13 +165,15 @@ async def demo(workdir: Path) -> int:
     secret = secrets.token_hex(16)
     # The demo's own known-good job may run unsandboxed where bwrap cannot work; the daemon never does that.
     sandbox_problem = sandbox.problem("isolated")
+    port = port or _free_port()  # the run pages' public_url names it
     cfg = configfile.parse({
-        "server": {"host": "127.0.0.1", "port": 0},
+        "server": {"host": "127.0.0.1", "port": port, "public_url": f"http://127.0.0.1:{port}"},
         "github": {"app_id": 1, "api_url": api_url},
         "redis": {"url": "redis://in-process/0"},
         "workers": {"count": 2, "heartbeat_interval": "1s", "lease_timeout": "5s", "shutdown_grace": "5s"},
         "jobs": {"backend": "local", "poll_interval": 0.2, "poll_interval_max": 1,
                  "local": {"workdir": str(workdir / "jobs"), "max_parallel": 2, "sandbox": not sandbox_problem}},
+        "report": {"logs_dir": str(workdir / "runs")},
         "log": {"level": "warning"},
     }, env={"GH_PRIVATE_KEY": private_pem, "GH_WEBHOOK_SECRET": secret}, source="demo")
     logs.setup(cfg.log.level, cfg.log.format, config_mod.secrets_of(cfg))
@@ -184,7 +193,11 @@ async def demo(workdir: Path) -> int:
         await gh.close()
         return running.result() or 1
     try:
-        return await _drive(daemon, gh, sha, secret)
+        result = await _drive(daemon, gh, sha, secret)
+        if keep:
+            say(f"\nserving the run pages above at http://127.0.0.1:{daemon.port}/ until Ctrl-C")
+            await running  # SIGINT stops the daemon
+        return result
     finally:
         daemon.stop()
         await running
@@ -236,6 +249,8 @@ def _final_report(gh: DemoGitHub) -> int:
         text = (out.get("text") or "").strip()
         if text:
             say("".join(f"       {line}\n" for line in text.splitlines()[-8:]).rstrip())
+        if run.get("details_url"):
+            say(f"       run page: {run['details_url']}")
     say("\n6. the PR comment (edited in place, never a second one):\n")
     for c in gh.comments:
         say("".join(f"   {line}\n" for line in c["body"].splitlines()))
@@ -248,7 +263,7 @@ def _final_report(gh: DemoGitHub) -> int:
     return 0 if ok else 1
 
 
-def main() -> int:
+def main(keep: bool = False, port: int = 0) -> int:
     if shutil.which("git") is None:
         print("litbotd demo: needs git to make its throw-away repository (apt-get install git)", file=sys.stderr)
         return 1
@@ -260,6 +275,6 @@ def main() -> int:
     try:
         import uvloop
 
-        return uvloop.run(demo(workdir))
+        return uvloop.run(demo(workdir, keep=keep, port=port))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -291,8 +291,17 @@ class WorkerPool:
             log.warning("redelivery sweep failed", error=logs.redact(f"{type(e).__name__}: {e}"))
 
     async def _prune(self) -> None:
-        """Delete finished local job directories older than jobs.local.keep (never a running job's)."""
-        backend = self.current.ctx.backend_impl
+        """Delete finished local job directories older than jobs.local.keep (never a running job's),
+        and run pages kept longer than report.keep_logs."""
+        ctx = self.current.ctx
+        if ctx.page_store is not None:
+            try:
+                n = await asyncio.to_thread(ctx.page_store.prune, self.cfg.report.keep_logs)
+                if n:
+                    log.info("deleted kept run pages", runs=n, keep=f"{self.cfg.report.keep_logs:g}s")
+            except Exception as e:  # the next round tries again
+                log.warning("pruning run pages failed", error=logs.redact(f"{type(e).__name__}: {e}"))
+        backend = ctx.backend_impl
         if backend is None or not backend.prunes:
             return
         try:

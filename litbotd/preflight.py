@@ -3,6 +3,7 @@ ones (SPEC §2, §8). Each problem is one line naming the key or the backend, ne
 from __future__ import annotations
 
 import asyncio
+from typing import Mapping
 
 from . import configfile, jobsecrets
 from .config import Config
@@ -42,16 +43,26 @@ def backend_problem(cfg: Config) -> str | None:
     return None
 
 
-def secret_store(cfg: Config) -> tuple[jobsecrets.Store, str | None]:
+def secret_store(cfg: Config, env: Mapping[str, str] | None = None) -> tuple[jobsecrets.Store, str | None]:
     """The job secrets store the config points at, or the empty store and why it cannot be read
     (one line naming the file and the key, never a value)."""
     try:
-        return configfile.load_secrets(cfg.secrets.file), None
+        return configfile.load_secrets(cfg.secrets.file, env), None
     except jobsecrets.SecretsError as e:
         return jobsecrets.EMPTY, f"secrets.file: {e}"
 
 
-def problems(cfg: Config) -> list[str]:
+def pages_problem(cfg: Config, env: Mapping[str, str] | None = None) -> str | None:
+    """With server.public_url: the run pages' link key can be read, or made (nothing is made here).
+    `env`: the process's environment unless given."""
+    if not cfg.server.public_url:
+        return None
+    from .logstore import link_key_problem, logs_dir
+
+    return link_key_problem(env, logs_dir(cfg, env))
+
+
+def problems(cfg: Config, env: Mapping[str, str] | None = None) -> list[str]:
     """Everything that makes `litbotd run` refuse to start, as one line each."""
     out = []
     if not cfg.github.webhook_secret and cfg.server.enabled:
@@ -61,6 +72,8 @@ def problems(cfg: Config) -> list[str]:
         out.append(p)
     if p := backend_problem(cfg):
         out.append(p)
-    if p := secret_store(cfg)[1]:
+    if p := pages_problem(cfg, env):
+        out.append(p)
+    if p := secret_store(cfg, env)[1]:
         out.append(p)
     return out

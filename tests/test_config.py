@@ -199,3 +199,25 @@ def test_the_sample_config_documents_every_key_with_its_default():
         return out
 
     assert present(data) == keys(config_mod.Config)
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"server": {"public_url": "ci.example.com"}}, "server.public_url"),
+    ({"server": {"public_url": "https://ci.example.com/?x=1"}}, "server.public_url"),
+    ({"server": {"auth": "none"}}, "server.auth"),
+    ({"report": {"keep_logs": "0s"}}, "report.keep_logs"),
+    ({"report": {"logs_dir": "relative/runs"}}, "report.logs_dir"),
+])
+def test_run_page_keys_name_themselves(data, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ": must"):
+        parse(data, env={})
+
+
+def test_run_page_keys_and_where_logs_are_kept():
+    cfg = parse({"server": {"public_url": "https://ci.example.com/litbotd", "auth": "link"},
+                 "report": {"keep_logs": "7d"}}, env={})
+    assert cfg.server.public_url == "https://ci.example.com/litbotd" and cfg.report.keep_logs == 7 * 86400
+    assert config_mod.logs_dir(cfg, {"STATE_DIRECTORY": "/var/lib/x:/other"}) == "/var/lib/x/runs"
+    assert config_mod.logs_dir(cfg, {}) == "/var/lib/litbotd/runs"
+    other = parse({"report": {"logs_dir": "/srv/runs"}}, env={})
+    assert config_mod.logs_dir(other, {"STATE_DIRECTORY": "/x"}) == "/srv/runs"

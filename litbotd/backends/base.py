@@ -110,6 +110,12 @@ class Backend(Protocol):
     async def log_tail(self, name: str, lines: int) -> str:
         """The last `lines` lines of the job's log ("" when there is none yet)."""
 
+    async def copy_log(self, name: str, dest: str, mask: Callable[[str], str] | None = None) -> bool:
+        """Write the job's whole log so far to the file `dest` (replaced atomically), for its run
+        page; False when there is no log yet. Blocking work runs off the event loop. `mask`: the
+        job secrets masking (SPEC §10), applied before the log is stored (a backend whose logs are
+        masked as they are written, like local's, need not)."""
+
     async def stop(self, name: str) -> None:
         """Ask the job to stop. Idempotent; returns within a bounded time, the job may still be stopping."""
 

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import litbotd
 
@@ -89,6 +89,15 @@ class LocalBackend(Backend):
     async def stop(self, name: str) -> None:
         check_name(name)
         await self._offload.run(self._stop, name)
+
+    def log_file(self, name: str) -> str:
+        """The job's own log file (for its run page, which reads it while the job runs)."""
+        return str(self.workdir / check_name(name) / "log.txt")
+
+    async def copy_log(self, name: str, dest: str, mask: Callable[[str], str] | None = None) -> bool:
+        """`mask` is not needed: the runner masked the log as it wrote it."""
+        check_name(name)
+        return await self._offload.run(self._copy_log, name, dest, timeout=600.0)
 
     async def prune(self) -> int:
         """Delete the directories of jobs that finished more than `keep` ago; returns how many."""
@@ -241,6 +250,17 @@ class LocalBackend(Backend):
                 os.killpg(pgid, signal.SIGTERM)  # the runner and the bootstrap; it kills the script's group
             except ProcessLookupError:
                 pass
+
+    def _copy_log(self, name: str, dest: str) -> bool:
+        src = self.workdir / name / "log.txt"
+        if not src.exists():
+            return False
+        out = Path(dest)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.{os.getpid()}"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, out)
+        return True
 
     def _log_tail(self, name: str, lines: int) -> str:
         jobdir = self.workdir / name

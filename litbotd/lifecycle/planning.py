@@ -33,9 +33,11 @@ async def queue_run(ctx: Context, task: Task, p: dict[str, Any], run: workflows.
     if origin is None:
         before = await rs.get(RunRef(p["repo"], p["sha"], run.key, attempt - 1)) if attempt > 1 else {}
         origin = Origin.from_fields(before)
+    page = ctx.page_url(p["repo"], p["sha"], run.key, attempt)  # the run page, from the start (SPEC §9)
     check_id = await checks.find_or_create_check(
         gh, p["installation"], p["repo"], p["sha"], run.check_name, decisions.external_id(run.key, attempt),
-        priority="create", status="queued", output=report.check_output(report_row(run, attempt, {})))
+        priority="create", status="queued", output=report.check_output(report_row(run, attempt, {})),
+        **({"details_url": page} if page else {}))
     await rs.count_write(ref)
     if not await rs.transition(ref, ("", "queued"), status="queued", check_run_id=check_id, queued_at=time.time(),
                                **origin.to_fields()):
