@@ -13,7 +13,9 @@ a secret that contains, overlaps or follows another is masked whole, never partl
 `StreamMasker` masks a log as it streams, across chunk boundaries: it holds back only the
 shortest tail of the text seen so far that could still grow into a match (the longest suffix that
 is a prefix of some pattern), so an ordinary line is passed on at once and a secret split over
-two writes is still masked. `ByteStreamMasker` does the same for bytes (a job's raw output:
+two writes is still masked. A secret with terminal escapes inside it (`abc\x1b[0mdef`, whole
+again on a page or in a check run, which show the text without them) is matched too: a line
+holding escapes is matched as shown, and held back until it is complete. `ByteStreamMasker` does the same for bytes (a job's raw output:
 decoded as UTF-8 incrementally, undecodable bytes passed through unchanged).
 
 What this cannot do: mask a secret the job transforms in a way not listed above (reversed,
@@ -27,6 +29,7 @@ import base64
 import codecs
 import functools
 import json
+import re
 import urllib.parse
 from collections.abc import Iterable
 
@@ -34,6 +37,13 @@ import ahocorasick
 
 MASK = "***"
 MIN_LEN = 4  # shorter forms (and lines of a multi-line value) are not masked: they would match anywhere
+# Terminal escapes: CSI (colours, cursor moves), OSC (titles, hyperlinks; ended by BEL or ST), nF
+# sequences such as charset choices (ESC ( B), other ESC pairs, and the 8-bit CSI. A page or a
+# check run shows a log without them, so a secret with one inside it is whole again there: `mask`
+# also matches the text as shown. (report.strip_ansi removes the same sequences.)
+ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -/]+[0-~]"
+                     r"|\x1b[@-Z\\-_]|\x9b[0-?]*[ -/]*[@-~]")
+_ESCAPED_LINE = re.compile(r"[^\n]*[\x1b\x9b][^\n]*")
 
 _URLSAFE = str.maketrans("+/", "-_")
 
@@ -116,9 +126,29 @@ class Masker:
             return []
         return _merge([(end - n + 1, end + 1) for end, n in self._ac.iter(text)])
 
+    def shown_spans(self, text: str) -> list[tuple[int, int]]:
+        """Secrets that terminal escapes split (`abc\x1b[0mdef`): matched in each escaped line as
+        it is shown, mapped back to spans of `text` (the escapes inside them included)."""
+        out: list[tuple[int, int]] = []
+        for m in _ESCAPED_LINE.finditer(text):
+            line, base = m.group(0), m.start()
+            parts: list[str] = []
+            where: list[int] = []
+            pos = 0
+            for esc in ANSI_RE.finditer(line):
+                parts.append(line[pos:esc.start()])
+                where.extend(range(pos, esc.start()))
+                pos = esc.end()
+            parts.append(line[pos:])
+            where.extend(range(pos, len(line)))
+            out += [(base + where[s], base + where[e - 1] + 1) for s, e in self.spans("".join(parts))]
+        return out
+
     def mask(self, text: str) -> str:
-        """`text` with every secret span replaced by one MASK."""
+        """`text` with every secret span replaced by one MASK (also one split by terminal escapes)."""
         spans = self.spans(text)
+        if self._ac is not None and ("\x1b" in text or "\x9b" in text):
+            spans = _merge(spans + self.shown_spans(text))
         if not spans:
             return text
         out, pos = [], 0
@@ -151,12 +181,18 @@ class StreamMasker:
         self._carry = ""
         self._open = False  # the last thing sent out is a MASK that may go on into the carry
         self._masked = 0    # how much of the carry's start that MASK already covers
+        self._line_cap = max(4096, 4 * masker.longest)  # the longest escaped line held back whole
 
     def feed(self, text: str) -> str:
         if not self._m:
             return text
         buf = self._carry + text
         final = len(buf) - self._m.held_back(buf)  # a match starting before here is whole in buf
+        # A line with terminal escapes is passed on whole (a secret may be split by one; its
+        # second half may not be here yet), unless it grows past a bound.
+        start = buf.rfind("\n", 0, final) + 1
+        if ("\x1b" in buf[start:] or "\x9b" in buf[start:]) and len(buf) - start <= self._line_cap:
+            final = start
         return self._emit(buf, final)
 
     def flush(self) -> str:
@@ -169,6 +205,9 @@ class StreamMasker:
 
     def _emit(self, buf: str, final: int) -> str:
         spans = self._m.spans(buf)
+        head = buf[:final]
+        if "\x1b" in head or "\x9b" in head:
+            spans = _merge(spans + self._m.shown_spans(head))
         if self._open:  # a secret right after (or overlapping) the last one sent: the same MASK
             spans = _merge([(0, self._masked), *spans])
         out, pos, masked_to = [], 0, -1

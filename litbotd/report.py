@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .masking import ANSI_RE
 from .workflows import ROOT_FILES, WORKFLOW_DIR, WORKFLOW_EXTS
 
 MAX_OUTPUT_CHARS = 65_535
@@ -20,10 +21,9 @@ MAX_COMMENT_CHARS = 65_536            # GitHub's limit of an issue comment body
 MARKER = "<!-- litbotd:summary -->"
 MAX_NOTES_CHARS = 16_000              # workflow commands without a file, listed before the log tail
 
-# CSI (colours, cursor moves), OSC (titles, hyperlinks; ended by BEL or ST), nF sequences such
-# as charset choices (ESC ( B), other ESC pairs, and the 8-bit CSI.
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -/]+[0-~]"
-                   r"|\x1b[@-Z\\-_]|\x9b[0-?]*[ -/]*[@-~]")
+# CSI (colours, cursor moves), OSC (titles, hyperlinks), nF sequences, other ESC pairs, the
+# 8-bit CSI: the one definition, in masking.py (which also matches secrets across them).
+_ANSI = ANSI_RE
 # Control characters that are neither newline nor tab (after ANSI codes are gone).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _BACKTICKS = re.compile(r"`+")

@@ -166,3 +166,25 @@ def test_property_no_raw_value_survives_a_stream(secret: str, before: str, after
     out = _stream(m, [text[:cut], text[cut:]])
     assert secret.strip() not in out
     assert out == m.mask(text)
+
+
+@pytest.mark.parametrize("printed", [
+    f"\x1b[1;31m{SECRET[:10]}\x1b[0m{SECRET[10:]}",          # a colour change inside the value
+    f"{SECRET[:5]}\x1b[K{SECRET[5:20]}\x1b]8;;http://x\x07{SECRET[20:]}",  # erase-line, an OSC link
+])
+def test_a_secret_split_by_terminal_escapes_is_masked(printed: str) -> None:
+    from litbotd.report import strip_ansi
+
+    m = Masker([SECRET])
+    text = f"before {printed} after\nnext line\n"
+    whole = m.mask(text)
+    assert strip_ansi(whole) == f"before {MASK} after\nnext line\n", whole  # escapes before it stay
+    for cut in range(len(text) + 1):  # and streamed, split anywhere
+        assert _stream(m, [text[:cut], text[cut:]]) == whole, cut
+
+
+def test_an_escaped_line_is_held_until_it_ends_then_passed_on() -> None:
+    s = Masker([SECRET]).stream()
+    assert s.feed("\x1b[32mok\x1b[0m\nhalf \x1b[1m" + SECRET[:8]) == "\x1b[32mok\x1b[0m\n"
+    assert s.feed("\x1b[0m" + SECRET[8:] + " done\n") == f"half \x1b[1m{MASK} done\n"
+    assert s.flush() == ""

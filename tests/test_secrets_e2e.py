@@ -19,8 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from conftest import free_port
 from harness import REPO, GitHubWorld, InProcessDaemon, comment_payload, config_data, pr_payload, sha_of, wait_until
 from litbotd import logs, masking
 from litbotd.demo import throwaway_key
@@ -74,8 +76,13 @@ def daemon_log() -> Iterator[io.StringIO]:
     logs.setup("info", "text", [])
 
 
-def daemon(redis_server: Any, world: GitHubWorld, tmp_path: Path, store: Path, forks: str = "never") -> InProcessDaemon:
+def daemon(redis_server: Any, world: GitHubWorld, tmp_path: Path, store: Path, forks: str = "never",
+           pages: bool = False) -> InProcessDaemon:
     data = config_data(redis_server.url, world.url, tmp_path / "jobs", secrets={"file": str(store), "forks": forks})
+    if pages:  # the run pages (SPEC §9): served by this daemon, kept logs under tmp_path/runs
+        port = free_port()
+        data["server"].update(port=port, public_url=f"http://127.0.0.1:{port}")
+        data.setdefault("report", {})["logs_dir"] = str(tmp_path / "runs")
     # The real sandbox (SPEC §10: local jobs see their secrets only inside it); no network needed:
     # the code is fetched outside it.
     data["jobs"]["local"].update(sandbox=True, network="none")
@@ -99,9 +106,21 @@ def leaks(text: str, values: list[str]) -> list[str]:
                    if len(f) >= 8 and "-----" not in f and f in text})  # a PEM's header is no secret
 
 
+async def run_page(url: str) -> str:
+    """What a reader of the run page gets: the page, its raw log and its log lines as JSON."""
+    async with aiohttp.ClientSession() as http:
+        out = []
+        for suffix in ("", "log.txt", "lines?from=1"):
+            async with http.get(url + suffix) as resp:
+                assert resp.status == 200, (suffix, resp.status)
+                out.append(await resp.text())
+    return "\n".join(out)
+
+
 def assert_nothing_leaked(values: list[str], world: GitHubWorld, redis_server: Any, tmp_path: Path,
-                          daemon_log: io.StringIO) -> None:
+                          daemon_log: io.StringIO, extra: dict[str, str] | None = None) -> None:
     places = {
+        **(extra or {}),
         "the stored logs": "".join(p.read_text(errors="replace") for p in (tmp_path / "jobs").glob("*/log.txt")),
         "what was sent to GitHub": "\n".join(b.decode("utf-8", "replace") for b in world.gh.bodies),
         "check runs (as the stand-in keeps them)": json.dumps(world.gh.check_runs, ensure_ascii=False),
@@ -232,6 +251,7 @@ WAYS: list[tuple[str, str, int]] = [
     ("an annotation's title", 'echo "::warning file=README.md,line=2,title=W21 $S::in the title"', 1),
     ("workflow-command escaped", 'printf "W22 %s\\n" "$(printf %s "$S" | sed "s/%/%25/g")"', 1),
     ("base64 of a PEM line", 'echo "W23 $(printf %s "$PEM" | sed -n 4p | base64 -w0)"', 1),
+    ("split by an ANSI code", 'printf "W24 %s\\033[1m%s\\033[0m\\n" "${S:0:6}" "${S:6}"', 1),
 ]
 JUNIT = r"""python3 - <<'PY'
 import os
@@ -239,8 +259,8 @@ from xml.sax.saxutils import quoteattr, escape
 s = os.environ["S"]
 os.makedirs("reports", exist_ok=True)
 with open("reports/junit.xml", "w") as f:
-    f.write('<testsuite><testcase classname="t" name="W24" file="README.md" line="1">'
-            '<failure message=%s>%s</failure></testcase></testsuite>' % (quoteattr("W24 " + s), escape("boom " + s)))
+    f.write('<testsuite><testcase classname="t" name="W25" file="README.md" line="1">'
+            '<failure message=%s>%s</failure></testcase></testsuite>' % (quoteattr("W25 " + s), escape("boom " + s)))
 PY
 """
 
@@ -257,11 +277,12 @@ async def test_leak_corpus_reaches_no_destination(redis_server, world, tmp_path,
     await world.start({sha: {".lightning/workflows/corpus.yaml": corpus_workflow(), "README.md": "a\nb\nc\n"}})
     world.pull(sha, association="MEMBER")
     store = secrets_file(tmp_path, repo={"S": TOKEN, "PEM": PEM})
-    async with daemon(redis_server, world, tmp_path, store) as d:
+    async with daemon(redis_server, world, tmp_path, store, pages=True) as d:
         assert await d.send("pull_request", pr_payload("opened", sha, association="MEMBER")) == 202
         [run] = await wait_until(lambda: completed(world, sha, "corpus"), 90, "the corpus run")
         await wait_until(lambda: world.gh.comments and "corpus" in world.gh.comments[0]["body"], 30, "the comment")
         await wait_until(d.idle, 20, "idle")
+        page = await run_page(run["details_url"])
 
     [log_file] = list((tmp_path / "jobs").glob("*/log.txt"))
     log = log_file.read_bytes().decode()  # not read_text: its universal newlines would split at \r
@@ -277,9 +298,13 @@ async def test_leak_corpus_reaches_no_destination(redis_server, world, tmp_path,
     texts = {a["message"] + " " + (a.get("title") or "") for a in annotations}
     assert any("W20 leaked ***" in t for t in texts), texts
     assert any("W21 ***" in t for t in texts), texts
-    assert any("W24 ***" in t and "boom ***" in t for t in texts), texts
+    assert any("W25 ***" in t and "boom ***" in t for t in texts), texts
     assert "W01 ***" in output_of(run)
-    assert_nothing_leaked([TOKEN, PEM], world, redis_server, tmp_path, daemon_log)
+    assert "W01 ***" in page and "W20 leaked ***" in page
+    kept = "".join(p.read_text(errors="replace") for p in (tmp_path / "runs").rglob("*") if p.is_file())
+    assert "W01 ***" in kept
+    assert_nothing_leaked([TOKEN, PEM], world, redis_server, tmp_path, daemon_log,
+                          {"the run page": page, "the kept page files": kept})
 
 
 # -- the daemon's side: a backend whose log comes back unmasked (as Lightning's does) --------------------
@@ -313,6 +338,12 @@ class UnmaskedBackend:
             f"::error file=README.md,line=1::annotated {s.replace('%', '%25')}",
             "litci-exit-code: 1"]) + "\n"
 
+    async def copy_log(self, name: str, dest: str, mask: Any = None) -> bool:
+        text = await self.log_tail(name, 10 ** 6)
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        Path(dest).write_text(mask(text) if mask is not None else text)
+        return True
+
     async def stop(self, name: str) -> None:
         pass
 
@@ -329,18 +360,22 @@ async def test_the_daemon_masks_a_log_read_back_unmasked(redis_server, world, tm
                              "README.md": "a\nb\n"}})
     world.pull(sha, association="MEMBER")
     store = secrets_file(tmp_path, repo={"S": TOKEN})
-    async with daemon(redis_server, world, tmp_path, store) as d:
+    async with daemon(redis_server, world, tmp_path, store, pages=True) as d:
         assert await d.send("pull_request", pr_payload("opened", sha, association="MEMBER")) == 202
         [run] = await wait_until(lambda: completed(world, sha), 60, "the run")
         await wait_until(lambda: world.gh.comments, 30, "the comment")
         await wait_until(d.idle, 20, "idle")
+        page = await run_page(run["details_url"])
     assert backend.specs[0].secret_env == {"S": TOKEN}  # the job got it, in its env
     assert TOKEN not in repr(backend.specs[0])
     text = output_of(run)
     assert "raw ***" in text and "ansi-split ***" in text and "json {\"t\": \"***\"}" in text, text
     messages = [a["message"] for a in run["annotations"]]
     assert "annotated ***" in messages, messages
-    places = {"sent to GitHub": "\n".join(b.decode("utf-8", "replace") for b in world.gh.bodies),
+    kept = "".join(p.read_text(errors="replace") for p in (tmp_path / "runs").rglob("*") if p.is_file())
+    assert "raw ***" in page and "raw ***" in kept  # the log copied to the VM is masked before it is stored
+    places = {"the run page": page, "the kept log": kept,
+              "sent to GitHub": "\n".join(b.decode("utf-8", "replace") for b in world.gh.bodies),
               "the daemon's log": daemon_log.getvalue(), "Redis": _dump_redis(redis_server.client())}
     for where, found in places.items():
         assert leaks(found, [TOKEN]) == [], where
