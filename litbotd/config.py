@@ -52,6 +52,9 @@ class RedisConfig:
     queue: str = "bot_queue"
     sentinels: tuple[str, ...] = ()   # "host:port" of Redis Sentinels: find the primary through them
     sentinel_master: str = "mymaster"
+    # With sentinels: a webhook is answered only once a replica has it, even when none is connected
+    # (false: once the connected replicas have it; with none connected, at once, and /healthz says so).
+    require_replica: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ class WorkersConfig:
 class LightningConfig:
     teamspace: str = ""
     default_machine: str = "CPU"
-    default_image: str = "ubuntu:22.04"
+    default_image: str = "python:3.12-slim"
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,8 @@ class LocalConfig:
 @dataclass(frozen=True)
 class JobsConfig:
     backend: str = "lightning"
-    poll_interval: float = 15.0
-    poll_interval_max: float = 60.0
+    poll_interval: float = 10.0       # Lightning: a running job's state is read this often
+    poll_interval_max: float = 30.0   # the longest wait between reads (a pending job backs off to it)
     queue_timeout: float = 3600.0
     default_timeout: float = 3600.0
     cancel_superseded: bool = True

@@ -23,6 +23,7 @@ from . import logs, metrics, procinfo, systemd
 from .backoff import backoff
 from .config import Config
 from .context import Current, Liveness
+from .jobends import JobEnds
 from .queue import Queue
 from .redeliver import redeliver_once
 from .redisconn import REDIS_UNAVAILABLE, Primary
@@ -71,6 +72,11 @@ class WorkerPool:
                  wait_first=True),
             Loop("prune", lambda: min(max(self.cfg.jobs.local.keep / 4, 1.0), 300.0), self._prune),
         ]
+        self._job_ends = JobEnds()
+        # Ended local jobs, reported at once; it blocks in the backend's FIFO, so "interval" is
+        # only the pause when the backend reports no ends (Lightning).
+        self.loops.append(Loop("job-ends", lambda: 1.0, lambda: self._job_ends.step(
+            self.queue, self.current.ctx.backend_impl, block=1.0)))
         if (interval := systemd.watchdog_interval()) is not None:
             self.loops.append(Loop("watchdog", lambda: interval, self._watchdog))
 

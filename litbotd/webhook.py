@@ -216,8 +216,13 @@ def make_app(current: Current, live: Liveness, pages: Pages | None = None) -> we
                 depths = await current.ctx.queue.depths()
                 oldest = await current.ctx.queue.oldest_age()
             body.update(depths, redis=True, oldest_task_age_s=None if oldest is None else round(oldest, 1))
+            if current.ctx.queue.ack_replicas:
+                async with asyncio.timeout(HEALTH_TIMEOUT):
+                    await current.ctx.queue.connected_replicas()
         except REDIS_UNAVAILABLE:
             pass
+        # With Sentinel and no replica connected: answering, but a failover now could lose deliveries.
+        body["durability"] = current.ctx.queue.durability()
         # Workers or loops down for longer than a lease: the process is not doing its job.
         body["problem"] = live.health()
         ok = body["redis"] and not live.draining and body["problem"] is None

@@ -13,6 +13,7 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
+from helpers.env import scrubbed_env
 from lightning_standin import LightningStandIn
 from litbotd.backends import machine_names, make_backend
 from litbotd.backends.base import BackendError, JobNotFound, JobSpec
@@ -259,5 +260,5 @@ def test_importing_litbotd_does_not_import_the_sdk() -> None:
     code = ("import sys, litbotd.backends, litbotd.backends.lightning, litbotd.backends.local;"
             "print('lightning_sdk' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         env=scrubbed_env())
     assert out.stdout.strip() == "False", out.stderr

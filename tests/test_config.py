@@ -36,7 +36,9 @@ def test_defaults_match_the_spec():
     assert (w.count, w.heartbeat_interval, w.lease_timeout, w.max_attempts) == (4, 2.0, 10.0, 5)
     assert (w.retry_backoff, w.retry_backoff_max, w.shutdown_grace) == (2.0, 300.0, 30.0)
     assert cfg.github.redeliver_interval == 300.0 and cfg.github.redeliver_window == 72 * 3600.0
-    assert cfg.jobs.poll_interval == 15.0 and cfg.jobs.queue_timeout == 3600.0
+    assert cfg.jobs.poll_interval == 10.0 and cfg.jobs.poll_interval_max == 30.0
+    assert cfg.jobs.lightning.default_image == "python:3.12-slim" and cfg.redis.require_replica is False
+    assert cfg.jobs.queue_timeout == 3600.0
 
 
 def test_file_values_and_durations_are_read():

@@ -130,6 +130,16 @@ class Backend(Protocol):
         """Delete what finished jobs left behind (older than the backend's keep time); how many."""
         return 0
 
+    # Optional: a backend whose jobs announce their own end sets `reports_end = True` and returns
+    # their names from ended() (the pool's job-ends loop brings their wait_jobs forward); its
+    # wait_job polls are then only the safety net and back off (decisions.next_poll).
+    reports_end: bool = False
+
+    async def ended(self, timeout: float) -> list[str]:
+        """Names of jobs that ended since the last call, waiting up to `timeout` seconds for one."""
+        await asyncio.sleep(timeout)
+        return []
+
 
 class Offload:
     """Runs blocking calls on a bounded thread pool, each under a time limit.

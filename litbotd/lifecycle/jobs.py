@@ -11,6 +11,7 @@ from ..backends.base import JobNotFound, JobSpec, JobStatus
 from ..context import Context
 from ..github import PaceDeferred
 from ..pages.keep import keep_run
+from ..payloads import BOOL, ID, INT, NUM, REPO, SHA, STR, needs, opt
 from ..runstate import RunRef
 from ..tasks import Task
 from .checkruns import report_completed
@@ -19,6 +20,12 @@ from .comments import comment_soon
 log = logs.get("litbotd.lifecycle")
 
 
+# What a run's job steps carry (each schema next to its handler; payloads.py checks them first).
+_RUN = dict(repo=REPO, sha=SHA, run=STR, attempt=INT, installation=ID, check_run_id=ID, pr=opt(ID),
+            private=opt(BOOL), delivery=opt(STR))
+
+
+@needs(**_RUN)
 async def start_job(task: Task, ctx: Context) -> list[Task]:
     p = task.payload
     cfg, rs = ctx.config, ctx.runs
@@ -84,6 +91,7 @@ async def _release(ctx: Context, p: dict[str, Any], names: tuple[str, ...], stat
                               ctx.config.github.trusted_associations, ctx.config.secrets.forks, approved)
 
 
+@needs(**_RUN, job=STR, poll=NUM, queued_at=NUM, running_since=opt(NUM))
 async def wait_job(task: Task, ctx: Context) -> list[Task]:
     p = task.payload
     cfg, rs = ctx.config, ctx.runs
@@ -104,7 +112,8 @@ async def wait_job(task: Task, ctx: Context) -> list[Task]:
     d = decisions.decide_wait(status.state, now, p["queued_at"], running_since, run.timeout,
                               cfg.jobs.queue_timeout, grace=cfg.jobs.poll_interval_max)
     if d.action == "poll":
-        poll = decisions.next_poll(p["poll"], cfg.jobs.poll_interval, cfg.jobs.poll_interval_max)
+        poll = decisions.next_poll(p["poll"], cfg.jobs.poll_interval, cfg.jobs.poll_interval_max, status.state,
+                                   reports_end=ctx.backend.reports_end)
         return [task.successor("wait_job", {**p, "poll": poll, "running_since": running_since},
                                run_at=now + poll, key=str(now))]
     if d.action == "stop":
@@ -115,6 +124,7 @@ async def wait_job(task: Task, ctx: Context) -> list[Task]:
     return [task.successor("results", p, key="results")]
 
 
+@needs(**_RUN, job=STR, timed_out=opt(BOOL), message=opt(STR))
 async def results(task: Task, ctx: Context) -> list[Task]:
     p = task.payload
     rs = ctx.runs
@@ -140,7 +150,7 @@ async def results(task: Task, ctx: Context) -> list[Task]:
     await report_completed(ctx, p, ref, tail, found)
     log.info("run finished", conclusion=conclusion, exit_code=status.exit_code, job=p["job"],
              annotations=len(found.annotations), tests=found.tests_text or None)
-    return await comment_soon(task, ctx, p["repo"], await _pr_of(ctx, p), p["installation"])
+    return await comment_soon(task, ctx, p["repo"], await _pr_of(ctx, p), p["installation"], sha=p["sha"])
 
 
 async def _keep_page(ctx: Context, p: dict[str, Any], ref: RunRef) -> None:

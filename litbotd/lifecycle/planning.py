@@ -10,6 +10,7 @@ from .. import checks, decisions, logs, report, workflows
 from ..context import Context
 from ..github import GitHubApp
 from ..jobsecrets import Origin
+from ..payloads import BOOL, ID, REPO, SHA, STR, needs, opt
 from ..runstate import RunRef
 from ..tasks import Task
 from .checkruns import report_row, routing
@@ -71,6 +72,8 @@ async def _base_secrets(ctx: Context, p: dict[str, Any], plan: workflows.Plan) -
     return dataclasses.replace(plan, runs=[dataclasses.replace(r, secrets=names.get(r.key, ())) for r in plan.runs])
 
 
+@needs(repo=REPO, sha=SHA, pr=ID, installation=ID, base_ref=STR, fork=opt(BOOL), author_association=opt(STR),
+       author=opt(STR), action=opt(STR), private=opt(BOOL))
 async def new_event(task: Task, ctx: Context) -> list[Task]:
     p = task.payload
     cfg, gh, rs = ctx.config, ctx.github, ctx.runs
@@ -113,6 +116,7 @@ async def new_event(task: Task, ctx: Context) -> list[Task]:
     return out + await comment_soon(task, ctx, repo, pr, inst)
 
 
+@needs(repo=REPO, sha=SHA, installation=ID, event=STR, branch=STR, pr=opt(ID), private=opt(BOOL))
 async def new_commit(task: Task, ctx: Context) -> list[Task]:
     """merge_group checks_requested / push: the workflows read at the commit, planned for the
     event and branch. Only people with write access push or queue, so no fork rules apply; no PR,
