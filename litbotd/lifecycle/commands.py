@@ -1,46 +1,74 @@
 """Runs stopped and started again: cancel, rerun (re-requested checks), /litci commands."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 from .. import checks, decisions, logs
+from ..backends.base import BackendError
 from ..context import Context
 from ..payloads import BOOL, ID, REPO, SHA, STR, needs, opt
 from ..runstate import RunRef
 from ..tasks import Task
+from . import ordering
 from .checkruns import report_completed, routing
 from .comments import comment_soon
-from .planning import pr_origin, queue_run
 
 log = logs.get("litbotd.lifecycle")
 
 
+STOPS_AT_ONCE = 8  # the Lightning backend's thread pool
+
+
 @needs(repo=REPO, installation=ID, reason=STR, sha=opt(SHA), pr=opt(ID), all_shas=opt(BOOL))
 async def cancel(task: Task, ctx: Context) -> list[Task]:
-    """Stop the runs of one SHA (superseded, /litci cancel) or of every SHA of a PR (closed)."""
+    """Stop the runs of one SHA (superseded, /litci cancel) or of every SHA of a PR (closed).
+
+    The machines first, all at once, then GitHub: a check run's completion is a paced
+    content-creating call, and a slow GitHub must not keep a GPU running (SPEC §11: superseded
+    machines stop within 60 s of the push). A run whose job could not be stopped is not concluded:
+    the task fails and is retried with backoff, so the stop is asked again until it is accepted."""
     p = task.payload
     rs = ctx.runs
     repo = p["repo"]
     closed = p["reason"] == "closed"
     reason = "the pull request was closed" if closed else p["reason"]
     shas = await rs.pr_shas(repo, p["pr"]) if closed or p.get("all_shas") else [p["sha"]]
-    stopped = 0
+    refs: list[RunRef] = []
     for sha in shas:
         for key, (_run, attempt) in (await rs.runs(repo, sha)).items():
             ref = RunRef(repo, sha, key, attempt)
-            state = await rs.get(ref)
-            if decisions.cancel_skips(state):
+            if decisions.cancel_skips(await rs.get(ref)):
                 continue
             await rs.request_cancel(ref, reason)
-            state = await rs.get(ref)  # the job a start may have recorded meanwhile
-            if state.get("job"):
-                await ctx.backend.stop(state["job"])
-            conclusion, _ = await rs.conclude(ref, decisions.CANCELLED, reason, time.time())
-            if conclusion == decisions.CANCELLED and state.get("check_run_id"):
-                await report_completed(ctx, {**p, "check_run_id": state["check_run_id"]}, ref)
-            stopped += 1
-    log.info("runs cancelled", runs=stopped, reason=reason)
-    return await comment_soon(task, ctx, repo, p.get("pr"), p["installation"])
+            refs.append(ref)
+    states = [await rs.get(ref) for ref in refs]  # the job a start may have recorded meanwhile
+    gate = asyncio.Semaphore(STOPS_AT_ONCE)
+
+    async def stop(job: str | None) -> BackendError | None:
+        if not job:
+            return None
+        async with gate:
+            try:
+                await ctx.backend.stop(job)
+                return None
+            except BackendError as e:
+                return e
+
+    errors = await asyncio.gather(*(stop(st.get("job")) for st in states))
+    for ref, state, error in zip(refs, states, errors, strict=True):
+        if error is not None:
+            log.warning("job not stopped; the cancel is tried again", job=state["job"], error=str(error))
+            continue
+        conclusion, _ = await rs.conclude(ref, decisions.CANCELLED, reason, time.time())
+        if conclusion == decisions.CANCELLED and state.get("check_run_id"):
+            await report_completed(ctx, {**p, "check_run_id": state["check_run_id"]}, ref)
+    failed = [e for e in errors if e is not None]
+    if failed:
+        raise BackendError(f"{len(failed)} of {len(refs)} jobs could not be stopped: {failed[0]}")
+    log.info("runs cancelled", runs=len(refs), reason=reason)
+    after = [t for sha in shas for t in await ordering.after_conclusion(task, ctx, {**p, "sha": sha})]
+    return after + await comment_soon(task, ctx, repo, p.get("pr"), p["installation"])
 
 
 @needs(repo=REPO, sha=SHA, installation=ID, check_run_id=opt(ID), external_id=opt(STR), check_name=opt(STR),
@@ -62,9 +90,7 @@ async def rerun(task: Task, ctx: Context) -> list[Task]:
         return []
     pr = p.get("pr") or await rs.pr_of(repo, sha)
     base = routing(p, pr=pr)
-    # The same origin as the attempt before: a re-run is the same code with the same trust.
-    out = [await queue_run(ctx, task, base, recorded[k][0], await rs.new_attempt(repo, sha, k, task.id), None)
-           for k in keys]
+    out = await ordering.rerun_runs(ctx, task, base, keys, every=not p.get("check_run_id"))
     return out + await comment_soon(task, ctx, repo, pr, p["installation"])
 
 
@@ -106,8 +132,8 @@ async def command(task: Task, ctx: Context) -> list[Task]:
                 log.info("command refused", command=cmd.text, reason=f"no run named {', '.join(unknown)}")
                 await checks.react(gh, inst, repo, p["comment_id"], "confused")
                 return []
-            out += [await queue_run(ctx, task, event, recorded[k][0], await rs.new_attempt(repo, head, k, task.id),
-                                    pr_origin(event)) for k in keys]
+            out += await ordering.rerun_runs(ctx, task, event, keys, every=not cmd.names,
+                                             origin=ordering.pr_origin(event))
             out += await comment_soon(task, ctx, repo, pr, inst)
     await checks.react(gh, inst, repo, p["comment_id"], "+1")
     log.info("command accepted", command=cmd.text, user=p["user"])
