@@ -15,13 +15,14 @@ import asyncio
 import json
 import time
 import urllib.parse
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Iterable, Sequence
 
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.sentinel import Sentinel
 
+from .opsview import QueueStatus, WorkerInfo
 from .tasks import Task, TaskFormatError
 
 DELIVERY_TTL = 7 * 24 * 3600
@@ -150,17 +151,6 @@ def connect_config(rcfg: Any) -> aioredis.Redis:
 def queue_config(redis: aioredis.Redis, rcfg: Any) -> "Queue":
     """The Queue for a [redis] section: with Sentinel, deliveries wait for one replica."""
     return Queue(redis, rcfg.queue, ack_replicas=1 if rcfg.sentinels else 0)
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    id: str
-    host: str
-    pid: int
-    alive: bool
-    task: str | None
-    busy_s: float | None
-    processing: int
 
 
 class NotReplicated(redis.exceptions.RedisError):
@@ -371,6 +361,23 @@ class Queue:
                 kind = "(malformed)"
             counts[kind] = counts.get(kind, 0) + 1
         return counts
+
+    async def refused_reloads(self) -> list[dict[str, Any]]:
+        """What running daemons recorded about a refused SIGHUP reload (cleared by a good one)."""
+        out = []
+        for raw in (await self.redis.hgetall(self.key("reload"))).values():
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                continue
+        return sorted(out, key=lambda r: r.get("at", 0))
+
+    async def status(self, now: float | None = None) -> QueueStatus:
+        """The one snapshot `litbotd status` and the dashboard show (opsview shapes it)."""
+        depths = await self.depths()
+        return QueueStatus(queue=self.name, **depths, by_phase=await self.queued_by_kind(),
+                           oldest_s=await self.oldest_age(now), workers=tuple(await self.worker_infos(now)),
+                           refused_reloads=tuple(await self.refused_reloads()))
 
     async def oldest_age(self, now: float | None = None) -> float | None:
         raw = await self.redis.lindex(self.name, -1)

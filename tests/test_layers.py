@@ -20,7 +20,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "litbotd"
 
 PURE = {"__init__", "backoff", "config", "durations", "redaction", "safeyaml", "workflows", "report", "annotations", "decisions",
-        "events", "tasks"}
+        "events", "tasks", "opsview"}
 SUPPORT = {"logs", "metrics", "sealed", "procinfo", "locks"}
 # Each adapter: the modules that together speak to one outside system.
 ADAPTERS = {
