@@ -88,6 +88,15 @@ class RunRef:
     attempt: int
 
 
+@dataclass(frozen=True)
+class RecentRun:
+    ref: RunRef
+    at: float                  # when its state last changed
+    state: dict[str, str]      # the attempt's hash (status, conclusion, times, job, ...)
+    check_name: str
+    machine: str
+
+
 class RunState:
     def __init__(self, queue: Queue) -> None:
         self.q = queue
@@ -186,9 +195,9 @@ class RunState:
                                 TTL, self._member(ref), RECENT)
         return got[0], got[1] or ""
 
-    async def recent(self, limit: int = RECENT) -> list[tuple[RunRef, float, dict[str, str]]]:
-        """The runs whose state changed last, newest first: (ref, when, its state), for the dashboard.
-        A run whose state has expired meanwhile is left out."""
+    async def recent(self, limit: int = RECENT) -> list[RecentRun]:
+        """The runs whose state changed last, newest first, for the dashboard. A run whose state
+        has expired meanwhile is left out."""
         members = await self.r.zrevrange(self._recent, 0, limit - 1, withscores=True)
         refs: list[tuple[RunRef, float]] = []
         for member, score in members:
@@ -197,11 +206,23 @@ class RunState:
                 refs.append((RunRef(str(repo), str(sha), str(key), int(attempt)), float(score)))
             except (ValueError, TypeError):
                 continue
+        if not refs:
+            return []
         async with self.r.pipeline(transaction=False) as p:
             for ref, _ in refs:
-                p.hgetall(self._run(ref))
-            states = await p.execute() if refs else []
-        return [(ref, at, state) for (ref, at), state in zip(refs, states) if state]
+                p.hgetall(self._run(ref)).hget(self._sha(ref.repo, ref.sha), f"spec:{ref.key}")
+            got = await p.execute()
+        out = []
+        for i, (ref, at) in enumerate(refs):
+            state, spec = got[2 * i], got[2 * i + 1]
+            if not state:
+                continue
+            try:
+                run = run_from_jsonable(json.loads(spec)) if spec else None
+            except (ValueError, TypeError):
+                run = None
+            out.append(RecentRun(ref, at, state, run.check_name if run else ref.key, run.machine if run else ""))
+        return out
 
     async def request_cancel(self, ref: RunRef, reason: str) -> bool:
         """Mark a run cancelled for the phases that will see it next; False if it already ended."""

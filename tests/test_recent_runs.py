@@ -3,6 +3,7 @@ records a run's state change, newest first, bounded to RECENT, on a real redis-s
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from litbotd.queue import Queue
 from litbotd.runstate import RECENT, RunRef, RunState
@@ -17,17 +18,17 @@ async def test_the_recent_index_is_bounded_and_newest_first(aredis) -> None:
         assert await rs.transition(ref, ("",), status="queued", queued_at=time.time())
     got = await rs.recent()
     assert len(got) == RECENT
-    assert [ref for ref, _, _ in got] == refs[::-1][:RECENT]   # the oldest five are gone
-    assert got[0][2]["status"] == "queued"
+    assert [r.ref for r in got] == refs[::-1][:RECENT]   # the oldest five are gone
+    assert got[0].state["status"] == "queued" and got[0].check_name == got[0].ref.key  # no spec recorded
     assert await aredis.zcard("rr:runs:recent") == RECENT      # trimmed in Redis, not only in the reply
     # A conclusion brings an old run back to the top, with its final state.
     old = refs[10]
     await rs.conclude(old, "success", "", time.time())
-    first, when, state = (await rs.recent(limit=1))[0]
-    assert first == old and state["conclusion"] == "success" and when > 0
+    [top] = await rs.recent(limit=1)
+    assert top.ref == old and top.state["conclusion"] == "success" and top.at > 0
     # A refused transition (the run has concluded) records nothing.
     await rs.transition(refs[20], ("",), status="queued")  # refused: status is already queued
-    assert (await rs.recent(limit=1))[0][0] == old
+    assert (await rs.recent(limit=1))[0].ref == old
 
 
 async def test_a_run_whose_state_expired_is_left_out(aredis) -> None:
@@ -37,4 +38,18 @@ async def test_a_run_whose_state_expired_is_left_out(aredis) -> None:
     await rs.transition(b, ("",), status="queued")
     await aredis.delete("rr:run:o/r@" + SHA + ":a:1")
     await aredis.zadd("rr:runs:recent", {"not json": time.time() + 10})
-    assert [ref for ref, _, _ in await rs.recent()] == [b]
+    assert [r.ref for r in await rs.recent()] == [b]
+
+
+async def test_the_check_name_comes_from_the_recorded_spec(aredis) -> None:
+    from litbotd import workflows
+
+    rs = RunState(Queue(aredis, "rr"))
+    text = (Path(__file__).parent / "data" / "workflows" / "spec-example.yml").read_bytes()
+    plan = workflows.plan({".litci.yml": text}, "main",
+                          workflows.Defaults(image="python:3.12", machine="CPU", timeout=60.0))
+    run = plan.runs[0]
+    await rs.add_runs("o/r", SHA, [run], pr=7, owner="t")
+    await rs.transition(RunRef("o/r", SHA, run.key, 1), ("",), status="queued")
+    [r] = await rs.recent()
+    assert (r.check_name, r.machine) == (run.check_name, run.machine)
