@@ -423,6 +423,8 @@ class FakeGitHub:
         method, path = request.method, request.path
         self.requests.append((method, path))
         raw = await request.read()
+        if path.startswith("/login/oauth/"):  # github.com's web flow: forms, not the REST API
+            return await self._oauth(request, path, raw)
         body: Any = None
         if raw:
             try:
@@ -432,8 +434,6 @@ class FakeGitHub:
                 return self._error(400, "Problems parsing JSON")
         if path.startswith("/_codeload/"):
             return await self._codeload(path)
-        if path.startswith("/login/oauth/"):
-            return await self._oauth(request, path, raw)
         query = dict(request.query)
         if self.validator is not None:
             self.violations += self.validator.check(method, path, query, body, bool(raw))
@@ -845,7 +845,8 @@ class FakeGitHub:
     async def _permission(self, call: _Call) -> web.Response:
         assert call.repo is not None
         user = call.args["username"]
-        role = self.permissions.get((call.repo.full_name, user), "none")
+        # On a public repository everyone reads: a stranger's permission is "read", as on GitHub.
+        role = self.permissions.get((call.repo.full_name, user), "none" if call.repo.private else "read")
         return self._json(200, {"permission": _PERMISSION_LEVEL[role], "role_name": role,
                                 "user": {"login": user, "type": "User"}})
 

@@ -20,7 +20,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "litbotd"
 
 PURE = {"__init__", "backoff", "config", "durations", "redaction", "safeyaml", "workflows", "report", "annotations", "decisions",
-        "events", "tasks", "opsview"}
+        "events", "tasks", "opsview", "pages.authz", "pages.dashview"}
 SUPPORT = {"logs", "metrics", "sealed", "procinfo", "locks"}
 # Each adapter: the modules that together speak to one outside system.
 ADAPTERS = {
@@ -30,7 +30,8 @@ ADAPTERS = {
              "backends.localrun", "backends.sandbox"},
     "systemd": {"systemd"},
 }
-APP = {"lifecycle", "worker", "pool", "webhook", "redeliver", "services", "preflight"}
+APP = {"lifecycle", "worker", "pool", "webhook", "redeliver", "services", "preflight",
+       "pages", "pages.oauth", "pages.dashboard", "pages.render"}
 ENTRY = {"__main__", "daemon", "cli", "ops", "demo", "demo_github"}
 
 LAYERS = [("pure", PURE), ("support", SUPPORT), ("adapters", set().union(*ADAPTERS.values())),

@@ -5,6 +5,7 @@ pages/oauth.py; these functions only decide, so they are tested as tables.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import secrets
@@ -115,16 +116,22 @@ class Viewer:
     via_cookie: bool       # a session cookie (a browser's ambient credential): actions need the CSRF token
 
 
+def token_mark(admin_token: str) -> str:
+    """What a session keeps after the admin token was typed: not the token, a digest of it, so a
+    new token (the credential rotated) ends the sessions opened with the old one."""
+    return hashlib.sha256(b"litbotd admin session\0" + admin_token.encode()).hexdigest()[:32]
+
+
 def dashboard_viewer(auth: str, login: str | None, admin_users: tuple[str, ...], bearer_token: str | None,
-                     admin_token: str, token_session: bool) -> Viewer | None:
+                     admin_token: str, session_mark: str | None) -> Viewer | None:
     """The dashboard opens for a user in server.admin_users signed in with GitHub (server.auth =
     "github"), for a request bearing the admin token, or for a session that was given the admin
-    token on the sign-in form. None: not allowed."""
+    token on the sign-in form (`session_mark`). None: not allowed."""
     if admin_token and bearer_token is not None and hmac.compare_digest(bearer_token.encode(), admin_token.encode()):
         return Viewer("admin-token", via_cookie=False)
     if auth == "github" and login and login.lower() in {u.lower() for u in admin_users}:
         return Viewer(f"github:{login}", via_cookie=True)
-    if token_session and admin_token:
+    if admin_token and session_mark and hmac.compare_digest(session_mark.encode(), token_mark(admin_token).encode()):
         return Viewer("admin-token", via_cookie=True)
     return None
 
