@@ -198,11 +198,12 @@ class RunState:
     async def recent(self, limit: int = RECENT) -> list[RecentRun]:
         """The runs whose state changed last, newest first, for the dashboard. A run whose state
         has expired meanwhile is left out."""
-        members = await self.r.zrevrange(self._recent, 0, limit - 1, withscores=True)
+        members: list[tuple[str, float]] = await self.r.zrevrange(self._recent, 0, limit - 1, withscores=True)
         refs: list[tuple[RunRef, float]] = []
         for member, score in members:
             try:
-                repo, sha, key, attempt = json.loads(member)
+                items: list[Any] = json.loads(member)
+                repo, sha, key, attempt = items
                 refs.append((RunRef(str(repo), str(sha), str(key), int(attempt)), float(score)))
             except (ValueError, TypeError):
                 continue
@@ -210,7 +211,8 @@ class RunState:
             return []
         async with self.r.pipeline(transaction=False) as p:
             for ref, _ in refs:
-                p.hgetall(self._run(ref)).hget(self._sha(ref.repo, ref.sha), f"spec:{ref.key}")
+                p.hgetall(self._run(ref))
+                p.hget(self._sha(ref.repo, ref.sha), f"spec:{ref.key}")
             got = await p.execute()
         out = []
         for i, (ref, at) in enumerate(refs):

@@ -10,14 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
-
-from helpers.browser import browser  # noqa: F401  (fixture)
+from helpers import browser as _browser
 from helpers.pages_stack import ADMIN_TOKEN, Stack
+
 from litbotd import workflows
 from litbotd.runstate import RunRef, RunState
 from litbotd.tasks import Task
 
 DATA = Path(__file__).parent / "data"
+browser = _browser.browser   # the fixture
 
 
 async def seed_real_data(stack: Stack) -> Task:
