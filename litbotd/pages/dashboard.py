@@ -53,7 +53,7 @@ def add_routes(app: web.Application, current: oauth.CtxFn, *, run_url: RunUrl = 
 
     async def sign_in_page(request: web.Request, status: int, refused: str = "") -> web.Response:
         c = current().config
-        return render.page(request, "dashboard_signin.html", {
+        return await render.page(request, "dashboard_signin.html", {
             "github": c.server.auth == "github", "github_login": oauth.login_path("/dashboard"),
             "login": await oauth.signed_in(request), "csrf": await oauth.csrf_token(request), "refused": refused,
         }, status=status)
@@ -71,7 +71,7 @@ def add_routes(app: web.Application, current: oauth.CtxFn, *, run_url: RunUrl = 
                               spend=await spend(ctx) if spend else None, flaky=await flaky(ctx) if flaky else None)
         session = await aiohttp_session.get_session(request)
         flash = session.pop("flash", "")
-        return render.page(request, "dashboard.html", {
+        return await render.page(request, "dashboard.html", {
             "d": view, "viewer": who, "csrf": await oauth.csrf_token(request) if who.via_cookie else "",
             "flash": flash if isinstance(flash, str) else "",
         })
@@ -87,11 +87,11 @@ def add_routes(app: web.Application, current: oauth.CtxFn, *, run_url: RunUrl = 
         who = await viewer(request)
         if who is None:
             log.warning("dashboard action refused: not signed in", path=request.path)
-            return render.message_page(403, "Refused", "Sign in to the dashboard first.", request)
+            return await render.message_page(request, 403, "Refused", "Sign in to the dashboard first.")
         if who.via_cookie and not await oauth.check_csrf(request, form.get("csrf")):
             log.warning("dashboard action refused: bad CSRF token", path=request.path, by=who.who)
-            return render.message_page(403, "Refused", "The form was stale; reload the dashboard and try again.",
-                                       request)
+            return await render.message_page(request, 403, "Refused",
+                                             "The form was stale; reload the dashboard and try again.")
         return who, form
 
     async def done(request: web.Request, who: authz.Viewer, text: str) -> web.StreamResponse:
@@ -107,7 +107,7 @@ def add_routes(app: web.Application, current: oauth.CtxFn, *, run_url: RunUrl = 
         who, form = got
         task_id = None if form.get("all") == "1" else form.get("id", "")[:200]
         if task_id == "":
-            return render.message_page(400, "Nothing to retry", "Name a task, or retry all.", request)
+            return await render.message_page(request, 400, "Nothing to retry", "Name a task, or retry all.")
         n = await current().queue.dead_retry(task_id)
         log.info("dashboard: dead letter retried", by=who.who, task=task_id or "all", requeued=n)
         return await done(request, who, f"requeued {n} task(s)" if n or task_id is None

@@ -183,13 +183,12 @@ def add_routes(app: web.Application, current: CtxFn, *, clock: Callable[[], floa
     setup_sessions(app, cfg)
     render.setup(app)
     app[ACCESS_KEY] = Access(clock)
-    _page = render.message_page
 
     async def login(request: web.Request) -> web.StreamResponse:
         ctx = current()
         c = ctx.config
         if c.server.auth != "github":
-            return _page(404, "Not found", "Nothing here.")
+            return await render.message_page(request, 404, "Not found", "Nothing here.")
         state = authz.new_token(authz.STATE_BYTES)
         session = await aiohttp_session.new_session(request)   # a fresh session: no fixation
         session["oauth_state"] = state
@@ -202,21 +201,23 @@ def add_routes(app: web.Application, current: CtxFn, *, clock: Callable[[], floa
         ctx = current()
         c = ctx.config
         if c.server.auth != "github":
-            return _page(404, "Not found", "Nothing here.")
+            return await render.message_page(request, 404, "Not found", "Nothing here.")
         session = await aiohttp_session.get_session(request)
         expected, after = session.pop("oauth_state", None), session.pop("oauth_next", "/dashboard")
         if not authz.same_token(expected, request.query.get("state")):
             log.warning("sign-in refused: the OAuth state does not match", why="state")
-            return _page(400, "Sign-in expired", "This sign-in link is stale or was not started here. "
-                                                 "Open the page again to sign in.")
+            return await render.message_page(request, 400, "Sign-in expired",
+                                             "This sign-in link is stale or was not started here. "
+                                             "Open the page again to sign in.")
         code = request.query.get("code", "")
         if not code or len(code) > 256:
-            return _page(400, "Sign-in refused", "GitHub did not send a sign-in code.")
+            return await render.message_page(request, 400, "Sign-in refused", "GitHub did not send a sign-in code.")
         try:
             user = await _user_for_code(c, code)
         except _SignInFailed as e:
             log.warning("sign-in refused by GitHub", why=e.why)
-            return _page(401, "Sign-in refused", "GitHub did not confirm the sign-in. Try again.")
+            return await render.message_page(request, 401, "Sign-in refused",
+                                             "GitHub did not confirm the sign-in. Try again.")
         fresh = await aiohttp_session.new_session(request)
         fresh["login"] = user
         fresh["csrf"] = authz.new_token()
@@ -226,7 +227,8 @@ def add_routes(app: web.Application, current: CtxFn, *, clock: Callable[[], floa
     async def logout(request: web.Request) -> web.StreamResponse:
         form = await request.post()
         if not await check_csrf(request, str(form.get("csrf", ""))):
-            return _page(403, "Refused", "The form was stale; reload the page and try again.")
+            return await render.message_page(request, 403, "Refused",
+                                             "The form was stale; reload the page and try again.")
         user = await signed_in(request)
         (await aiohttp_session.get_session(request)).invalidate()
         log.info("signed out", user=user or "-")

@@ -1,7 +1,7 @@
 """HTML out: Jinja2 through aiohttp-jinja2 with autoescape on, and the security headers every page
 sends (SPEC §9): `Content-Security-Policy: default-src 'self'` (no inline script or style: the
-styles are files under litbotd/static/), no sniffing, no framing, no referrer to other sites (a
-run page's link key must not leave in a Referer), and no caching of pages that show live state.
+styles are files under litbotd/static/), no sniffing, no framing, no referrer (a run page's link
+key must not leave in a Referer), and no caching of pages that show live state.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from aiohttp import web
 
 CSP = "default-src 'self'"
 HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
-           "Referrer-Policy": "same-origin", "Cache-Control": "no-store"}
+           "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
@@ -23,7 +23,7 @@ def setup(app: web.Application) -> None:
     if aiohttp_jinja2.APP_KEY not in app:
         aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("litbotd", "templates"),
                              autoescape=jinja2.select_autoescape(default=True, default_for_string=True))
-    if not any(getattr(r, "name", None) == "static" for r in app.router.resources()):
+    if not any(r.canonical.rstrip("/") == "/static" for r in app.router.resources()):
         app.router.add_static("/static/", STATIC, name="static", append_version=False)
 
 
@@ -36,27 +36,14 @@ def secure(resp: R) -> R:
     return resp
 
 
-def page(request: web.Request, template: str, context: dict[str, Any], status: int = 200) -> web.Response:
-    resp = aiohttp_jinja2.render_template(template, request, context, status=status)
-    secure(resp)
-    return resp
+async def page(request: web.Request, template: str, context: dict[str, Any], status: int = 200) -> web.Response:
+    if aiohttp_jinja2.get_env(request.app).is_async:
+        resp = await aiohttp_jinja2.render_template_async(template, request, context, status=status)
+    else:
+        resp = aiohttp_jinja2.render_template(template, request, context, status=status)
+    return secure(resp)
 
 
-def message_page(status: int, title: str, text: str, request: web.Request | None = None) -> web.Response:
+async def message_page(request: web.Request, status: int, title: str, text: str) -> web.Response:
     """A short page saying why (a refusal, a stale sign-in), escaped like every other."""
-    env = _env(request)
-    body = env.get_template("message.html").render(title=title, text=text)
-    return secure(web.Response(status=status, text=body, content_type="text/html"))
-
-
-_FALLBACK: jinja2.Environment | None = None
-
-
-def _env(request: web.Request | None) -> jinja2.Environment:
-    global _FALLBACK
-    if request is not None and aiohttp_jinja2.APP_KEY in request.app:
-        return aiohttp_jinja2.get_env(request.app)
-    if _FALLBACK is None:
-        _FALLBACK = jinja2.Environment(loader=jinja2.PackageLoader("litbotd", "templates"),
-                                       autoescape=jinja2.select_autoescape(default=True, default_for_string=True))
-    return _FALLBACK
+    return await page(request, "message.html", {"title": title, "text": text}, status=status)
