@@ -143,6 +143,8 @@ async def test_a_bearer_request_acts_without_a_cookie(stack: Stack) -> None:
     resp = await stack.client.post("/dashboard/dead/purge", headers={"Authorization": "Bearer wrong"})
     assert resp.status == 403
     assert (await stack.current.queue.depths())["dead"] == 1  # only the malformed entry stays
+    for path in ("/dashboard/dead/retry", "/dashboard/dead/purge"):   # actions are POSTs only
+        assert (await stack.client.get(path, headers=BEARER)).status == 405
     assert s
 
 
