@@ -109,6 +109,14 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Release threads and connections. Jobs keep running."""
 
+    # Optional: a backend that keeps finished jobs' files sets `prunes = True` and deletes them in
+    # prune() (the pool's prune loop calls it); the others keep these defaults.
+    prunes: bool = False
+
+    async def prune(self) -> int:
+        """Delete what finished jobs left behind (older than the backend's keep time); how many."""
+        return 0
+
 
 class Offload:
     """Runs blocking calls on a bounded thread pool, each under a time limit.
