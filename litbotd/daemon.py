@@ -28,6 +28,7 @@ from .backoff import backoff
 from .config import Config, ConfigError, JobsConfig
 from .context import Context, Current
 from .github import GitHubApp
+from .pages import dashboard
 from .pool import WorkerPool
 from .queue import queue_config
 from .redisconn import REDIS_UNAVAILABLE, connect_config
@@ -126,7 +127,10 @@ class Daemon:
         if not self.cfg.server.enabled:
             return
         host, port = self.cfg.server.host, self.cfg.server.port
-        self._runner = web.AppRunner(make_app(self.current, self.live), access_log=None, handle_signals=False)
+        app = make_app(self.current, self.live)
+        if dashboard.wanted(self.cfg):
+            dashboard.add_to(app, lambda: self.current.ctx)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         try:

@@ -21,6 +21,7 @@ import aiohttp_session
 from aiohttp import web
 
 from .. import logs, opsview
+from ..config import Config
 from ..runstate import RunRef, RunState
 from . import authz, dashview, oauth, render
 
@@ -34,6 +35,18 @@ MAX_FORM = 4096
 
 def _no_url(ctx: oauth.Ctx, ref: RunRef) -> str | None:
     return None
+
+
+def wanted(cfg: Config) -> bool:
+    """The dashboard is served where the pages are (server.public_url) or an admin token is set."""
+    return bool(cfg.server.public_url or cfg.server.admin_token)
+
+
+def add_to(app: web.Application, current: oauth.CtxFn, *, run_url: RunUrl = _no_url,
+           spend: SpendFn | None = None, flaky: FlakyFn | None = None) -> None:
+    """Everything this module and GitHub sign-in serve, on the daemon's web app."""
+    oauth.add_routes(app, current)
+    add_routes(app, current, run_url=run_url, spend=spend, flaky=flaky)
 
 
 def add_routes(app: web.Application, current: oauth.CtxFn, *, run_url: RunUrl = _no_url,

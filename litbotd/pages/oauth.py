@@ -45,9 +45,12 @@ _SESSIONS: web.AppKey[bool] = web.AppKey("litbotd_sessions")
 
 class Ctx(Protocol):
     """What these pages read of the context in force (context.Context has all of it)."""
-    config: Config
-    queue: Queue
-    github_app: GitHubApp | None
+    @property
+    def config(self) -> Config: ...
+    @property
+    def queue(self) -> Queue: ...
+    @property
+    def github_app(self) -> GitHubApp | None: ...
 
 
 CtxFn = Callable[[], Ctx]
