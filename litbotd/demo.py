@@ -9,6 +9,7 @@ two checks concluded success and failure and the failing one has its annotations
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import importlib.util
@@ -168,6 +169,10 @@ async def demo(workdir: Path) -> int:
                  "local": {"workdir": str(workdir / "jobs"), "max_parallel": 2, "sandbox": not sandbox_problem}},
         "log": {"level": "warning"},
     }, env={"GH_PRIVATE_KEY": private_pem, "GH_WEBHOOK_SECRET": secret}, source="demo")
+    # The dashboard opens with an admin token made for this demo (a daemon reads it from the
+    # credential litbotd-admin-token).
+    admin_token = secrets.token_urlsafe(18)
+    cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, admin_token=admin_token))
     logs.setup(cfg.log.level, cfg.log.format, config_mod.secrets_of(cfg))
     say(f"2. GitHub stand-in at {api_url}; daemon with 2 workers, local backend in {workdir / 'jobs'}")
     if sandbox_problem:
@@ -184,6 +189,7 @@ async def demo(workdir: Path) -> int:
         say("the daemon did not start")
         await gh.close()
         return running.result() or 1
+    say(f"   dashboard: http://127.0.0.1:{daemon.port}/dashboard  (admin token: {admin_token})")
     try:
         return await _drive(daemon, gh, sha, secret)
     finally:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -14,3 +15,5 @@ def test_demo_runs_and_shows_the_failing_cells_annotations():
     assert "annotation (failure) check.py:" in out.stdout
     assert "Tests: 1 passed, 1 failed, 0 skipped, 0 errors" in out.stdout
     assert "result: as expected" in out.stdout
+    # the dashboard's address and the admin token made for this run of the demo
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/dashboard  \(admin token: [\w-]{20,}\)", out.stdout)
