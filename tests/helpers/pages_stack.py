@@ -107,8 +107,5 @@ class Stack:
 
 
 def _github(cfg: Config, queue: Queue) -> GitHubApp:
-    """The App client the way the daemon builds it (before or after issue 18's constructor)."""
-    if hasattr(GitHubApp, "on_redis"):
-        return GitHubApp.on_redis(cfg.github, queue.redis, queue.name)  # type: ignore[attr-defined]
-    from litbotd.services import Services
-    return GitHubApp(Services(config=cfg, redis=queue.redis, queue=queue))
+    """The App client the way the daemon builds it."""
+    return GitHubApp.on_redis(cfg.github, queue.redis, queue.name)
