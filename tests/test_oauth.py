@@ -19,7 +19,7 @@ def probe(app: web.Application, stack: Stack) -> None:
     """A stand-in for the run page: /probe/{owner}/{repo} answers 200 when the visitor may read it."""
     async def handler(request: web.Request) -> web.Response:
         repo = f"{request.match_info['owner']}/{request.match_info['repo']}"
-        if await oauth.github_can_view(request, stack.current, repo):
+        if await oauth.github_can_view(request, repo):
             return web.Response(text="the run page")
         return web.Response(status=404, text="Not found")
     app.router.add_get("/probe/{owner}/{repo}", handler)

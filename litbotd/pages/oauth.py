@@ -41,6 +41,7 @@ SESSION_INFO = b"litbotd session cookies v1"
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=20, connect=10)
 ACCESS_KEY: web.AppKey["Access"] = web.AppKey("litbotd_access")
 _SESSIONS: web.AppKey[bool] = web.AppKey("litbotd_sessions")
+CTX_KEY: web.AppKey["CtxFn"] = web.AppKey("litbotd_pages_ctx")
 
 
 class Ctx(Protocol):
@@ -153,11 +154,12 @@ class Access:
         return str(entry.get("perm") or "none")
 
 
-async def github_can_view(request: web.Request, ctx: Ctx, repo: str) -> bool:
+async def github_can_view(request: web.Request, repo: str, ctx: Ctx | None = None) -> bool:
     """server.auth = "github": True to show a run page of `repo`; raises a redirect to sign in
     for a visitor without a session on a private repository; False (the same 404 as an unknown
     run) for a user without read permission or a repository the App is not installed on."""
     access = request.app[ACCESS_KEY]
+    ctx = ctx or request.app[CTX_KEY]()
     try:
         facts = await access.repository(ctx, repo)
         if facts is None:
@@ -186,6 +188,7 @@ def add_routes(app: web.Application, current: CtxFn, *, clock: Callable[[], floa
     setup_sessions(app, cfg)
     render.setup(app)
     app[ACCESS_KEY] = Access(clock)
+    app[CTX_KEY] = current
 
     async def login(request: web.Request) -> web.StreamResponse:
         ctx = current()
