@@ -8,8 +8,8 @@ import re
 import time
 
 import pytest
-from helpers.pages_stack import ADMIN_TOKEN, CLIENT_SECRET, PEM, WEBHOOK_SECRET, Stack
 
+from helpers.pages_stack import ADMIN_TOKEN, CLIENT_SECRET, PEM, WEBHOOK_SECRET, Stack
 from litbotd import opsview
 from litbotd.pages import dashview
 from litbotd.runstate import RunRef, RunState

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from helpers import browser as _browser
 from helpers.pages_stack import ADMIN_TOKEN, Stack
-
 from litbotd import workflows
 from litbotd.runstate import RunRef, RunState
 from litbotd.tasks import Task

@@ -10,8 +10,8 @@ import urllib.parse
 
 import pytest
 from aiohttp import web
-from helpers.pages_stack import CLIENT_SECRET, Stack
 
+from helpers.pages_stack import CLIENT_SECRET, Stack
 from litbotd.pages import authz, oauth
 
 

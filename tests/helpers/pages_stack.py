@@ -11,10 +11,10 @@ from typing import Any, Callable
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import free_port
-from fake_github import FakeGitHub
 from yarl import URL
 
+from conftest import free_port
+from fake_github import FakeGitHub
 from litbotd.config import Config, parse
 from litbotd.github import GitHubApp
 from litbotd.pages import dashboard, oauth
