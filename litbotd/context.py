@@ -15,7 +15,9 @@ import redis.asyncio as aioredis
 from .backends.base import Backend
 from .config import Config
 from .github import GitHubApp
+from .logstore import Store
 from .queue import Queue
+from .runlink import Links
 from .runstate import RunState
 from .tasks import Permanent
 from .workflows import Defaults
@@ -29,12 +31,19 @@ class Context:
     defaults: Defaults                    # the planner's defaults for this config (workflows.plan)
     github_app: GitHubApp | None = None   # None: no App credentials configured
     backend_impl: Backend | None = None   # None: this daemon runs no workers
+    links: Links | None = None            # run pages' URLs (server.public_url set), for details_url
+    page_store: Store | None = None       # where finished runs' pages are kept (with links)
 
     @classmethod
     def of(cls, config: Config, queue: Queue, github: GitHubApp | None = None, backend: Backend | None = None,
-           defaults: Defaults | None = None) -> "Context":
+           defaults: Defaults | None = None, links: Links | None = None,
+           page_store: Store | None = None) -> "Context":
         return cls(config=config, queue=queue, runs=RunState(queue), github_app=github, backend_impl=backend,
-                   defaults=defaults or Defaults.from_config(config.jobs))
+                   defaults=defaults or Defaults.from_config(config.jobs), links=links, page_store=page_store)
+
+    def page_url(self, repo: str, sha: str, run: str, attempt: int) -> str | None:
+        """The run's page, for its check run's details_url; None without server.public_url."""
+        return self.links.url(repo, sha, run, attempt) if self.links is not None else None
 
     @property
     def redis(self) -> aioredis.Redis:
