@@ -21,10 +21,13 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 def setup(app: web.Application) -> None:
     """Jinja2 (autoescape on for every template) and /static/, once per app."""
     if aiohttp_jinja2.APP_KEY not in app:
+        # the same environment as the run pages' (pages/app.py): async, for the page that streams
         aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("litbotd", "templates"),
-                             autoescape=jinja2.select_autoescape(default=True, default_for_string=True))
+                             autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+                             enable_async=True)
     if not any(r.canonical.rstrip("/") == "/static" for r in app.router.resources()):
-        app.router.add_static("/static/", STATIC, name="static", append_version=False)
+        app.router.add_static("/static/", STATIC, name="static", show_index=False, follow_symlinks=False,
+                              append_version=False)
 
 
 R = TypeVar("R", bound=web.StreamResponse)
