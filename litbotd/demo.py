@@ -195,7 +195,8 @@ async def demo(workdir: Path, keep: bool = False, port: int = 0) -> int:
     try:
         result = await _drive(daemon, gh, sha, secret)
         if keep:
-            say(f"\nserving the run pages above at http://127.0.0.1:{daemon.port}/ until Ctrl-C")
+            say(f"\nserving the run pages above at http://127.0.0.1:{daemon.port}/ until Ctrl-C, and the dashboard"
+                f"\n   at http://127.0.0.1:{daemon.port}/dashboard (admin token: {admin_token})")
             await running  # SIGINT stops the daemon
         return result
     finally:

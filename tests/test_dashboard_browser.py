@@ -11,14 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from helpers import browser as _browser
+from browser import chromium
 from helpers.pages_stack import ADMIN_TOKEN, Stack
 from litbotd import workflows
 from litbotd.runstate import RunRef, RunState
 from litbotd.tasks import Task
 
 DATA = Path(__file__).parent / "data"
-browser = _browser.browser   # the fixture
+
+
+@pytest.fixture
+async def browser():
+    """tests/browser.py's Chromium (it skips, with the reason, where none is installed)."""
+    async with chromium() as b:
+        yield b
 
 
 async def seed_real_data(stack: Stack) -> Task:
