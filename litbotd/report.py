@@ -76,6 +76,11 @@ class RunReport:
     tests: str = ""            # "3 passed, 2 failed, 0 skipped, 0 errors" from the job's JUnit reports
     annotations: int = 0       # annotations placed on the diff
     notes: tuple[str, ...] = ()  # workflow commands without a file: "error: title: message"
+    # SPEC §11: tries of this attempt when the infrastructure failed it, and how each ended:
+    # ("attempt 1 of 3: preempted: …", …); try_n of tries_total is the one shown.
+    tries: tuple[str, ...] = ()
+    try_n: int = 1
+    tries_total: int = 1
 
     @property
     def state(self) -> str:
@@ -224,12 +229,17 @@ def check_output(r: RunReport) -> dict[str, str]:
         title = outcome
     if r.attempt > 1:
         title += f" (attempt {r.attempt})"
+    if r.try_n > 1:
+        title += f" · attempt {r.try_n} of {r.tries_total}"
 
     lines = [f"**{outcome}**" + (f": {_code(_clip_end(r.message, 2000))}" if r.message.strip() else ""), "",
              "| Machine | Image | Duration | Attempt |", "|---|---|---|---|",
-             f"| {_cell(r.machine)} | {_cell(r.image)} | {duration_text(duration)} | {r.attempt} |"]
+             f"| {_cell(r.machine)} | {_cell(r.image)} | {duration_text(duration)} | {_attempt_cell(r)} |"]
     if link := _link(r.details_url, "Job details"):
         lines += ["", link]
+    if r.tries:
+        lines += ["", "**Attempts** (the infrastructure failed the earlier ones; they were tried again):", ""]
+        lines += [f"- {_code(_clip_end(t, 2000))}" for t in r.tries[-20:]]
     if r.tests:
         lines += ["", f"**Tests:** {_code(r.tests)}"]
     if r.annotations:
@@ -245,6 +255,14 @@ def check_output(r: RunReport) -> dict[str, str]:
         # Shorten freak backtick runs so the fence that must outgrow them fits the 200 spare bytes.
         text += _fenced(re.sub(r"`{16,}", "`" * 15, body), "text")
     return {"title": _clip_end(title, 1000), "summary": summary, "text": text}
+
+
+def _attempt_cell(r: RunReport) -> str:
+    """The re-run attempt, and the infrastructure try within it once there was a retry."""
+    if r.try_n <= 1:
+        return str(r.attempt)
+    tries = f"{r.try_n} of {r.tries_total}"
+    return tries if r.attempt == 1 else f"{r.attempt} (try {tries})"
 
 
 def error_check_output(file: str, line: int | None, message: str) -> dict[str, str]:
