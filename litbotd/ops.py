@@ -17,6 +17,7 @@ from . import logs, opsview
 from .config import Config
 from .queue import Queue, queue_config
 from .redisconn import REDIS_UNAVAILABLE, connect_config
+from .runstate import flaky_stats
 
 GITHUB_CHECK_TIMEOUT = 30.0
 P = ParamSpec("P")
@@ -49,10 +50,11 @@ def _redis_errors(fn: Callable[Concatenate[Config, P], Coroutine[Any, Any, int]]
 async def status(cfg: Config, as_json: bool) -> int:
     async with _queue(cfg) as q:
         st = await q.status()
+        flaky = await flaky_stats(q)
     if as_json:
-        print(json.dumps(opsview.status_json(st), sort_keys=True))
+        print(json.dumps(opsview.status_json(st, flaky), sort_keys=True))
     else:
-        print("\n".join(opsview.status_text(st)))
+        print("\n".join(opsview.status_text(st, flaky)))
     return 0
 
 
@@ -103,7 +105,7 @@ async def replay(cfg: Config, path: str, event: str, delivery: str | None) -> in
     return 0
 
 
-def lint(directory: str, base: str, cfg: Config) -> int:
+def lint(directory: str, base: str, cfg: Config, changed: list[str] | None = None) -> int:
     from . import workflows
 
     root = Path(directory)
@@ -130,9 +132,30 @@ def lint(directory: str, base: str, cfg: Config) -> int:
               f"timeout={run.timeout:g}s interruptible={str(run.interruptible).lower()}"
               f"\n    on: {on.get((run.file, run.workflow), '?')}"
               + (f"\n    reports: {', '.join(run.reports)}" if run.reports else "")
+              + (f"\n    {run.path_filter.describe()}" if run.path_filter.active else "")
+              + (f"\n    needs: {', '.join(run.needs)}" if run.needs else "")
               + "".join(f"\n    env {k}={v}" for k, v in run.env.items()))
     print(f"{len(plan.runs)} run(s) from {len(paths)} file(s), {len(plan.errors)} error(s)")
+    if changed is not None:
+        _would_run(plan.runs, changed)
     return 1 if plan.errors else 0
+
+
+def _would_run(runs: list[Any], changed: list[str]) -> None:
+    """`lint --changed FILE…`: what paths / paths-ignore / needs would do with that change."""
+    from . import needs, paths
+
+    change = paths.Change(tuple(sorted({f.removeprefix("./") for f in changed})))
+    skips = {r.key: why for r in runs if (why := paths.decide(r.path_filter, change)) is not None}
+    nodes = {r.key: needs.Node(r.workflow, r.needs, r.check_name) for r in runs}
+    plan = needs.plan_new(nodes, {}, [r.key for r in runs], skips)
+    print(f"with the {len(change.files or ())} changed file(s) given:")
+    for r in runs:
+        d = plan[r.key]
+        print(f"  {r.check_name}: " + {"start": "runs", "wait": f"runs after its needs ({d.reason})",
+                                       "skip": f"skipped: {d.reason}"}[d.action])
+    n = sum(d.action != "skip" for d in plan.values())
+    print(f"{n} of {len(runs)} run(s) would start (if the runs they need succeed)")
 
 
 def _machines() -> frozenset[str] | None:

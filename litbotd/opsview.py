@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping, Protocol
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,28 @@ class QueueStatus:
         return [w for w in self.workers if not w.alive]
 
 
-def status_json(st: QueueStatus) -> dict[str, Any]:
+class Flaky(Protocol):
+    """runstate.FlakyStat: one repository's flaky runs over 30 days."""
+    @property
+    def flaky(self) -> int: ...
+    @property
+    def runs(self) -> int: ...
+
+
+FLAKY_SHOWN = 10
+
+
+def top_flaky(flaky: Mapping[str, Flaky]) -> list[tuple[str, Flaky]]:
+    """The repositories with the most flaky runs first (then by name)."""
+    return sorted(flaky.items(), key=lambda kv: (-kv[1].flaky, kv[0]))
+
+
+def status_json(st: QueueStatus, flaky: Mapping[str, Flaky] | None = None) -> dict[str, Any]:
     """`litbotd status --json` (SPEC §2: queued, delayed, dead, workers with id, host, alive, task, busy_s)."""
     return {
         "queued": st.queued, "delayed": st.delayed, "dead": st.dead, "queued_by_phase": dict(st.by_phase),
         "oldest_task_age_s": st.oldest_s, "reload_refused": list(st.refused_reloads),
+        "flaky_runs_30d": {repo: {"flaky": f.flaky, "runs": f.runs} for repo, f in (flaky or {}).items()},
         "workers": [{"id": w.id, "host": w.host, "pid": w.pid, "alive": w.alive, "task": w.task,
                      "busy_s": w.busy_s, "processing": w.processing} for w in st.workers],
     }
@@ -54,11 +71,17 @@ def _utc(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
 
 
-def status_text(st: QueueStatus) -> list[str]:
-    """`litbotd status`: one line for the queue, one per live worker, the refused reloads, the dead workers."""
+def status_text(st: QueueStatus, flaky: Mapping[str, Flaky] | None = None) -> list[str]:
+    """`litbotd status`: one line for the queue, one for the flaky runs, one per live worker, the
+    refused reloads, the dead workers."""
     phases = ", ".join(f"{k} {v}" for k, v in sorted(st.by_phase.items())) or "none"
     out = [f"queue {st.queue}: queued {st.queued} ({phases}), delayed {st.delayed}, dead {st.dead}"
            + (f", oldest {st.oldest_s:.0f}s" if st.oldest_s is not None else "")]
+    if flaky:
+        top = top_flaky(flaky)
+        shown = ", ".join(f"{repo} {f.flaky} of {f.runs}" for repo, f in top[:FLAKY_SHOWN]) \
+            + (f", … ({len(top)} repositories)" if len(top) > FLAKY_SHOWN else "")
+        out.append(f"flaky runs (failed, then passed on a re-run; 30 days): {shown}")
     out.append(f"workers: {len(st.alive)} alive")
     for w in st.alive:
         out.append(f"  {w.id}  {worker_doing(w)}")

@@ -11,7 +11,7 @@ import pytest
 
 from helpers.pages_stack import ADMIN_TOKEN, CLIENT_SECRET, PEM, WEBHOOK_SECRET, Stack
 from litbotd import opsview
-from litbotd.pages import dashview
+from litbotd.pages import dashboard, dashview
 from litbotd.runstate import RunRef, RunState
 from litbotd.tasks import Task
 
@@ -22,7 +22,8 @@ BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 @pytest.fixture
 async def stack(aredis):
     s = Stack()
-    await s.start(aredis, run_url=lambda ctx, ref: f"/runs/{ref.repo}/{ref.sha[:7]}/{ref.key}/{ref.attempt}")
+    await s.start(aredis, run_url=lambda ctx, ref: f"/runs/{ref.repo}/{ref.sha[:7]}/{ref.key}/{ref.attempt}",
+                  flaky=dashboard.flaky_rows)
     yield s
     await s.close()
 
@@ -52,6 +53,13 @@ async def seed(stack: Stack) -> dict:
         await rs.transition(ref, ("",), status="queued")
     await rs.transition(refs[1], ("queued",), status="in_progress")
     await rs.conclude(refs[2], "failure", "2 failed", time.time())
+    # flaky runs of two repositories (as runstate's outcome step records them)
+    now = time.time()
+    await q.redis.zadd("pg:flaky", {"o/gpu": now, "o/cpu": now})
+    await q.redis.zadd("pg:flaky:o/gpu", {f"{'a' * 40}:lint": now, f"{'b' * 40}:unit": now})
+    await q.redis.zadd("pg:flaky:o/cpu", {f"{'c' * 40}:lint": now})
+    await q.redis.hset("pg:runs:o/gpu", str(int(now // 86400)), 40)
+    await q.redis.hset("pg:runs:o/cpu", str(int(now // 86400)), 7)
     return {"evil": evil, "plain": plain, "refs": refs, "taken": taken}
 
 
@@ -79,7 +87,14 @@ async def test_the_bearer_token_shows_what_status_shows(stack: Stack) -> None:
     for phase, n in st["queued_by_phase"].items():
         assert f"<td>{phase}</td><td class=\"lb-num\">{n}</td>" in text
     [w] = st["workers"]
-    assert w["id"] in text and f"task {w['task']} for " in text
+    assert w["id"] in text
+    # flaky runs per repository: what `litbotd status --json` counts, most first
+    from litbotd.runstate import flaky_stats
+    st = opsview.status_json(await stack.current.queue.status(), await flaky_stats(stack.current.queue))
+    assert st["flaky_runs_30d"] == {"o/gpu": {"flaky": 2, "runs": 40}, "o/cpu": {"flaky": 1, "runs": 7}}
+    flaky = re.findall(r'<tr><td>(o/\w+)</td><td class="lb-num">(\d+)</td><td class="lb-num">(\d+)</td></tr>',
+                       text.split('id="flaky"')[1])
+    assert flaky == [("o/gpu", "2", "40"), ("o/cpu", "1", "7")] and f"task {w['task']} for " in text
     # the recent runs, newest change first, each linked to its page
     rows = re.findall(r'<a href="(/runs/[^"]+)">(tests-\d)</a>', text)
     assert [name for _, name in rows] == ["tests-2", "tests-1", "tests-0"]

@@ -142,3 +142,10 @@ def test_dead_task_conclusion() -> None:
 ])
 def test_next_poll_reads_a_running_job_every_poll_interval(state, reports_end, current, expected):
     assert d.next_poll(current, 10, 30, state, reports_end) == expected
+
+
+def test_needs_gate_holds_a_waiting_run() -> None:
+    from litbotd.decisions import needs_met
+
+    assert needs_met({"status": "queued"}) and needs_met({})
+    assert not needs_met({"status": "queued", "waiting": "waiting for lint"})

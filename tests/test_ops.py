@@ -202,3 +202,19 @@ def test_check_config_online_names_an_unreachable_github(tmp_path: Path, redis_s
     cfg = _app_config(tmp_path, redis_server.url, f"http://127.0.0.1:{free_port()}", private)
     code, out, _ = run("check-config", "--online", "-c", str(cfg))
     assert code == 1 and re.search(r"github: FAILED: GitHubError: GET /app: Client\w*Error after \d+ attempts", out), out
+
+
+def test_status_counts_flaky_runs_per_repository(tmp_path: Path, redis_server, cfg: Path) -> None:
+    import time
+
+    r = redis_server.client()
+    now = time.time()
+    r.zadd("bot_queue:flaky", {"octo/gpu": now, "octo/old": now - 40 * 24 * 3600})
+    r.zadd("bot_queue:flaky:octo/gpu", {f"{'a' * 40}:lint-1": now, f"{'b' * 40}:unit-2": now - 3600,
+                                         f"{'c' * 40}:unit-2": now - 31 * 24 * 3600})
+    r.zadd("bot_queue:flaky:octo/old", {f"{'d' * 40}:x": now - 40 * 24 * 3600})
+    today = int(now // 86400)
+    r.hset("bot_queue:runs:octo/gpu", mapping={today: 30, today - 3: 10, today - 31: 500})
+    assert od.status(cfg)["flaky_runs_30d"] == {"octo/gpu": {"flaky": 2, "runs": 40}}
+    code, out, _ = run("status", "-c", str(cfg))
+    assert code == 0 and "flaky runs (failed, then passed on a re-run; 30 days): octo/gpu 2 of 40" in out, out

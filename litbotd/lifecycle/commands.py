@@ -10,9 +10,9 @@ from ..context import Context
 from ..payloads import BOOL, ID, REPO, SHA, STR, needs, opt
 from ..runstate import RunRef
 from ..tasks import Task
+from . import ordering
 from .checkruns import report_completed, routing
 from .comments import comment_soon
-from .planning import queue_run
 
 log = logs.get("litbotd.lifecycle")
 
@@ -67,7 +67,8 @@ async def cancel(task: Task, ctx: Context) -> list[Task]:
     if failed:
         raise BackendError(f"{len(failed)} of {len(refs)} jobs could not be stopped: {failed[0]}")
     log.info("runs cancelled", runs=len(refs), reason=reason)
-    return await comment_soon(task, ctx, repo, p.get("pr"), p["installation"])
+    after = [t for sha in shas for t in await ordering.after_conclusion(task, ctx, {**p, "sha": sha})]
+    return after + await comment_soon(task, ctx, repo, p.get("pr"), p["installation"])
 
 
 @needs(repo=REPO, sha=SHA, installation=ID, check_run_id=opt(ID), external_id=opt(STR), check_name=opt(STR),
@@ -89,7 +90,7 @@ async def rerun(task: Task, ctx: Context) -> list[Task]:
         return []
     pr = p.get("pr") or await rs.pr_of(repo, sha)
     base = routing(p, pr=pr)
-    out = [await queue_run(ctx, task, base, recorded[k][0], await rs.new_attempt(repo, sha, k, task.id)) for k in keys]
+    out = await ordering.rerun_runs(ctx, task, base, keys, every=not p.get("check_run_id"))
     return out + await comment_soon(task, ctx, repo, pr, p["installation"])
 
 
@@ -130,7 +131,7 @@ async def command(task: Task, ctx: Context) -> list[Task]:
                 log.info("command refused", command=cmd.text, reason=f"no run named {', '.join(unknown)}")
                 await checks.react(gh, inst, repo, p["comment_id"], "confused")
                 return []
-            out += [await queue_run(ctx, task, event, recorded[k][0], await rs.new_attempt(repo, head, k, task.id)) for k in keys]
+            out += await ordering.rerun_runs(ctx, task, event, keys, every=not cmd.names)
             out += await comment_soon(task, ctx, repo, pr, inst)
     await checks.react(gh, inst, repo, p["comment_id"], "+1")
     log.info("command accepted", command=cmd.text, user=p["user"])

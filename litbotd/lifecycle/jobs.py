@@ -14,6 +14,7 @@ from ..pages.keep import keep_run
 from ..payloads import BOOL, ID, INT, NUM, REPO, SHA, STR, needs, opt
 from ..runstate import RunRef
 from ..tasks import Task
+from . import ordering
 from .checkruns import report_completed, report_row, routing
 from .comments import comment_soon
 
@@ -42,6 +43,8 @@ async def start_job(task: Task, ctx: Context) -> list[Task]:
             # started the job before the cancel could see it: stop it (nothing when there is none).
             await ctx.backend.stop(name)
         return []  # cancelled before it started
+    if not decisions.needs_met(state):
+        return []  # waiting for its needs: the `needs` phase starts it (ordering.py)
     run, _ = (await rs.runs(repo, sha))[key]
     interruptible = bool(p.get("interruptible", run.interruptible))  # the last retry: on demand
     token = await ctx.github.scoped_token(p["installation"], repo) if decisions.needs_token(p.get("private")) else None
@@ -65,6 +68,8 @@ async def start_job(task: Task, ctx: Context) -> list[Task]:
         details = ctx.page_url(repo, sha, key, attempt) or status.url  # the run page, else the job's own link
         if details and details.startswith(("http://", "https://")):
             fields["details_url"] = details
+        if state.get("released_by"):  # it waited for its needs: its check still says so
+            fields["output"] = report.check_output(report_row(run, attempt, await rs.get(ref)))
         try:
             await checks.update_check(ctx.github, p["installation"], repo, int(p["check_run_id"]), "progress",
                                       defer=True, **fields)
@@ -142,11 +147,14 @@ async def results(task: Task, ctx: Context) -> list[Task]:
         message = infra.final_message(status.message, int(p.get("try") or 1), int((await rs.get(ref)).get("tries") or 1))
     conclusion, message = await rs.conclude(ref, conclusion, message, time.time())
     metrics.JOBS.labels(ctx.backend.name, conclusion).inc()
+    if await rs.record_outcome(ref, conclusion, time.time()):
+        log.info("flaky run: failed, then passed on a re-run of the same commit", attempt=p["attempt"])
     await _keep_page(ctx, p, ref)  # before the check run completes: its link then shows the final page
     await report_completed(ctx, p, ref, tail, found)
     log.info("run finished", conclusion=conclusion, exit_code=status.exit_code, job=p["job"],
              annotations=len(found.annotations), tests=found.tests_text or None)
-    return await comment_soon(task, ctx, p["repo"], await _pr_of(ctx, p), p["installation"], sha=p["sha"])
+    return [*await ordering.after_conclusion(task, ctx, p),
+            *await comment_soon(task, ctx, p["repo"], await _pr_of(ctx, p), p["installation"], sha=p["sha"])]
 
 
 async def _keep_page(ctx: Context, p: dict[str, Any], ref: RunRef) -> None:

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from .. import logs, opsview
 from ..config import Config
-from ..runstate import RunRef, RunState
+from ..runstate import RunRef, RunState, flaky_stats
 from . import authz, dashview, oauth, render
 
 log = logs.get("litbotd.pages")
@@ -42,8 +42,14 @@ def wanted(cfg: Config) -> bool:
     return bool(cfg.server.public_url or cfg.server.admin_token)
 
 
+async def flaky_rows(ctx: oauth.Ctx) -> list[dashview.FlakyRow]:
+    """Flaky runs per repository over 30 days: the figures `litbotd status` prints (runstate.flaky_stats)."""
+    return [dashview.FlakyRow(repo, f.flaky, f.runs)
+            for repo, f in opsview.top_flaky(await flaky_stats(ctx.queue))[:dashview.SHOWN_FLAKY]]
+
+
 def add_to(app: web.Application, current: oauth.CtxFn, *, run_url: RunUrl = _no_url,
-           spend: SpendFn | None = None, flaky: FlakyFn | None = None) -> None:
+           spend: SpendFn | None = None, flaky: FlakyFn | None = flaky_rows) -> None:
     """Everything this module and GitHub sign-in serve, on the daemon's web app."""
     oauth.add_routes(app, current)
     add_routes(app, current, run_url=run_url, spend=spend, flaky=flaky)

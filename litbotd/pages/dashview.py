@@ -13,13 +13,7 @@ from ..opsview import DeadRow, QueueStatus, worker_doing
 
 SHOWN_RUNS = 100
 SHOWN_DEAD = 200      # the dead letter's first entries; the count above them is the whole list's
-
-
-class RunId(Protocol):
-    repo: str
-    sha: str
-    key: str
-    attempt: int
+SHOWN_FLAKY = 50      # repositories with the most flaky runs
 
 
 class Recent(Protocol):
