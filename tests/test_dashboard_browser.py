@@ -14,6 +14,7 @@ import pytest
 from browser import chromium
 from helpers.pages_stack import ADMIN_TOKEN, Stack
 from litbotd import workflows
+from litbotd.pages import dashboard
 from litbotd.runstate import RunRef, RunState
 from litbotd.tasks import Task
 
@@ -46,6 +47,12 @@ async def seed_real_data(stack: Stack) -> Task:
             await rs.transition(ref, ("queued",), status="in_progress", started_at=now)
             if outcome:
                 await rs.conclude(ref, outcome, "", now)
+                await rs.record_outcome(ref, outcome, now)
+            if outcome == "failure":   # re-run: the second attempt passes, so the run was flaky
+                again = RunRef(repo, sha, run.key, await rs.new_attempt(repo, sha, run.key, f"rerun{i}{j}"))
+                await rs.transition(again, ("",), status="queued", queued_at=now)
+                await rs.conclude(again, "success", "", now)
+                await rs.record_outcome(again, "success", now)
     await q.enqueue(*(Task(kind="start_job", payload={"repo": "acme/trainer"}) for _ in range(3)),
                     Task(kind="results", payload={"repo": "acme/kernels"}),
                     *(Task(kind="wait_job", run_at=now + 30) for _ in range(4)))
@@ -65,7 +72,7 @@ async def seed_real_data(stack: Stack) -> Task:
 
 
 async def test_an_operator_signs_in_with_github_and_retries_a_dead_task(aredis, browser) -> None:
-    stack = await Stack().start(aredis, admin_users=("alice",),
+    stack = await Stack().start(aredis, admin_users=("alice",), flaky=dashboard.flaky_rows,
                                 run_url=lambda ctx, ref: f"/runs/{ref.repo}/{ref.sha[:7]}/{ref.key}/{ref.attempt}")
     try:
         dead = await seed_real_data(stack)
@@ -86,7 +93,8 @@ async def test_an_operator_signs_in_with_github_and_retries_a_dead_task(aredis, 
         assert await page.inner_text("#dead") == "2"
         assert "github:alice" in await page.inner_text(".lb-who")
         rows = await page.query_selector_all("#runs tbody tr")
-        assert len(rows) == 3 * len(workflows.plan({".litci.yml": (DATA / "workflows" / "spec-example.yml").read_bytes()}, "main", workflows.Defaults(image="i", machine="CPU", timeout=1.0)).runs)
+        assert len(rows) == 3 * len(workflows.plan({".litci.yml": (DATA / "workflows" / "spec-example.yml").read_bytes()}, "main", workflows.Defaults(image="i", machine="CPU", timeout=1.0)).runs) + 2  # 2 re-runs
+        assert "acme/trainer" in await page.inner_text("#flaky")
         link = await page.get_attribute("#runs tbody tr a", "href")
         assert link and link.startswith("/runs/acme/")
         # the stylesheet loaded under default-src 'self' and nothing was blocked
