@@ -28,6 +28,7 @@ from .config import Config, ConfigError, JobsConfig
 from .context import Context, Current
 from .github import GitHubApp
 from .logstore import Store, load_link_key, logs_dir
+from .pages import dashboard
 from .pages.ctx import Pages
 from .pool import WorkerPool
 from .queue import queue_config
@@ -130,8 +131,12 @@ class Daemon:
             return
         host, port = self.cfg.server.host, self.cfg.server.port
         pages = await self._pages()
-        self._runner = web.AppRunner(make_app(self.current, self.live, pages), access_log=None,
-                                     handle_signals=False)
+        app = make_app(self.current, self.live, pages)
+        if dashboard.wanted(self.cfg):
+            current = self.current
+            dashboard.add_to(app, lambda: current.ctx, run_url=lambda ctx, ref: current.ctx.page_url(
+                ref.repo, ref.sha, ref.key, ref.attempt))
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         try:
