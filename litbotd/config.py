@@ -114,6 +114,12 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class SecretsConfig:
+    file: str = ""                  # the job secrets store (jobsecrets.py); "": the credential litbotd-secrets
+    forks: str = "never"            # "never" | "approved": a fork PR's runs after /litci ok-to-test on that SHA
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "auto"
@@ -127,6 +133,7 @@ class Config:
     workers: WorkersConfig = WorkersConfig()
     jobs: JobsConfig = JobsConfig()
     report: ReportConfig = ReportConfig()
+    secrets: SecretsConfig = SecretsConfig()
     log: LogConfig = LogConfig()
     source: str = ""  # where it was read from, for messages
 
@@ -284,6 +291,10 @@ def _validate(cfg: Config) -> None:
         bad("report.keep_logs", "must be more than 0")
     if cfg.report.logs_dir and not cfg.report.logs_dir.startswith("/"):
         bad("report.logs_dir", f"must be an absolute path, got {cfg.report.logs_dir!r}")
+    if cfg.secrets.forks not in ("never", "approved"):
+        bad("secrets.forks", f"must be 'never' or 'approved', got {cfg.secrets.forks!r}")
+    if cfg.secrets.file and not cfg.secrets.file.startswith("/"):
+        bad("secrets.file", f"must be an absolute path, got {cfg.secrets.file!r}")
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error", "critical"):
         bad("log.level", f"must be one of debug, info, warning, error, critical, got {cfg.log.level!r}")
     if cfg.log.format not in ("auto", "text", "journal", "json"):

@@ -7,7 +7,10 @@
                                              (how many it may have),
                                              try:<n> (how try n ended, SPEC §11), try_cost:<n>
                                              (what it cost, when the backend said)
+                                             origin, fork, author_association (what started it: trust),
+                                             secrets, secret_notes (job secret NAMES released, and why not)
     q:pr:<repo>#<pr>                   hash  head, base_ref, installation, comment_id, approved,
+                                             approved:<sha> (who said ok-to-test on that commit),
                                              version (changes), commented (version shown)
     q:pr:<repo>#<pr>:shas              set   every head SHA seen, for supersede and close
     q:runs:recent                      zset  JSON [repo, sha, run, attempt] -> time of its last state

@@ -294,6 +294,7 @@ class FakeGitHub:
         self.reactions: list[dict[str, Any]] = []
         self.statuses: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str]] = []
+        self.bodies: list[bytes] = []     # every request body as sent (leak scans read them)
         self.violations: list[str] = []
         self.deliveries: list[dict[str, Any]] = []
         self.tokens: dict[str, dict[str, Any]] = {}  # token -> installation_id, expires_at, repositories, permissions
@@ -427,6 +428,7 @@ class FakeGitHub:
         method, path = request.method, request.path
         self.requests.append((method, path))
         raw = await request.read()
+        self.bodies.append(raw)
         if path.startswith("/login/oauth/"):  # github.com's web flow: forms, not the REST API
             return await self._oauth(request, path, raw)
         body: Any = None

@@ -22,9 +22,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "litbotd"
 
-PURE = {"__init__", "backoff", "config", "durations", "payloads", "redaction", "safeyaml", "workflows", "report", "annotations", "decisions",
-        "events", "tasks", "logview", "runlink", "runview", "infra", "paths", "needs", "opsview", "pages.authz",
-        "pages.dashview"}
+PURE = {"__init__", "backoff", "config", "durations", "payloads", "redaction", "masking", "jobsecrets", "safeyaml",
+        "workflows", "report", "annotations", "decisions", "events", "tasks", "logview", "runlink", "runview", "infra",
+        "paths", "needs", "opsview", "pages.authz", "pages.dashview"}
 SUPPORT = {"logs", "metrics", "sealed", "procinfo", "redisconn", "locks"}
 # Each adapter: the modules that together speak to one outside system.
 ADAPTERS = {
