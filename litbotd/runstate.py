@@ -1,8 +1,10 @@
 """What litbotd remembers about pull requests and runs, in Redis (a thin adapter).
 
-    q:sha:<repo>@<sha>                 hash  spec:<run> -> JSON {run, check_name}, attempt:<run> -> int
+    q:sha:<repo>@<sha>                 hash  spec:<run> -> JSON {run, check_name}, attempt:<run> -> int,
+                                             spent, untrusted, cost_approved_by (spend.py, SPEC §11)
     q:run:<repo>@<sha>:<run>:<attempt> hash  status, check_run_id, job, times, url, message,
-                                             cancel_reason, conclusion (set once: first terminal wins)
+                                             cancel_reason, conclusion (set once: first terminal wins),
+                                             price, projected, held, spent (set once), spent_day
     q:pr:<repo>#<pr>                   hash  head, base_ref, installation, comment_id, approved,
                                              version (changes), commented (version shown)
     q:pr:<repo>#<pr>:shas              set   every head SHA seen, for supersede and close
@@ -85,6 +87,14 @@ class RunState:
     def _pr(self, repo: str, pr: int) -> str:
         return self.q.key("pr", f"{repo}#{pr}")
 
+    def run_key(self, ref: RunRef) -> str:
+        """The run's hash, for spend.py's ledger (its `spent` is set once)."""
+        return self._run(ref)
+
+    def sha_key(self, repo: str, sha: str) -> str:
+        """The commit's hash, for spend.py's ledger (its `spent`)."""
+        return self._sha(repo, sha)
+
     def pr_key(self, repo: str, pr: int) -> str:
         """The PR's hash, for a write fenced by the comment claim (locks.FencedLock.commit)."""
         return self._pr(repo, pr)
@@ -116,6 +126,16 @@ class RunState:
                 k = field[5:]
                 out[k] = (run_from_jsonable(json.loads(value)), int(raw.get(f"attempt:{k}", 1)))
         return out
+
+    async def sha_info(self, repo: str, sha: str) -> dict[str, str]:
+        """The commit's own fields (not its runs): pr, spent, untrusted, cost_approved_by/_at."""
+        raw = await self.r.hgetall(self._sha(repo, sha))
+        return {k: v for k, v in raw.items() if not k.startswith(("spec:", "attempt:", "owner:", "by:"))}
+
+    async def set_sha_fields(self, repo: str, sha: str, **fields: Any) -> None:
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(self._sha(repo, sha), mapping=fields).expire(self._sha(repo, sha), TTL)
+            await p.execute()
 
     async def pr_of(self, repo: str, sha: str) -> int | None:
         pr = await self.r.hget(self._sha(repo, sha), "pr")

@@ -20,11 +20,11 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "litbotd"
 
 PURE = {"__init__", "backoff", "config", "durations", "redaction", "safeyaml", "workflows", "report", "annotations", "decisions",
-        "events", "tasks"}
+        "events", "tasks", "limits"}
 SUPPORT = {"logs", "metrics", "sealed", "procinfo", "locks"}
 # Each adapter: the modules that together speak to one outside system.
 ADAPTERS = {
-    "redis": {"queue", "runstate"},
+    "redis": {"queue", "runstate", "spend"},
     "github": {"github", "ghstate", "checks"},
     "jobs": {"backends", "backends.base", "backends.bootstrap", "backends.lightning", "backends.local",
              "backends.localrun", "backends.sandbox"},

@@ -79,6 +79,7 @@ class JobStatus:
     url: str | None         # details_url for the check run (http/https only; None for local)
     message: str = ""       # human text: "exit code 2", "preempted", "failed to start: …"
     timed_out: bool = False  # the script hit JobSpec.timeout (state is then "failed")
+    cost: float | None = None  # USD the backend reports the job cost, once final (Lightning: Job.total_cost)
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
@@ -89,6 +90,14 @@ class JobStatus:
     @property
     def final(self) -> bool:
         return self.state in FINAL_STATES
+
+
+@dataclass(frozen=True)
+class Price:
+    """What one machine type costs, USD per hour (Lightning: Teamspace.list_machines())."""
+    machine: str
+    on_demand: float
+    interruptible: float | None = None
 
 
 class Backend(Protocol):
@@ -108,6 +117,9 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         """Release threads and connections. Jobs keep running."""
+
+    async def prices(self) -> dict[str, Price]:
+        """Machine prices by machine name ({} when the backend knows none, e.g. local)."""
 
 
 class Offload:

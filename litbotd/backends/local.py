@@ -32,7 +32,7 @@ import litbotd
 
 from ..procinfo import boot_id, process_start
 from ..redaction import scrub
-from .base import FINAL_STATES, NAME_RE, BackendError, JobNotFound, JobSpec, JobStatus, Offload, check_name
+from .base import FINAL_STATES, NAME_RE, BackendError, JobNotFound, JobSpec, JobStatus, Offload, Price, check_name
 from .bootstrap import job_argv, job_env
 from .localrun import write_json_atomic
 from . import sandbox
@@ -92,6 +92,10 @@ class LocalBackend:
 
     async def close(self) -> None:
         self._offload.close()
+
+    async def prices(self) -> dict[str, Price]:
+        """This machine costs what limits.prices says of a job's workflow machine: none reported."""
+        return {}
 
     # --- blocking parts (run on the thread pool) ---------------------------------------------
     def _start(self, spec: JobSpec) -> JobStatus:

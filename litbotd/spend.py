@@ -1,0 +1,246 @@
+"""Spend and concurrency limits in Redis (SPEC §11): the thin adapter around limits.py.
+
+Keys, with `q` = the queue name:
+    q:limits:version   a counter: every change below bumps it, and a change is applied only if
+                       nothing changed since its facts were read (compare-and-set, in Lua)
+    q:limits:entries   hash run id -> JSON: the runs past the money gate (reserving their
+                       projected cost), each holding a concurrency slot or waiting for one
+    q:limits:wake      hash run id -> the start_job task a freed slot enqueues for that waiter
+    q:spend:<day>      hash repo -> USD its runs that ended that UTC day cost (the ledger)
+and on runstate's hashes: a run's `spent` (set once: the ledger counts it exactly once, whatever
+crash or retry), `price`, `projected`, `held`; a commit's `spent` (its ended attempts).
+
+Every decision comes from limits.py, over facts read in one MULTI; the answer is committed by one
+Lua script that first checks the version it read, so two daemons deciding at once cannot both
+take the last slot or the last dollar: the later one reads again and decides again. The run that
+ends releases its slot, records its cost and enqueues the start_job of each waiter that now fits,
+in that same script: a freed slot wakes the next waiter, nothing polls.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping
+
+from . import limits
+from .queue import Queue
+from .runstate import RunRef, RunState
+from .tasks import Task
+
+LEDGER_TTL = 400 * 24 * 3600   # a day's spend stays readable for a year and more
+CAS_TRIES = 50                 # version clashes before giving up (the task is then retried)
+RECONCILE_GRACE = 600.0        # seconds a concluded run may keep its slot before it is released for it
+
+# KEYS: version, entries, wake, main[, run hash, day ledger, commit hash].
+# ARGV: version read, then: n_set, (run id, entry JSON)...; n_del, run id...; n_wake, (run id, task)...;
+# n_push, run id...; with the 3 ledger keys also: amount, repo, day, ttl.
+# Returns -1 when the version moved (nothing done), else 1 when the ledger counted the run now, 0 not.
+_COMMIT = """
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return -1 end
+local i = 2
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do redis.call('HDEL', KEYS[2], ARGV[i]); redis.call('HDEL', KEYS[3], ARGV[i]); i = i + 1 end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  local t = redis.call('HGET', KEYS[3], ARGV[i])
+  if t then
+    redis.call('LPUSH', KEYS[4], t)
+    redis.call('HDEL', KEYS[3], ARGV[i])
+  end
+  i = i + 1
+end
+redis.call('INCR', KEYS[1])
+if #KEYS < 7 then return 0 end
+if redis.call('HSETNX', KEYS[5], 'spent', ARGV[i]) == 0 then return 0 end
+redis.call('HSET', KEYS[5], 'spent_day', ARGV[i + 2])
+redis.call('HINCRBYFLOAT', KEYS[6], ARGV[i + 1], ARGV[i])
+redis.call('EXPIRE', KEYS[6], ARGV[i + 3])
+redis.call('HINCRBYFLOAT', KEYS[7], 'spent', ARGV[i])
+return 1
+"""
+
+
+class Contended(Exception):
+    """The limits state kept changing under us (CAS_TRIES times): the task is retried."""
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """A run's cost for the ledger: counted once, on the day it ended."""
+    amount: float
+    day: str
+
+
+def run_id(ref: RunRef) -> str:
+    return f"{ref.repo}@{ref.sha}:{ref.key}:{ref.attempt}"
+
+
+def _entry_json(e: limits.Entry, ref: RunRef) -> str:
+    return json.dumps({"repo": e.repo, "sha": e.sha, "key": ref.key, "attempt": ref.attempt, "machine": e.machine,
+                       "projected": e.projected, "slot": e.slot, "holder": e.holder, "seq": e.seq}, sort_keys=True)
+
+
+def _parse(rid: str, raw: str) -> tuple[limits.Entry, RunRef] | None:
+    try:
+        d = json.loads(raw)
+        e = limits.Entry(rid, d["repo"], d["sha"], d["machine"], float(d["projected"]), bool(d["slot"]),
+                         str(d["holder"]), float(d.get("seq", 0.0)))
+        return e, RunRef(d["repo"], d["sha"], d["key"], int(d["attempt"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class Spend:
+    def __init__(self, queue: Queue) -> None:
+        self.q = queue
+        self.r = queue.redis
+        self.rs = RunState(queue)
+        self.version = queue.key("limits", "version")
+        self.entries = queue.key("limits", "entries")
+        self.wake = queue.key("limits", "wake")
+        self._commit = self.r.register_script(_COMMIT)
+
+    def day_key(self, day: str) -> str:
+        return self.q.key("spend", day)
+
+    # -- reading ----------------------------------------------------------------------------------
+    async def _snapshot(self, repo: str, day: str) -> tuple[str, dict[str, tuple[limits.Entry, RunRef]], float]:
+        async with self.r.pipeline(transaction=True) as p:
+            p.get(self.version).hgetall(self.entries).hget(self.day_key(day), repo)
+            version, raw, spent = await p.execute()
+        entries = {rid: parsed for rid, value in raw.items() if (parsed := _parse(rid, value)) is not None}
+        return version or "0", entries, float(spent or 0.0)
+
+    async def facts(self, ref: RunRef, repo_spent_today: float, entries: Mapping[str, limits.Entry],
+                    price_of: Callable[[str, bool], float], is_pr: bool) -> limits.Facts:
+        """The candidate's commit as limits.py reads it: its runs' latest attempts (each ended, or
+        still to go at its projected cost), its ledger, whether it is an approved fork's, and who
+        approved its cost."""
+        info = await self.rs.sha_info(ref.repo, ref.sha)
+        plan = []
+        for key, (run, attempt) in sorted((await self.rs.runs(ref.repo, ref.sha)).items()):
+            st = await self.rs.get(RunRef(ref.repo, ref.sha, key, attempt))
+            ended = bool(st.get("conclusion")) and not st.get("held")
+            plan.append(limits.PlannedRun(key, run.machine, limits.projected_cost(
+                price_of(run.machine, run.interruptible), run.timeout), ended))
+        return limits.Facts(entries, repo_spent_today, float(info.get("spent") or 0.0), tuple(plan), is_pr=is_pr,
+                            untrusted=bool(info.get("untrusted")), approved_by=info.get("cost_approved_by") or None)
+
+    # -- the gate before a start --------------------------------------------------------------------
+    async def gate(self, c: limits.Candidate, ref: RunRef, lim: limits.Limits, wake: Task,
+                   price_of: Callable[[str, bool], float], is_pr: bool, now: float | None = None) -> limits.Decision:
+        """Decide whether the candidate run starts, waits or is held, and record it. `wake` is the
+        start_job task a freed slot enqueues when the run waits (its id becomes the entry's holder)."""
+        now = time.time() if now is None else now
+        day = limits.utc_day(now)
+        for _ in range(CAS_TRIES):
+            version, parsed, spent_today = await self._snapshot(c.repo, day)
+            entries = {rid: e for rid, (e, _) in parsed.items()}
+            refs = {rid: r for rid, (_, r) in parsed.items()}
+            # Waiters that fit now (caps raised by a reload) go first, in line order.
+            before = limits.grants(entries, lim)
+            entries.update({g.run_id: g for g in before})
+            facts = await self.facts(ref, spent_today, entries, price_of, is_pr)
+            d = limits.decide_start(c, facts, lim, seq=now)
+            sets = [(g, refs[g.run_id]) for g in before]
+            wakes: list[tuple[str, str]] = []
+            if d.action == "wait" and d.entry is not None:
+                d = replace(d, entry=replace(d.entry, holder=wake.id))
+                wakes.append((c.run_id, wake.to_json()))
+            if d.action in ("start", "wait") and d.entry is not None and c.run_id not in parsed:
+                sets.append((d.entry, ref))
+            if not sets:
+                return d
+            if await self._apply(version, sets, [], wakes, [g.run_id for g in before]) >= 0:
+                return d
+        raise Contended("the limits state kept changing; trying again later")
+
+    async def finish(self, ref: RunRef, lim: limits.Limits, ledger: Ledger | None) -> bool:
+        """The run ended (or will never start): record its cost once, free what it held (its slot,
+        its reservation, its place in line) and wake the waiters that now fit, in one step.
+        Idempotent. True when this call counted the cost."""
+        rid = run_id(ref)
+        for _ in range(CAS_TRIES):
+            version, parsed, _ = await self._snapshot(ref.repo, ledger.day if ledger else limits.utc_day(time.time()))
+            entries = {k: e for k, (e, _) in parsed.items()}
+            granted = limits.grants(entries, lim, ending=[rid])
+            sets = [(g, parsed[g.run_id][1]) for g in granted]
+            got = await self._apply(version, sets, [rid], [], [g.run_id for g in granted],
+                                    ledger=(ref, ledger) if ledger else None)
+            if got >= 0:
+                return got == 1
+        raise Contended("the limits state kept changing; trying again later")
+
+    async def _apply(self, version: str, sets: list[tuple[limits.Entry, RunRef]], dels: list[str],
+                     wakes: list[tuple[str, str]], pushes: list[str],
+                     ledger: tuple[RunRef, Ledger] | None = None) -> int:
+        keys = [self.version, self.entries, self.wake, self.q.name]
+        args: list[Any] = [version, len(sets)]
+        for e, r in sets:
+            args += [e.run_id, _entry_json(e, r)]
+        args += [len(dels), *dels, len(wakes)]
+        for rid, raw in wakes:
+            args += [rid, raw]
+        args += [len(pushes), *pushes]
+        if ledger is not None:
+            ref, led = ledger
+            keys += [self.rs.run_key(ref), self.day_key(led.day), self.rs.sha_key(ref.repo, ref.sha)]
+            args += [f"{max(0.0, led.amount):.6f}", ref.repo, led.day, LEDGER_TTL]
+        return int(await self._commit(keys=keys, args=args))
+
+    # -- reconciliation -------------------------------------------------------------------------------
+    async def reconcile(self, lim: limits.Limits, price_of: Callable[[str, bool], float],
+                        now: float | None = None, grace: float = RECONCILE_GRACE) -> int:
+        """Free the slots that leaked: entries whose run no longer exists, or concluded longer than
+        `grace` ago without its end having freed them (its task lost for good, e.g. a purged dead
+        letter). Such a run's cost is counted then, price × duration, unless it already was."""
+        now = time.time() if now is None else now
+        _, parsed, _ = await self._snapshot("", limits.utc_day(now))
+        freed = 0
+        for rid, (e, ref) in sorted(parsed.items()):
+            st = await self.rs.get(ref)
+            if st and not st.get("conclusion"):
+                continue
+            finished = float(st.get("finished_at") or 0.0) if st else 0.0
+            if st and now - finished < grace:
+                continue
+            ledger = None
+            if st and not st.get("spent"):
+                price = float(st["price"]) if st.get("price") else price_of(e.machine, False)
+                started = float(st["started_at"]) if st.get("started_at") else None
+                ledger = Ledger(limits.spent_cost(None, price, started, finished or now),
+                                limits.utc_day(finished or now))
+            await self.finish(ref, lim, ledger)
+            freed += 1
+        return freed
+
+    # -- reading for status, metrics and the dashboard -------------------------------------------------
+    async def usage(self) -> dict[str, Any]:
+        """Running and waiting runs by machine and repository, from the entries."""
+        raw = await self.r.hgetall(self.entries)
+        es = [p[0] for rid, v in raw.items() if (p := _parse(rid, v)) is not None]
+        return limits.counts(es)
+
+
+async def spend_today(queue: Queue, now: float | None = None) -> dict[str, float]:
+    """USD each repository's runs that ended today (UTC) cost: {repo: usd}. For `litbotd status`
+    and the dashboard; a queue-level read, nothing else needed."""
+    day = limits.utc_day(time.time() if now is None else now)
+    raw = await queue.redis.hgetall(queue.key("spend", day))
+    return {repo: round(float(v), 6) for repo, v in sorted(raw.items())}
+
+
+async def spend_on(queue: Queue, day: str) -> dict[str, float]:
+    """The ledger of one UTC day ("2026-12-03")."""
+    raw = await queue.redis.hgetall(queue.key("spend", day))
+    return {repo: round(float(v), 6) for repo, v in sorted(raw.items())}
+
+
+async def usage(queue: Queue) -> dict[str, Any]:
+    """Running and waiting runs by machine and repository (status, dashboard)."""
+    return await Spend(queue).usage()
