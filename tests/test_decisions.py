@@ -107,3 +107,9 @@ def test_dead_task_conclusion() -> None:
     assert decisions.dead_task_conclusion("start_job", 5, "boom") == ("failure", "the job failed to start: boom")
     assert decisions.dead_task_conclusion("results", 5, "boom") == ("neutral", "litbotd gave up after 5 attempts: boom")
     assert decisions.dead_task_conclusion("comment", 5, "boom") is None
+
+
+def test_parse_approve_cost():
+    assert d.parse_command("/litci approve-cost", "/litci") == d.Command("approve-cost", (), "/litci approve-cost")
+    assert d.parse_command("/litci approve-cost now", "/litci").verb == "unknown"
+    assert d.parse_command("/litci approve-costs", "/litci").verb == "unknown"
