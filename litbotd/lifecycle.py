@@ -8,7 +8,7 @@
     results    log tail, conclusion, check → completed (+ annotations), summary comment
     cancel     stop a SHA's runs (superseded, PR closed, /litci cancel)
     rerun      check_run / check_suite re-requested: new attempts of recorded runs
-    command    /litci run|cancel|ok-to-test from a PR comment
+    command    /litci run|cancel|ok-to-test|approve-cost from a PR comment
     comment    the sticky summary comment, edited a moment after a change (coalesced)
 
 Every handler may run more than once for the same task (a crash before its finish): each step
@@ -23,7 +23,7 @@ import functools
 import time
 from typing import Any, Sequence
 
-from . import annotations, checks, decisions, logs, metrics, report, workflows
+from . import annotations, checks, decisions, logs, metrics, report, spendgate, workflows
 from .backends import machine_names
 from .backends.base import JobNotFound, JobSpec, JobStatus
 from .github import GitHubApp, GitHubError, Gone, PaceDeferred
@@ -70,7 +70,7 @@ def _report_row(run: workflows.Run, attempt: int, st: dict[str, str], log_tail: 
         check_name=run.check_name, status=st.get("status") or "queued", conclusion=st.get("conclusion") or None,
         machine=run.machine, image=run.image, attempt=attempt, started_at=num("started_at"),
         finished_at=num("finished_at"), details_url=st.get("url") or None, message=st.get("message", ""),
-        log_tail=log_tail,
+        log_tail=log_tail, approved_by=st.get("approved_by", ""), **spendgate.cost_fields(st),
     )
 
 
@@ -180,6 +180,8 @@ async def new_event(task: Task, s: Services) -> list[Task]:
         return out
     # An untrusted fork's workflow files always come from the base branch (SPEC §5).
     files = await checks.workflow_files(gh, inst, repo, sha if trusted else p["base_ref"])
+    if not trusted:  # approved: its runs may use only limits.untrusted_machines without approve-cost
+        await rs.set_sha_fields(repo, sha, untrusted=1)
     plan = workflows.plan(files, p["base_ref"], await _defaults(s))
     for err in plan.errors:
         await checks.find_or_create_check(
@@ -237,11 +239,15 @@ async def start_job(task: Task, s: Services) -> list[Task]:
     repo, sha, key, attempt = p["repo"], p["sha"], p["run"], p["attempt"]
     ref = RunRef(repo, sha, key, attempt)
     if not decisions.may_start(await rs.get(ref)):
-        return []  # cancelled before it started
+        await spendgate.ended(s, ref)  # cancelled before it started: whatever it held is free
+        return []
     run, _ = (await rs.runs(repo, sha))[key]
+    if (not_now := await spendgate.before_start(task, s, ref, run, lambda st: _report_row(run, attempt, st))) is not None:
+        return not_now + await _comment_soon(task, s, repo, await _pr_of(s, p), p["installation"])
     name = decisions.job_name(repo, sha, key, attempt)
     token = await _gh(s).scoped_token(p["installation"], repo) if decisions.needs_token(p.get("private")) else None
     if not decisions.may_start(await rs.get(ref)):
+        await spendgate.ended(s, ref)
         return []  # cancelled while the token was minted: start nothing
     spec = JobSpec(name=name, repo=repo, sha=sha, archive_url=f"{cfg.github.api_url}{checks.repo_path(repo)}/tarball/{sha}",
                    script=run.script, image=run.image, machine=run.machine, interruptible=run.interruptible,
@@ -256,6 +262,7 @@ async def start_job(task: Task, s: Services) -> list[Task]:
                                    url=status.url or ""):
             await s.backend.stop(name)  # a cancel raced our start: it could not see the job yet
             log.info("run cancelled while its job started; job stopped")
+            await spendgate.ended(s, ref)
             return []
         fields: dict[str, Any] = {"status": "in_progress", "started_at": checks.iso(now)}
         if status.url and status.url.startswith(("http://", "https://")):
@@ -325,6 +332,7 @@ async def results(task: Task, s: Services) -> list[Task]:
     message = p.get("message") or status.message
     conclusion, message = await rs.conclude(ref, conclusion, message, time.time())
     metrics.JOBS.labels(s.backend.name, conclusion).inc()
+    await spendgate.ended(s, ref, status.cost)
     await _report_completed(s, p, ref, tail, found)
     log.info("run finished", conclusion=conclusion, exit_code=status.exit_code, job=p["job"],
              annotations=len(found.annotations), tests=found.tests_text or None)
@@ -397,6 +405,7 @@ async def cancel(task: Task, s: Services) -> list[Task]:
             if state.get("job"):
                 await s.backend.stop(state["job"])
             conclusion, _ = await rs.conclude(ref, decisions.CANCELLED, reason, time.time())
+            await spendgate.ended(s, ref)
             if conclusion == decisions.CANCELLED and state.get("check_run_id"):
                 await _report_completed(s, {**p, "check_run_id": state["check_run_id"]}, ref)
             stopped += 1
@@ -451,6 +460,13 @@ async def command(task: Task, s: Services) -> list[Task]:
     elif cmd.verb == "ok-to-test":
         await rs.set_pr_field(repo, pr, approved=head)
         out.append(task.successor("new_event", {**event, "approved": True}))
+    elif cmd.verb == "approve-cost":
+        # Recorded with who gave it; the runs a limit held start again as new attempts.
+        held = await spendgate.approve(s, repo, head, p["user"])
+        recorded = await rs.runs(repo, head)
+        out += [await _queue_run(s, task, event, recorded[k][0], await rs.new_attempt(repo, head, k, task.id))
+                for k in held]
+        out += await _comment_soon(task, s, repo, pr, inst)
     else:
         recorded = await rs.runs(repo, head)
         if not recorded:
@@ -476,6 +492,7 @@ async def on_dead(task: Task, s: Services) -> None:
     if ended and p.get("run"):
         ref = RunRef(p["repo"], p["sha"], p["run"], p["attempt"])
         await RunState(s.queue).conclude(ref, *ended, time.time())
+        await spendgate.ended(s, ref)
         await _report_completed(s, p, ref)
         await s.queue.enqueue(*await _comment_soon(task, s, p["repo"], p.get("pr"), p["installation"]))
     elif task.kind in ("new_event", "new_commit"):

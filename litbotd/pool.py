@@ -18,16 +18,19 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from . import logs, metrics, procinfo, systemd
+from . import logs, metrics, procinfo, spendgate, systemd
 from .backoff import backoff
 from .queue import REDIS_UNAVAILABLE
 from .redeliver import redeliver_once
 from .services import Services
+from .spend import Spend
 from .worker import Registry, Worker
 
 log = logs.get("litbotd.pool")
 
 RESTART_BACKOFF_MAX = 30.0
+PRICES_INTERVAL = 3600.0     # machine prices read again every hour (SPEC §11)
+RECONCILE_INTERVAL = 60.0    # leaked limit slots looked for this often
 STABLE_AFTER = 60.0  # a unit that ran this long before failing starts its backoff afresh
 
 
@@ -66,6 +69,8 @@ class WorkerPool:
             Loop("redeliver", lambda: self.services.config.github.redeliver_interval or 60.0, self._redeliver,
                  wait_first=True),
             Loop("prune", lambda: min(max(self.services.config.jobs.local.keep / 4, 1.0), 300.0), self._prune),
+            Loop("prices", lambda: PRICES_INTERVAL, self._prices),
+            Loop("limits", lambda: RECONCILE_INTERVAL, self._reconcile, wait_first=True),
         ]
         if (interval := systemd.watchdog_interval()) is not None:
             self.loops.append(Loop("watchdog", lambda: interval, self._watchdog))
@@ -301,6 +306,25 @@ class WorkerPool:
                 log.info("deleted finished job directories", jobs=n, keep=f"{self.cfg.jobs.local.keep:g}s")
         except Exception as e:  # the next round tries again
             log.warning("pruning job directories failed", error=logs.redact(f"{type(e).__name__}: {e}"))
+
+    async def _prices(self) -> float | None:
+        """Read the backend's machine prices (at start, then hourly); a failure tries again soon."""
+        try:
+            n = await spendgate.read_prices(self.services)
+            if n:
+                log.info("machine prices read", machines=n)
+        except REDIS_UNAVAILABLE:
+            raise
+        except Exception as e:  # the backend could not say: keep the prices known, try again in a minute
+            log.warning("reading machine prices failed", error=logs.redact(f"{type(e).__name__}: {e}"))
+            return 60.0
+        return None
+
+    async def _reconcile(self) -> None:
+        """Free limit slots whose run ended without freeing them (its task lost for good)."""
+        n = await Spend(self.services.queue).reconcile(self.cfg.limits, spendgate.price_fn(self.services))
+        if n:
+            log.warning("freed limit slots of runs that had ended", runs=n)
 
     async def _watchdog(self) -> None:
         """WATCHDOG=1 from the event loop, only while the pool is alive: a blocked loop, or workers

@@ -244,3 +244,19 @@ async def spend_on(queue: Queue, day: str) -> dict[str, float]:
 async def usage(queue: Queue) -> dict[str, Any]:
     """Running and waiting runs by machine and repository (status, dashboard)."""
     return await Spend(queue).usage()
+
+
+class PriceBook:
+    """The machine prices the backend reports, read at start and every hour (pool.py's loop);
+    `limits.prices` goes over them at each lookup, so a reload applies at once."""
+
+    def __init__(self) -> None:
+        self.reported: dict[str, Any] = {}   # machine -> backends.base.Price
+        self.read_at: float | None = None
+
+    def update(self, prices: Mapping[str, Any], now: float | None = None) -> None:
+        self.reported = dict(prices)
+        self.read_at = time.time() if now is None else now
+
+    def price(self, machine: str, interruptible: bool, overrides: Mapping[str, float]) -> float:
+        return limits.price_per_hour(machine, interruptible, self.reported, overrides)

@@ -30,7 +30,7 @@ ADAPTERS = {
              "backends.localrun", "backends.sandbox"},
     "systemd": {"systemd"},
 }
-APP = {"lifecycle", "worker", "pool", "webhook", "redeliver", "services", "preflight"}
+APP = {"lifecycle", "worker", "pool", "webhook", "redeliver", "services", "preflight", "spendgate"}
 ENTRY = {"__main__", "daemon", "cli", "ops", "demo", "demo_github"}
 
 LAYERS = [("pure", PURE), ("support", SUPPORT), ("adapters", set().union(*ADAPTERS.values())),

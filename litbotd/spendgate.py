@@ -1,0 +1,133 @@
+"""The phases' side of SPEC §11: the one gate a run passes before its job starts, and what a
+run's end records. Decisions come from limits.py (through spend.py); this module only does
+what they say: a check run `queued` saying what it waits for, or completed `action_required`
+with the figures; the ledger and the freed slot at a run's end.
+
+Called at one point each: `before_start` in start_job (just before the job is started),
+`ended` wherever a run ends (results, cancel, a dead task, a start that will not happen).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from . import checks, decisions, limits, logs, metrics, report
+from .github import PaceDeferred
+from .runstate import RunRef, RunState
+from .spend import Ledger, PriceBook, Spend, run_id
+from .tasks import Task
+from .workflows import Run
+
+log = logs.get("litbotd.limits")
+
+
+DEFAULT_BOOK = PriceBook()  # a context without its own (tests, tools)
+
+
+def book(ctx: Any) -> PriceBook:
+    return getattr(ctx, "prices", None) or DEFAULT_BOOK
+
+
+def price_fn(ctx: Any) -> Callable[[str, bool], float]:
+    """USD per hour of (machine, interruptible): limits.prices over the backend's prices."""
+    prices = book(ctx)
+    overrides = ctx.config.limits.prices
+    return lambda machine, interruptible: prices.price(machine, interruptible, overrides)
+
+
+def cost_fields(st: dict[str, str]) -> dict[str, Any]:
+    """The run's cost as report.RunReport shows it: spent once ended, else its projection."""
+    def num(k: str) -> float | None:
+        return float(st[k]) if st.get(k) else None
+
+    spent, projected = num("spent"), num("projected")
+    if spent is not None:
+        return {"cost": spent, "cost_projected": False, "price": num("price")}
+    if projected is not None:
+        return {"cost": projected, "cost_projected": True, "price": num("price")}
+    return {}
+
+
+async def before_start(task: Task, ctx: Any, ref: RunRef, run: Run,
+                       row: Callable[[dict[str, str]], report.RunReport]) -> list[Task] | None:
+    """The limits gate. None: start the job now. A list: the run does not start now — it waits
+    for a slot (a freed slot enqueues its start_job), it is held (`action_required`), or another
+    task starts it — and the handler returns these tasks. `row` renders the run's report row."""
+    p = task.payload
+    cfg, rs = ctx.config, RunState(ctx.queue)
+    price_of = price_fn(ctx)
+    price = price_of(run.machine, run.interruptible)
+    cand = limits.Candidate(run_id(ref), ref.repo, ref.sha, ref.key, run.machine, price, run.timeout, task.id)
+    wake = task.successor("start_job", p, key="slot")
+    d = await Spend(ctx.queue).gate(cand, ref, cfg.limits, wake, price_of, is_pr=p.get("pr") is not None)
+    if d.action == "start":
+        approved = (await rs.sha_info(ref.repo, ref.sha)).get("cost_approved_by", "")
+        await rs.update(ref, price=price, projected=cand.projected, approved_by=approved)
+        return None
+    if d.action == "skip":
+        log.info("run not started by this task", reason=d.reason)
+        return []
+    await rs.update(ref, price=price, projected=cand.projected)
+    st = await rs.get(ref)
+    gh, inst, check_id = ctx.github, p["installation"], int(st.get("check_run_id") or p["check_run_id"])
+    if d.action == "wait":
+        log.info("run waits for a slot", reason=d.reason)
+        try:
+            await checks.update_check(gh, inst, ref.repo, check_id, "progress", defer=True, status="queued",
+                                      output=report.waiting_output(d.reason, row(st)))
+        except PaceDeferred:
+            log.info("waiting note skipped: the pacing budget is kept for results")
+        return []
+    # hold: the run completes action_required with the figures, until a writer approves.
+    await rs.update(ref, held=d.held)
+    conclusion, _ = await rs.conclude(ref, decisions.ACTION_REQUIRED, d.reason, time.time())
+    if conclusion == decisions.ACTION_REQUIRED:
+        log.info("run held by a limit", held=d.held, reason=d.reason)
+        output = report.limit_held_output(cfg.github.command_prefix, d.reason, row(await rs.get(ref)))
+        await checks.update_check(gh, inst, ref.repo, check_id, status="completed",
+                                  conclusion=decisions.ACTION_REQUIRED, completed_at=checks.iso(time.time()),
+                                  output=output)
+        await rs.update(ref, reported=1)
+    return []
+
+
+async def ended(ctx: Any, ref: RunRef, reported_cost: float | None = None) -> None:
+    """The run ended, or will never start: count its cost in the ledger (once, whatever the
+    retries), free its slot and reservation, and wake the waiters that now fit. Call it after
+    the run's conclusion is recorded (its finished_at dates the cost)."""
+    rs = RunState(ctx.queue)
+    st = await rs.get(ref)
+
+    def num(k: str) -> float | None:
+        return float(st[k]) if st.get(k) else None
+
+    finished = num("finished_at") or time.time()
+    amount = limits.spent_cost(reported_cost, num("price") or 0.0, num("started_at"), finished)
+    if await Spend(ctx.queue).finish(ref, ctx.config.limits, Ledger(amount, limits.utc_day(finished))):
+        metrics.SPEND.labels(ref.repo).inc(amount)
+        log.info("run cost counted", usd=f"{amount:.4f}", reported=reported_cost is not None)
+
+
+async def approve(ctx: Any, repo: str, sha: str, user: str) -> list[str]:
+    """Record a writer's /litci approve-cost for a commit; returns the keys of its runs that a
+    limit held (each to be queued again as a new attempt)."""
+    rs = RunState(ctx.queue)
+    await rs.set_sha_fields(repo, sha, cost_approved_by=user, cost_approved_at=time.time())
+    held = []
+    for key, (_, attempt) in sorted((await rs.runs(repo, sha)).items()):
+        st = await rs.get(RunRef(repo, sha, key, attempt))
+        if st.get("held") and st.get("conclusion") == decisions.ACTION_REQUIRED:
+            held.append(key)
+    log.info("cost approved", user=user, sha=sha, runs=len(held))
+    return held
+
+
+async def read_prices(ctx: Any) -> int:
+    """Read the backend's machine prices into the price book (at start and every hour)."""
+    backend = ctx.backend
+    reader = getattr(backend, "prices", None) if backend is not None else None
+    if reader is None:
+        return 0
+    prices = await reader()
+    book(ctx).update(prices)
+    return len(prices)
