@@ -134,3 +134,74 @@ async def test_max_parallel_per_machine_and_the_ledger(redis_server, world, tmp_
     assert len(reported) == 6
     assert today == {REPO: pytest.approx(sum(reported.values()), abs=1e-5)}
     world.assert_no_duplicates()
+
+
+async def test_sigkill_double_counts_nothing_and_starts_nothing_over_a_cap(redis_server, tmp_path):
+    """`litbotd run` SIGKILLed twice: while two L4 jobs run and four wait, then in the middle of a
+    result (its cost counted and its slot handed on, the check-run write parked). After each
+    restart: never more than 2 jobs at once (counted by the jobs), each job started once, and
+    the day's ledger is exactly the sum of the runs' costs, each counted once."""
+    from conftest import free_port
+    from harness import SubprocessDaemon, post_webhook
+    from litbotd.config import render_toml
+
+    events, release = tmp_path / "events.log", tmp_path / "release"
+    body = f'echo "S $cell" >> {events}\nwhile [ ! -f {release} ]; do sleep 0.05; done\necho "E $cell" >> {events}'
+    sha = sha_of("spend-crash")
+    world = GitHubWorld()
+    await world.start({sha: {".lightning/workflows/gpu.yaml": gpu_matrix(6, body)}})
+    world.pull(sha)
+    data = config_data(redis_server.url, world.url, tmp_path / "jobs", server={"port": free_port()},
+                       workers={"count": 2},
+                       jobs={"local": {"workdir": str(tmp_path / "jobs"), "max_parallel": 8,
+                                       "writable_paths": [str(tmp_path)]}},
+                       limits={"max_parallel_per_machine": {"L4": 2}, "prices": {"L4": 4.0}, "per_pr_usd": 100.0})
+    cfg_path = tmp_path / "litbotd.toml"
+    cfg_path.write_text(render_toml(data))
+    daemon = SubprocessDaemon(cfg_path, tmp_path / "daemon.log")
+
+    def started() -> int:
+        return sum(ln.startswith("S") for ln in events.read_text().splitlines()) if events.exists() else 0
+
+    def waiting() -> int:
+        return sum("Waiting for a free L4" in (r["output"] or {}).get("title", "") for r in world.runs(sha)
+                   if r["status"] == "queued")
+
+    try:
+        daemon.start()
+        port = await daemon.ready()
+        assert await post_webhook(port, "pull_request", pr_payload("opened", sha)) == 202
+        await wait_until(lambda: started() == 2 and waiting() == 4, 60, "two running, four waiting")
+        daemon.kill()                                     # 1: in the middle of the waiting
+        daemon.start()
+        await daemon.ready()
+        hold = world.gh.hold("PATCH", r"/check-runs/\d+$", when=lambda b: (b or {}).get("status") == "completed")
+        release.touch()
+        await wait_until(hold.reached.is_set, 60, "the first result being reported")
+        daemon.kill()                                     # 2: a result counted, its write parked
+        hold.release()
+        daemon.start()
+        await daemon.ready()
+        await wait_until(lambda: len(world.runs(sha)) == 6 and all(r["status"] == "completed" for r in world.runs(sha)),
+                         120, "every run to complete after the restarts")
+        assert daemon.terminate() == 0
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill()
+        await world.close()
+    running = peak = 0
+    for line in events.read_text().splitlines():
+        running += 1 if line.startswith("S") else -1
+        peak = max(peak, running)
+    assert peak <= 2 and started() == 6, events.read_text()
+    assert {r["conclusion"] for r in world.runs(sha)} == {"success"}
+    assert len(_jobs(tmp_path)) == 6
+    world.assert_no_duplicates()
+    r = redis_server.client()
+    runs = [k for k in r.scan_iter("bot_queue:run:*") if r.type(k) == "hash"]
+    spent = [float(r.hget(k, "spent")) for k in runs]
+    assert len(spent) == 6 and all(x > 0 for x in spent)
+    ledger = {k: v for day in r.scan_iter("bot_queue:spend:*") for k, v in r.hgetall(day).items()}
+    assert float(ledger[REPO]) == pytest.approx(sum(spent), abs=1e-5)
+    assert float(r.hget(f"bot_queue:sha:{REPO}@{sha}", "spent")) == pytest.approx(sum(spent), abs=1e-5)
+    assert r.hlen("bot_queue:limits:entries") == 0 and r.hlen("bot_queue:limits:wake") == 0
