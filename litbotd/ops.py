@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from . import logs
+from . import logs, spend
 from .config import Config
 from .queue import REDIS_UNAVAILABLE, Queue, connect_config, queue_config
 
@@ -51,9 +51,12 @@ async def status(cfg: Config, as_json: bool) -> int:
         workers = await q.worker_infos()
         oldest = await q.oldest_age()
         refused = await _refused_reloads(q)
+        spent = await spend.spend_today(q)
+        usage = await spend.usage(q)
     if as_json:
         print(json.dumps({
             **depths, "queued_by_phase": by_kind, "oldest_task_age_s": oldest, "reload_refused": refused,
+            "spend_today_usd": spent, **usage,
             "workers": [{"id": w.id, "host": w.host, "pid": w.pid, "alive": w.alive, "task": w.task,
                          "busy_s": w.busy_s, "processing": w.processing} for w in workers],
         }, sort_keys=True))
@@ -61,6 +64,12 @@ async def status(cfg: Config, as_json: bool) -> int:
     phases = ", ".join(f"{k} {v}" for k, v in sorted(by_kind.items())) or "none"
     print(f"queue {cfg.redis.queue}: queued {depths['queued']} ({phases}), delayed {depths['delayed']}, "
           f"dead {depths['dead']}" + (f", oldest {oldest:.0f}s" if oldest is not None else ""))
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    print(f"spend today ({day} UTC): " + (", ".join(f"{repo} ${usd:,.2f}" for repo, usd in spent.items()) or "none"))
+    if usage["running_by_machine"] or usage["waiting_by_machine"]:
+        machines = sorted(set(usage["running_by_machine"]) | set(usage["waiting_by_machine"]))
+        print("runs by machine: " + ", ".join(f"{m} {usage['running_by_machine'].get(m, 0)} running"
+                                             f" {usage['waiting_by_machine'].get(m, 0)} waiting" for m in machines))
     alive = [w for w in workers if w.alive]
     print(f"workers: {len(alive)} alive")
     for w in alive:

@@ -41,6 +41,16 @@ def _done(world: GitHubWorld, sha: str, n: int) -> bool:
     return len(runs) >= n and all(r["status"] == "completed" for r in runs)
 
 
+def metric_spend(repo: str) -> float:
+    """litbotd_spend_usd_total{repo} as /metrics shows it (this process's registry)."""
+    from litbotd import metrics
+
+    for line in metrics.render().decode().splitlines():
+        if line.startswith(f'litbotd_spend_usd_total{{repo="{repo}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def _jobs(tmp_path: Path) -> list[Path]:
     return [p for p in (tmp_path / "jobs").glob("litci-*") if p.is_dir()]
 
@@ -106,6 +116,7 @@ async def test_max_parallel_per_machine_and_the_ledger(redis_server, world, tmp_
         return JobStatus(st.state, st.exit_code, st.url, st.message, st.timed_out, cost=cost)
 
     monkeypatch.setattr(LocalBackend, "status", status_with_cost)
+    before = metric_spend(REPO)
     data = config_data(redis_server.url, world.url, tmp_path / "jobs", jobs={"local": {
         "workdir": str(tmp_path / "jobs"), "max_parallel": 8, "writable_paths": [str(tmp_path)]}},
         limits={"max_parallel_per_machine": {"L4": 2}, "prices": {"L4": 4.0}})
@@ -133,6 +144,7 @@ async def test_max_parallel_per_machine_and_the_ledger(redis_server, world, tmp_
     assert {r["conclusion"] for r in world.runs(sha)} == {"success"}
     assert len(reported) == 6
     assert today == {REPO: pytest.approx(sum(reported.values()), abs=1e-5)}
+    assert metric_spend(REPO) - before == pytest.approx(sum(reported.values()), abs=1e-5)
     world.assert_no_duplicates()
 
 
