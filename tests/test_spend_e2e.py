@@ -217,3 +217,32 @@ async def test_sigkill_double_counts_nothing_and_starts_nothing_over_a_cap(redis
     assert float(ledger[REPO]) == pytest.approx(sum(spent), abs=1e-5)
     assert float(r.hget(f"bot_queue:sha:{REPO}@{sha}", "spent")) == pytest.approx(sum(spent), abs=1e-5)
     assert r.hlen("bot_queue:limits:entries") == 0 and r.hlen("bot_queue:limits:wake") == 0
+
+
+async def test_an_approved_fork_may_use_only_untrusted_machines_until_approve_cost(redis_server, world, tmp_path):
+    sha = sha_of("fork-gpu")
+    wf = 'name: t\nparametrize:\n  matrix: {machine: ["CPU", "L4"]}\nrun: echo ok\n'
+    await world.start({sha: {".lightning/workflows/ci.yaml": "name: evil\nrun: echo pwned\n"},
+                       "main": {".lightning/workflows/ci.yaml": wf}})
+    world.pull(sha, fork_user="stranger", association="FIRST_TIME_CONTRIBUTOR")
+    world.gh.set_permission(REPO, "maintainer", "admin")
+    async with InProcessDaemon(config_data(redis_server.url, world.url, tmp_path / "jobs")) as d:
+        await d.send("pull_request", pr_payload("opened", sha, fork=True, association="FIRST_TIME_CONTRIBUTOR",
+                                                user="stranger"))
+        await wait_until(lambda: world.runs(sha), 20, "the approval check")
+        await d.send("issue_comment", comment_payload("/litci ok-to-test", "maintainer", comment_id=801))
+        await wait_until(lambda: _done(world, sha, 3), 30, "the approved fork's runs")
+        await wait_until(d.idle, 60, "idle")
+        assert world.conclusions(sha) == {"litci": "action_required", "t (CPU)": "success",
+                                          "t (L4)": "action_required"}
+        held = next(r for r in world.runs(sha) if r["name"] == "t (L4)")
+        assert "machine L4" in held["output"]["summary"] and "untrusted_machines (CPU)" in held["output"]["summary"]
+        assert len(_jobs(tmp_path)) == 1
+
+        await d.send("issue_comment", comment_payload("/litci approve-cost", "maintainer", comment_id=802))
+        await wait_until(lambda: _done(world, sha, 4), 30, "the approved GPU run")
+        await wait_until(d.idle, 60, "idle")
+    gpu = [r for r in world.runs(sha) if r["name"] == "t (L4)"]
+    assert [r["conclusion"] for r in gpu] == ["action_required", "success"]
+    assert len(_jobs(tmp_path)) == 2
+    world.assert_no_duplicates()
