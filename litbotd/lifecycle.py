@@ -238,11 +238,12 @@ async def start_job(task: Task, s: Services) -> list[Task]:
     cfg, rs = s.config, RunState(s.queue)
     repo, sha, key, attempt = p["repo"], p["sha"], p["run"], p["attempt"]
     ref = RunRef(repo, sha, key, attempt)
-    if not decisions.may_start(await rs.get(ref)):
-        await spendgate.ended(s, ref)  # cancelled before it started: whatever it held is free
-        return []
     run, _ = (await rs.runs(repo, sha))[key]
-    if (not_now := await spendgate.before_start(task, s, ref, run, lambda st: _report_row(run, attempt, st))) is not None:
+    row = functools.partial(_report_row, run, attempt)
+    if not decisions.may_start(st := await rs.get(ref)):
+        await spendgate.not_started(task, s, ref, st, row)  # cancelled (or held) before it started
+        return []
+    if (not_now := await spendgate.before_start(task, s, ref, run, row)) is not None:
         return not_now + await _comment_soon(task, s, repo, await _pr_of(s, p), p["installation"])
     name = decisions.job_name(repo, sha, key, attempt)
     token = await _gh(s).scoped_token(p["installation"], repo) if decisions.needs_token(p.get("private")) else None

@@ -83,12 +83,30 @@ async def before_start(task: Task, ctx: Any, ref: RunRef, run: Run,
     conclusion, _ = await rs.conclude(ref, decisions.ACTION_REQUIRED, d.reason, time.time())
     if conclusion == decisions.ACTION_REQUIRED:
         log.info("run held by a limit", held=d.held, reason=d.reason)
-        output = report.limit_held_output(cfg.github.command_prefix, d.reason, row(await rs.get(ref)))
-        await checks.update_check(gh, inst, ref.repo, check_id, status="completed",
-                                  conclusion=decisions.ACTION_REQUIRED, completed_at=checks.iso(time.time()),
-                                  output=output)
-        await rs.update(ref, reported=1)
+        await _report_held(ctx, p, ref, row)
     return []
+
+
+async def _report_held(ctx: Any, p: dict[str, Any], ref: RunRef,
+                       row: Callable[[dict[str, str]], report.RunReport]) -> None:
+    rs = RunState(ctx.queue)
+    st = await rs.get(ref)
+    output = report.limit_held_output(ctx.config.github.command_prefix, st.get("message", ""), row(st))
+    await checks.update_check(ctx.github, p["installation"], ref.repo, int(st.get("check_run_id") or p["check_run_id"]),
+                              status="completed", conclusion=decisions.ACTION_REQUIRED,
+                              completed_at=checks.iso(time.time()), output=output)
+    await rs.update(ref, reported=1)
+
+
+async def not_started(task: Task, ctx: Any, ref: RunRef, st: dict[str, str],
+                      row: Callable[[dict[str, str]], report.RunReport]) -> None:
+    """start_job found its run ended or asked to stop before its job started: free what it held;
+    a run a limit held whose check-run write a crash cut short is reported now."""
+    if st.get("held") and st.get("conclusion") == decisions.ACTION_REQUIRED:
+        if not st.get("reported"):
+            await _report_held(ctx, task.payload, ref, row)
+        return
+    await ended(ctx, ref)
 
 
 async def ended(ctx: Any, ref: RunRef, reported_cost: float | None = None) -> None:
@@ -101,6 +119,8 @@ async def ended(ctx: Any, ref: RunRef, reported_cost: float | None = None) -> No
     def num(k: str) -> float | None:
         return float(st[k]) if st.get(k) else None
 
+    if st.get("held"):  # never started, holds nothing: its row keeps showing the projection
+        return
     finished = num("finished_at") or time.time()
     amount = limits.spent_cost(reported_cost, num("price") or 0.0, num("started_at"), finished)
     if await Spend(ctx.queue).finish(ref, ctx.config.limits, Ledger(amount, limits.utc_day(finished))):
