@@ -33,11 +33,12 @@ CAS_TRIES = 50                 # version clashes before giving up (the task is t
 RECONCILE_GRACE = 600.0        # seconds a concluded run may keep its slot before it is released for it
 
 # KEYS: version, entries, wake, main[, run hash, day ledger, commit hash].
-# ARGV: version read, then: n_set, (run id, entry JSON)...; n_del, run id...; n_wake, (run id, task)...;
-# n_push, run id...; with the 3 ledger keys also: amount, repo, day, ttl.
-# Returns -1 when the version moved (nothing done), else 1 when the ledger counted the run now, 0 not.
+# ARGV: version read ('' = apply whatever it is now: a ledger entry alone), then: n_set, (run id,
+# entry JSON)...; n_del, run id...; n_wake, (run id, task)...; n_push, run id...; with the 3 ledger
+# keys also: amount, repo, day, ttl, part (the run's part counted: its infrastructure try).
+# Returns -1 when the version moved (nothing done), else 1 when the ledger counted the part now, 0 not.
 _COMMIT = """
-if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return -1 end
+if ARGV[1] ~= '' and (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return -1 end
 local i = 2
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
@@ -56,7 +57,8 @@ for _ = 1, n do
 end
 redis.call('INCR', KEYS[1])
 if #KEYS < 7 then return 0 end
-if redis.call('HSETNX', KEYS[5], 'spent', ARGV[i]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[5], 'spent:' .. ARGV[i + 4], ARGV[i]) == 0 then return 0 end
+redis.call('HINCRBYFLOAT', KEYS[5], 'spent', ARGV[i])
 redis.call('HSET', KEYS[5], 'spent_day', ARGV[i + 2])
 redis.call('HINCRBYFLOAT', KEYS[6], ARGV[i + 1], ARGV[i])
 redis.call('EXPIRE', KEYS[6], ARGV[i + 3])
@@ -71,9 +73,11 @@ class Contended(Exception):
 
 @dataclass(frozen=True)
 class Ledger:
-    """A run's cost for the ledger: counted once, on the day it ended."""
+    """A run's cost for the ledger: counted once, on the day it ended. A run retried for the
+    infrastructure (SPEC §11) ran one job per try: each try is a `part`, counted once each."""
     amount: float
     day: str
+    part: str = "1"
 
 
 def run_id(ref: RunRef) -> str:
@@ -176,6 +180,11 @@ class Spend:
                 return got == 1
         raise Contended("the limits state kept changing; trying again later")
 
+    async def count(self, ref: RunRef, ledger: Ledger) -> bool:
+        """Count one part of a run that goes on (an infrastructure try that ended, the run retried):
+        the ledger only; its slot stays held. Idempotent per part. True when counted now."""
+        return await self._apply("", [], [], [], [], ledger=(ref, ledger)) == 1
+
     async def _apply(self, version: str, sets: list[tuple[limits.Entry, RunRef]], dels: list[str],
                      wakes: list[tuple[str, str]], pushes: list[str],
                      ledger: tuple[RunRef, Ledger] | None = None) -> int:
@@ -190,7 +199,7 @@ class Spend:
         if ledger is not None:
             ref, led = ledger
             keys += [self.rs.run_key(ref), self.day_key(led.day), self.rs.sha_key(ref.repo, ref.sha)]
-            args += [f"{max(0.0, led.amount):.6f}", ref.repo, led.day, LEDGER_TTL]
+            args += [f"{max(0.0, led.amount):.6f}", ref.repo, led.day, LEDGER_TTL, led.part]
         return int(await self._commit(keys=keys, args=args))
 
     # -- reconciliation -------------------------------------------------------------------------------

@@ -121,3 +121,18 @@ async def test_leaked_slots_are_reconciled_and_counted_once(sp, aredis):
     assert await sp.reconcile(L4X2, price, now=now) == 0
     assert (await sp.usage())["running_by_machine"] == {"L4": 2}
     assert await spend_today(sp.q) in ({}, {"o/r": 2.0})
+
+
+async def test_each_part_of_a_run_is_counted_once(sp, aredis):
+    """A run retried for the infrastructure: each try's job cost is counted once, and the run
+    keeps its slot until its end."""
+    [ref] = await setup(sp.q, ["a"])
+    await sp.gate(cand(ref, "t"), ref, L4X2, Task(kind="start_job"), price, True)
+    assert await sp.count(ref, Ledger(0.5, "2026-12-03", part="1"))
+    assert not await sp.count(ref, Ledger(0.5, "2026-12-03", part="1"))  # the same try again
+    assert (await sp.usage())["running_by_machine"] == {"L4": 1}
+    assert await sp.finish(ref, L4X2, Ledger(1.5, "2026-12-03", part="2"))
+    assert not await sp.finish(ref, L4X2, Ledger(1.5, "2026-12-03", part="2"))
+    assert await spend_on(sp.q, "2026-12-03") == {"o/r": 2.0}
+    assert float(await aredis.hget(RunState(sp.q).run_key(ref), "spent")) == 2.0
+    assert (await sp.usage())["running_by_machine"] == {}
