@@ -55,6 +55,14 @@ async def before_start(task: Task, ctx: Any, ref: RunRef, run: Run,
     task starts it — and the handler returns these tasks. `row` renders the run's report row."""
     p = task.payload
     cfg, rs = ctx.config, RunState(ctx.queue)
+    if book(ctx).read_at is None:
+        # Not read yet (the daemon just started): a run priced 0 could slip past a money cap.
+        try:
+            await read_prices(ctx)
+        except Exception as e:
+            if cfg.limits.per_pr_usd or cfg.limits.per_repo_day_usd:
+                raise RuntimeError(f"machine prices could not be read yet: {type(e).__name__}") from None
+            log.warning("machine prices could not be read; runs are priced by limits.prices only")
     price_of = price_fn(ctx)
     price = price_of(run.machine, run.interruptible)
     cand = limits.Candidate(run_id(ref), ref.repo, ref.sha, ref.key, run.machine, price, run.timeout, task.id)
@@ -146,8 +154,6 @@ async def read_prices(ctx: Any) -> int:
     """Read the backend's machine prices into the price book (at start and every hour)."""
     backend = ctx.backend
     reader = getattr(backend, "prices", None) if backend is not None else None
-    if reader is None:
-        return 0
-    prices = await reader()
+    prices = await reader() if reader is not None else {}
     book(ctx).update(prices)
     return len(prices)
