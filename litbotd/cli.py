@@ -11,6 +11,7 @@ import sys
 from typing import Sequence
 
 from . import config as config_mod
+from . import configfile
 from .backends.base import BackendError
 from .config import Config, ConfigError
 
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .ops import lint
             return lint(args.dir, args.base, _load(args.config))
         if args.command in ("status", "dead", "replay"):
-            cfg, problem = config_mod.load_redis_only(args.config)
+            cfg, problem = configfile.load_redis_only(args.config)
             if problem:  # these need only [redis]: say what else is wrong, and go on
                 print(f"litbotd: config error (ignored: {args.command} needs only [redis]): {problem}",
                       file=sys.stderr)
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load(path: str | None) -> Config:
-    return config_mod.load(path)
+    return configfile.load(path)
 
 
 def _check_config(cfg: Config, online: bool) -> int:

@@ -1,20 +1,18 @@
-"""Configuration: schema, defaults, environment overrides, validation (SPEC §3).
+"""Configuration: schema, defaults, environment overrides, validation (SPEC §3). Pure.
 
-Pure apart from reading the files it is pointed at. Every error names the key.
+Every error names the key. Reading the file, the environment and the secrets it names is
+configfile.py's (`configfile.load`, `configfile.parse`); a new key goes in the dataclasses here.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
+import posixpath
 import re
-import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from . import durations, redaction
 
-DEFAULT_PATH = "/etc/litbotd/litbotd.toml"
 SECRET_KEYS = {"github.private_key", "github.webhook_secret"}
 
 
@@ -299,13 +297,6 @@ def _validate(cfg: Config) -> None:
         bad("log.format", f"must be one of auto, text, journal, json, got {cfg.log.format!r}")
 
 
-def _read_secret_file(path: str, key: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError as e:
-        raise ConfigError(f"{key}: cannot read {path}: {e.strerror or e}") from None
-
-
 def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Returns (file-shaped overrides, secrets). Env values are strings: coerce the non-string ones."""
     over: dict[str, dict[str, Any]] = {}
@@ -326,20 +317,15 @@ def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], d
     return over, secrets
 
 
-def resolve_path(explicit: str | None, env: Mapping[str, str]) -> str | None:
-    """-c/--config, else $LITBOTD_CONFIG, else /etc/litbotd/litbotd.toml when it exists (SPEC §2)."""
-    if explicit:
-        return explicit
-    if env.get("LITBOTD_CONFIG"):
-        return env["LITBOTD_CONFIG"]
-    if os.path.exists(DEFAULT_PATH):
-        return DEFAULT_PATH
-    return None
+# read_secret(path, key, required): the file's text; None when it does not exist and is not
+# required; ConfigError naming `key` when it cannot be read (configfile.read_secret).
+ReadSecret = Callable[[str, str, bool], "str | None"]
 
 
-def parse(data: Mapping[str, Any], env: Mapping[str, str] | None = None, source: str = "") -> Config:
-    """Build a validated Config from a parsed TOML mapping plus the environment."""
-    env = os.environ if env is None else env
+def build(data: Mapping[str, Any], env: Mapping[str, str], source: str, read_secret: ReadSecret) -> Config:
+    """A validated Config from a parsed TOML mapping plus the environment given. The files it
+    names (the key, systemd credentials) are read through `read_secret`: configfile.parse is the
+    version that reads them (and os.environ)."""
     merged: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
     over, secrets = _env_overrides(env)
     for section, values in over.items():
@@ -351,12 +337,13 @@ def parse(data: Mapping[str, Any], env: Mapping[str, str] | None = None, source:
     creds = env.get("CREDENTIALS_DIRECTORY")
     webhook_secret = secrets.get("webhook_secret", "")
     private_key = secrets.get("private_key", "")
-    if creds and not webhook_secret and os.path.exists(os.path.join(creds, "webhook-secret")):
-        webhook_secret = _read_secret_file(os.path.join(creds, "webhook-secret"), "github.webhook_secret").strip()
-    if creds and not private_key and os.path.exists(os.path.join(creds, "github-app.pem")):
-        private_key = _read_secret_file(os.path.join(creds, "github-app.pem"), "github.private_key_file")
+    if creds and not webhook_secret:
+        webhook_secret = (read_secret(posixpath.join(creds, "webhook-secret"), "github.webhook_secret", False)
+                          or "").strip()
+    if creds and not private_key:
+        private_key = read_secret(posixpath.join(creds, "github-app.pem"), "github.private_key_file", False) or ""
     if not private_key and gh.private_key_file:
-        private_key = _read_secret_file(gh.private_key_file, "github.private_key_file")
+        private_key = read_secret(gh.private_key_file, "github.private_key_file", True) or ""
     if private_key and "PRIVATE KEY-----" not in private_key:
         raise ConfigError("github.private_key_file: not a PEM private key (no 'PRIVATE KEY' header)")
     cfg = dataclasses.replace(
@@ -366,44 +353,6 @@ def parse(data: Mapping[str, Any], env: Mapping[str, str] | None = None, source:
     )
     _validate(cfg)
     return cfg
-
-
-def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Read the config the way every command does: file (if any), then environment overrides."""
-    env = os.environ if env is None else env
-    path = resolve_path(path, env)
-    if path is None:
-        return parse({}, env, source="built-in defaults + environment")
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path}: invalid TOML: {e}") from None
-    except OSError as e:
-        raise ConfigError(f"config file {path}: {e.strerror or e}") from None
-    return parse(data, env, source=path)
-
-
-def load_redis_only(path: str | None = None, env: Mapping[str, str] | None = None) -> tuple[Config, str | None]:
-    """For `status`, `dead` and `replay`, which need only [redis]: the full config when it loads,
-    else defaults plus the file's [redis] (and REDIS_URL), with the error that was set aside."""
-    env = os.environ if env is None else env
-    try:
-        return load(path, env), None
-    except ConfigError as e:
-        problem = str(e)
-    path = resolve_path(path, env)
-    data: Any = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError):
-            data = {}  # unreadable as a whole: [redis] comes from the environment or the defaults
-    only_redis = {k: v for k, v in env.items() if k == "REDIS_URL"}
-    return parse({"redis": data.get("redis", {})}, only_redis, source=f"[redis] of {path or 'defaults'}"), problem
 
 
 def secrets_of(cfg: Config) -> list[str]:
@@ -461,3 +410,15 @@ def _toml_value(v: Any, key: str = "") -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x, "") for x in v) + "]"
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# Transitional (issue 18 step 1): branches written before the split call config.parse/config.load.
+# They now live in configfile.py; these forwarders go once those branches have merged.
+def parse(data: Mapping[str, Any], env: Mapping[str, str] | None = None, source: str = "") -> Config:
+    from . import configfile
+    return configfile.parse(data, env, source)
+
+
+def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    from . import configfile
+    return configfile.load(path, env)

@@ -21,16 +21,19 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from . import config as config_mod
+from . import configfile
 from . import logs, preflight, procinfo, systemd
+from .backends import Backend, machine_names, make_backend
 from .backoff import backoff
-from .backends import make_backend
 from .config import Config, ConfigError, JobsConfig
+from .context import Context, Current
 from .github import GitHubApp
 from .pool import WorkerPool
-from .queue import REDIS_UNAVAILABLE, connect_config, queue_config
-from .services import Services
+from .queue import queue_config
+from .redisconn import REDIS_UNAVAILABLE, connect_config
 from .webhook import make_app
 from .worker import Registry, Worker
+from .workflows import Defaults
 
 log = logs.get("litbotd.daemon")
 
@@ -44,7 +47,7 @@ class Daemon:
                  config_loader: Callable[[], Config] | None = None, redis: aioredis.Redis | None = None) -> None:
         self.registry = registry
         self.config_path = config_path
-        self._load_config = config_loader or (lambda: config_mod.load(config_path))
+        self._load_config = config_loader or (lambda: configfile.load(config_path))
         self.host = os.environ.get("LITBOTD_HOST") or socket.gethostname()
         self.identity = procinfo.identity(self.host)
         self._stop = asyncio.Event()
@@ -55,14 +58,21 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.ready = asyncio.Event()
-        redis = redis if redis is not None else connect_config(cfg.redis)
-        self.services = Services(config=cfg, redis=redis, queue=queue_config(redis, cfg.redis))
-        self.pool = WorkerPool(self.services, registry, self.identity)
-        self.services.health = self.pool.liveness
+        self.redis = redis if redis is not None else connect_config(cfg.redis)
+        self.queue = queue_config(self.redis, cfg.redis)  # [redis] is fixed for the process's life
+        # Until start() builds the adapters: the config alone (nothing runs a handler before).
+        self.current = Current(Context.of(cfg, self.queue))
+        self.pool = WorkerPool(self.current, registry, self.identity)
+        self.live = self.pool.live
+
+    @property
+    def ctx(self) -> Context:
+        """The context in force (replaced whole on SIGHUP)."""
+        return self.current.ctx
 
     @property
     def cfg(self) -> Config:
-        return self.services.config
+        return self.current.ctx.config
 
     @property
     def workers(self) -> dict[str, tuple[Worker, asyncio.Task]]:
@@ -108,7 +118,7 @@ class Daemon:
     def stop(self) -> None:
         if not self._stop.is_set():
             log.info("stopping: draining in-flight tasks", grace=f"{self.cfg.workers.shutdown_grace:g}s")
-            self.services.draining = True
+            self.live.draining = True
             self._stop.set()
 
     async def listen(self) -> None:
@@ -116,7 +126,7 @@ class Daemon:
         if not self.cfg.server.enabled:
             return
         host, port = self.cfg.server.host, self.cfg.server.port
-        self._runner = web.AppRunner(make_app(self.services), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(make_app(self.current, self.live), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         try:
@@ -135,7 +145,7 @@ class Daemon:
             else logs.safe_url(self.cfg.redis.url)
         while not self._stop.is_set():
             try:
-                await self.services.redis.ping()
+                await self.redis.ping()
                 return True
             except REDIS_UNAVAILABLE as e:
                 attempt += 1
@@ -150,10 +160,11 @@ class Daemon:
 
     async def start(self) -> None:
         """Adapters, then the pool (recovery, sweep, workers, loops); listen() if not yet done."""
-        s = self.services
-        s.backend = make_backend(self.cfg) if self.cfg.workers.count > 0 else None
-        self._backend_jobs = self.cfg.jobs if s.backend is not None else None
-        s.github = GitHubApp(s) if self.cfg.github.app_id and self.cfg.github.private_key else None
+        cfg = self.cfg
+        backend = make_backend(cfg) if cfg.workers.count > 0 else None
+        self._backend_jobs = cfg.jobs if backend is not None else None
+        self.current.ctx = Context.of(cfg, self.queue, self._github(cfg), backend,
+                                      await self._defaults(cfg, backend))
         await self.pool.start()
         if self.cfg.server.enabled and self._runner is None:
             await self.listen()
@@ -163,7 +174,7 @@ class Daemon:
         """Stop taking, let in-flight tasks finish within shutdown_grace, leave the rest queued."""
         await self.pool.stop(self.cfg.workers.shutdown_grace)
         try:
-            await self.services.redis.hdel(self.services.queue.key("reload"), self._reload_field())
+            await self.redis.hdel(self.queue.key("reload"), self._reload_field())
         except REDIS_UNAVAILABLE:
             pass
         await self._close()
@@ -172,11 +183,23 @@ class Daemon:
     async def _close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
-        if self.services.github is not None:
-            await self.services.github.close()
-        if self.services.backend is not None:
-            await self.services.backend.close()
-        await self.services.redis.aclose()
+        if self.ctx.github_app is not None:
+            await self.ctx.github_app.close()
+        if self.ctx.backend_impl is not None:
+            await self.ctx.backend_impl.close()
+        await self.redis.aclose()
+
+    def _github(self, cfg: Config) -> GitHubApp | None:
+        """The GitHub App client for a config; None without App credentials."""
+        if not (cfg.github.app_id and cfg.github.private_key):
+            return None
+        return GitHubApp.on_redis(cfg.github, self.redis, self.queue.name)
+
+    @staticmethod
+    async def _defaults(cfg: Config, backend: Backend | None) -> Defaults:
+        """The planner's defaults; with Lightning, the valid machine names (imports the SDK: a thread)."""
+        lightning = backend is not None and cfg.jobs.backend == "lightning"
+        return Defaults.from_config(cfg.jobs, await asyncio.to_thread(machine_names) if lightning else None)
 
     # -- reload -------------------------------------------------------------------------------------
     async def reload(self) -> None:
@@ -196,7 +219,7 @@ class Daemon:
             depths: dict[str, int] = {}
             try:
                 await self._record_reload(refused)
-                depths = await self.services.queue.depths()
+                depths = await self.queue.depths()
             except REDIS_UNAVAILABLE:
                 pass
             systemd.notify("READY=1", f"STATUS={self.pool.status_line(depths)}")
@@ -206,17 +229,16 @@ class Daemon:
 
     async def _record_reload(self, refused: str | None) -> None:
         """`litbotd status` shows a refused reload and why (its operator may not see the log)."""
-        key, field = self.services.queue.key("reload"), self._reload_field()
+        key, field = self.queue.key("reload"), self._reload_field()
         if refused is None:
-            await self.services.redis.hdel(key, field)
+            await self.redis.hdel(key, field)
         else:
-            await self.services.redis.hset(key, field, json.dumps(
+            await self.redis.hset(key, field, json.dumps(
                 {"host": self.host, "pid": os.getpid(), "at": time.time(), "error": refused,
                  "config": self.config_path or self.cfg.source}))
 
     async def _reload(self) -> str | None:
         """Apply the new config; the reason when it is refused."""
-        s = self.services
         try:
             new = await asyncio.to_thread(self._load_config)
         except ConfigError as e:
@@ -230,19 +252,22 @@ class Daemon:
         changed = [f.name for f in dataclasses.fields(Config)
                    if f.name != "source" and getattr(old, f.name) != getattr(new, f.name)]
         # Everything that can fail happens before the first change.
-        backend = s.backend
+        was = self.ctx
+        backend = was.backend_impl
         if new.workers.count > 0 and new.jobs != self._backend_jobs:
             backend = make_backend(new)
+        github = self._github(new) if new.github != old.github else was.github_app
+        defaults = await self._defaults(new, backend)
         logs.setup(new.log.level, new.log.format, config_mod.secrets_of(new))
-        s.config = new
-        if backend is not s.backend:
-            old_backend, s.backend, self._backend_jobs = s.backend, backend, new.jobs
-            if old_backend is not None:
-                await old_backend.close()  # jobs keep running; only threads and connections go
-        if new.github != old.github:
-            if s.github is not None:
-                await s.github.close()
-            s.github = GitHubApp(s) if new.github.app_id and new.github.private_key else None
+        # The prices read stay with their backend: a new backend's are read afresh (the gate reads them).
+        prices = was.prices if backend is was.backend_impl else None
+        self.current.ctx = Context.of(new, self.queue, github, backend, defaults, prices)  # the swap: one assignment
+        if backend is not was.backend_impl:
+            self._backend_jobs = new.jobs
+            if was.backend_impl is not None:
+                await was.backend_impl.close()  # jobs keep running; only threads and connections go
+        if github is not was.github_app and was.github_app is not None:
+            await was.github_app.close()
         if self._stop.is_set():
             return None  # SIGTERM arrived while reloading: a draining daemon starts no workers
         self.pool.resize(new.workers.count)

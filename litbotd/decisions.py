@@ -1,6 +1,6 @@
 """The task state machine's decisions, as pure functions (no Redis, no HTTP).
 
-lifecycle.py gathers the facts (job status, clocks, run state), asks these functions what to do,
+lifecycle/ gathers the facts (job status, clocks, run state), asks these functions what to do,
 and does it.
 """
 from __future__ import annotations

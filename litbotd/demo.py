@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 
 from . import config as config_mod
+from . import configfile
 from . import logs
 from .backends import sandbox
 from .daemon import Daemon
@@ -158,7 +159,7 @@ async def demo(workdir: Path) -> int:
     secret = secrets.token_hex(16)
     # The demo's own known-good job may run unsandboxed where bwrap cannot work; the daemon never does that.
     sandbox_problem = sandbox.problem("isolated")
-    cfg = config_mod.parse({
+    cfg = configfile.parse({
         "server": {"host": "127.0.0.1", "port": 0},
         "github": {"app_id": 1, "api_url": api_url},
         "redis": {"url": "redis://in-process/0"},
@@ -216,7 +217,7 @@ async def _drive(daemon: Daemon, gh: DemoGitHub, sha: str, secret: str) -> int:
 
 
 async def _idle(daemon: Daemon) -> bool:
-    depths = await daemon.services.queue.depths()
+    depths = await daemon.ctx.queue.depths()
     return depths["queued"] == 0 and depths["delayed"] == 0 and all(w.task is None for w in daemon.live_workers())
 
 

@@ -29,17 +29,16 @@ import re
 import time
 import urllib.parse
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, AsyncGenerator, Awaitable, Callable
+from typing import Any, AsyncGenerator, Awaitable, Callable
 
 import aiohttp
+import redis.asyncio as aioredis
 from gidgethub import apps, sansio
 
 from . import logs, metrics
 from .backoff import backoff
+from .config import GithubConfig
 from .ghstate import Pacer, TokenCache
-
-if TYPE_CHECKING:
-    from .services import Services
 
 log = logs.get("litbotd.github")
 
@@ -113,19 +112,27 @@ def _decode(content: bytes, ctype: str, raw: bool) -> Any:
 
 
 class GitHubApp:
-    def __init__(self, services: Services, *, sleep: Callable[[float], Awaitable[Any]] | None = None,
-                 clock: Callable[[], float] | None = None, tokens: TokenCache | None = None,
-                 pacer: Pacer | None = None) -> None:
-        """`services` gives the config in force and, unless `tokens` and `pacer` are given, the Redis
-        client and key prefix they use. `sleep` and `clock` are injectable so tests can check waits
-        without waiting."""
-        self.services = services
+    def __init__(self, config: GithubConfig, tokens: TokenCache, pacer: Pacer, *,
+                 sleep: Callable[[float], Awaitable[Any]] | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        """`config` is the [github] section this client was built for (a reload that changes it
+        builds a new client); `tokens` and `pacer` hold the state shared with other daemons.
+        `sleep` and `clock` are injectable so tests can check waits without waiting."""
+        self.config = config
+        self.tokens = tokens
+        self.pacer = pacer
         self._sleep = sleep or asyncio.sleep
         self._clock = clock or time.time
         self._session: aiohttp.ClientSession | None = None
-        prefix = services.queue.name
-        self.tokens = tokens or TokenCache(services.redis, prefix, services.config.github.private_key, self._clock)
-        self.pacer = pacer or Pacer(services.redis, prefix)
+
+    @classmethod
+    def on_redis(cls, config: GithubConfig, redis: aioredis.Redis, prefix: str, *,
+                 sleep: Callable[[float], Awaitable[Any]] | None = None,
+                 clock: Callable[[], float] | None = None) -> "GitHubApp":
+        """The client whose token cache and pacer live in Redis under `prefix` (the queue name)."""
+        clock = clock or time.time
+        return cls(config, TokenCache(redis, prefix, config.private_key, clock), Pacer(redis, prefix),
+                   sleep=sleep, clock=clock)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -140,7 +147,7 @@ class GitHubApp:
     # -- authentication ---------------------------------------------------------------------------
     def jwt(self) -> str:
         """The App JWT (RS256; iat 60 s in the past, exp 10 minutes after iat)."""
-        gh = self.services.config.github
+        gh = self.config
         return apps.get_jwt(app_id=str(gh.app_id), private_key=gh.private_key)
 
     async def installation_token(self, installation_id: int) -> str:
@@ -187,7 +194,7 @@ class GitHubApp:
 
     # -- requests ---------------------------------------------------------------------------------
     def _url(self, path: str) -> str:
-        base = self.services.config.github.api_url.rstrip("/")
+        base = self.config.api_url.rstrip("/")
         if not path.startswith(("http://", "https://")):
             return base + "/" + path.lstrip("/")
         # Absolute URLs come from Link headers; a token must never go to another host.

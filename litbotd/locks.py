@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator
 import redis.asyncio as aioredis
 
 from . import logs
+from .redisconn import REDIS_UNAVAILABLE
 
 log = logs.get("litbotd.locks")
 
@@ -49,27 +50,31 @@ return 1
 class FencedLock:
     def __init__(self, redis: aioredis.Redis, key: str, ttl: float) -> None:
         self.redis = redis
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+        self._commit = redis.register_script(_COMMIT)
         self.key = key
         self.fence_key = f"{key}:fence"
         self.ttl_ms = max(1, int(ttl * 1000))
 
     async def acquire(self) -> int | None:
         """The claim's fencing number, or None when someone else holds it."""
-        n = int(await self.redis.eval(_ACQUIRE, 2, self.key, self.fence_key, self.ttl_ms))
+        n = int(await self._acquire(keys=[self.key, self.fence_key], args=[self.ttl_ms]))
         return n or None
 
     async def renew(self, fence: int) -> bool:
-        return bool(await self.redis.eval(_RENEW, 1, self.key, fence, self.ttl_ms))
+        return bool(await self._renew(keys=[self.key], args=[fence, self.ttl_ms]))
 
     async def release(self, fence: int) -> None:
-        await self.redis.eval(_RELEASE, 1, self.key, fence)
+        await self._release(keys=[self.key], args=[fence])
 
     async def commit(self, fence: int, hash_key: str, ttl: int, **fields: Any) -> bool:
         """Set `fields` in `hash_key` if no later claim was made; False (nothing written) otherwise."""
         args: list[Any] = [fence, ttl]
         for k, v in fields.items():
             args += [k, v]
-        return bool(await self.redis.eval(_COMMIT, 2, self.fence_key, hash_key, *args))
+        return bool(await self._commit(keys=[self.fence_key, hash_key], args=args))
 
     @contextlib.asynccontextmanager
     async def held(self) -> AsyncIterator[int | None]:
@@ -95,5 +100,5 @@ class FencedLock:
                 if not await self.renew(fence):
                     log.warning("claim lost while held (it expired); the fence refuses our result", claim=self.key)
                     return
-            except Exception as e:  # Redis briefly away: try again at the next beat
+            except REDIS_UNAVAILABLE as e:  # Redis briefly away: try again at the next beat
                 log.warning("could not renew a claim", claim=self.key, error=type(e).__name__)

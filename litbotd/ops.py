@@ -16,7 +16,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from . import logs, spend
 from .config import Config
-from .queue import REDIS_UNAVAILABLE, Queue, connect_config, queue_config
+from .queue import Queue, queue_config
+from .redisconn import REDIS_UNAVAILABLE, connect_config
 
 GITHUB_CHECK_TIMEOUT = 30.0
 
@@ -163,8 +164,7 @@ def lint(directory: str, base: str, cfg: Config) -> int:
     candidates = [*(root / f for f in workflows.ROOT_FILES), *sorted((root / workflows.WORKFLOW_DIR).glob("*"))]
     paths = workflows.discover(str(p.relative_to(root)) for p in candidates if p.is_file())
     files = {p: (root / p).read_bytes() for p in paths}
-    defaults = workflows.Defaults(image=cfg.jobs.lightning.default_image, machine=cfg.jobs.lightning.default_machine,
-                                  timeout=cfg.jobs.default_timeout, machines=_machines())
+    defaults = workflows.Defaults.from_config(cfg.jobs, _machines())
     plan = workflows.plan(files, base, defaults)
     if not paths:
         print(f"no workflow files ({workflows.LOCATIONS}): nothing would run")
@@ -209,7 +209,6 @@ async def check_online(cfg: Config) -> int:
 
 async def _check_github(cfg: Config, q: Queue) -> bool:
     from .github import GitHubApp
-    from .services import Services
 
     gh_cfg = cfg.github
     if not gh_cfg.app_id or not gh_cfg.private_key:
@@ -217,7 +216,7 @@ async def _check_github(cfg: Config, q: Queue) -> bool:
               "or the github-app.pem credential) must both be set")
         return False
     # Short waits between retries: an operator is watching, and the reason matters more.
-    gh = GitHubApp(Services(config=cfg, redis=q.redis, queue=q), sleep=lambda s: asyncio.sleep(min(s, 1.0)))
+    gh = GitHubApp.on_redis(gh_cfg, q.redis, q.name, sleep=lambda s: asyncio.sleep(min(s, 1.0)))
     try:
         app = await asyncio.wait_for(gh.get("/app", None), GITHUB_CHECK_TIMEOUT)
     except asyncio.TimeoutError:

@@ -2,7 +2,7 @@
 promoter, sweeper, redelivery, job-directory pruning, watchdog), kept alive.
 
 - A worker holds its lease before its first take (a crash in between leaves nothing unswept).
-- A Redis error of any kind is an outage, waited out inside the worker or loop (queue.REDIS_UNAVAILABLE).
+- A Redis error of any kind is an outage, waited out inside the worker or loop (redisconn.REDIS_UNAVAILABLE).
 - Anything else that ends a worker or a loop is one ERROR line, and the pool restarts it with backoff.
 - Liveness: `liveness()` reports a problem while fewer workers are alive than configured, or a
   loop is down, for longer than one lease; /healthz then answers 503 and the watchdog goes unfed.
@@ -18,11 +18,13 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from . import logs, metrics, procinfo, spendgate, systemd
+from . import logs, metrics, procinfo, systemd
 from .backoff import backoff
-from .queue import REDIS_UNAVAILABLE
+from .config import Config
+from .context import Current, Liveness
+from .queue import Queue
 from .redeliver import redeliver_once
-from .services import Services
+from .redisconn import REDIS_UNAVAILABLE, Primary
 from .spend import Spend
 from .worker import Registry, Worker
 
@@ -45,8 +47,9 @@ class Loop:
 
 
 class WorkerPool:
-    def __init__(self, services: Services, registry: Registry, identity: dict[str, Any]) -> None:
-        self.services = services
+    def __init__(self, current: Current, registry: Registry, identity: dict[str, Any]) -> None:
+        self.current = current  # the context in force: read afresh, SIGHUP swaps it
+        self.live = Liveness(problem=self.liveness)  # handed to the web app (/healthz)
         self.registry = registry
         self.identity = identity
         self.started = time.time()
@@ -60,15 +63,15 @@ class WorkerPool:
         self._running = False
         self._loop_tasks: list[asyncio.Task] = []
         self._last_beat = time.monotonic()
-        self._primary: Any = None  # with Sentinel: the primary's address at the last heartbeat
-        workers = lambda: self.services.config.workers  # noqa: E731 - read afresh: SIGHUP
+        self._primary = Primary()  # with Sentinel: where the primary was at the last heartbeat
+        workers = lambda: self.cfg.workers  # noqa: E731 - read afresh: SIGHUP
         self.loops: list[Loop] = [
             Loop("heartbeat", lambda: workers().heartbeat_interval, self._heartbeat),
             Loop("promoter", lambda: 1.0, self._promote),
             Loop("sweeper", lambda: max(0.5, workers().lease_timeout / 2), self._sweep, wait_first=True),
-            Loop("redeliver", lambda: self.services.config.github.redeliver_interval or 60.0, self._redeliver,
+            Loop("redeliver", lambda: self.cfg.github.redeliver_interval or 60.0, self._redeliver,
                  wait_first=True),
-            Loop("prune", lambda: min(max(self.services.config.jobs.local.keep / 4, 1.0), 300.0), self._prune),
+            Loop("prune", lambda: min(max(self.cfg.jobs.local.keep / 4, 1.0), 300.0), self._prune),
             Loop("prices", lambda: PRICES_INTERVAL, self._prices),
             Loop("limits", lambda: RECONCILE_INTERVAL, self._reconcile, wait_first=True),
         ]
@@ -76,14 +79,18 @@ class WorkerPool:
             self.loops.append(Loop("watchdog", lambda: interval, self._watchdog))
 
     @property
-    def cfg(self):
-        return self.services.config
+    def cfg(self) -> Config:
+        return self.current.ctx.config
+
+    @property
+    def queue(self) -> Queue:
+        return self.current.ctx.queue
 
     # -- life ---------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Take back what provably dead predecessors left, sweep expired leases, start everything."""
         await self._recover_predecessors()
-        n = await self.services.queue.sweep()
+        n = await self.queue.sweep()
         if n:
             metrics.REQUEUED.inc(n)
             log.warning("startup sweep requeued tasks of expired workers", tasks=n)
@@ -106,16 +113,16 @@ class WorkerPool:
                 await cancel_all(pending)
         await cancel_all(self._loop_tasks)
         try:
-            await self.services.queue.retire(list(self.workers))
+            await self.queue.retire(list(self.workers))
         except REDIS_UNAVAILABLE:
             pass  # leases expire by themselves; the next start recovers what is left
 
     async def _recover_predecessors(self) -> None:
         """Take back at once the processing lists of workers whose process is provably gone
         (SPEC §6); every other worker's tasks wait for its lease to expire."""
-        registered = await self.services.queue.registered()
+        registered = await self.queue.registered()
         dead = [wid for wid, info in registered.items() if procinfo.provably_dead(info, self.identity)]
-        n = await self.services.queue.recover(dead)
+        n = await self.queue.recover(dead)
         if dead:
             metrics.REQUEUED.inc(n)
             (log.warning if n else log.info)("took back the tasks of this host's previous run",
@@ -135,7 +142,7 @@ class WorkerPool:
     def _spawn(self) -> None:
         me = self.identity
         wid = f"{me['host']}:{me['pid']}:{me['instance']}:{next(self._ids)}"
-        worker = Worker(wid, self.services, self.registry)
+        worker = Worker(wid, self.current, self.registry, self.live)
         task = asyncio.create_task(self._supervise(f"worker {wid}", lambda: self._work(worker)), name=f"worker {wid}")
         self.workers[wid] = (worker, task)
 
@@ -144,7 +151,7 @@ class WorkerPool:
         attempt = 0
         while not worker._stop.is_set():
             try:
-                await self.services.queue.heartbeat({worker.id: self._info(worker)}, self.cfg.workers.lease_timeout)
+                await self.queue.heartbeat({worker.id: self._info(worker)}, self.cfg.workers.lease_timeout)
                 break
             except REDIS_UNAVAILABLE:
                 attempt += 1
@@ -227,7 +234,7 @@ class WorkerPool:
     async def _heartbeat(self) -> None:
         """Leases, loop lag, dead-worker replacement and STATUS=, every heartbeat_interval."""
         now = time.monotonic()
-        self.services.loop_lag = max(0.0, now - self._last_beat - self.cfg.workers.heartbeat_interval)
+        self.live.loop_lag = max(0.0, now - self._last_beat - self.cfg.workers.heartbeat_interval)
         self._last_beat = now
         for wid, (w, t) in list(self.workers.items()):
             if t.done() and not w._stop.is_set() and self._running:
@@ -239,30 +246,21 @@ class WorkerPool:
         for wid in done:
             del self.workers[wid]
         if done:
-            await self.services.queue.retire(done)
+            await self.queue.retire(done)
         await self._follow_failover()
         infos = {w.id: self._info(w) for w in self.live_workers()}
-        await self.services.queue.heartbeat(infos, self.cfg.workers.lease_timeout)
-        depths = await self.services.queue.depths()
+        await self.queue.heartbeat(infos, self.cfg.workers.lease_timeout)
+        depths = await self.queue.depths()
         for k, v in depths.items():
             metrics.QUEUE_DEPTH.labels(k).set(v)
         systemd.notify(f"STATUS={self.status_line(depths)}")
 
     async def _follow_failover(self) -> None:
-        """With Sentinel, ask for the primary every heartbeat. When it moved, drop every connection
-        (the demoted primary may accept writes until Sentinel reconfigures it, and they would be
-        lost), and have each worker look in its processing list on the new primary first."""
-        get = getattr(self.services.redis.connection_pool, "get_master_address", None)
-        if get is None:
-            return
-        addr = await get()
-        if self._primary is not None and addr != self._primary:
-            log.warning("redis primary moved (Sentinel failover): reconnecting", old=f"{self._primary[0]}:{self._primary[1]}",
-                        new=f"{addr[0]}:{addr[1]}")
-            await self.services.redis.connection_pool.disconnect(inuse_connections=True)
+        """With Sentinel, when the primary moved every worker looks in its processing list on the
+        new primary first (redisconn.Primary has dropped the old connections)."""
+        if await self._primary.moved(self.queue.redis):
             for w in self.live_workers():
                 w.recheck = True
-        self._primary = addr
 
     def status_line(self, depths: dict[str, int]) -> str:
         live = self.live_workers()
@@ -274,22 +272,23 @@ class WorkerPool:
 
     async def _promote(self) -> float | None:
         """Delayed tasks move to the main list when due; at most one poll a second when idle."""
-        moved, nxt = await self.services.queue.promote_due()
+        moved, nxt = await self.queue.promote_due()
         if moved:
             log.debug("delayed tasks due", tasks=moved)
         return None if nxt is None else nxt - time.time()
 
     async def _sweep(self) -> None:
-        n = await self.services.queue.sweep()
+        n = await self.queue.sweep()
         if n:
             metrics.REQUEUED.inc(n)
             log.warning("requeued the tasks of workers whose lease expired", tasks=n)
 
     async def _redeliver(self) -> None:
-        if not self.cfg.github.redeliver_interval or self.services.github is None:
+        ctx = self.current.ctx
+        if not ctx.config.github.redeliver_interval or ctx.github_app is None:
             return
         try:
-            n = await redeliver_once(self.services)
+            n = await redeliver_once(ctx)
             if n:
                 log.info("asked GitHub to redeliver failed webhooks", deliveries=n)
         except Exception as e:  # GitHub trouble is expected here: the next round tries again
@@ -297,11 +296,11 @@ class WorkerPool:
 
     async def _prune(self) -> None:
         """Delete finished local job directories older than jobs.local.keep (never a running job's)."""
-        prune = getattr(self.services.backend, "prune", None)  # the local backend's
-        if prune is None:
+        backend = self.current.ctx.backend_impl
+        if backend is None or not backend.prunes:
             return
         try:
-            n = await prune()
+            n = await backend.prune()
             if n:
                 log.info("deleted finished job directories", jobs=n, keep=f"{self.cfg.jobs.local.keep:g}s")
         except Exception as e:  # the next round tries again
@@ -309,8 +308,11 @@ class WorkerPool:
 
     async def _prices(self) -> float | None:
         """Read the backend's machine prices (at start, then hourly); a failure tries again soon."""
+        ctx = self.current.ctx
+        if ctx.backend_impl is None:
+            return None
         try:
-            n = await spendgate.read_prices(self.services)
+            n = await ctx.prices.refresh(ctx.backend_impl)
             if n:
                 log.info("machine prices read", machines=n)
         except REDIS_UNAVAILABLE:
@@ -322,7 +324,8 @@ class WorkerPool:
 
     async def _reconcile(self) -> None:
         """Free limit slots whose run ended without freeing them (its task lost for good)."""
-        n = await Spend(self.services.queue).reconcile(self.cfg.limits, spendgate.price_fn(self.services))
+        ctx = self.current.ctx
+        n = await Spend(ctx.queue).reconcile(ctx.config.limits, ctx.prices.price_fn(ctx.config.limits.prices))
         if n:
             log.warning("freed limit slots of runs that had ended", runs=n)
 

@@ -36,12 +36,6 @@ def process_start(pid: int) -> str:
     return "" if fields[0] == "Z" else fields[19]
 
 
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    return bool(process_start(pid))
-
-
 def identity(host: str) -> dict[str, str | int]:
     """Who this process start is, as recorded with each of its workers. `instance` is random per
     start, so worker ids never collide: not between two hosts with one name, not between a process

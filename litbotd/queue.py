@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.parse
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
 import redis.asyncio as aioredis
 import redis.exceptions
-from redis.asyncio.sentinel import Sentinel
 
+from .redisconn import REDIS_UNAVAILABLE, connect, connect_config  # noqa: F401 (the names callers had here)
 from .tasks import Task, TaskFormatError
 
 DELIVERY_TTL = 7 * 24 * 3600
@@ -117,36 +116,6 @@ return 1
 """
 
 
-# The one answer to "is Redis unavailable right now?" for every loop, worker and command: any error
-# Redis can give — a dropped connection, a timeout, and the server's own refusals during trouble
-# (OOM at maxmemory, READONLY while a replica is promoted, LOADING, MASTERDOWN, BUSY) — is an
-# outage to wait out, never a reason for a worker or loop to end.
-REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
-
-
-def connect(url: str, sentinels: Sequence[str] = (), master: str = "mymaster") -> aioredis.Redis:
-    """One client per process; redis-py pools the connections (each blocked BLMOVE holds one).
-    With `sentinels`, every new connection asks Sentinel for the current primary, and a connection
-    to a demoted primary is dropped (redis-py turns its READONLY into a ConnectionError), so the
-    next attempt follows a failover. url's username, password and db still apply."""
-    opts: dict[str, Any] = dict(decode_responses=True, socket_connect_timeout=5, socket_keepalive=True,
-                                health_check_interval=30)
-    if not sentinels:
-        return aioredis.Redis.from_url(url, **opts)
-    u = urllib.parse.urlsplit(url)
-    db = u.path.strip("/")
-    auth = {"username": urllib.parse.unquote(u.username) if u.username else None,
-            "password": urllib.parse.unquote(u.password) if u.password else None}
-    nodes = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in sentinels)]
-    sentinel = Sentinel(nodes, sentinel_kwargs={"socket_connect_timeout": 2, "socket_timeout": 2}, **opts)
-    return sentinel.master_for(master, db=int(db) if db.isdigit() else 0, **auth, **opts)
-
-
-def connect_config(rcfg: Any) -> aioredis.Redis:
-    """connect() for a [redis] section (config.RedisConfig)."""
-    return connect(rcfg.url, rcfg.sentinels, rcfg.sentinel_master)
-
-
 def queue_config(redis: aioredis.Redis, rcfg: Any) -> "Queue":
     """The Queue for a [redis] section: with Sentinel, deliveries wait for one replica."""
     return Queue(redis, rcfg.queue, ack_replicas=1 if rcfg.sentinels else 0)
@@ -192,6 +161,11 @@ class Queue:
 
     def processing(self, wid: str) -> str:
         return self.key("processing", wid)
+
+    async def leftovers(self, wid: str, client: aioredis.Redis | None = None) -> list[str]:
+        """What is in the worker's processing list, newest first: between two tasks it is empty,
+        unless a take or finish whose reply was lost moved a task there all the same."""
+        return await (client or self.redis).lrange(self.processing(wid), 0, -1)
 
     def lease(self, wid: str) -> str:
         return self.key("lease", wid)
@@ -280,16 +254,12 @@ class Queue:
         `client`: a worker's own connection (Redis.client()), so a blocked take holds no pooled one."""
         return await (client or self.redis).blmove(self.name, self.processing(wid), timeout, "RIGHT", "LEFT")
 
-    async def finish(self, wid: str, raw: str, successors: Sequence[Task] = (), dead: Task | None = None) -> bool:
-        """Remove a taken task and enqueue what follows it (successors, a retry, or a dead letter)
-        in one atomic step. False when the task had been swept away from this worker."""
-        kept, _ = await self.finish_and_take(wid, raw, successors, dead, take=False)
-        return kept
-
     async def finish_and_take(self, wid: str, raw: str, successors: Sequence[Task] = (), dead: Task | None = None,
                               *, take: bool = True, client: aioredis.Redis | None = None) -> tuple[bool, str | None]:
-        """`finish`, and with `take` the next waiting task moved into the processing list, in one
-        script call. Returns (kept, next raw task or None when the queue was empty)."""
+        """Remove a taken task and enqueue what follows it (successors, a retry, or a dead letter)
+        in one atomic step and, with `take`, move the next waiting task into the processing list,
+        in the same script call. Returns (kept: False when the task had been swept away from this
+        worker, the next raw task or None when the queue was empty)."""
         now_raw, later = self._split(successors, time.time())
         keys = (self.processing(wid), self.name, self.delayed, self.dead)
         args = ("1" if take else "", raw, len(now_raw), *now_raw, len(later) // 2, *later,

@@ -17,8 +17,8 @@ from datetime import datetime
 from typing import Any
 
 from . import logs
+from .context import Context
 from .github import GitHubError
-from .services import Services
 
 log = logs.get("litbotd.redeliver")
 
@@ -27,12 +27,12 @@ def _succeeded(delivery: dict[str, Any]) -> bool:
     return 200 <= int(delivery.get("status_code") or 0) < 400
 
 
-async def redeliver_once(services: Services) -> int:
+async def redeliver_once(ctx: Context) -> int:
     """One sweep. Returns how many redeliveries were asked for."""
-    gh = services.github
+    gh = ctx.github_app
     if gh is None:
         return 0
-    window = services.config.github.redeliver_window
+    window = ctx.config.github.redeliver_window
     cutoff = time.time() - window
     attempts: dict[str, list[dict[str, Any]]] = {}
     async with aclosing(gh.paginate("/app/hook/deliveries", None, {"per_page": 100})) as deliveries:
@@ -42,17 +42,17 @@ async def redeliver_once(services: Services) -> int:
             attempts.setdefault(d["guid"], []).append(d)
     asked = 0
     for guid, tries in attempts.items():
-        if any(_succeeded(t) for t in tries) or await services.queue.delivery_seen(guid):
+        if any(_succeeded(t) for t in tries) or await ctx.queue.delivery_seen(guid):
             continue
-        claim = services.queue.key("redeliver", guid)
-        if not await services.redis.set(claim, "1", nx=True, ex=max(1, int(window))):
+        claim = ctx.queue.key("redeliver", guid)
+        if not await ctx.redis.set(claim, "1", nx=True, ex=max(1, int(window))):
             continue
         newest = tries[0]
         try:
             await gh.post(f"/app/hook/deliveries/{newest['id']}/attempts", None)
         except GitHubError as e:
             # Not asked after all: let the next round (here or elsewhere) try again.
-            await services.redis.delete(claim)
+            await ctx.redis.delete(claim)
             log.warning("redelivery request failed", delivery=guid, status=e.status, error=e.message)
             continue
         asked += 1

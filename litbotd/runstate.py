@@ -77,6 +77,10 @@ class RunState:
     def __init__(self, queue: Queue) -> None:
         self.q = queue
         self.r = queue.redis
+        self._new_attempt = self.r.register_script(_NEW_ATTEMPT)
+        self._transition = self.r.register_script(_TRANSITION)
+        self._conclude = self.r.register_script(_CONCLUDE)
+        self._request_cancel = self.r.register_script(_REQUEST_CANCEL)
 
     def _sha(self, repo: str, sha: str) -> str:
         return self.q.key("sha", f"{repo}@{sha}")
@@ -147,7 +151,7 @@ class RunState:
 
     async def new_attempt(self, repo: str, sha: str, key: str, owner: str) -> int:
         """The next attempt of a run, for task `owner`; the same number if that task asks again."""
-        return int(await self.r.eval(_NEW_ATTEMPT, 1, self._sha(repo, sha), key, owner, TTL))
+        return int(await self._new_attempt(keys=[self._sha(repo, sha)], args=[key, owner, TTL]))
 
     # -- one attempt of a run ---------------------------------------------------------------------------
     async def get(self, ref: RunRef) -> dict[str, str]:
@@ -165,7 +169,7 @@ class RunState:
         args: list[Any] = [",".join(allowed_from), TTL]
         for k, v in fields.items():
             args += [k, "" if v is None else v]
-        return bool(await self.r.eval(_TRANSITION, 1, self._run(ref), *args))
+        return bool(await self._transition(keys=[self._run(ref)], args=args))
 
     async def count_write(self, ref: RunRef) -> int:
         """Count one check-run write for this run (for the writes-per-run metric); the total."""
@@ -177,12 +181,12 @@ class RunState:
     async def conclude(self, ref: RunRef, conclusion: str, message: str, finished_at: float) -> tuple[str, str]:
         """Record the conclusion unless the run already has one (a cancel and a result racing:
         the first decides). Returns the conclusion and message in force."""
-        got = await self.r.eval(_CONCLUDE, 1, self._run(ref), conclusion, message, repr(finished_at), TTL)
+        got = await self._conclude(keys=[self._run(ref)], args=[conclusion, message, repr(finished_at), TTL])
         return got[0], got[1] or ""
 
     async def request_cancel(self, ref: RunRef, reason: str) -> bool:
         """Mark a run cancelled for the phases that will see it next; False if it already ended."""
-        return bool(await self.r.eval(_REQUEST_CANCEL, 1, self._run(ref), reason, TTL))
+        return bool(await self._request_cancel(keys=[self._run(ref)], args=[reason, TTL]))
 
     # -- pull requests ------------------------------------------------------------------------------------
     async def set_head(self, repo: str, pr: int, sha: str, base_ref: str, installation: int) -> list[str]:

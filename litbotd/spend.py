@@ -269,3 +269,13 @@ class PriceBook:
 
     def price(self, machine: str, interruptible: bool, overrides: Mapping[str, float]) -> float:
         return limits.price_per_hour(machine, interruptible, self.reported, overrides)
+
+    def price_fn(self, overrides: Mapping[str, float]) -> Callable[[str, bool], float]:
+        """USD per hour of (machine, interruptible), with `overrides` (limits.prices) first."""
+        return lambda machine, interruptible: self.price(machine, interruptible, overrides)
+
+    async def refresh(self, backend: Any) -> int:
+        """Read `backend.prices()` (backends.base.Backend) into the book; how many machines."""
+        prices = await backend.prices()
+        self.update(prices)
+        return len(prices)

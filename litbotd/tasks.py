@@ -23,6 +23,10 @@ class TaskFormatError(ValueError):
     """A queue entry that is not a task envelope this version understands."""
 
 
+class Permanent(Exception):
+    """A failure that retrying cannot fix: the task goes straight to the dead letter."""
+
+
 @dataclass(frozen=True)
 class Task:
     kind: str

@@ -19,9 +19,9 @@ from gidgethub import ValidationFailure
 from gidgethub.sansio import validate_event
 
 from . import logs, metrics
+from .context import Current, Liveness
 from .events import PayloadError, tasks_for
-from .queue import REDIS_UNAVAILABLE
-from .services import Services
+from .redisconn import REDIS_UNAVAILABLE
 
 log = logs.get(__name__)
 
@@ -110,15 +110,16 @@ def _answer(label: str, outcome: str, status: int, body: dict[str, Any], fields:
     return _json(status, body)
 
 
-def make_app(services: Services) -> web.Application:
-    """The aiohttp application: POST [server] path (fixed at startup), GET /healthz, GET /metrics."""
+def make_app(current: Current, live: Liveness) -> web.Application:
+    """The aiohttp application: POST [server] path (fixed at startup), GET /healthz, GET /metrics.
+    Each request reads the context in force from `current`; `live` is the worker pool's liveness."""
     app = web.Application(handler_args={"lingering_time": 0})
     lines = _Lines()
 
     def refuse_early(request: web.Request) -> _Refused | None:
-        if services.draining:
+        if live.draining:
             return _Refused(503, "draining", "shutting down")
-        limit = services.config.server.max_body_bytes
+        limit = current.ctx.config.server.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return _Refused(413, "too_large", f"body over {limit} bytes")
         return None
@@ -134,6 +135,7 @@ def make_app(services: Services) -> web.Application:
         delivery = headers.get("X-GitHub-Delivery", "")
         event = headers.get("X-GitHub-Event", "")
         fields: dict[str, Any] = {"delivery": delivery or None, "event": event or None}
+        ctx = current.ctx
         label = UNVERIFIED
         try:
             if refused := refuse_early(request):
@@ -148,9 +150,9 @@ def make_app(services: Services) -> web.Application:
             if content_type not in JSON_TYPES:
                 raise _Refused(400, "bad_request", f"content type {headers.get('Content-Type')!r} is not "
                                                    "application/json or application/x-www-form-urlencoded")
-            body = await _read_limited(request, services.config.server.max_body_bytes)
+            body = await _read_limited(request, ctx.config.server.max_body_bytes)
             signature = headers.get("X-Hub-Signature-256")
-            secret = services.config.github.webhook_secret
+            secret = ctx.config.github.webhook_secret
             if not secret:  # fail closed; `litbotd run` refuses to start this way anyway
                 raise _Refused(401, "bad_signature", "no webhook secret configured")
             if not signature:
@@ -178,7 +180,7 @@ def make_app(services: Services) -> web.Application:
                                level=lines.level("ping"))
             try:
                 tasks, reason = tasks_for(event, payload, delivery,
-                                          command_prefix=services.config.github.command_prefix)
+                                          command_prefix=ctx.config.github.command_prefix)
             except PayloadError as e:
                 raise _Refused(400, "bad_request", str(e)) from None
             if not tasks:
@@ -187,7 +189,7 @@ def make_app(services: Services) -> web.Application:
                 return _answer(label, "ignored", 200, {"delivery": delivery, "ignored": reason}, fields, started,
                                reason=reason, level=lines.level("ignored") if loud else "debug")
             try:  # bounded by queue.CLAIM_TIMEOUT
-                fresh = await services.queue.enqueue_delivery(delivery, tasks)
+                fresh = await ctx.queue.enqueue_delivery(delivery, tasks)
             except REDIS_UNAVAILABLE as e:
                 raise _Refused(503, "redis_down", f"queue unavailable ({type(e).__name__})") from None
             if not fresh:
@@ -203,25 +205,25 @@ def make_app(services: Services) -> web.Application:
             return resp
 
     async def healthz(request: web.Request) -> web.Response:
-        body: dict[str, Any] = {"redis": False, "loop_lag_s": round(services.loop_lag, 3), "queued": None,
+        body: dict[str, Any] = {"redis": False, "loop_lag_s": round(live.loop_lag, 3), "queued": None,
                                 "delayed": None, "dead": None, "oldest_task_age_s": None,
-                                "draining": services.draining}
+                                "draining": live.draining}
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT):
-                depths = await services.queue.depths()
-                oldest = await services.queue.oldest_age()
+                depths = await current.ctx.queue.depths()
+                oldest = await current.ctx.queue.oldest_age()
             body.update(depths, redis=True, oldest_task_age_s=None if oldest is None else round(oldest, 1))
         except REDIS_UNAVAILABLE:
             pass
         # Workers or loops down for longer than a lease: the process is not doing its job.
-        body["problem"] = services.health() if services.health is not None else None
-        ok = body["redis"] and not services.draining and body["problem"] is None
+        body["problem"] = live.health()
+        ok = body["redis"] and not live.draining and body["problem"] is None
         return _json(200 if ok else 503, body)
 
     async def metrics_page(request: web.Request) -> web.Response:
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT):
-                depths = await services.queue.depths()
+                depths = await current.ctx.queue.depths()
             for name, value in depths.items():
                 metrics.QUEUE_DEPTH.labels(name).set(value)
         except REDIS_UNAVAILABLE:
@@ -229,7 +231,7 @@ def make_app(services: Services) -> web.Application:
         return web.Response(body=metrics.render(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
-    app.router.add_post(services.config.server.path, webhook, expect_handler=expect_handler)
+    app.router.add_post(current.ctx.config.server.path, webhook, expect_handler=expect_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)
     return app

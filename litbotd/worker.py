@@ -15,36 +15,36 @@ import redis.asyncio as aioredis
 
 from . import logs, metrics
 from .backoff import backoff
-from .queue import REDIS_UNAVAILABLE, Queue
-from .services import Services
-from .tasks import Task, TaskFormatError
+from .context import Context, Current, Liveness
+from .queue import Queue
+from .redisconn import REDIS_UNAVAILABLE
+from .tasks import Permanent, Task, TaskFormatError
 
 log = logs.get("litbotd.worker")
 
-Handler = Callable[[Task, Services], Awaitable[Sequence[Task] | None]]
-DeadHook = Callable[[Task, Services], Awaitable[None]]
+Handler = Callable[[Task, Context], Awaitable[Sequence[Task] | None]]
+DeadHook = Callable[[Task, Context], Awaitable[Sequence[Task] | None]]
+__all__ = ["DeadHook", "Handler", "Permanent", "Registry", "TaskTimeout", "Worker"]
 
 
 class TaskTimeout(Exception):
     """The handler ran longer than workers.task_timeout and was cancelled."""
 
 
-class Permanent(Exception):
-    """A failure that retrying cannot fix: the task goes straight to the dead letter."""
-
-
 @dataclass
 class Registry:
     """Task kind -> handler. A handler returns the tasks that follow (a `run_at` in the future
-    delays one) or raises to have the task retried. `on_dead` runs when a task is given up."""
+    delays one) or raises to have the task retried. `on_dead` runs when a task is given up; the
+    tasks it returns are committed by the same finish as the dead letter."""
     handlers: dict[str, Handler] = field(default_factory=dict)
     on_dead: DeadHook | None = None
 
 
 class Worker:
-    def __init__(self, wid: str, services: Services, registry: Registry) -> None:
+    def __init__(self, wid: str, current: Current, registry: Registry, live: Liveness | None = None) -> None:
         self.id = wid
-        self.services = services
+        self.current = current  # the context in force, read afresh for every task (SIGHUP swaps it)
+        self.live = live or Liveness()
         self.registry = registry
         self.task: Task | None = None
         self.since: float | None = None
@@ -56,7 +56,7 @@ class Worker:
 
     @property
     def queue(self) -> Queue:
-        return self.services.queue
+        return self.current.ctx.queue
 
     def stop(self) -> None:
         """Finish the current task, then leave the loop (retire or shutdown)."""
@@ -84,7 +84,7 @@ class Worker:
         await old.aclose()  # hands the (dropped) connection back to the pool; no I/O
 
     async def _loop(self) -> None:
-        cfg = self.services.config.workers
+        cfg = self.current.ctx.config.workers
         # Shorter than the lease, so a dead process's blocked BLMOVE ends before its lease does
         # and nothing can land in a processing list after the sweep emptied it.
         block = min(2.0, cfg.lease_timeout / 2)
@@ -97,7 +97,7 @@ class Worker:
                     # A BLMOVE or finish whose reply was lost (connection dropped, Redis restarted)
                     # may have moved a task into our processing list all the same. Between tasks
                     # that list is empty, and no sweep takes it while our lease lives: do what is there.
-                    leftovers = await self._conn.lrange(self.queue.processing(self.id), 0, -1)
+                    leftovers = await self.queue.leftovers(self.id, client=self._conn)
                 raw = None if leftovers else await self.queue.take(self.id, block, client=self._conn)
             except REDIS_UNAVAILABLE as e:
                 await self._fresh_connection()
@@ -130,21 +130,22 @@ class Worker:
             return await self._finish(raw, [], Task(kind="malformed", payload={"raw": raw[:4096]}, error=str(e)),
                                       "dead", "?", take_next)
         self.task, self.since = task, time.time()
+        ctx = self.current.ctx  # one context for the whole task, its finish included
         try:
             with logs.context(**task.context()):
-                successors, dead, outcome = await self._handle(task)
+                successors, dead, outcome = await self._handle(task, ctx)
                 return await self._finish(raw, successors, dead, outcome, task.kind, take_next)
         finally:
             self.task, self.since = None, None
 
-    async def _handle(self, task: Task) -> tuple[Sequence[Task], Task | None, str]:
-        cfg = self.services.config.workers
+    async def _handle(self, task: Task, ctx: Context) -> tuple[Sequence[Task], Task | None, str]:
+        cfg = ctx.config.workers
         handler = self.registry.handlers.get(task.kind)
         started = time.monotonic()
         try:
             if handler is None:
                 raise Permanent(f"no handler for task kind {task.kind!r}")
-            successors = await self._call(handler, task, cfg.task_timeout)
+            successors = await self._call(handler, task, ctx, cfg.task_timeout)
             return successors, None, "done"
         except asyncio.CancelledError:
             raise  # shutdown past its grace: the task stays in the processing list
@@ -154,8 +155,7 @@ class Worker:
             failed = replace(task, attempt=attempt, error=error, run_at=0.0)
             if isinstance(e, Permanent) or attempt >= cfg.max_attempts:
                 log.error("task failed, giving up: sent to the dead letter", attempt=attempt, error=error)
-                await self._on_dead(failed)
-                return [], failed, "dead"
+                return await self._on_dead(failed, ctx), failed, "dead"
             delay = backoff(attempt, cfg.retry_backoff, cfg.retry_backoff_max)
             log.warning("task failed, will retry", attempt=attempt, retry_in=f"{delay:.1f}s", error=error)
             if not isinstance(e, REDIS_UNAVAILABLE) and attempt == 1:
@@ -164,24 +164,26 @@ class Worker:
         finally:
             metrics.task_seconds(task.kind).observe(time.monotonic() - started)
 
-    async def _call(self, handler: Handler, task: Task, limit: float) -> Sequence[Task]:
+    async def _call(self, handler: Handler, task: Task, ctx: Context, limit: float) -> Sequence[Task]:
         """The handler, cancelled after `limit` seconds (workers.task_timeout): a hung GitHub call
         or backend must not hold a worker slot forever under a lease that looks alive."""
         try:
             async with asyncio.timeout(limit) as cm:
-                return await handler(task, self.services) or []
+                return await handler(task, ctx) or []
         except TimeoutError:
             if cm.expired():
                 raise TaskTimeout(f"ran longer than workers.task_timeout ({limit:g}s) and was cancelled") from None
             raise
 
-    async def _on_dead(self, task: Task) -> None:
+    async def _on_dead(self, task: Task, ctx: Context) -> Sequence[Task]:
+        """The dead task's successors (its report), to be committed with the dead letter."""
         if self.registry.on_dead is None:
-            return
+            return []
         try:
-            await self.registry.on_dead(task, self.services)
+            return await self.registry.on_dead(task, ctx) or []
         except Exception as e:  # reporting is best effort; the dead letter keeps the task
             log.error("could not report the dead task", error=logs.redact(f"{type(e).__name__}: {e}"))
+            return []
 
     async def _finish(self, raw: str, successors: Sequence[Task], dead: Task | None, outcome: str, kind: str,
                       take_next: bool) -> str | None:
@@ -190,7 +192,7 @@ class Worker:
         whose reply was lost is harmless to repeat. Such a retry takes nothing: the lost reply may
         have moved a task into our processing list, which the loop then reads (recheck)."""
         attempt = 0
-        take = take_next and not self._stop.is_set() and not self.services.draining
+        take = take_next and not self._stop.is_set() and not self.live.draining
         lost_reply = False
         while True:
             try:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from . import durations
+from .config import JobsConfig
 from .safeyaml import MAX_ALIASES, MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES  # noqa: F401 (the limits, for callers)
 from .safeyaml import Invalid as _Invalid
 from .safeyaml import NodeMap, decode, load
@@ -62,6 +63,12 @@ class Defaults:
     machine: str                                # [jobs.lightning] default_machine
     timeout: float                              # seconds, [jobs] default_timeout
     machines: frozenset[str] | None = None      # valid machine names; None = don't validate
+
+    @classmethod
+    def from_config(cls, jobs: JobsConfig, machines: frozenset[str] | None = None) -> "Defaults":
+        """The defaults of a [jobs] section; `machines`: the valid machine names, None = don't validate."""
+        return cls(image=jobs.lightning.default_image, machine=jobs.lightning.default_machine,
+                   timeout=jobs.default_timeout, machines=machines)
 
 
 @dataclass(frozen=True)

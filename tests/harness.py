@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import aiohttp
 
-from litbotd import config as config_mod
+from litbotd import configfile
 from litbotd.daemon import Daemon
 from fake_github import FakeGitHub
 from litbotd.lifecycle import REGISTRY
@@ -139,7 +139,7 @@ async def post_webhook(port: int, event: str, payload: dict[str, Any], delivery:
 
 class InProcessDaemon:
     def __init__(self, data: dict[str, Any]) -> None:
-        cfg = config_mod.parse(data, env={"GH_PRIVATE_KEY": PRIVATE_PEM, "GH_WEBHOOK_SECRET": SECRET})
+        cfg = configfile.parse(data, env={"GH_PRIVATE_KEY": PRIVATE_PEM, "GH_WEBHOOK_SECRET": SECRET})
         self.daemon = Daemon(cfg, REGISTRY)
         self._task: asyncio.Task | None = None
 
@@ -159,7 +159,7 @@ class InProcessDaemon:
         return await post_webhook(self.daemon.port, event, payload, delivery)
 
     async def idle(self) -> bool:
-        depths = await self.daemon.services.queue.depths()
+        depths = await self.daemon.ctx.queue.depths()
         return depths["queued"] == depths["delayed"] == 0 and all(w.task is None for w in self.daemon.live_workers())
 
 

@@ -207,7 +207,7 @@ async def test_workflow_commands_and_junit_failures_become_annotations(redis_ser
         first = list(run["annotations"])
         del run["annotations"][50:]
         key = workflows.run_key(".lightning/workflows/lint.yaml", "lint")
-        await d.daemon.services.queue.enqueue(Task(kind="results", payload={
+        await d.daemon.ctx.queue.enqueue(Task(kind="results", payload={
             "repo": REPO, "sha": sha, "run": key, "attempt": 1, "installation": INSTALLATION, "pr": None,
             "job": decisions.job_name(REPO, sha, key, 1), "check_run_id": run["id"]}))
         await wait_until(lambda: len(_annotation_requests(run)) > len(sizes), 20, "the repeated results step")

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from litbotd import config as config_mod
-from litbotd.config import ConfigError, parse, parse_duration
+from litbotd import configfile
+from litbotd.config import ConfigError, parse_duration
+from litbotd.configfile import parse
 
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAtest\n-----END RSA PRIVATE KEY-----\n"
 
@@ -139,17 +141,17 @@ def test_systemd_credentials_directory(tmp_path):
 def test_load_reads_toml_and_names_problems(tmp_path, clean_env):
     good = tmp_path / "litbotd.toml"
     good.write_text('[workers]\ncount = 2\nlease_timeout = "30s"\n[redis]\nqueue = "{ci}:bot_queue"\n')
-    cfg = config_mod.load(str(good), env={})
+    cfg = configfile.load(str(good), env={})
     assert cfg.workers.count == 2 and cfg.workers.lease_timeout == 30.0 and cfg.redis.queue == "{ci}:bot_queue"
     assert cfg.source == str(good)
     bad = tmp_path / "bad.toml"
     bad.write_text("[workers\ncount = 2\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
-        config_mod.load(str(bad), env={})
+        configfile.load(str(bad), env={})
     with pytest.raises(ConfigError, match="does not exist"):
-        config_mod.load(str(tmp_path / "missing.toml"), env={})
+        configfile.load(str(tmp_path / "missing.toml"), env={})
     # $LITBOTD_CONFIG is used without -c
-    assert config_mod.load(None, env={"LITBOTD_CONFIG": str(good)}).workers.count == 2
+    assert configfile.load(None, env={"LITBOTD_CONFIG": str(good)}).workers.count == 2
 
 
 def test_secrets_are_masked_in_the_effective_config():
@@ -164,7 +166,7 @@ def test_the_sample_config_documents_every_key_with_its_default():
     """litbotd.toml at the repository root is the reference: every key, each at its default."""
     sample = Path(__file__).resolve().parents[1] / "litbotd.toml"
     data = tomllib.loads(sample.read_text())
-    assert config_mod.parse(data, env={}) == config_mod.parse({}, env={})
+    assert configfile.parse(data, env={}) == configfile.parse({}, env={})
 
     def keys(cls: type, prefix: str = "") -> set[str]:
         out = set()

@@ -290,14 +290,14 @@ def test_malformed_json_goes_to_the_dead_letter_and_the_daemon_carries_on(daemon
 # a restart that gets the same pid (containers: pid 1; a VM's boot-time unit: often the same pid) ----
 async def test_a_restart_with_the_same_pid_still_takes_back_the_old_tasks(redis_server, aredis, monkeypatch,
                                                                          tmp_path):
-    from litbotd import config as config_mod
+    from litbotd import configfile
     from litbotd.daemon import Daemon
     from litbotd.queue import Queue, connect
     from litbotd.worker import Registry
 
     host = f"pidreuse-{uuid.uuid4().hex[:6]}"
     monkeypatch.setenv("LITBOTD_HOST", host)
-    cfg = config_mod.parse({"server": {"enabled": False}, "redis": {"url": redis_server.url},
+    cfg = configfile.parse({"server": {"enabled": False}, "redis": {"url": redis_server.url},
                             "workers": {"count": 1, "lease_timeout": "30s", "heartbeat_interval": "1s"},
                             "github": {"redeliver_interval": 0},
                             "jobs": {"backend": "local", "local": {"workdir": str(tmp_path / "jobs")}}}, env={})

@@ -54,7 +54,7 @@ async def test_a_cancel_that_races_the_start_wins(redis_server, world, tmp_path)
         await wait_until(lambda: _completed(world, sha, 1), 20, "the cancel to complete the check")
         job_mint.release()
         await wait_until(d.idle, 20, "idle")
-        rs = RunState(d.daemon.services.queue)
+        rs = RunState(d.daemon.ctx.queue)
         (key,) = (await rs.runs(REPO, sha)).keys()
         state = await rs.get(RunRef(REPO, sha, key, 1))
     assert (state["status"], state["conclusion"]) == ("completed", "cancelled")
@@ -78,7 +78,7 @@ async def test_a_removed_installation_or_repository_ends_the_task_quietly(gone, 
     caplog.set_level("INFO")
     async with InProcessDaemon(config_data(redis_server.url, world.url, tmp_path / "jobs")) as d:
         assert await d.send("pull_request", pr_payload("opened", sha)) == 202
-        queue = d.daemon.services.queue
+        queue = d.daemon.ctx.queue
 
         async def ended() -> bool:
             return any("gone" in r.getMessage() for r in caplog.records) or bool(await queue.dead_tasks())
@@ -98,10 +98,10 @@ async def test_one_comment_however_long_github_takes_to_create_it(redis_server, 
     """GitHub holds the first comment POST for several times the comment claim's time to live,
     while the runs finish and other workers want to edit the comment: still exactly one comment,
     and its last edit shows every run's final state."""
-    import litbotd.lifecycle as lifecycle
+    import litbotd.lifecycle.comments as comments
     ttl = 0.5
-    if hasattr(lifecycle, "COMMENT_CLAIM_TTL"):
-        monkeypatch.setattr(lifecycle, "COMMENT_CLAIM_TTL", ttl)
+    if hasattr(comments, "COMMENT_CLAIM_TTL"):
+        monkeypatch.setattr(comments, "COMMENT_CLAIM_TTL", ttl)
     else:
         ttl = 30.0  # code before the claim: its comment lock's fixed time to live
     sha = sha_of("slow-comment")
@@ -170,7 +170,7 @@ async def test_a_burst_of_ten_prs_gets_its_results_first(redis_server, world, tm
         assert long_waits == 0
 
         # A minute later the window is free again: the postponed edits show the final state.
-        await d.daemon.services.redis.delete(d.daemon.services.queue.key("pace", str(INSTALLATION)))
+        await d.daemon.redis.delete(d.daemon.ctx.queue.key("pace", str(INSTALLATION)))
         await wait_until(lambda: len(world.gh.comments) == 10 and all(
             _final_in(c["body"]) for c in world.gh.comments), 60, "every PR's comment to show its results")
         await wait_until(d.idle, 20, "idle")

@@ -9,11 +9,12 @@ from typing import AsyncIterator, Callable
 
 import pytest
 
-from litbotd import config, github, metrics
+from litbotd import github, metrics
+from litbotd import configfile
 from fake_github import FakeGitHub
 from litbotd.github import GitHubApp, GitHubError
 from litbotd.queue import Queue, connect
-from litbotd.services import Services
+from litbotd.context import Context
 
 from conftest import DATA, RedisServer, free_port
 
@@ -52,12 +53,12 @@ async def fake() -> AsyncIterator[FakeGitHub]:
     assert gh.violations == []  # every request the client made is one GitHub documents
 
 
-def make_services(redis_url: str, api_url: str) -> Services:
-    cfg = config.parse({"github": {"app_id": APP_ID, "private_key_file": str(DATA / "keys" / "app.pem"),
+def make_services(redis_url: str, api_url: str) -> Context:
+    cfg = configfile.parse({"github": {"app_id": APP_ID, "private_key_file": str(DATA / "keys" / "app.pem"),
                                    "api_url": api_url},
                         "redis": {"url": redis_url}}, env={})
     r = connect(redis_url)
-    return Services(config=cfg, redis=r, queue=Queue(r, cfg.redis.queue))
+    return Context.of(cfg, Queue(r, cfg.redis.queue))
 
 
 @pytest.fixture
@@ -67,15 +68,15 @@ async def make_app(redis_server: RedisServer, fake: FakeGitHub) -> AsyncIterator
     def factory(clock: Clock | None = None, api_url: str | None = None) -> GitHubApp:
         clock = clock or Clock()
         services = make_services(redis_server.url, api_url or fake.url)
-        app = GitHubApp(services, sleep=clock.sleep, clock=clock)
-        services.github = app
+        app = GitHubApp.on_redis(services.config.github, services.redis, services.queue.name,
+                                 sleep=clock.sleep, clock=clock)
         made.append(app)
         return app
 
     yield factory
     for app in made:
         await app.close()
-        await app.services.redis.aclose()
+        await app.tokens.redis.aclose()
 
 
 # -- tokens -----------------------------------------------------------------------------------------
@@ -90,7 +91,7 @@ async def test_token_minted_once_and_shared_through_redis(fake: FakeGitHub, make
     pr = await c.get(f"/repos/{REPO}/pulls/1", 1)
     assert pr["head"]["sha"] == SHA
     assert fake.count("POST", r"/access_tokens$") == 1
-    assert await c.services.redis.exists(c.services.queue.key("token", "1"))
+    assert await c.tokens.redis.exists(c.tokens.key(1))
     # The gauge follows x-ratelimit-remaining of the last answer.
     assert metrics.REGISTRY.get_sample_value("litbotd_github_ratelimit_remaining") == 5000 - len(fake.requests)
 
@@ -105,18 +106,18 @@ async def test_token_in_redis_is_sealed_useless_to_a_redis_reader(fake: FakeGitH
 
     a = make_app()
     token = await a.installation_token(1)
-    key = a.services.queue.key("token", "1")
-    raw = await a.services.redis.get(key)
+    key = a.tokens.key(1)
+    raw = await a.tokens.redis.get(key)
     assert token not in raw and token[4:] not in raw and "token" not in json.loads(raw)
     sealed = json.loads(raw)["sealed"]
     other_pem = throwaway_key()[0]
     assert unseal(other_pem, sealed, key) is None                      # another App's key
-    assert unseal(PRIVATE_KEY, sealed, a.services.queue.key("token", "2")) is None  # moved to another key
+    assert unseal(PRIVATE_KEY, sealed, a.tokens.key(2)) is None  # moved to another key
     pkcs1 = serialization.load_pem_private_key(PRIVATE_KEY.encode(), None).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()).decode()
     assert "RSA PRIVATE KEY" in pkcs1 and unseal(pkcs1, sealed, key) == token  # same key, other PEM form
     # A value in the old clear form (written before this version) is not trusted: a fresh token.
-    await a.services.redis.set(key, json.dumps({"token": "ghs_planted", "expires_at": time.time() + 3600}))
+    await a.tokens.redis.set(key, json.dumps({"token": "ghs_planted", "expires_at": time.time() + 3600}))
     b = make_app()
     assert await b.installation_token(1) not in ("ghs_planted", token)
     assert fake.count("POST", r"/access_tokens$") == 2

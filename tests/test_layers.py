@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "litbotd"
 
 PURE = {"__init__", "backoff", "config", "durations", "redaction", "safeyaml", "workflows", "report", "annotations", "decisions",
         "events", "tasks", "limits"}
-SUPPORT = {"logs", "metrics", "sealed", "procinfo", "locks"}
+SUPPORT = {"logs", "metrics", "sealed", "procinfo", "redisconn", "locks"}
 # Each adapter: the modules that together speak to one outside system.
 ADAPTERS = {
     "redis": {"queue", "runstate", "spend"},
@@ -29,8 +29,10 @@ ADAPTERS = {
     "jobs": {"backends", "backends.base", "backends.bootstrap", "backends.lightning", "backends.local",
              "backends.localrun", "backends.sandbox"},
     "systemd": {"systemd"},
+    "config files": {"configfile"},
 }
-APP = {"lifecycle", "worker", "pool", "webhook", "redeliver", "services", "preflight", "spendgate"}
+APP = {"context", "lifecycle", "lifecycle.planning", "lifecycle.jobs", "lifecycle.commands", "lifecycle.comments",
+       "lifecycle.checkruns", "lifecycle.spending", "worker", "pool", "webhook", "redeliver", "preflight"}
 ENTRY = {"__main__", "daemon", "cli", "ops", "demo", "demo_github"}
 
 LAYERS = [("pure", PURE), ("support", SUPPORT), ("adapters", set().union(*ADAPTERS.values())),
@@ -43,7 +45,11 @@ IO_LIBRARIES = {"aiohttp", "asyncio", "redis", "gidgethub", "lightning_sdk", "fa
                 "subprocess", "http", "urllib.request", "jsonschema", "prometheus_client", "jwt", "requests"}
 
 # Known breaches still to remove (each one named in the closing note of issue 14).
-KNOWN: set[tuple[str, str]] = set()
+KNOWN: set[tuple[str, str]] = {
+    # Issue 18 step 1: config.parse/config.load forward to configfile for branches written before
+    # the split; remove the forwarders (and this entry) once those have merged.
+    ("config", "configfile"),
+}
 
 
 def _modules() -> dict[str, Path]:

@@ -195,7 +195,7 @@ async def test_a_job_that_will_not_start_completes_its_check(redis_server, world
         await d.send("pull_request", pr_payload("opened", sha))
         await wait_until(lambda: _completed(world, sha, 1), 30, "the check to complete")
         await wait_until(d.idle, 20, "idle")
-        dead = await d.daemon.services.queue.dead_tasks()
+        dead = await d.daemon.ctx.queue.dead_tasks()
     run = world.runs(sha)[0]
     assert run["conclusion"] == "failure"
     assert "failed to start" in run["output"]["summary"] + run["output"]["title"]

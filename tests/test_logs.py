@@ -16,9 +16,9 @@ from typing import Iterator
 import pytest
 
 from litbotd import logs
-from litbotd.config import parse
+from litbotd.configfile import parse
 from litbotd.queue import Queue, connect
-from litbotd.services import Services
+from litbotd.context import Context, Current
 from litbotd.tasks import Task
 from litbotd.worker import Registry, Worker
 
@@ -54,7 +54,7 @@ async def test_every_line_written_while_a_task_runs_carries_its_context(redis_se
     other = logs.get("litbotd.github")
     started = asyncio.Event()
 
-    async def handler(task: Task, services: Services) -> None:
+    async def handler(task: Task, services: Context) -> None:
         logs.get("litbotd.lifecycle").info("handling")
         if task.payload["pr"] == 123:
             started.set()
@@ -66,13 +66,13 @@ async def test_every_line_written_while_a_task_runs_carries_its_context(redis_se
 
     redis = connect(redis_server.url)
     cfg = parse({"workers": {"max_attempts": 3}}, env={})
-    services = Services(config=cfg, redis=redis, queue=Queue(redis, "logq"))
+    services = Context.of(cfg, Queue(redis, "logq"))
     registry = Registry(handlers={"start_job": handler})
     t1 = Task(kind="start_job", payload=CONTEXT)
     t2 = Task(kind="start_job", payload={**CONTEXT, "pr": 456, "run": "r-10", "delivery": "d-2"})
     try:
         await services.queue.enqueue(t1, t2)
-        w1, w2 = Worker("w1", services, registry), Worker("w2", services, registry)
+        w1, w2 = Worker("w1", Current(services), registry), Worker("w2", Current(services), registry)
         raw1, raw2 = await services.queue.take("w1", 1), await services.queue.take("w2", 1)
         await asyncio.wait_for(asyncio.gather(w1.process(raw1), w2.process(raw2)), 10)
         logs.get("litbotd.t").info("after the tasks")

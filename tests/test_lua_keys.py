@@ -90,7 +90,8 @@ async def test_every_lua_script_passes_every_key_in_keys(aredis: aioredis.Redis,
     assert await q.enqueue_delivery("d1", [Task(kind="c")])
     raw = await q.take("w1", 1)
     assert raw is not None
-    assert await q.finish("w1", raw, [Task(kind="d"), Task(kind="e", run_at=now + 3600)], dead=Task(kind="x"))
+    assert (await q.finish_and_take("w1", raw, [Task(kind="d"), Task(kind="e", run_at=now + 3600)], dead=Task(kind="x"),
+                                   take=False))[0]
     assert (await q.promote_due(now + 7200))[0] == 2
     # recovery: an expired lease (swept) and a dead process's worker (forced)
     for wid in ("w2", "w3"):

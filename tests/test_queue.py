@@ -110,7 +110,7 @@ async def test_enqueue_take_finish_fifo_and_successors(q):
     assert await q.redis.lrange(q.processing("w1"), 0, -1) == [raw]
     nxt = Task.from_json(raw).successor("results", {"run": "r"}, key="r")
     later = Task(kind="poll", run_at=time.time() + 3600)
-    assert await q.finish("w1", raw, [nxt, later]) is True
+    assert (await q.finish_and_take("w1", raw, [nxt, later], take=False))[0] is True
     assert await q.redis.llen(q.processing("w1")) == 0
     assert await q.depths() == {"queued": 5, "delayed": 1, "dead": 0}
     # the successor is queued behind the older tasks
@@ -140,7 +140,8 @@ async def test_finish_of_a_task_no_longer_held_pushes_nothing(q):
     raw = await q.take("w1", 0.1)
     await q.redis.delete(q.processing("w1"))  # as if swept away
     dead = Task(kind="k", error="x")
-    assert await q.finish("w1", raw, [Task(kind="s"), Task(kind="d", run_at=time.time() + 99)], dead) is False
+    assert (await q.finish_and_take("w1", raw, [Task(kind="s"), Task(kind="d", run_at=time.time() + 99)], dead,
+                                    take=False))[0] is False
     assert await q.depths() == {"queued": 0, "delayed": 0, "dead": 0}
 
 
@@ -150,7 +151,7 @@ async def test_finish_to_the_dead_letter(q):
     failed = Task.from_json(raw)
     from dataclasses import replace
     failed = replace(failed, attempt=5, error="RuntimeError: boom")
-    assert await q.finish("w1", raw, [], failed)
+    assert (await q.finish_and_take("w1", raw, [], failed, take=False))[0]
     [(_, dead)] = await q.dead_tasks()
     assert dead.error == "RuntimeError: boom" and dead.attempt == 5
     assert await q.dead_retry(dead.id) == 1

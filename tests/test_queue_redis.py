@@ -11,17 +11,18 @@ import time
 
 import redis.exceptions
 
-from litbotd import config as config_mod, procinfo
+from litbotd import procinfo
+from litbotd import configfile
 from litbotd.pool import WorkerPool
 from litbotd.queue import Queue, connect
-from litbotd.services import Services
+from litbotd.context import Context, Current
 from litbotd.tasks import Task
 from litbotd.worker import Registry
 
 
-def make_services(redis, **workers) -> Services:
-    cfg = config_mod.parse({"workers": {"lease_timeout": 1.0, "heartbeat_interval": 0.2, **workers}}, env={})
-    return Services(config=cfg, redis=redis, queue=Queue(redis, cfg.redis.queue))
+def make_services(redis, **workers) -> Context:
+    cfg = configfile.parse({"workers": {"lease_timeout": 1.0, "heartbeat_interval": 0.2, **workers}}, env={})
+    return Context.of(cfg, Queue(redis, cfg.redis.queue))
 
 
 async def until(cond, timeout: float, what: str, interval: float = 0.02):
@@ -42,10 +43,10 @@ class Pool:
     """The daemon's own WorkerPool (workers, heartbeat, promoter, sweeper) with `n` workers, in this
     process; leaving it fails the test if any worker or loop failed unexpectedly."""
 
-    def __init__(self, services: Services, registry: Registry, n: int) -> None:
+    def __init__(self, services: Context, registry: Registry, n: int) -> None:
         cfg = services.config
-        services.config = dataclasses.replace(cfg, workers=dataclasses.replace(cfg.workers, count=n))
-        self.pool = WorkerPool(services, registry, procinfo.identity("test"))
+        services = dataclasses.replace(services, config=dataclasses.replace(cfg, workers=dataclasses.replace(cfg.workers, count=n)))
+        self.pool = WorkerPool(Current(services), registry, procinfo.identity("test"))
 
     async def __aenter__(self) -> "Pool":
         await self.pool.start()
@@ -57,7 +58,7 @@ class Pool:
 
 
 def counting_registry(log: list | None = None) -> Registry:
-    async def count(task: Task, s: Services):
+    async def count(task: Task, s: Context):
         if log is not None:
             log.append(("start", task.id))
         if task.payload.get("sleep"):
@@ -146,7 +147,7 @@ async def test_delayed_tasks_come_due_in_order(aredis):
             if raw is not None:
                 task = Task.from_json(raw)
                 taken.append((task.payload["off"], time.time() - now))
-                assert await s.queue.finish("w", raw)
+                assert (await s.queue.finish_and_take("w", raw, take=False))[0]
     finally:
         p.cancel()
     assert [o for o, _ in taken] == sorted(offsets)
@@ -220,6 +221,38 @@ async def _processing_total(r, n):
     return total >= n
 
 
+async def test_on_dead_successors_are_committed_by_the_dead_letters_own_finish(aredis):
+    """What on_dead returns (its report) goes out in the same finish as the dead letter: with it
+    when the task was still ours, not at all when the lease was lost and the task swept away."""
+    from litbotd.worker import Worker
+    s = make_services(aredis, max_attempts=1)
+
+    async def fail(task: Task, ctx: Context):
+        raise RuntimeError("boom")
+
+    async def on_dead(task: Task, ctx: Context):
+        return [task.successor("report", {"for": task.id})]
+
+    w = Worker("w1", Current(s), Registry(handlers={"fail": fail}, on_dead=on_dead))
+    kept = Task(kind="fail")
+    await s.queue.enqueue(kept)
+    await w.process(await s.queue.take("w1", 1), take_next=False)
+    [(_, dead)] = await s.queue.dead_tasks()
+    assert dead.id == kept.id
+    assert [Task.from_json(r).kind for r in await aredis.lrange("bot_queue", 0, -1)] == ["report"]
+    await aredis.delete("bot_queue", "bot_queue:dead")
+
+    lost = Task(kind="fail")
+    await s.queue.enqueue(lost)
+    raw = await s.queue.take("w1", 1)
+    await s.queue.heartbeat({"w1": {"host": "h"}}, 0.1)
+    await until(lambda: _gone(aredis, s.queue.lease("w1")), 2, "the lease to expire")
+    assert await s.queue.sweep() == 1
+    await w.process(raw, take_next=False)
+    assert await s.queue.dead_tasks() == []
+    assert await aredis.lrange("bot_queue", 0, -1) == [raw]  # swept back, and no report beside it
+
+
 # 9 -------------------------------------------------------------------------------------------------
 async def test_finish_after_the_lease_expired_and_the_task_was_swept(aredis):
     q = Queue(aredis)
@@ -231,15 +264,15 @@ async def test_finish_after_the_lease_expired_and_the_task_was_swept(aredis):
     await until(lambda: _gone(aredis, q.lease("stalled")), 2, "the lease to expire")
     assert await q.sweep() == 1
     assert await aredis.lrange("bot_queue", 0, -1) == [raw]  # back, unchanged, next to be taken
-    ok = await q.finish("stalled", raw, [t.successor("next", {"run": "r"}),
-                                         t.successor("later", {"run": "r"}, run_at=time.time() + 60)],
-                        dead=None)
+    ok, _ = await q.finish_and_take("stalled", raw, [t.successor("next", {"run": "r"}),
+                                                     t.successor("later", {"run": "r"}, run_at=time.time() + 60)],
+                                    dead=None, take=False)
     assert ok is False
     assert await aredis.lrange("bot_queue", 0, -1) == [raw]  # no successor pushed
     assert await q.depths() == {"queued": 1, "delayed": 0, "dead": 0}
     # the worker that takes it next finishes it normally
     raw2 = await q.take("fresh", 1)
-    assert raw2 == raw and await q.finish("fresh", raw2, [t.successor("next", {"run": "r"})]) is True
+    assert raw2 == raw and (await q.finish_and_take("fresh", raw2, [t.successor("next", {"run": "r"})], take=False))[0] is True
     assert await q.depths() == {"queued": 1, "delayed": 0, "dead": 0}
 
 

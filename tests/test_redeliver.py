@@ -6,12 +6,12 @@ from typing import AsyncIterator, Callable
 
 import pytest
 
-from litbotd import config
+from litbotd import configfile
 from fake_github import FakeGitHub
 from litbotd.github import GitHubApp
 from litbotd.queue import Queue, connect
 from litbotd.redeliver import redeliver_once
-from litbotd.services import Services
+from litbotd.context import Context
 
 from conftest import DATA, RedisServer
 
@@ -31,28 +31,27 @@ async def fake() -> AsyncIterator[FakeGitHub]:
 
 
 @pytest.fixture
-async def daemon(redis_server: RedisServer, fake: FakeGitHub) -> AsyncIterator[Callable[[], Services]]:
-    """Each call: the Services of one more daemon (own Redis client, own GitHubApp)."""
-    made: list[Services] = []
+async def daemon(redis_server: RedisServer, fake: FakeGitHub) -> AsyncIterator[Callable[[], Context]]:
+    """Each call: the Context of one more daemon (own Redis client, own GitHubApp)."""
+    made: list[Context] = []
 
-    def factory() -> Services:
-        cfg = config.parse({"github": {"app_id": APP_ID, "private_key_file": str(DATA / "keys" / "app.pem"),
+    def factory() -> Context:
+        cfg = configfile.parse({"github": {"app_id": APP_ID, "private_key_file": str(DATA / "keys" / "app.pem"),
                                        "api_url": fake.url, "redeliver_window": "1h"},
                             "redis": {"url": redis_server.url}}, env={})
         r = connect(redis_server.url)
-        s = Services(config=cfg, redis=r, queue=Queue(r, cfg.redis.queue))
-        s.github = GitHubApp(s)
+        q = Queue(r, cfg.redis.queue)
+        s = Context.of(cfg, q, github=GitHubApp.on_redis(cfg.github, r, q.name))
         made.append(s)
         return s
 
     yield factory
     for s in made:
-        assert s.github is not None
         await s.github.close()
         await s.redis.aclose()
 
 
-async def sweep_concurrently(*daemons: Services) -> int:
+async def sweep_concurrently(*daemons: Context) -> int:
     return sum(await asyncio.gather(*(redeliver_once(s) for s in daemons)))
 
 

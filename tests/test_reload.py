@@ -145,7 +145,7 @@ async def test_reload_is_ignored_before_start_and_while_stopping(redis_server, t
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     """Before start() the recovery sweep has not run, and a draining daemon must not grow: a SIGHUP
     then changes nothing."""
-    from litbotd.config import parse
+    from litbotd.configfile import parse
     from litbotd.daemon import Daemon
     from litbotd.worker import Registry
 

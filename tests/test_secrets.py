@@ -16,10 +16,10 @@ import pytest
 
 from helpers import ops_daemon as od
 from litbotd import logs
-from litbotd.config import parse
+from litbotd.configfile import parse
 from litbotd.demo import throwaway_key
 from litbotd.queue import Queue, connect
-from litbotd.services import Services
+from litbotd.context import Context, Current
 from litbotd.tasks import Task
 from litbotd.worker import Registry, Worker
 
@@ -181,16 +181,16 @@ async def test_worker_logs_and_dead_letter_are_scrubbed_for_every_handler(
     logs.setup("debug", "text", [sec.pem, sec.webhook])
     caplog.set_level(logging.DEBUG)
 
-    async def handler(task: Task, services: Services) -> None:
+    async def handler(task: Task, services: Context) -> None:
         logs.get("litbotd.github").warning(f"GitHub said: {{'message': 'Bad credentials', 'token': '{sec.token}'}}")
         logging.getLogger("aiohttp.client").error("raw third-party line with %s", sec.webhook)
         raise ValueError(f"could not sign with key {services.config.github.private_key}")
 
     redis = connect(redis_server.url)
-    services = Services(config=cfg, redis=redis, queue=Queue(redis, "secq"))
+    services = Context.of(cfg, Queue(redis, "secq"))
     try:
         await services.queue.enqueue(Task(kind="k", payload={"repo": "o/r"}))
-        worker = Worker("w1", services, Registry(handlers={"k": handler}))
+        worker = Worker("w1", Current(services), Registry(handlers={"k": handler}))
         await worker.process(await services.queue.take("w1", 1))  # fails: retry, traceback logged
         await services.queue.promote_due(now=9e9)
         await worker.process(await services.queue.take("w1", 1))  # fails again: dead letter

@@ -130,12 +130,12 @@ async def test_max_parallel_per_machine_and_the_ledger(redis_server, world, tmp_
         await wait_until(lambda: sum("Waiting for a free L4: 2 running" in r["output"].get("title", "")
                                      for r in world.runs(sha)) == 4, 30, "four runs saying what they wait for")
         assert len(started()) == 2 and len(_jobs(tmp_path)) == 2
-        usage = await spend.usage(d.daemon.services.queue)
+        usage = await spend.usage(d.daemon.queue)
         assert usage["running_by_machine"] == {"L4": 2} and usage["waiting_by_machine"] == {"L4": 4}
         release.touch()
         await wait_until(lambda: _done(world, sha, 6), 90, "all six runs")
         await wait_until(d.idle, 20, "idle")
-        today = await spend.spend_today(d.daemon.services.queue)
+        today = await spend.spend_today(d.daemon.queue)
     running = peak = 0
     for line in events.read_text().splitlines():
         running += 1 if line.startswith("S") else -1

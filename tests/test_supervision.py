@@ -19,9 +19,10 @@ import pytest
 
 from conftest import free_port
 from helpers import ops_daemon as od
-from litbotd import config as config_mod, procinfo
+from litbotd import procinfo
+from litbotd import configfile
 from litbotd.queue import Queue
-from litbotd.services import Services
+from litbotd.context import Context, Current
 from litbotd.tasks import Task
 from litbotd.worker import Registry
 
@@ -184,26 +185,27 @@ def test_two_daemons_with_one_host_name_never_take_each_others_tasks(tmp_path, r
 
 
 # -- in-process: the pool itself -------------------------------------------------------------------
-def make_pool(services: Services, registry: Registry):
+def make_pool(services: Context, registry: Registry):
     from litbotd.pool import WorkerPool  # here, so the subprocess tests above also run on older code
 
-    return WorkerPool(services, registry, procinfo.identity("test"))
+    return WorkerPool(Current(services), registry, procinfo.identity("test"))
 
 
-def make_services(redis, **workers) -> Services:
-    cfg = config_mod.parse({"workers": {"lease_timeout": 1.0, "heartbeat_interval": 0.2, "retry_backoff": "50ms",
+def make_services(redis, **workers) -> Context:
+    cfg = configfile.parse({"workers": {"lease_timeout": 1.0, "heartbeat_interval": 0.2, "retry_backoff": "50ms",
                                         **workers}}, env={})
-    return Services(config=cfg, redis=redis, queue=Queue(redis, cfg.redis.queue))
+    return Context.of(cfg, Queue(redis, cfg.redis.queue))
 
 
-async def healthz_in_process(services: Services) -> int:
+async def healthz_in_process(pool) -> int:
     from aiohttp.test_utils import TestClient, TestServer
 
     from litbotd.webhook import make_app
 
-    services.config = dataclasses.replace(services.config, github=dataclasses.replace(
-        services.config.github, webhook_secret="x"))
-    async with TestClient(TestServer(make_app(services))) as client:
+    ctx = pool.current.ctx
+    current = Current(dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, github=dataclasses.replace(
+        ctx.config.github, webhook_secret="x"))))
+    async with TestClient(TestServer(make_app(current, pool.live))) as client:
         resp = await client.get("/healthz")
         return resp.status
 
@@ -258,7 +260,6 @@ async def test_a_worker_that_fails_unexpectedly_is_restarted_and_liveness_says_s
         await aredis.rpush("test:done", task.id)
 
     pool = make_pool(s, Registry(handlers={"count": count}))
-    s.health = pool.liveness
     broken = True
     real_finish = s.queue.finish_and_take  # what a worker calls to finish a task
 
@@ -275,7 +276,7 @@ async def test_a_worker_that_fails_unexpectedly_is_restarted_and_liveness_says_s
         await s.queue.enqueue(*tasks)
         await until(lambda: asyncio.sleep(0, pool.liveness()), 10, "liveness to report the workers down")
         assert "of 2 workers alive" in pool.liveness()
-        assert await healthz_in_process(s) == 503
+        assert await healthz_in_process(pool) == 503
         starved = pings()
         await asyncio.sleep(0.5)  # five ping intervals
         assert pings() == starved, "the watchdog was fed while workers were down"
@@ -291,7 +292,7 @@ async def test_a_worker_that_fails_unexpectedly_is_restarted_and_liveness_says_s
         assert not await aredis.keys("bot_queue:processing:*") or all(
             [await aredis.llen(k) == 0 for k in await aredis.keys("bot_queue:processing:*")])
         assert pool.restarts >= 2
-        assert await healthz_in_process(s) == 200
+        assert await healthz_in_process(pool) == 200
         await until(lambda: asyncio.sleep(0, pings() > starved), 5, "the watchdog fed again")
     finally:
         await pool.stop(2)

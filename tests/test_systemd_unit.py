@@ -108,7 +108,7 @@ def test_unit_lets_the_local_jobs_sandbox_work() -> None:
 
 def test_credential_names_match_config(tmp_path: Path) -> None:
     """The credential names in the unit are the ones config.py reads from $CREDENTIALS_DIRECTORY."""
-    from litbotd.config import parse
+    from litbotd.configfile import parse
 
     pem = "-----BEGIN PRIVATE KEY-----\nMIIBVQIBADANBgkqhkiG9w0BAQEFAASCAT8wggE7AgEAAkEA\n-----END PRIVATE KEY-----\n"
     contents = {"github-app.pem": pem, "webhook-secret": "s3cret-from-credential\n"}

@@ -17,9 +17,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from litbotd import config
+from litbotd import configfile
 from litbotd.queue import Queue, connect
-from litbotd.services import Services
+from litbotd.context import Context, Current, Liveness
 from litbotd.tasks import Task, derive_id
 from litbotd.webhook import make_app
 
@@ -39,8 +39,9 @@ def headers(body: bytes, event: str = "pull_request", delivery: str = "d-1", **e
 
 
 class Intake:
-    def __init__(self, services: Services, port: int, redis_server: Any) -> None:
+    def __init__(self, services: Context, live: Liveness, port: int, redis_server: Any) -> None:
         self.services = services
+        self.live = live
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.redis = redis_server.client()
@@ -74,15 +75,16 @@ class Intake:
 
 @pytest.fixture
 async def intake(redis_server: Any) -> AsyncIterator[Intake]:
-    cfg = config.parse({"server": {"port": 0, "path": "/hook", "max_body_bytes": LIMIT},
+    cfg = configfile.parse({"server": {"port": 0, "path": "/hook", "max_body_bytes": LIMIT},
                         "github": {"webhook_secret": SECRET}, "redis": {"url": redis_server.url}}, env={})
     redis = connect(cfg.redis.url)
-    services = Services(config=cfg, redis=redis, queue=Queue(redis, cfg.redis.queue))
-    runner = web.AppRunner(make_app(services), access_log=None)
+    services = Context.of(cfg, Queue(redis, cfg.redis.queue))
+    live = Liveness()
+    runner = web.AppRunner(make_app(Current(services), live), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    it = Intake(services, site._server.sockets[0].getsockname()[1], redis_server)  # type: ignore[union-attr]
+    it = Intake(services, live, site._server.sockets[0].getsockname()[1], redis_server)  # type: ignore[union-attr]
     yield it
     await it.http.close()
     await runner.cleanup()
@@ -300,7 +302,7 @@ async def test_unqueued_events_are_200_and_unclaimed(intake: Intake, event: str,
 
 
 async def test_draining_is_503_and_nothing_queued(intake: Intake) -> None:
-    intake.services.draining = True
+    intake.live.draining = True
     status, _ = await intake.post(PR_OPENED, headers(PR_OPENED))
     assert status == 503
     assert nothing_queued(intake)

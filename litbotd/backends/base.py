@@ -120,6 +120,15 @@ class Backend(Protocol):
 
     async def prices(self) -> dict[str, Price]:
         """Machine prices by machine name ({} when the backend knows none, e.g. local)."""
+        return {}
+
+    # Optional: a backend that keeps finished jobs' files sets `prunes = True` and deletes them in
+    # prune() (the pool's prune loop calls it); the others keep these defaults.
+    prunes: bool = False
+
+    async def prune(self) -> int:
+        """Delete what finished jobs left behind (older than the backend's keep time); how many."""
+        return 0
 
 
 class Offload:

@@ -31,7 +31,7 @@ import warnings
 from typing import Any, Mapping
 
 from ..redaction import scrub
-from .base import BackendError, JobNotFound, JobSpec, JobStatus, Offload, check_name
+from .base import Backend, BackendError, JobNotFound, JobSpec, JobStatus, Offload, check_name
 from .bootstrap import job_env, parse_result, shell_command
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def _short(e: BaseException, secrets: list[str] | tuple[str, ...] = ()) -> str:
     return text if len(text) <= MESSAGE_MAX else text[:MESSAGE_MAX] + "…"
 
 
-class LightningBackend:
+class LightningBackend(Backend):
     name = "lightning"
 
     def __init__(self, teamspace: str, *, threads: int = 8, call_timeout: float = 120.0,

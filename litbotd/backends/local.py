@@ -32,7 +32,7 @@ import litbotd
 
 from ..procinfo import boot_id, process_start
 from ..redaction import scrub
-from .base import FINAL_STATES, NAME_RE, BackendError, JobNotFound, JobSpec, JobStatus, Offload, Price, check_name
+from .base import FINAL_STATES, NAME_RE, Backend, BackendError, JobNotFound, JobSpec, JobStatus, Offload, check_name
 from .bootstrap import job_argv, job_env
 from .localrun import write_json_atomic
 from . import sandbox
@@ -44,8 +44,9 @@ TAIL_BLOCK = 64 * 1024
 TAIL_MAX_BYTES = 8 * 1024 * 1024
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     name = "local"
+    prunes = True  # finished job directories older than `keep`
 
     def __init__(self, workdir: str, max_parallel: int, *, python: str = sys.executable,
                  grace: float = 10.0, threads: int = 4, call_timeout: float = 30.0,
@@ -92,10 +93,6 @@ class LocalBackend:
 
     async def close(self) -> None:
         self._offload.close()
-
-    async def prices(self) -> dict[str, Price]:
-        """This machine costs what limits.prices says of a job's workflow machine: none reported."""
-        return {}
 
     # --- blocking parts (run on the thread pool) ---------------------------------------------
     def _start(self, spec: JobSpec) -> JobStatus:

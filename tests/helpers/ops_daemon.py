@@ -42,13 +42,13 @@ T = TypeVar("T")
 # -- the daemon side --------------------------------------------------------------------------------
 def _registry() -> Any:
     from litbotd import logs, systemd
-    from litbotd.services import Services
+    from litbotd.context import Context
     from litbotd.tasks import Task
     from litbotd.worker import Registry
 
     log = logs.get("litbotd.test")
 
-    async def sleep(task: Task, services: Services) -> None:
+    async def sleep(task: Task, services: Context) -> None:
         await asyncio.sleep(float(task.payload.get("s", 0)))
         q = services.queue
         async with services.redis.pipeline(transaction=True) as p:
@@ -58,33 +58,33 @@ def _registry() -> Any:
             with open(runs_file, "a") as f:
                 f.write(task.id + "\n")
 
-    async def chain(task: Task, services: Services) -> list[Task]:
+    async def chain(task: Task, services: Context) -> list[Task]:
         """Like sleep, then its successor, until payload["n"] links are done (successors in flight)."""
         await sleep(task, services)
         n = int(task.payload["n"])
         return [task.successor("chain", {**task.payload, "n": n - 1}, key="next")] if n > 1 else []
 
-    async def block(task: Task, services: Services) -> None:
+    async def block(task: Task, services: Context) -> None:
         systemd.notify("X_BLOCK=start")
         time.sleep(float(task.payload["s"]))  # on purpose: the event loop stops here
         systemd.notify("X_BLOCK=end")
 
-    async def fail(task: Task, services: Services) -> None:
+    async def fail(task: Task, services: Context) -> None:
         raise RuntimeError(task.payload["message"])
 
-    async def log_lines(task: Task, services: Services) -> None:
+    async def log_lines(task: Task, services: Context) -> None:
         log.info("handler says", detail=task.payload["message"])
         log.error(f"handler failed: {task.payload['message']}")
 
-    async def leak(task: Task, services: Services) -> None:
+    async def leak(task: Task, services: Context) -> None:
         gh = services.config.github
         secret = {"webhook_secret": gh.webhook_secret, "private_key": gh.private_key,
                   "token": os.environ.get("TEST_INSTALLATION_TOKEN", "")}[task.payload["what"]]
         log.info("about to fail", detail=secret)
         raise RuntimeError(f"signature check against {secret!r} failed")
 
-    async def github(task: Task, services: Services) -> None:
-        assert services.github is not None, "no [github] app_id and key configured"
+    async def github(task: Task, services: Context) -> None:
+        assert services.github_app is not None, "no [github] app_id and key configured"
         await services.github.get(task.payload["path"], None)
 
     return Registry(handlers={"sleep": sleep, "chain": chain, "block": block, "fail": fail, "log": log_lines, "leak": leak,
@@ -94,10 +94,11 @@ def _registry() -> Any:
 def main(argv: Sequence[str]) -> int:
     sys.path.insert(0, str(ROOT))
     from litbotd import config, daemon
+    from litbotd import configfile
 
     path = argv[1]
     try:
-        cfg = config.load(path)
+        cfg = configfile.load(path)
         return daemon.run(cfg, _registry(), path)
     except config.ConfigError as e:
         print(f"litbotd: config error: {e}", file=sys.stderr)

@@ -24,8 +24,9 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from litbotd import config as config_mod, logs  # noqa: E402
+from litbotd import configfile  # noqa: E402
 from litbotd.daemon import Daemon  # noqa: E402
-from litbotd.services import Services  # noqa: E402
+from litbotd.context import Context  # noqa: E402
 from litbotd.tasks import Task  # noqa: E402
 from litbotd.worker import Registry  # noqa: E402
 
@@ -39,12 +40,12 @@ def _worker_of(task: Task) -> str:
     return "?"
 
 
-async def _event(s: Services, ev: str, task: Task, wid: str) -> None:
+async def _event(s: Context, ev: str, task: Task, wid: str) -> None:
     await s.redis.rpush("test:events", json.dumps(
         {"ev": ev, "id": task.id, "wid": wid, "pid": os.getpid(), "t": time.time(), "attempt": task.attempt}))
 
 
-async def count(task: Task, s: Services):
+async def count(task: Task, s: Context):
     wid = _worker_of(task)
     await _event(s, "start", task, wid)
     sleep = task.payload.get("sleep", 0)
@@ -61,7 +62,7 @@ async def count(task: Task, s: Services):
             for i, t in enumerate(task.payload.get("then", []))]
 
 
-async def fail(task: Task, s: Services):
+async def fail(task: Task, s: Context):
     raise RuntimeError(task.payload.get("msg", "boom"))
 
 
@@ -79,7 +80,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("-c", "--config", required=True)
     args = p.parse_args()
-    cfg = config_mod.load(args.config)
+    cfg = configfile.load(args.config)
     logs.setup(cfg.log.level, "text", config_mod.secrets_of(cfg))
     faulthandler.enable()
 

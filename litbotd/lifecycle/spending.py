@@ -9,61 +9,35 @@ Called at one point each: `before_start` in start_job (just before the job is st
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
 
-from . import checks, decisions, limits, logs, metrics, report
-from .github import PaceDeferred
-from .runstate import RunRef, RunState
-from .spend import Ledger, PriceBook, Spend, run_id
-from .tasks import Task
-from .workflows import Run
+from .. import checks, decisions, limits, logs, metrics, report
+from ..context import Context
+from ..github import PaceDeferred
+from ..runstate import RunRef
+from ..spend import Ledger, Spend, run_id
+from ..tasks import Task
+from ..workflows import Run
+from .checkruns import report_row
 
 log = logs.get("litbotd.limits")
 
 
-DEFAULT_BOOK = PriceBook()  # a context without its own (tests, tools)
-
-
-def book(ctx: Any) -> PriceBook:
-    return getattr(ctx, "prices", None) or DEFAULT_BOOK
-
-
-def price_fn(ctx: Any) -> Callable[[str, bool], float]:
-    """USD per hour of (machine, interruptible): limits.prices over the backend's prices."""
-    prices = book(ctx)
-    overrides = ctx.config.limits.prices
-    return lambda machine, interruptible: prices.price(machine, interruptible, overrides)
-
-
-def cost_fields(st: dict[str, str]) -> dict[str, Any]:
-    """The run's cost as report.RunReport shows it: spent once ended, else its projection."""
-    def num(k: str) -> float | None:
-        return float(st[k]) if st.get(k) else None
-
-    spent, projected = num("spent"), num("projected")
-    if spent is not None:
-        return {"cost": spent, "cost_projected": False, "price": num("price")}
-    if projected is not None:
-        return {"cost": projected, "cost_projected": True, "price": num("price")}
-    return {}
-
-
-async def before_start(task: Task, ctx: Any, ref: RunRef, run: Run,
-                       row: Callable[[dict[str, str]], report.RunReport]) -> list[Task] | None:
+async def before_start(task: Task, ctx: Context, ref: RunRef, run: Run) -> list[Task] | None:
     """The limits gate. None: start the job now. A list: the run does not start now — it waits
     for a slot (a freed slot enqueues its start_job), it is held (`action_required`), or another
-    task starts it — and the handler returns these tasks. `row` renders the run's report row."""
+    task starts it — and the handler returns these tasks."""
     p = task.payload
-    cfg, rs = ctx.config, RunState(ctx.queue)
-    if book(ctx).read_at is None:
+    cfg, rs = ctx.config, ctx.runs
+    if ctx.prices.read_at is None:
         # Not read yet (the daemon just started): a run priced 0 could slip past a money cap.
         try:
-            await read_prices(ctx)
+            await ctx.prices.refresh(ctx.backend)
         except Exception as e:
             if cfg.limits.per_pr_usd or cfg.limits.per_repo_day_usd:
                 raise RuntimeError(f"machine prices could not be read yet: {type(e).__name__}") from None
             log.warning("machine prices could not be read; runs are priced by limits.prices only")
-    price_of = price_fn(ctx)
+    price_of = ctx.prices.price_fn(cfg.limits.prices)
     price = price_of(run.machine, run.interruptible)
     cand = limits.Candidate(run_id(ref), ref.repo, ref.sha, ref.key, run.machine, price, run.timeout, task.id)
     wake = task.successor("start_job", p, key="slot")
@@ -82,7 +56,7 @@ async def before_start(task: Task, ctx: Any, ref: RunRef, run: Run,
         log.info("run waits for a slot", reason=d.reason)
         try:
             await checks.update_check(gh, inst, ref.repo, check_id, "progress", defer=True, status="queued",
-                                      output=report.waiting_output(d.reason, row(st)))
+                                      output=report.waiting_output(d.reason, report_row(run, ref.attempt, st)))
         except PaceDeferred:
             log.info("waiting note skipped: the pacing budget is kept for results")
         return []
@@ -91,38 +65,36 @@ async def before_start(task: Task, ctx: Any, ref: RunRef, run: Run,
     conclusion, _ = await rs.conclude(ref, decisions.ACTION_REQUIRED, d.reason, time.time())
     if conclusion == decisions.ACTION_REQUIRED:
         log.info("run held by a limit", held=d.held, reason=d.reason)
-        await _report_held(ctx, p, ref, row)
+        await _report_held(ctx, p, ref, run)
     return []
 
 
-async def _report_held(ctx: Any, p: dict[str, Any], ref: RunRef,
-                       row: Callable[[dict[str, str]], report.RunReport]) -> None:
-    rs = RunState(ctx.queue)
+async def _report_held(ctx: Context, p: dict[str, Any], ref: RunRef, run: Run) -> None:
+    rs = ctx.runs
     st = await rs.get(ref)
-    output = report.limit_held_output(ctx.config.github.command_prefix, st.get("message", ""), row(st))
+    output = report.limit_held_output(ctx.config.github.command_prefix, st.get("message", ""),
+                                      report_row(run, ref.attempt, st))
     await checks.update_check(ctx.github, p["installation"], ref.repo, int(st.get("check_run_id") or p["check_run_id"]),
                               status="completed", conclusion=decisions.ACTION_REQUIRED,
                               completed_at=checks.iso(time.time()), output=output)
     await rs.update(ref, reported=1)
 
 
-async def not_started(task: Task, ctx: Any, ref: RunRef, st: dict[str, str],
-                      row: Callable[[dict[str, str]], report.RunReport]) -> None:
+async def not_started(task: Task, ctx: Context, ref: RunRef, run: Run, st: dict[str, str]) -> None:
     """start_job found its run ended or asked to stop before its job started: free what it held;
     a run a limit held whose check-run write a crash cut short is reported now."""
     if st.get("held") and st.get("conclusion") == decisions.ACTION_REQUIRED:
         if not st.get("reported"):
-            await _report_held(ctx, task.payload, ref, row)
+            await _report_held(ctx, task.payload, ref, run)
         return
     await ended(ctx, ref)
 
 
-async def ended(ctx: Any, ref: RunRef, reported_cost: float | None = None) -> None:
+async def ended(ctx: Context, ref: RunRef, reported_cost: float | None = None) -> None:
     """The run ended, or will never start: count its cost in the ledger (once, whatever the
     retries), free its slot and reservation, and wake the waiters that now fit. Call it after
     the run's conclusion is recorded (its finished_at dates the cost)."""
-    rs = RunState(ctx.queue)
-    st = await rs.get(ref)
+    st = await ctx.runs.get(ref)
 
     def num(k: str) -> float | None:
         return float(st[k]) if st.get(k) else None
@@ -136,10 +108,10 @@ async def ended(ctx: Any, ref: RunRef, reported_cost: float | None = None) -> No
         log.info("run cost counted", usd=f"{amount:.4f}", reported=reported_cost is not None)
 
 
-async def approve(ctx: Any, repo: str, sha: str, user: str) -> list[str]:
+async def approve(ctx: Context, repo: str, sha: str, user: str) -> list[str]:
     """Record a writer's /litci approve-cost for a commit; returns the keys of its runs that a
     limit held (each to be queued again as a new attempt)."""
-    rs = RunState(ctx.queue)
+    rs = ctx.runs
     await rs.set_sha_fields(repo, sha, cost_approved_by=user, cost_approved_at=time.time())
     held = []
     for key, (_, attempt) in sorted((await rs.runs(repo, sha)).items()):
@@ -148,12 +120,3 @@ async def approve(ctx: Any, repo: str, sha: str, user: str) -> list[str]:
             held.append(key)
     log.info("cost approved", user=user, sha=sha, runs=len(held))
     return held
-
-
-async def read_prices(ctx: Any) -> int:
-    """Read the backend's machine prices into the price book (at start and every hour)."""
-    backend = ctx.backend
-    reader = getattr(backend, "prices", None) if backend is not None else None
-    prices = await reader() if reader is not None else {}
-    book(ctx).update(prices)
-    return len(prices)

@@ -1,0 +1,72 @@
+"""Check runs and their rows: what a run's check run shows, and its completion (+ annotations)."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from .. import annotations, checks, logs, metrics, report, workflows
+from ..context import Context
+from ..runstate import RunRef
+
+log = logs.get("litbotd.lifecycle")
+ROUTING = ("delivery", "installation", "repo", "pr", "sha", "private")
+
+
+def routing(p: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The payload keys every task of a run carries along, plus `extra`."""
+    return {**{k: p.get(k) for k in ROUTING}, **extra}
+
+
+def report_row(run: workflows.Run, attempt: int, st: dict[str, str], log_tail: str = "") -> report.RunReport:
+    def num(k: str) -> float | None:
+        return float(st[k]) if st.get(k) else None
+
+    return report.RunReport(
+        check_name=run.check_name, status=st.get("status") or "queued", conclusion=st.get("conclusion") or None,
+        machine=run.machine, image=run.image, attempt=attempt, started_at=num("started_at"),
+        finished_at=num("finished_at"), details_url=st.get("url") or None, message=st.get("message", ""),
+        log_tail=log_tail, approved_by=st.get("approved_by", ""), **_cost(num),
+    )
+
+
+def _cost(num: Any) -> dict[str, Any]:
+    """The run's cost as its row shows it (SPEC §11): spent once ended, else its projection."""
+    spent, projected, price = num("spent"), num("projected"), num("price")
+    if spent is not None:
+        return {"cost": spent, "cost_projected": False, "price": price}
+    if projected is not None:
+        return {"cost": projected, "cost_projected": True, "price": price}
+    return {}
+
+
+async def report_completed(ctx: Context, p: dict[str, Any], ref: RunRef, tail: str = "",
+                            found: annotations.Scan | None = None) -> None:
+    """Complete the check run from the recorded state, then append its annotations 50 at a time;
+    repeating it writes the same thing, and sends only the annotations GitHub does not hold yet."""
+    rs = ctx.runs
+    state = await rs.get(ref)
+    run, _ = (await rs.runs(ref.repo, ref.sha))[ref.key]
+    row = report_row(run, ref.attempt, state, tail)
+    if found is not None:
+        row = dataclasses.replace(row, tests=found.tests_text, annotations=len(found.annotations),
+                                  notes=tuple(a.as_note() for a in found.messages))
+    check_id = int(state.get("check_run_id") or p["check_run_id"])
+    output = report.check_output(row)
+    gh, inst = ctx.github, p["installation"]
+    fields: dict[str, Any] = {}
+    if row.details_url and row.details_url.startswith(("http://", "https://")):
+        fields["details_url"] = row.details_url  # also when its in_progress update was skipped
+    await checks.update_check(gh, inst, ref.repo, check_id, status="completed",
+                              conclusion=row.conclusion, completed_at=checks.iso(time.time()), output=output,
+                              **fields)
+    writes = await rs.count_write(ref)
+    if not state.get("reported"):
+        metrics.RUN_WRITES.observe(writes)
+    if found is not None and found.annotations:
+        sent = await checks.annotations_sent(gh, inst, ref.repo, check_id)
+        todo = found.annotations[sent:]
+        taken = await checks.add_annotations(gh, inst, ref.repo, check_id, output, annotations.batches(todo))
+        if taken < len(todo):
+            log.warning("GitHub refused some annotations", refused=len(todo) - taken)
+    await rs.update(ref, reported=1)

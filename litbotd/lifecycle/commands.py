@@ -1,0 +1,115 @@
+"""Runs stopped and started again: cancel, rerun (re-requested checks), /litci commands."""
+from __future__ import annotations
+
+import time
+
+from .. import checks, decisions, logs
+from ..context import Context
+from ..runstate import RunRef
+from ..tasks import Task
+from . import spending
+from .checkruns import report_completed, routing
+from .comments import comment_soon
+from .planning import queue_run
+
+log = logs.get("litbotd.lifecycle")
+
+
+async def cancel(task: Task, ctx: Context) -> list[Task]:
+    """Stop the runs of one SHA (superseded, /litci cancel) or of every SHA of a PR (closed)."""
+    p = task.payload
+    rs = ctx.runs
+    repo = p["repo"]
+    closed = p["reason"] == "closed"
+    reason = "the pull request was closed" if closed else p["reason"]
+    shas = await rs.pr_shas(repo, p["pr"]) if closed or p.get("all_shas") else [p["sha"]]
+    stopped = 0
+    for sha in shas:
+        for key, (run, attempt) in (await rs.runs(repo, sha)).items():
+            ref = RunRef(repo, sha, key, attempt)
+            state = await rs.get(ref)
+            if decisions.cancel_skips(state):
+                continue
+            await rs.request_cancel(ref, reason)
+            state = await rs.get(ref)  # the job a start may have recorded meanwhile
+            if state.get("job"):
+                await ctx.backend.stop(state["job"])
+            conclusion, _ = await rs.conclude(ref, decisions.CANCELLED, reason, time.time())
+            await spending.ended(ctx, ref)
+            if conclusion == decisions.CANCELLED and state.get("check_run_id"):
+                await report_completed(ctx, {**p, "check_run_id": state["check_run_id"]}, ref)
+            stopped += 1
+    log.info("runs cancelled", runs=stopped, reason=reason)
+    return await comment_soon(task, ctx, repo, p.get("pr"), p["installation"])
+
+
+async def rerun(task: Task, ctx: Context) -> list[Task]:
+    """check_run re-requested: that one run again; check_suite re-requested: every run of the SHA."""
+    p = task.payload
+    rs = ctx.runs
+    repo, sha = p["repo"], p["sha"]
+    recorded = await rs.runs(repo, sha)
+    if p.get("check_run_id"):
+        parsed = decisions.parse_external_id(p.get("external_id"))
+        keys = [parsed[0]] if parsed and parsed[0] in recorded else []
+    else:
+        keys = sorted(recorded)
+    if not keys:
+        log.info("re-run requested for a check litbotd has no run for; nothing to do",
+                 check=p.get("check_name"), external_id=p.get("external_id"))
+        return []
+    pr = p.get("pr") or await rs.pr_of(repo, sha)
+    base = routing(p, pr=pr)
+    out = [await queue_run(ctx, task, base, recorded[k][0], await rs.new_attempt(repo, sha, k, task.id)) for k in keys]
+    return out + await comment_soon(task, ctx, repo, pr, p["installation"])
+
+
+async def command(task: Task, ctx: Context) -> list[Task]:
+    """`/litci run [NAME…]`, `/litci cancel`, `/litci ok-to-test`, `/litci approve-cost`, from a
+    user who may write."""
+    p = task.payload
+    cfg, gh, rs = ctx.config, ctx.github, ctx.runs
+    repo, inst, pr = p["repo"], p["installation"], p["pr"]
+    cmd = decisions.parse_command(p.get("body", ""), cfg.github.command_prefix)
+    if cmd is None:
+        return []
+    perm, role = await checks.permission(gh, inst, repo, p["user"])
+    if not decisions.may_command(perm, role) or cmd.verb == "unknown":
+        why = "unknown command" if cmd.verb == "unknown" else f"@{p['user']} lacks write permission ({perm})"
+        log.info("command refused", command=cmd.text, reason=why)
+        await checks.react(gh, inst, repo, p["comment_id"], "confused")
+        return []
+    pull = await checks.pull(gh, inst, repo, pr)
+    head = pull["head"]["sha"]
+    event = {**routing(p, sha=head, private=pull["base"]["repo"].get("private", False)),
+             "base_ref": pull["base"]["ref"], "author": pull["user"]["login"],
+             "author_association": pull.get("author_association", "NONE"), "action": "command",
+             "fork": (pull["head"].get("repo") or {}).get("full_name") != pull["base"]["repo"]["full_name"]}
+    out: list[Task] = []
+    if cmd.verb == "cancel":
+        out.append(task.successor("cancel", {**event, "all_shas": True, "reason": f"cancelled by @{p['user']}"}))
+    elif cmd.verb == "ok-to-test":
+        await rs.set_pr_field(repo, pr, approved=head)
+        out.append(task.successor("new_event", {**event, "approved": True}))
+    elif cmd.verb == "approve-cost":
+        # Recorded with who gave it; the runs a limit held start again as new attempts.
+        held = await spending.approve(ctx, repo, head, p["user"])
+        recorded = await rs.runs(repo, head)
+        out += [await queue_run(ctx, task, event, recorded[k][0], await rs.new_attempt(repo, head, k, task.id))
+                for k in held]
+        out += await comment_soon(task, ctx, repo, pr, inst)
+    else:
+        recorded = await rs.runs(repo, head)
+        if not recorded:
+            out.append(task.successor("new_event", event))  # never planned: plan it (fork rules apply)
+        else:
+            keys, unknown = decisions.select_runs({k: r.check_name for k, (r, _) in recorded.items()}, cmd.names)
+            if unknown or not keys:
+                log.info("command refused", command=cmd.text, reason=f"no run named {', '.join(unknown)}")
+                await checks.react(gh, inst, repo, p["comment_id"], "confused")
+                return []
+            out += [await queue_run(ctx, task, event, recorded[k][0], await rs.new_attempt(repo, head, k, task.id)) for k in keys]
+            out += await comment_soon(task, ctx, repo, pr, inst)
+    await checks.react(gh, inst, repo, p["comment_id"], "+1")
+    log.info("command accepted", command=cmd.text, user=p["user"])
+    return out

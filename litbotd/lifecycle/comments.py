@@ -1,0 +1,93 @@
+"""The sticky summary comment of a PR: one fenced, coalesced writer.
+
+Every change of a PR's runs bumps the PR's version and schedules a `comment` task a moment later
+(`comment_soon`); the `comment` task edits the comment only if nothing newer has been shown yet,
+at most once per COMMENT_EDIT_INTERVAL, under the PR's fenced claim (locks.FencedLock).
+"""
+from __future__ import annotations
+
+import time
+
+from .. import checks, logs, report
+from ..context import Context
+from ..github import PaceDeferred
+from ..locks import FencedLock
+from ..runstate import TTL, RunRef, RunState
+from ..tasks import Task
+from .checkruns import report_row
+
+log = logs.get("litbotd.lifecycle")
+COMMENT_DEBOUNCE = 1.0  # seconds
+COMMENT_CLAIM_TTL = 30.0  # seconds; renewed while held, so only a dead holder's claim lapses
+COMMENT_EDIT_INTERVAL = 10.0  # seconds between two edits of one PR's comment
+COMMENT_RETRY_MAX = 5.0  # seconds: how long a comment edit postponed for the pacing budget waits at most
+
+
+async def _render_comment(rs: RunState, repo: str, pr: int, head: str | None) -> str | None:
+    """The PR's summary comment as of now, from the run states of its latest head SHA; None when
+    there is nothing to show yet."""
+    if not head:
+        return None
+    rows = []
+    for key, (run, attempt) in sorted((await rs.runs(repo, head)).items()):
+        rows.append(report_row(run, attempt, await rs.get(RunRef(repo, head, key, attempt))))
+    return report.summary_comment(repo, pr, head, rows) if rows else None
+
+
+async def comment_soon(task: Task, ctx: Context, repo: str, pr: int | None, inst: int) -> list[Task]:
+    """A coalesced summary-comment edit: each change bumps the PR's version and schedules a
+    `comment` task a moment later, which edits the comment only if nothing newer has been shown.
+    A burst of run changes (a matrix starting) costs one edit, not one per run and phase."""
+    if pr is None or not ctx.config.report.comment:
+        return []
+    await ctx.runs.bump_version(repo, pr)
+    return [task.successor("comment", {"repo": repo, "pr": pr, "installation": inst},
+                           run_at=time.time() + COMMENT_DEBOUNCE, key="comment")]
+
+
+async def comment(task: Task, ctx: Context) -> list[Task]:
+    """Edit the summary comment, unless an earlier comment task already showed this version.
+
+    One writer per PR by construction: the writer holds the PR's fenced claim (renewed while GitHub
+    takes its time) and records the comment id only if its claim still stands. A task that finds
+    the claim taken does not wait for it: it comes back a moment later, and shows whatever is
+    newest then, so edits coalesce into the latest state."""
+    p = task.payload
+    repo, pr, inst = p["repo"], p["pr"], p["installation"]
+    rs = ctx.runs
+    info = await rs.pr(repo, pr)
+    if _comment_version_due(info) is None:
+        return []
+    next_edit = float(info.get("commented_at") or 0) + COMMENT_EDIT_INTERVAL
+    if next_edit > time.time():
+        # Edits of one comment coalesce: at most one per interval, showing the latest state.
+        return [task.successor("comment", p, run_at=next_edit, key="coalesced")]
+    claim = FencedLock(ctx.redis, ctx.queue.key("lock", "comment", f"{repo}#{pr}"), COMMENT_CLAIM_TTL)
+    async with claim.held() as fence:
+        if fence is None:
+            log.info("summary comment being written by another worker; coming back after it")
+            return [task.successor("comment", p, run_at=time.time() + COMMENT_DEBOUNCE, key="again")]
+        # Rendered under the claim: a change recorded after this read has its own comment task
+        # waiting (every change schedules one), which shows it next.
+        info = await rs.pr(repo, pr)
+        version = _comment_version_due(info)
+        if version is None:
+            return []
+        known = int(info["comment_id"]) if info.get("comment_id") else None
+        body = await _render_comment(rs, repo, pr, info.get("head"))
+        try:
+            comment_id = known if body is None else await checks.upsert_comment(ctx.github, inst, repo, pr, body, known)
+        except PaceDeferred as e:
+            # The budget is kept for results (or GitHub said wait): show the then latest state later.
+            delay = e.wait if e.limited else min(e.wait, COMMENT_RETRY_MAX)
+            return [task.successor("comment", p, run_at=time.time() + delay, key="later")]
+        shown = {"commented": version, "commented_at": time.time(), **({"comment_id": comment_id} if comment_id else {})}
+        if not await claim.commit(fence, rs.pr_key(repo, pr), TTL, **shown):
+            log.warning("summary comment claim lost while writing; its new holder carries on")
+    return []
+
+
+def _comment_version_due(info: dict[str, str]) -> int | None:
+    """The PR's version not yet shown in its comment, or None when the comment is up to date."""
+    version = int(info.get("version") or 0)
+    return version if version > int(info.get("commented") or -1) else None

@@ -1,0 +1,104 @@
+"""Planning: a PR head or a commit's workflows read and planned, one `queued` check run and one
+start_job task per run (new_event, new_commit)."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .. import checks, decisions, logs, report, workflows
+from ..context import Context
+from ..github import GitHubApp
+from ..runstate import RunRef
+from ..tasks import Task
+from .checkruns import report_row, routing
+from .comments import comment_soon
+
+log = logs.get("litbotd.lifecycle")
+
+
+async def queue_run(ctx: Context, task: Task, p: dict[str, Any], run: workflows.Run, attempt: int) -> Task:
+    """Create the run's `queued` check run and the start_job task that follows."""
+    gh, rs = ctx.github, ctx.runs
+    ref = RunRef(p["repo"], p["sha"], run.key, attempt)
+    check_id = await checks.find_or_create_check(
+        gh, p["installation"], p["repo"], p["sha"], run.check_name, decisions.external_id(run.key, attempt),
+        priority="create", status="queued", output=report.check_output(report_row(run, attempt, {})))
+    await rs.count_write(ref)
+    if not await rs.transition(ref, ("", "queued"), status="queued", check_run_id=check_id, queued_at=time.time()):
+        await rs.update(ref, check_run_id=check_id)  # repeated after a cancel ended it: keep its state
+    log.info("run queued", run=run.key, check=run.check_name, attempt=attempt)
+    return task.successor("start_job", routing(p, run=run.key, attempt=attempt, check_run_id=check_id),
+                          key=f"{run.key}/{attempt}")
+
+
+async def _report_plan(gh: GitHubApp, inst: int, repo: str, sha: str, plan: workflows.Plan,
+                       no_workflows: bool) -> None:
+    """One completed check run per invalid workflow file, and with `no_workflows` the neutral
+    "no workflows" check run (a PR, or a merge queue waiting on litbotd's checks, learns why none came)."""
+    for err in plan.errors:
+        await checks.find_or_create_check(
+            gh, inst, repo, sha, f"litci: {err.file}", f"error:{err.file}", status="completed",
+            conclusion=decisions.FAILURE, output=report.error_check_output(err.file, err.line, err.message))
+        log.warning("invalid workflow file", file=err.file, line=err.line, error=err.message)
+    if no_workflows:
+        await checks.find_or_create_check(gh, inst, repo, sha, "litci", "no-workflows", status="completed",
+                                          conclusion=decisions.NEUTRAL, output=report.no_workflows_output())
+
+
+async def new_event(task: Task, ctx: Context) -> list[Task]:
+    p = task.payload
+    cfg, gh, rs = ctx.config, ctx.github, ctx.runs
+    repo, sha, pr, inst = p["repo"], p["sha"], p["pr"], p["installation"]
+    out: list[Task] = []
+    older = await rs.set_head(repo, pr, sha, p["base_ref"], inst)
+    if cfg.jobs.cancel_superseded:
+        out += [task.successor("cancel", routing(p, sha=old, reason=f"superseded by {sha[:7]}"), key=old)
+                for old in older]
+    trusted = decisions.is_trusted(p.get("fork", False), p.get("author_association", ""),
+                                   cfg.github.trusted_associations)
+    approved = p.get("approved") or (await rs.pr(repo, pr)).get("approved") == sha
+    if not trusted and not approved:
+        await checks.find_or_create_check(
+            gh, inst, repo, sha, "litci", "fork-approval", status="completed", conclusion=decisions.ACTION_REQUIRED,
+            output=report.fork_approval_output(cfg.github.command_prefix))
+        log.info("fork PR from an untrusted author: waiting for ok-to-test", author=p.get("author"))
+        return out
+    # An untrusted fork's workflow files always come from the base branch (SPEC §5).
+    files = await checks.workflow_files(gh, inst, repo, sha if trusted else p["base_ref"])
+    if not trusted:  # approved: its runs may use only limits.untrusted_machines without approve-cost
+        await rs.set_sha_fields(repo, sha, untrusted=1)
+    plan = workflows.plan(files, p["base_ref"], ctx.defaults)
+    await _report_plan(gh, inst, repo, sha, plan, no_workflows=not files)
+    new = await rs.add_runs(repo, sha, plan.runs, pr, owner=task.id)
+    recorded = await rs.runs(repo, sha)
+    for run in plan.runs:
+        attempt = new.get(run.key)
+        if attempt is None and p.get("action") == "reopened":
+            # Runs that closing the PR cancelled start again when it is reopened.
+            attempt = await rs.owned_attempt(repo, sha, run.key, task.id)
+            last = await rs.get(RunRef(repo, sha, run.key, recorded[run.key][1]))
+            if attempt is None and decisions.restart_on_reopen(last.get("conclusion")):
+                attempt = await rs.new_attempt(repo, sha, run.key, task.id)
+        if attempt is not None:
+            out.append(await queue_run(ctx, task, p, run, attempt))
+    log.info("workflows planned", runs=len(plan.runs), started=sum(t.kind == "start_job" for t in out),
+             errors=len(plan.errors), skipped=len(plan.skipped))
+    return out + await comment_soon(task, ctx, repo, pr, inst)
+
+
+async def new_commit(task: Task, ctx: Context) -> list[Task]:
+    """merge_group checks_requested / push: the workflows read at the commit, planned for the
+    event and branch. Only people with write access push or queue, so no fork rules apply; no PR,
+    so no comment; a later push does not cancel this one's runs. Check names match the PR's, so
+    required checks are satisfied on the queue's commit."""
+    p = task.payload
+    gh, rs = ctx.github, ctx.runs
+    repo, sha, inst, event = p["repo"], p["sha"], p["installation"], p["event"]
+    files = await checks.workflow_files(gh, inst, repo, sha)
+    plan = workflows.plan(files, p["branch"], ctx.defaults, event=event)
+    await _report_plan(gh, inst, repo, sha, plan, no_workflows=not files and event == "merge_group")
+    new = await rs.add_runs(repo, sha, plan.runs, None, owner=task.id)
+    out = [await queue_run(ctx, task, p, run, new[run.key]) for run in plan.runs if run.key in new]
+    log.info("workflows planned", trigger=event, branch=p["branch"], runs=len(plan.runs), started=len(out),
+             errors=len(plan.errors), skipped=len(plan.skipped))
+    return out
