@@ -246,3 +246,32 @@ async def test_an_approved_fork_may_use_only_untrusted_machines_until_approve_co
     assert [r["conclusion"] for r in gpu] == ["action_required", "success"]
     assert len(_jobs(tmp_path)) == 2
     world.assert_no_duplicates()
+
+
+async def test_a_cancelled_run_frees_its_slot_and_a_cancelled_waiter_never_starts(redis_server, world, tmp_path):
+    """{L4 = 1}: the old commit's first run holds the L4, its second waits; a push cancels both.
+    The waiter never starts; the new commit's run gets the freed slot at once."""
+    events = tmp_path / "events.log"
+    body = f'echo "S $cell" >> {events}\nwhile true; do sleep 0.05; done'
+    old, new = sha_of("old-slots"), sha_of("new-slots")
+    await world.start({old: {".lightning/workflows/gpu.yaml": gpu_matrix(2, body)},
+                       new: {".lightning/workflows/gpu.yaml": gpu_matrix(1, f'echo "S new" >> {events}')}})
+    world.pull(old)
+    data = config_data(redis_server.url, world.url, tmp_path / "jobs", jobs={"local": {
+        "workdir": str(tmp_path / "jobs"), "max_parallel": 4, "writable_paths": [str(tmp_path)]}},
+        limits={"max_parallel_per_machine": {"L4": 1}, "prices": {"L4": 4.0}})
+    async with InProcessDaemon(data) as d:
+        await d.send("pull_request", pr_payload("opened", old))
+        await wait_until(lambda: events.exists() and len(events.read_text().splitlines()) == 1
+                         and sum(r["status"] == "queued" for r in world.runs(old)) == 1, 60, "one running, one waiting")
+        world.pull(new)
+        await d.send("pull_request", pr_payload("synchronize", new))
+        await wait_until(lambda: _done(world, new, 1) and _done(world, old, 2), 60, "both commits settled")
+        await wait_until(d.idle, 60, "idle")
+        usage = await spend.usage(d.daemon.queue)
+    assert {r["conclusion"] for r in world.runs(old)} == {"cancelled"}
+    assert world.conclusions(new) == {"gpu (c0)": "success"}
+    started = sorted(ln.split()[1] for ln in events.read_text().splitlines())
+    assert len(started) == 2 and started[1] == "new" and started[0] in ("c0", "c1")  # the waiter never started
+    assert len(_jobs(tmp_path)) == 2
+    assert usage == {"running_by_machine": {}, "waiting_by_machine": {}, "running_by_repo": {}}

@@ -136,3 +136,21 @@ async def test_each_part_of_a_run_is_counted_once(sp, aredis):
     assert await spend_on(sp.q, "2026-12-03") == {"o/r": 2.0}
     assert float(await aredis.hget(RunState(sp.q).run_key(ref), "spent")) == 2.0
     assert (await sp.usage())["running_by_machine"] == {}
+
+
+async def test_the_price_book_reads_the_backend_and_limits_prices_go_over_it():
+    from litbotd.backends.base import Price
+    from litbotd.spend import PriceBook
+
+    class Backend:
+        calls = 0
+
+        async def prices(self):
+            Backend.calls += 1
+            return {"L4": Price("L4", 0.9, 0.4), "A100": Price("A100", 3.5, None)}
+
+    book = PriceBook()
+    assert book.read_at is None and book.price("L4", False, {}) == 0.0
+    assert await book.refresh(Backend()) == 2 and book.read_at is not None
+    of = book.price_fn({"A100": 2.0})
+    assert (of("L4", False), of("L4", True), of("A100", True), of("CPU", False)) == (0.9, 0.4, 2.0, 0.0)
