@@ -18,18 +18,21 @@ in that same script: a freed slot wakes the next waiter, nothing polls.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 from . import limits
+from .backoff import backoff
 from .queue import Queue
 from .runstate import RunRef, RunState
 from .tasks import Task
 
 LEDGER_TTL = 400 * 24 * 3600   # a day's spend stays readable for a year and more
 CAS_TRIES = 50                 # version clashes before giving up (the task is then retried)
+CAS_BACKOFF = (0.002, 0.1)     # seconds after a clash: doubling, capped, jittered (no lockstep)
 RECONCILE_GRACE = 600.0        # seconds a concluded run may keep its slot before it is released for it
 
 # KEYS: version, entries, wake, main[, run hash, day ledger, commit hash].
@@ -64,6 +67,13 @@ redis.call('HINCRBYFLOAT', KEYS[6], ARGV[i + 1], ARGV[i])
 redis.call('EXPIRE', KEYS[6], ARGV[i + 3])
 redis.call('HINCRBYFLOAT', KEYS[7], 'spent', ARGV[i])
 return 1
+"""
+
+# KEYS: run hashes. Returns {conclusion, held} of each (one call for a whole plan).
+_PLAN_STATES = """
+local out = {}
+for i, k in ipairs(KEYS) do out[i] = redis.call('HMGET', k, 'conclusion', 'held') end
+return out
 """
 
 
@@ -108,6 +118,7 @@ class Spend:
         self.entries = queue.key("limits", "entries")
         self.wake = queue.key("limits", "wake")
         self._commit = self.r.register_script(_COMMIT)
+        self._plan_states = self.r.register_script(_PLAN_STATES)
 
     def day_key(self, day: str) -> str:
         return self.q.key("spend", day)
@@ -120,20 +131,21 @@ class Spend:
         entries = {rid: parsed for rid, value in raw.items() if (parsed := _parse(rid, value)) is not None}
         return version or "0", entries, float(spent or 0.0)
 
-    async def facts(self, ref: RunRef, repo_spent_today: float, entries: Mapping[str, limits.Entry],
-                    price_of: Callable[[str, bool], float], is_pr: bool) -> limits.Facts:
-        """The candidate's commit as limits.py reads it: its runs' latest attempts (each ended, or
-        still to go at its projected cost), its ledger, whether it is an approved fork's, and who
-        approved its cost."""
+    async def commit_facts(self, ref: RunRef, price_of: Callable[[str, bool], float],
+                           with_plan: bool) -> tuple[dict[str, str], tuple[limits.PlannedRun, ...]]:
+        """The candidate's commit: its own fields (spent, untrusted, cost_approved_by) and, when a
+        money cap needs it, its plan: each run's latest attempt, ended or still to go at its
+        projected cost (one round trip for all of them)."""
         info = await self.rs.sha_info(ref.repo, ref.sha)
-        plan = []
-        for key, (run, attempt) in sorted((await self.rs.runs(ref.repo, ref.sha)).items()):
-            st = await self.rs.get(RunRef(ref.repo, ref.sha, key, attempt))
-            ended = bool(st.get("conclusion")) and not st.get("held")
-            plan.append(limits.PlannedRun(key, run.machine, limits.projected_cost(
-                price_of(run.machine, run.interruptible), run.timeout), ended))
-        return limits.Facts(entries, repo_spent_today, float(info.get("spent") or 0.0), tuple(plan), is_pr=is_pr,
-                            untrusted=bool(info.get("untrusted")), approved_by=info.get("cost_approved_by") or None)
+        if not with_plan:
+            return info, ()
+        runs = sorted((await self.rs.runs(ref.repo, ref.sha)).items())
+        keys = [self.rs.run_key(RunRef(ref.repo, ref.sha, key, attempt)) for key, (_, attempt) in runs]
+        states = await self._plan_states(keys=keys) if keys else []
+        plan = tuple(limits.PlannedRun(key, run.machine, limits.projected_cost(price_of(run.machine, run.interruptible),
+                                                                            run.timeout), bool(concl) and not held)
+                     for (key, (run, _)), (concl, held) in zip(runs, states))
+        return info, plan
 
     # -- the gate before a start --------------------------------------------------------------------
     async def gate(self, c: limits.Candidate, ref: RunRef, lim: limits.Limits, wake: Task,
@@ -142,14 +154,19 @@ class Spend:
         start_job task a freed slot enqueues when the run waits (its id becomes the entry's holder)."""
         now = time.time() if now is None else now
         day = limits.utc_day(now)
-        for _ in range(CAS_TRIES):
+        # The commit's plan changes only with its own events: read once. The shared part (every
+        # run's entry, the day's ledger) is read afresh on each try of the compare-and-set.
+        info, plan = await self.commit_facts(ref, price_of, with_plan=bool(lim.per_pr_usd or lim.per_repo_day_usd))
+        for tries in range(1, CAS_TRIES + 1):
             version, parsed, spent_today = await self._snapshot(c.repo, day)
             entries = {rid: e for rid, (e, _) in parsed.items()}
             refs = {rid: r for rid, (_, r) in parsed.items()}
             # Waiters that fit now (caps raised by a reload) go first, in line order.
             before = limits.grants(entries, lim)
             entries.update({g.run_id: g for g in before})
-            facts = await self.facts(ref, spent_today, entries, price_of, is_pr)
+            facts = limits.Facts(entries, spent_today, float(info.get("spent") or 0.0), plan, is_pr=is_pr,
+                                 untrusted=bool(info.get("untrusted")),
+                                 approved_by=info.get("cost_approved_by") or None)
             d = limits.decide_start(c, facts, lim, seq=now)
             sets = [(g, refs[g.run_id]) for g in before]
             wakes: list[tuple[str, str]] = []
@@ -162,6 +179,7 @@ class Spend:
                 return d
             if await self._apply(version, sets, [], wakes, [g.run_id for g in before]) >= 0:
                 return d
+            await asyncio.sleep(backoff(tries, *CAS_BACKOFF))
         raise Contended("the limits state kept changing; trying again later")
 
     async def finish(self, ref: RunRef, lim: limits.Limits, ledger: Ledger | None) -> bool:
@@ -169,7 +187,7 @@ class Spend:
         its reservation, its place in line) and wake the waiters that now fit, in one step.
         Idempotent. True when this call counted the cost."""
         rid = run_id(ref)
-        for _ in range(CAS_TRIES):
+        for tries in range(1, CAS_TRIES + 1):
             version, parsed, _ = await self._snapshot(ref.repo, ledger.day if ledger else limits.utc_day(time.time()))
             entries = {k: e for k, (e, _) in parsed.items()}
             granted = limits.grants(entries, lim, ending=[rid])
@@ -178,6 +196,7 @@ class Spend:
                                     ledger=(ref, ledger) if ledger else None)
             if got >= 0:
                 return got == 1
+            await asyncio.sleep(backoff(tries, *CAS_BACKOFF))
         raise Contended("the limits state kept changing; trying again later")
 
     async def count(self, ref: RunRef, ledger: Ledger) -> bool:

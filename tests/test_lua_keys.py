@@ -115,7 +115,7 @@ async def test_every_lua_script_passes_every_key_in_keys(aredis: aioredis.Redis,
     # spend and limits: a start, a wait, an end with its cost that wakes the waiter
     from litbotd import limits
     from litbotd.spend import Ledger, Spend, run_id
-    sp, lim = Spend(q), limits.Limits(max_parallel_per_machine={"L4": 1})
+    sp, lim = Spend(q), limits.Limits(max_parallel_per_machine={"L4": 1}, per_pr_usd=100.0)
     for n in (1, 2):
         r = RunRef("o/r", "b" * 40, f"k{n}", 1)
         c = limits.Candidate(run_id(r), "o/r", r.sha, r.key, "L4", 4.0, 3600, f"t{n}")
