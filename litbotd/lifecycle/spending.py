@@ -41,7 +41,8 @@ async def before_start(task: Task, ctx: Context, ref: RunRef, run: Run) -> list[
     price = price_of(run.machine, run.interruptible)
     cand = limits.Candidate(run_id(ref), ref.repo, ref.sha, ref.key, run.machine, price, run.timeout, task.id)
     wake = task.successor("start_job", p, key="slot")
-    d = await Spend(ctx.queue).gate(cand, ref, cfg.limits, wake, price_of, is_pr=p.get("pr") is not None)
+    is_pr = bool(p.get("pr") or await rs.pr_of(ref.repo, ref.sha))  # a fork's re-run carries no PR number
+    d = await Spend(ctx.queue).gate(cand, ref, cfg.limits, wake, price_of, is_pr=is_pr)
     if d.action == "start":
         approved = (await rs.sha_info(ref.repo, ref.sha)).get("cost_approved_by", "")
         await rs.update(ref, price=price, projected=cand.projected, approved_by=approved)
