@@ -60,6 +60,15 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
     return parse(data, env, source=path)
 
 
+def secret_paths(cfg: Config, env: Mapping[str, str] | None = None) -> list[str]:
+    """The files a job must not read, as absolute paths: the App key file, the systemd credentials
+    directory and the config file itself (the local sandbox masks them should they sit under a
+    folder it shows, such as /etc)."""
+    env = os.environ if env is None else env
+    source = cfg.source if cfg.source and os.path.isfile(cfg.source) else ""
+    return [os.path.abspath(p) for p in (cfg.github.private_key_file, env.get("CREDENTIALS_DIRECTORY"), source) if p]
+
+
 def load_redis_only(path: str | None = None, env: Mapping[str, str] | None = None) -> tuple[Config, str | None]:
     """For `status`, `dead` and `replay`, which need only [redis]: the full config when it loads,
     else defaults plus the file's [redis] (and REDIS_URL), with the error that was set aside."""

@@ -21,8 +21,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from . import config as config_mod
-from . import configfile
-from . import logs, preflight, procinfo, systemd
+from . import configfile, logs, preflight, procinfo, systemd
 from .backends import Backend, machine_names, make_backend
 from .backoff import backoff
 from .config import Config, ConfigError, JobsConfig
@@ -136,7 +135,7 @@ class Daemon:
             self._runner = None
             raise StartError(f"cannot listen on {host}:{port} (server.host, server.port): "
                              f"{e.strerror or e}") from None
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]  # the port bound (port 0: a free one)
 
     async def _wait_for_redis(self) -> bool:
         """READY waits for Redis; a stop request while waiting ends the daemon."""
@@ -161,7 +160,7 @@ class Daemon:
     async def start(self) -> None:
         """Adapters, then the pool (recovery, sweep, workers, loops); listen() if not yet done."""
         cfg = self.cfg
-        backend = make_backend(cfg) if cfg.workers.count > 0 else None
+        backend = make_backend(cfg.jobs, configfile.secret_paths(cfg)) if cfg.workers.count > 0 else None
         self._backend_jobs = cfg.jobs if backend is not None else None
         self.current.ctx = Context.of(cfg, self.queue, self._github(cfg), backend,
                                       await self._defaults(cfg, backend))
@@ -255,7 +254,7 @@ class Daemon:
         was = self.ctx
         backend = was.backend_impl
         if new.workers.count > 0 and new.jobs != self._backend_jobs:
-            backend = make_backend(new)
+            backend = make_backend(new.jobs, configfile.secret_paths(new))
         github = self._github(new) if new.github != old.github else was.github_app
         defaults = await self._defaults(new, backend)
         logs.setup(new.log.level, new.log.format, config_mod.secrets_of(new))

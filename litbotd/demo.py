@@ -26,8 +26,7 @@ from typing import Any
 import aiohttp
 
 from . import config as config_mod
-from . import configfile
-from . import logs
+from . import configfile, logs
 from .backends import sandbox
 from .daemon import Daemon
 from .demo_github import DemoGitHub

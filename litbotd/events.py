@@ -185,7 +185,8 @@ def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
                 private=_get(payload, "repository.private", bool),
             ), "merge_group checks_requested"
         if action == "destroyed":
-            why = payload.get("reason") if isinstance(payload.get("reason"), str) else "destroyed"
+            reason = payload.get("reason")
+            why = reason if isinstance(reason, str) else "destroyed"
             return task(
                 "cancel",
                 sha=_sha(payload, "merge_group.head_sha"),

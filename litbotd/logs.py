@@ -16,11 +16,13 @@ import os
 import re
 import sys
 import time
-from typing import Any, Iterator, TextIO
+import types
+from typing import Any, Iterator, Mapping, TextIO
 
 from . import redaction
 
-_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("litbotd_log_context", default={})
+_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "litbotd_log_context", default=types.MappingProxyType({}))  # read-only: every context() sets a new one
 _secrets: list[str] = []  # redaction.secret_parts of the configured secrets
 _JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
@@ -127,6 +129,11 @@ def resolve_format(fmt: str, stream: TextIO | None = None) -> str:
     return fmt
 
 
+class _Handler(logging.StreamHandler[TextIO]):
+    """litbotd's own handler on the root logger: setup() finds it again on a reload."""
+    litbotd = True  # the mark on the handler (tests count handlers by it)
+
+
 def setup(level: str = "info", fmt: str = "auto", secrets: list[str] | None = None,
           stream: TextIO | None = None) -> None:
     """Configure the root logger (idempotent: reload calls it again with new values).
@@ -139,15 +146,14 @@ def setup(level: str = "info", fmt: str = "auto", secrets: list[str] | None = No
     if logging.getLogRecordFactory() is not _scrubbed_record:
         logging.setLogRecordFactory(_scrubbed_record)
     root = logging.getLogger()
-    handler = next((h for h in root.handlers if getattr(h, "litbotd", False)), None)
+    handler = next((h for h in root.handlers if isinstance(h, _Handler)), None)
     if handler is None:
-        handler = logging.StreamHandler(stream or sys.stderr)
-        handler.litbotd = True  # type: ignore[attr-defined]
+        handler = _Handler(stream or sys.stderr)
         handler.addFilter(_ContextFilter())
         root.addHandler(handler)
     elif stream is not None:
-        handler.setStream(stream)  # type: ignore[attr-defined]
-    handler.setFormatter(_Formatter(resolve_format(fmt, handler.stream)))  # type: ignore[attr-defined]
+        handler.setStream(stream)
+    handler.setFormatter(_Formatter(resolve_format(fmt, handler.stream)))
     root.setLevel(level.upper())
     # Third-party libraries stay quiet unless debugging litbotd itself.
     for noisy in ("aiohttp.access", "asyncio", "lightning_sdk", "urllib3"):

@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Callable, Concatenate, Coroutine, ParamSpec
 
 from . import logs, spend
 from .config import Config
@@ -20,6 +20,7 @@ from .queue import Queue, queue_config
 from .redisconn import REDIS_UNAVAILABLE, connect_config
 
 GITHUB_CHECK_TIMEOUT = 30.0
+P = ParamSpec("P")
 
 
 @contextlib.asynccontextmanager
@@ -31,12 +32,13 @@ async def _queue(cfg: Config) -> AsyncIterator[Queue]:
         await redis.aclose()
 
 
-def _redis_errors(fn: Callable[..., Awaitable[int]]) -> Callable[..., Awaitable[int]]:
+def _redis_errors(fn: Callable[Concatenate[Config, P], Coroutine[Any, Any, int]]
+                  ) -> Callable[Concatenate[Config, P], Coroutine[Any, Any, int]]:
     """An unreachable Redis is a one-line failure (exit 1), not a traceback."""
     @functools.wraps(fn)
-    async def wrapper(cfg: Config, *args: Any) -> int:
+    async def wrapper(cfg: Config, /, *args: P.args, **kwargs: P.kwargs) -> int:
         try:
-            return await fn(cfg, *args)
+            return await fn(cfg, *args, **kwargs)
         except REDIS_UNAVAILABLE as e:
             print(f"litbotd: redis at {logs.safe_url(cfg.redis.url)} is unreachable: "
                   f"{logs.redact(f'{type(e).__name__}: {e}')}", file=sys.stderr)

@@ -12,11 +12,12 @@ The periodic loops are a plain list of `Loop`s: adding one is one line in `Worke
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 from . import logs, metrics, procinfo, systemd
 from .backoff import backoff
@@ -96,7 +97,7 @@ class WorkerPool:
             log.warning("startup sweep requeued tasks of expired workers", tasks=n)
         self._running = True
         self.resize(self.cfg.workers.count)
-        self._loop_tasks = [asyncio.create_task(self._supervise(f"loop {lp.name}", lambda lp=lp: self._periodic(lp)),
+        self._loop_tasks = [asyncio.create_task(self._supervise(f"loop {lp.name}", functools.partial(self._periodic, lp)),
                                                 name=lp.name) for lp in self.loops]
 
     async def stop(self, grace: float) -> None:
@@ -344,7 +345,7 @@ class WorkerPool:
             self._unhealthy_logged = True
 
 
-async def cancel_all(tasks) -> None:
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
     """Cancel the tasks and wait until they are done, cancelling again while one still runs: on
     Python 3.11, asyncio.wait_for (which redis-py uses for its socket timeout) can swallow a
     cancellation that races with a reply, and a `while True` loop would then run on forever."""

@@ -30,10 +30,11 @@ def backend_problem(cfg: Config) -> str | None:
     """Can the job backend be built: e.g. Lightning needs a teamspace and credentials."""
     if cfg.workers.count == 0:
         return None  # a listener-only process runs no jobs
+    from . import configfile
     from .backends import BackendError, make_backend
 
     try:
-        backend = make_backend(cfg)
+        backend = make_backend(cfg.jobs, configfile.secret_paths(cfg))
     except BackendError as e:
         return f"jobs.backend = {cfg.jobs.backend!r} cannot start: {e}"
     asyncio.run(backend.close())

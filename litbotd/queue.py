@@ -15,13 +15,16 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
 from .redisconn import REDIS_UNAVAILABLE, connect, connect_config  # noqa: F401 (the names callers had here)
 from .tasks import Task, TaskFormatError
+
+# Replies are str (every client decodes: redisconn.connect); redis-py types them bytes | str,
+# hence the casts marked "decoded".
 
 DELIVERY_TTL = 7 * 24 * 3600
 
@@ -165,7 +168,7 @@ class Queue:
     async def leftovers(self, wid: str, client: aioredis.Redis | None = None) -> list[str]:
         """What is in the worker's processing list, newest first: between two tasks it is empty,
         unless a take or finish whose reply was lost moved a task there all the same."""
-        return await (client or self.redis).lrange(self.processing(wid), 0, -1)
+        return cast(list[str], await (client or self.redis).lrange(self.processing(wid), 0, -1))  # decoded
 
     def lease(self, wid: str) -> str:
         return self.key("lease", wid)
@@ -221,7 +224,7 @@ class Queue:
                     if isinstance(e, asyncio.CancelledError):
                         raise
                     continue
-                for (*_, fut), ok in zip(batch, fresh):
+                for (*_, fut), ok in zip(batch, fresh, strict=True):
                     if fut.done():  # a caller that gave up (timeout) is not told
                         continue
                     if ok and acked < self.ack_replicas:
@@ -252,7 +255,10 @@ class Queue:
     async def take(self, wid: str, timeout: float, client: aioredis.Redis | None = None) -> str | None:
         """Block up to `timeout` seconds for a task; it moves into the worker's processing list.
         `client`: a worker's own connection (Redis.client()), so a blocked take holds no pooled one."""
-        return await (client or self.redis).blmove(self.name, self.processing(wid), timeout, "RIGHT", "LEFT")
+        conn = client or self.redis
+        # BLMOVE takes a fractional timeout (Redis >= 6); redis-py's hint says int.
+        raw = await conn.blmove(self.name, self.processing(wid), timeout, "RIGHT", "LEFT")  # type: ignore[arg-type]
+        return cast(str | None, raw)  # decoded
 
     async def finish_and_take(self, wid: str, raw: str, successors: Sequence[Task] = (), dead: Task | None = None,
                               *, take: bool = True, client: aioredis.Redis | None = None) -> tuple[bool, str | None]:
@@ -286,14 +292,14 @@ class Queue:
             return
         px = max(1, int(lease_timeout * 1000))
         async with self.redis.pipeline(transaction=False) as p:
-            for wid, info in workers.items():
+            for wid in workers:
                 p.set(self.lease(wid), "1", px=px)
             p.hset(self.workers, mapping={wid: json.dumps(info) for wid, info in workers.items()})
             await p.execute()
 
     async def sweep(self) -> int:
         """Put back the tasks of every worker whose lease has expired, on any host."""
-        return await self._recover_workers(await self.redis.hkeys(self.workers), forced=False)
+        return await self._recover_workers(cast(list[str], await self.redis.hkeys(self.workers)), forced=False)
 
     async def recover(self, wids: Sequence[str]) -> int:
         """Put back the tasks of workers known dead (this host, process gone), without waiting."""
@@ -308,8 +314,8 @@ class Queue:
         return int(await self._recover(keys=keys, args=["force" if forced else "", *wids]))
 
     async def registered(self) -> dict[str, dict[str, Any]]:
-        raw = await self.redis.hgetall(self.workers)
-        out = {}
+        raw = cast(dict[str, str], await self.redis.hgetall(self.workers))  # decoded
+        out: dict[str, dict[str, Any]] = {}
         for wid, info in raw.items():
             try:
                 out[wid] = json.loads(info)
@@ -322,13 +328,16 @@ class Queue:
         for wid in wids:
             if await self.redis.llen(self.processing(wid)) == 0:
                 async with self.redis.pipeline(transaction=True) as p:
-                    p.hdel(self.workers, wid).delete(self.lease(wid))
+                    p.hdel(self.workers, wid)
+                    p.delete(self.lease(wid))
                     await p.execute()
 
     # -- inspection -----------------------------------------------------------------------------
     async def depths(self) -> dict[str, int]:
         async with self.redis.pipeline(transaction=False) as p:
-            p.llen(self.name).zcard(self.delayed).llen(self.dead)
+            p.llen(self.name)
+            p.zcard(self.delayed)
+            p.llen(self.dead)
             queued, delayed, dead = await p.execute()
         return {"queued": int(queued), "delayed": int(delayed), "dead": int(dead)}
 
@@ -357,7 +366,8 @@ class Queue:
         wids = sorted(reg)
         async with self.redis.pipeline(transaction=False) as p:
             for wid in wids:
-                p.exists(self.lease(wid)).llen(self.processing(wid))
+                p.exists(self.lease(wid))
+                p.llen(self.processing(wid))
             res = await p.execute()
         out = []
         for i, wid in enumerate(wids):
@@ -372,8 +382,8 @@ class Queue:
 
     # -- the dead letter ------------------------------------------------------------------------
     async def dead_tasks(self) -> list[tuple[str, Task | None]]:
-        out = []
-        for raw in await self.redis.lrange(self.dead, 0, -1):
+        out: list[tuple[str, Task | None]] = []
+        for raw in cast(list[str], await self.redis.lrange(self.dead, 0, -1)):  # decoded
             try:
                 out.append((raw, Task.from_json(raw)))
             except TaskFormatError:
@@ -392,6 +402,7 @@ class Queue:
 
     async def dead_purge(self) -> int:
         async with self.redis.pipeline(transaction=True) as p:
-            p.llen(self.dead).delete(self.dead)
+            p.llen(self.dead)
+            p.delete(self.dead)
             n, _ = await p.execute()
         return int(n)

@@ -35,11 +35,11 @@ def connect(url: str, sentinels: Sequence[str] = (), master: str = "mymaster") -
         return aioredis.Redis.from_url(url, **opts)
     u = urllib.parse.urlsplit(url)
     db = u.path.strip("/")
-    auth = {"username": urllib.parse.unquote(u.username) if u.username else None,
-            "password": urllib.parse.unquote(u.password) if u.password else None}
     nodes = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in sentinels)]
     sentinel = Sentinel(nodes, sentinel_kwargs={"socket_connect_timeout": 2, "socket_timeout": 2}, **opts)
-    return sentinel.master_for(master, db=int(db) if db.isdigit() else 0, **auth, **opts)
+    return sentinel.master_for(master, db=int(db) if db.isdigit() else 0,
+                              username=urllib.parse.unquote(u.username) if u.username else None,
+                              password=urllib.parse.unquote(u.password) if u.password else None, **opts)
 
 
 def connect_config(rcfg: RedisConfig) -> aioredis.Redis:

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
+
+from redis.typing import EncodableT, FieldT
 
 from .queue import Queue
 from .workflows import Run, run_from_jsonable, to_jsonable
 
 TTL = 30 * 24 * 3600
+# Replies are str (every client decodes: redisconn.connect); redis-py types them bytes | str,
+# hence the casts marked "decoded".
 
 # KEYS: sha hash. ARGV: run key, owner task id, ttl.
 _NEW_ATTEMPT = """
@@ -119,11 +123,11 @@ class RunState:
             p.expire(key, TTL)
             await p.execute()
         owners = await self.r.hmget(key, [f"owner:{run.key}:1" for run in runs]) if runs else []
-        return {run.key: 1 for run, o in zip(runs, owners) if o == owner}
+        return {run.key: 1 for run, o in zip(runs, owners, strict=True) if o == owner}
 
     async def runs(self, repo: str, sha: str) -> dict[str, tuple[Run, int]]:
         """Every run recorded for a SHA with its latest attempt."""
-        raw = await self.r.hgetall(self._sha(repo, sha))
+        raw = cast(dict[str, str], await self.r.hgetall(self._sha(repo, sha)))  # decoded
         out = {}
         for field, value in raw.items():
             if field.startswith("spec:"):
@@ -155,12 +159,13 @@ class RunState:
 
     # -- one attempt of a run ---------------------------------------------------------------------------
     async def get(self, ref: RunRef) -> dict[str, str]:
-        return await self.r.hgetall(self._run(ref))
+        return cast(dict[str, str], await self.r.hgetall(self._run(ref)))  # decoded
 
     async def update(self, ref: RunRef, **fields: Any) -> None:
-        values = {k: ("" if v is None else v) for k, v in fields.items()}
+        values: dict[FieldT, EncodableT] = {k: ("" if v is None else v) for k, v in fields.items()}
         async with self.r.pipeline(transaction=True) as p:
-            p.hset(self._run(ref), mapping=values).expire(self._run(ref), TTL)
+            p.hset(self._run(ref), mapping=values)
+            p.expire(self._run(ref), TTL)
             await p.execute()
 
     async def transition(self, ref: RunRef, allowed_from: tuple[str, ...], **fields: Any) -> bool:
@@ -174,7 +179,8 @@ class RunState:
     async def count_write(self, ref: RunRef) -> int:
         """Count one check-run write for this run (for the writes-per-run metric); the total."""
         async with self.r.pipeline(transaction=True) as p:
-            p.hincrby(self._run(ref), "writes", 1).expire(self._run(ref), TTL)
+            p.hincrby(self._run(ref), "writes", 1)
+            p.expire(self._run(ref), TTL)
             n, _ = await p.execute()
         return int(n)
 
@@ -194,25 +200,30 @@ class RunState:
         key = self._pr(repo, pr)
         async with self.r.pipeline(transaction=True) as p:
             p.hset(key, mapping={"head": sha, "base_ref": base_ref, "installation": installation})
-            p.sadd(f"{key}:shas", sha).smembers(f"{key}:shas")
-            p.expire(key, TTL).expire(f"{key}:shas", TTL)
+            p.sadd(f"{key}:shas", sha)
+            p.smembers(f"{key}:shas")
+            p.expire(key, TTL)
+            p.expire(f"{key}:shas", TTL)
             res = await p.execute()
         return sorted(s for s in res[2] if s != sha)
 
     async def pr(self, repo: str, pr: int) -> dict[str, str]:
-        return await self.r.hgetall(self._pr(repo, pr))
+        return cast(dict[str, str], await self.r.hgetall(self._pr(repo, pr)))  # decoded
 
     async def pr_shas(self, repo: str, pr: int) -> list[str]:
-        return sorted(await self.r.smembers(f"{self._pr(repo, pr)}:shas"))
+        return sorted(cast(set[str], await self.r.smembers(f"{self._pr(repo, pr)}:shas")))  # decoded
 
     async def bump_version(self, repo: str, pr: int) -> int:
         """Count a change worth showing in the PR's summary comment."""
         async with self.r.pipeline(transaction=True) as p:
-            p.hincrby(self._pr(repo, pr), "version", 1).expire(self._pr(repo, pr), TTL)
+            p.hincrby(self._pr(repo, pr), "version", 1)
+            p.expire(self._pr(repo, pr), TTL)
             n, _ = await p.execute()
         return int(n)
 
     async def set_pr_field(self, repo: str, pr: int, **fields: Any) -> None:
         async with self.r.pipeline(transaction=True) as p:
-            p.hset(self._pr(repo, pr), mapping=fields).expire(self._pr(repo, pr), TTL)
+            values: dict[FieldT, EncodableT] = {k: v for k, v in fields.items()}
+            p.hset(self._pr(repo, pr), mapping=values)
+            p.expire(self._pr(repo, pr), TTL)
             await p.execute()

@@ -11,7 +11,7 @@ import asyncio
 import collections
 import time
 import urllib.parse
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 from aiohttp import web
@@ -43,7 +43,7 @@ class _Lines:
     one of the larger costs of an intake near the bare minimum; refusals are warnings and always
     written."""
 
-    def __init__(self, limit: int = LINES_PER_SECOND, clock=time.monotonic) -> None:
+    def __init__(self, limit: int = LINES_PER_SECOND, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self.clock = clock
         self.second = 0

@@ -25,9 +25,8 @@ from typing import Any
 
 from . import durations
 from .config import JobsConfig
-from .safeyaml import MAX_ALIASES, MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES  # noqa: F401 (the limits, for callers)
+from .safeyaml import MAX_ALIASES, MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, NodeMap, decode, load  # noqa: F401 (the limits, for callers)
 from .safeyaml import Invalid as _Invalid
-from .safeyaml import NodeMap, decode, load
 
 MAX_RUNS = 256
 # Cells materialised before `exclude` is applied; beyond this even a file that excludes its way
@@ -438,7 +437,7 @@ def _product(matrix: dict[str, list[Any]], texts: dict[str, list[str]], exclude:
     drop = [frozenset((k, type(v).__name__, v) for k, v in e.items()) for e in exclude]
     cells = []
     for combo in itertools.product(*(range(len(matrix[k])) for k in keys)):
-        cell = _Cell(tuple((k, matrix[k][j], texts[k][j]) for k, j in zip(keys, combo)))
+        cell = _Cell(tuple((k, matrix[k][j], texts[k][j]) for k, j in zip(keys, combo, strict=True)))
         if not any(d <= cell.identity() for d in drop):
             cells.append(cell)
     return cells

@@ -17,9 +17,9 @@ from typing import Any, Callable
 
 import aiohttp
 
+from fake_github import FakeGitHub
 from litbotd import configfile
 from litbotd.daemon import Daemon
-from fake_github import FakeGitHub
 from litbotd.lifecycle import REGISTRY
 
 DATA = Path(__file__).parent / "data"

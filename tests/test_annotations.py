@@ -3,8 +3,17 @@ from __future__ import annotations
 
 import time
 
-from litbotd.annotations import (MAX_ANNOTATIONS, MAX_LINE_CHARS, MAX_MESSAGE_CHARS, MAX_TITLE_CHARS, Annotation,
-                                 batches, parse_command, repo_path, scan)
+from litbotd.annotations import (
+    MAX_ANNOTATIONS,
+    MAX_LINE_CHARS,
+    MAX_MESSAGE_CHARS,
+    MAX_TITLE_CHARS,
+    Annotation,
+    batches,
+    parse_command,
+    repo_path,
+    scan,
+)
 
 
 def test_every_property_and_level() -> None:

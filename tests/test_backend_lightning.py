@@ -220,9 +220,9 @@ def test_auth_token_alone_is_enough(sdk_env: LightningStandIn, monkeypatch: pyte
 def test_teamspace_must_be_configured(sdk_env: LightningStandIn) -> None:
     cfg = Config(jobs=JobsConfig(backend="lightning", lightning=LightningConfig(teamspace="")))
     with pytest.raises(BackendError, match="jobs.lightning.teamspace is not set"):
-        make_backend(cfg)
+        make_backend(cfg.jobs)
     cfg = Config(jobs=JobsConfig(backend="lightning", lightning=LightningConfig(teamspace="acme/ci")))
-    assert isinstance(make_backend(cfg), LightningBackend)
+    assert isinstance(make_backend(cfg.jobs), LightningBackend)
 
 
 def test_importing_litbotd_does_not_import_the_sdk() -> None:

@@ -302,7 +302,7 @@ async def test_unknown_and_invalid_names(backend: LocalBackend) -> None:
 async def test_make_backend_builds_local_from_config(tmp_path: Path) -> None:
     cfg = Config(jobs=JobsConfig(backend="local", local=LocalConfig(workdir=str(tmp_path), max_parallel=3,
                                                                     network="none", max_log_bytes=65536)))
-    b = make_backend(cfg)
+    b = make_backend(cfg.jobs)
     try:
         assert isinstance(b, LocalBackend) and b.name == "local" and b.max_parallel == 3
         assert (b.sandbox, b.network, b.max_log_bytes) == (True, "none", 65536)

@@ -138,6 +138,19 @@ def test_systemd_credentials_directory(tmp_path):
     assert cfg.github.webhook_secret == "file-secret" and cfg.github.private_key == ""
 
 
+def test_secret_paths_name_the_key_the_credentials_and_the_config_file(tmp_path, monkeypatch):
+    """What the local sandbox hides (make_backend's `hidden`), from the config and the environment."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "app.pem").write_text(PEM)
+    toml = tmp_path / "litbotd.toml"
+    toml.write_text('[github]\nprivate_key_file = "app.pem"\n')
+    cfg = configfile.load(str(toml), env={"CREDENTIALS_DIRECTORY": "creds"})
+    assert configfile.secret_paths(cfg, env={"CREDENTIALS_DIRECTORY": "creds"}) == [
+        str(tmp_path / "app.pem"), str(tmp_path / "creds"), str(toml)]
+    # built-in defaults: no file to hide
+    assert configfile.secret_paths(parse({}, env={}), env={}) == []
+
+
 def test_load_reads_toml_and_names_problems(tmp_path, clean_env):
     good = tmp_path / "litbotd.toml"
     good.write_text('[workers]\ncount = 2\nlease_timeout = "30s"\n[redis]\nqueue = "{ci}:bot_queue"\n')

@@ -95,7 +95,7 @@ class DaemonProc:
             time.sleep(0.5)
             self.proc.send_signal(signal.SIGABRT)  # faulthandler dumps the threads' stacks
             time.sleep(0.5)
-            raise AssertionError(f"{self.name} did not exit {timeout}s after SIGTERM:\n{self.output()[-12000:]}")
+            raise AssertionError(f"{self.name} did not exit {timeout}s after SIGTERM:\n{self.output()[-12000:]}") from None
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

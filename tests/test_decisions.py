@@ -1,7 +1,8 @@
 """The phases' pure decisions: no Redis, no HTTP."""
 from __future__ import annotations
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from litbotd import decisions
 from litbotd import decisions as d

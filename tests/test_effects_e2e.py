@@ -10,10 +10,8 @@ import asyncio
 
 import pytest
 
-from harness import (INSTALLATION, REPO, GitHubWorld, InProcessDaemon, config_data, pr_payload, sha_of,
-                     wait_until)
+from harness import INSTALLATION, REPO, GitHubWorld, InProcessDaemon, config_data, pr_payload, sha_of, wait_until
 from litbotd.runstate import RunRef, RunState
-
 
 MATRIX2 = "name: ci\nparametrize:\n  matrix: {n: [1, 2]}\nrun: echo cell $n\n"
 NAMES2 = ("ci (1)", "ci (2)")

@@ -15,9 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from fake_github import FakeGitHub
-
 from conftest import DATA
+from fake_github import FakeGitHub
 
 APP_ID = 7
 PRIVATE_KEY = (DATA / "keys" / "app.pem").read_text()

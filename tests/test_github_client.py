@@ -9,14 +9,12 @@ from typing import AsyncIterator, Callable
 
 import pytest
 
-from litbotd import github, metrics
-from litbotd import configfile
+from conftest import DATA, RedisServer, free_port
 from fake_github import FakeGitHub
+from litbotd import configfile, github, metrics
+from litbotd.context import Context
 from litbotd.github import GitHubApp, GitHubError
 from litbotd.queue import Queue, connect
-from litbotd.context import Context
-
-from conftest import DATA, RedisServer, free_port
 
 APP_ID = 7
 PRIVATE_KEY = (DATA / "keys" / "app.pem").read_text()

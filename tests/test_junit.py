@@ -12,8 +12,15 @@ import pytest
 
 from litbotd.annotations import scan
 from litbotd.backends.base import JobSpec
-from litbotd.backends.bootstrap import (MAX_CASE_TEXT, MAX_REPORT_BYTES, BadReport, case_command, job_argv,
-                                        read_junit, report_lines)
+from litbotd.backends.bootstrap import (
+    MAX_CASE_TEXT,
+    MAX_REPORT_BYTES,
+    BadReport,
+    case_command,
+    job_argv,
+    read_junit,
+    report_lines,
+)
 from tarball_server import REPO, SHA, TarballServer, github_tarball
 
 TESTS = """\

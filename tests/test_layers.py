@@ -8,7 +8,10 @@ checked on the source with `ast` (no import of litbotd needed).
     entry     wiring and commands: daemon, cli, ops, demo
 
 A module imports only from its own layer or the layers below it. Imports under
-`if TYPE_CHECKING:` are type hints, not dependencies, and are not counted.
+`if TYPE_CHECKING:` are type hints, not dependencies, and are not counted as such; there are few
+of them, each listed in TYPE_CHECKING_IMPORTS with its reason. File, environment and process I/O
+(open, Path.read_*/write_*, os.environ, subprocess) happens in the adapters; the few other modules
+that do some are listed in IO_OUTSIDE_ADAPTERS with their reason.
 """
 from __future__ import annotations
 
@@ -52,6 +55,26 @@ KNOWN: set[tuple[str, str]] = {
 }
 
 
+# Every `if TYPE_CHECKING:` import: (module, what it imports) -> why it cannot be a real import.
+TYPE_CHECKING_IMPORTS: dict[tuple[str, str], str] = {
+    ("backends.bootstrap", "backends.base"): "the job side runs in the job's image, where litbotd is not installed",
+}
+MAX_TYPE_CHECKING_IMPORTS = 3
+
+# Modules outside the adapters that read or write files or the environment, or start processes.
+IO_OUTSIDE_ADAPTERS: dict[str, str] = {
+    "logs": "JOURNAL_STREAM: is stderr the journal (the log format)",
+    "procinfo": "/proc: this host's boot id and a process's start time",
+    "daemon": "LITBOTD_HOST: the worker identity, read once by the wiring",
+    "ops": "`replay` reads the payload file, `lint` the repository's workflow files",
+    "demo": "writes the demo repository and commits it with git",
+    "demo_github": "serves the demo repository's tarball with git archive",
+}
+FILE_CALLS = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "fdopen", "getenv", "putenv",
+              "create_subprocess_exec", "create_subprocess_shell", "system", "popen"}
+PROCESS_MODULES = {"subprocess"}
+
+
 def _modules() -> dict[str, Path]:
     out = {}
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -67,19 +90,22 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _imports(module: str, path: Path) -> tuple[set[str], set[str]]:
-    """(litbotd modules, other top-level libraries) that `module` imports at run time."""
+def _imports(module: str, path: Path, type_checking: bool = False) -> tuple[set[str], set[str]]:
+    """(litbotd modules, other top-level libraries) that `module` imports at run time, or with
+    `type_checking` those it imports under `if TYPE_CHECKING:` only."""
     package = module.split(".")[:-1] if path.name != "__init__.py" else module.split(".")
     ours: set[str] = set()
     libs: set[str] = set()
 
-    def visit(node: ast.AST) -> None:
+    def visit(node: ast.AST, hints: bool) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.If) and _is_type_checking(child):
-                for other in child.orelse:
-                    visit(other)
+                visit(ast.Module(body=child.body, type_ignores=[]), True)
+                visit(ast.Module(body=child.orelse, type_ignores=[]), hints)
                 continue
-            if isinstance(child, ast.Import):
+            if hints != type_checking:
+                pass
+            elif isinstance(child, ast.Import):
                 for alias in child.names:
                     if alias.name == "litbotd" or alias.name.startswith("litbotd."):
                         ours.add(alias.name.removeprefix("litbotd").lstrip(".") or "__init__")
@@ -98,15 +124,34 @@ def _imports(module: str, path: Path) -> tuple[set[str], set[str]]:
                 for alias in child.names:  # `from . import workflows` names a module, `from .x import y` a name
                     sub = f"{prefix}.{alias.name}" if prefix else alias.name
                     ours.add(sub if sub in MODULES else (prefix or "__init__"))
-            visit(child)
+            visit(child, hints)
 
-    visit(ast.parse(path.read_text(), str(path)))
+    visit(ast.parse(path.read_text(), str(path)), False)
     ours.discard(module)
     return ours, libs
 
 
+def _io_calls(path: Path) -> list[str]:
+    """The file, environment and process I/O a module does, as `line: what`, in line order."""
+    out: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            if name in FILE_CALLS:
+                out.append((node.lineno, f"{name}()"))
+        elif isinstance(node, ast.Attribute) and node.attr in ("environ", "environb"):
+            out.append((node.lineno, f"os.{node.attr}"))
+        elif isinstance(node, ast.Import) and any(a.name.split(".")[0] in PROCESS_MODULES for a in node.names):
+            out.append((node.lineno, "import subprocess"))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PROCESS_MODULES:
+            out.append((node.lineno, "from subprocess import"))
+    return [f"{line}: {what}" for line, what in sorted(out)]
+
+
 MODULES = _modules()
 GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}
+HINTS = {m: _imports(m, p, type_checking=True) for m, p in MODULES.items()}
 
 
 def test_every_module_has_a_layer() -> None:
@@ -172,3 +217,36 @@ def test_the_reader_sees_runtime_imports_only(tmp_path: Path) -> None:
     ours, libs = _imports("queue", src)
     assert ours == {"github", "workflows", "checks", "backends.base"}
     assert {"aiohttp", "typing"} <= libs
+
+
+def test_type_checking_imports_are_few_and_listed() -> None:
+    """A `TYPE_CHECKING` import hides a dependency from the layer checks: each one has its reason."""
+    found = {(m, dep) for m, (ours, libs) in HINTS.items() for dep in ours | libs}
+    assert found == set(TYPE_CHECKING_IMPORTS), (
+        f"TYPE_CHECKING imports not listed: {sorted(found - set(TYPE_CHECKING_IMPORTS))}; "
+        f"listed but gone: {sorted(set(TYPE_CHECKING_IMPORTS) - found)}")
+    assert len(found) <= MAX_TYPE_CHECKING_IMPORTS
+
+
+def test_file_and_environment_io_stays_in_the_adapters() -> None:
+    """Pure and app modules read no file, no environment and start no process; outside the
+    adapters only the modules listed in IO_OUTSIDE_ADAPTERS do, for the reason given there."""
+    found = {m: calls for m, path in MODULES.items() if m not in ADAPTER_OF and (calls := _io_calls(path))}
+    unlisted = {m: calls for m, calls in found.items() if m not in IO_OUTSIDE_ADAPTERS}
+    assert not unlisted, f"file/environment/process I/O outside the adapters: {unlisted}"
+    assert not set(IO_OUTSIDE_ADAPTERS) - set(found), f"listed but doing no I/O: {set(IO_OUTSIDE_ADAPTERS) - set(found)}"
+    assert not [m for m in IO_OUTSIDE_ADAPTERS if m in PURE or m in APP], "a pure or app module doing I/O"
+
+
+def test_the_io_reader_sees_files_environment_and_processes(tmp_path: Path) -> None:
+    src = tmp_path / "m.py"
+    src.write_text("import os, subprocess\nfrom pathlib import Path\nx = os.environ.get('A')\n"
+                   "y = Path('p').read_text()\nwith open('f') as f:\n    pass\nz = len('open')\n")
+    assert _io_calls(src) == ["1: import subprocess", "3: os.environ", "4: read_text()", "5: open()"]
+
+
+def test_the_hint_reader_sees_type_checking_imports_only(tmp_path: Path) -> None:
+    src = tmp_path / "queue.py"
+    src.write_text("from typing import TYPE_CHECKING\nfrom . import workflows\n"
+                   "if TYPE_CHECKING:\n    from .daemon import Daemon\n    import aiohttp\n")
+    assert _imports("queue", src, type_checking=True) == ({"daemon"}, {"aiohttp"})

@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from harness import (REPO, GitHubWorld, InProcessDaemon, comment_payload, config_data, pr_payload,
-                     rerequested_payload, sha_of, wait_until)
+from harness import (
+    REPO,
+    GitHubWorld,
+    InProcessDaemon,
+    comment_payload,
+    config_data,
+    pr_payload,
+    rerequested_payload,
+    sha_of,
+    wait_until,
+)
 
 MATRIX = """\
 name: ci

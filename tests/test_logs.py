@@ -17,8 +17,8 @@ import pytest
 
 from litbotd import logs
 from litbotd.configfile import parse
-from litbotd.queue import Queue, connect
 from litbotd.context import Context, Current
+from litbotd.queue import Queue, connect
 from litbotd.tasks import Task
 from litbotd.worker import Registry, Worker
 

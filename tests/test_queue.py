@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("lupa", reason="fakeredis runs Lua scripts only with the lupa package")
 import fakeredis  # noqa: E402
 
-from litbotd.queue import Queue  # noqa: E402
 from litbotd.backoff import backoff  # noqa: E402
+from litbotd.queue import Queue  # noqa: E402
 from litbotd.tasks import VERSION, Task, TaskFormatError, derive_id  # noqa: E402
 
 

@@ -11,11 +11,10 @@ import time
 
 import redis.exceptions
 
-from litbotd import procinfo
-from litbotd import configfile
+from litbotd import configfile, procinfo
+from litbotd.context import Context, Current
 from litbotd.pool import WorkerPool
 from litbotd.queue import Queue, connect
-from litbotd.context import Context, Current
 from litbotd.tasks import Task
 from litbotd.worker import Registry
 
@@ -179,7 +178,7 @@ async def test_retries_back_off_then_the_dead_letter_keeps_the_error(aredis):
     assert [a for a, _, _ in seen] == [0, 1, 2, 3]
     run_ats = [r for _, r, _ in seen]
     assert run_ats[0] == 0.0 and run_ats[1] < run_ats[2] < run_ats[3]
-    for (a, run_at, _), (_, _, started_prev) in zip(seen[1:], seen[:-1]):
+    for (a, run_at, _), (_, _, started_prev) in zip(seen[1:], seen[:-1], strict=True):
         base = min(5.0, 0.2 * 2 ** (a - 1))  # backoff after failure number a
         assert 0.5 * base - 0.02 <= run_at - started_prev <= base + 0.1, (a, run_at - started_prev)
     for _, run_at, started in seen[1:]:

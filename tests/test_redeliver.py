@@ -6,14 +6,13 @@ from typing import AsyncIterator, Callable
 
 import pytest
 
-from litbotd import configfile
+from conftest import DATA, RedisServer
 from fake_github import FakeGitHub
+from litbotd import configfile
+from litbotd.context import Context
 from litbotd.github import GitHubApp
 from litbotd.queue import Queue, connect
 from litbotd.redeliver import redeliver_once
-from litbotd.context import Context
-
-from conftest import DATA, RedisServer
 
 APP_ID = 7
 WINDOW = 3600.0

@@ -15,14 +15,25 @@ from typing import AsyncIterator
 
 import pytest
 
-from harness import (PRIVATE_PEM, REPO, SECRET, GitHubWorld, INSTALLATION, SubprocessDaemon, config_data,
-                     post_webhook, pr_payload, sha_of, wait_until)
+from conftest import free_port
+from harness import (
+    INSTALLATION,
+    PRIVATE_PEM,
+    REPO,
+    SECRET,
+    GitHubWorld,
+    SubprocessDaemon,
+    config_data,
+    post_webhook,
+    pr_payload,
+    sha_of,
+    wait_until,
+)
 from litbotd.backends import sandbox
 from litbotd.backends.local import LocalBackend
 from litbotd.config import render_toml
 from tarball_server import TarballServer, github_tarball
 from test_backend_local import spec, wait_final, wait_for_state, wait_no_pids
-from conftest import free_port
 
 HOSTILE = r"""
 set +e

@@ -17,9 +17,9 @@ import pytest
 from helpers import ops_daemon as od
 from litbotd import logs
 from litbotd.configfile import parse
+from litbotd.context import Context, Current
 from litbotd.demo import throwaway_key
 from litbotd.queue import Queue, connect
-from litbotd.context import Context, Current
 from litbotd.tasks import Task
 from litbotd.worker import Registry, Worker
 
@@ -121,9 +121,10 @@ def _dump_redis(client) -> str:
     out = []
     for key in client.keys("*"):
         kind = client.type(key)
-        value = {"string": lambda: client.get(key), "list": lambda: client.lrange(key, 0, -1),
-                 "hash": lambda: client.hgetall(key), "set": lambda: client.smembers(key),
-                 "zset": lambda: client.zrange(key, 0, -1, withscores=True)}[kind]()
+        read = {"string": lambda k: client.get(k), "list": lambda k: client.lrange(k, 0, -1),
+                "hash": lambda k: client.hgetall(k), "set": lambda k: client.smembers(k),
+                "zset": lambda k: client.zrange(k, 0, -1, withscores=True)}[kind]
+        value = read(key)
         out.append(f"{key} {kind} {value}")
     return "\n".join(out)
 

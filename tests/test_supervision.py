@@ -19,10 +19,9 @@ import pytest
 
 from conftest import free_port
 from helpers import ops_daemon as od
-from litbotd import procinfo
-from litbotd import configfile
-from litbotd.queue import Queue
+from litbotd import configfile, procinfo
 from litbotd.context import Context, Current
+from litbotd.queue import Queue
 from litbotd.tasks import Task
 from litbotd.worker import Registry
 

@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 
 from litbotd import configfile
-from litbotd.queue import Queue, connect
 from litbotd.context import Context, Current, Liveness
+from litbotd.queue import Queue, connect
 from litbotd.tasks import Task, derive_id
 from litbotd.webhook import make_app
 

@@ -3,8 +3,8 @@ only (`workers.count = 0`), on loopback, with a private redis-server."""
 from __future__ import annotations
 
 import asyncio
-import json
 import http.client
+import json
 import os
 import signal
 import subprocess

@@ -52,7 +52,7 @@ def parametrize(draw: st.DrawFn) -> dict[str, Any]:
 def reference(p: dict[str, Any]) -> list[dict[str, Any]]:
     """GitHub Actions semantics written the obvious way: product, minus exclude, plus new includes."""
     keys = list(p["matrix"])
-    cells = [dict(zip(keys, combo)) for combo in itertools.product(*p["matrix"].values())]
+    cells = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*p["matrix"].values())]
     cells = [c for c in cells if not any(typed(e) <= typed(c) for e in p["exclude"])]
     for entry in p["include"]:
         if typed(entry) not in {typed(c) for c in cells}:
@@ -85,7 +85,7 @@ def test_matrix_matches_the_reference_model(p: dict[str, Any]) -> None:
 @FAST
 @given(parametrize())
 def test_size_is_product_minus_excluded_plus_distinct_includes(p: dict[str, Any]) -> None:
-    product = [dict(zip(p["matrix"], combo)) for combo in itertools.product(*p["matrix"].values())]
+    product = [dict(zip(p["matrix"], combo, strict=True)) for combo in itertools.product(*p["matrix"].values())]
     kept = [c for c in product if not any(typed(e) <= typed(c) for e in p["exclude"])]
     new_includes = {typed(e) for e in p["include"]} - {typed(c) for c in kept}
     result = plan({F: workflow_yaml(p)}, "main", D)

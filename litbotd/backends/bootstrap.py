@@ -46,7 +46,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 if TYPE_CHECKING:  # the job side must not import litbotd
     from litbotd.backends.base import JobSpec
@@ -79,7 +79,8 @@ def _same_origin(a: str, b: str) -> bool:
 class _Redirect(urllib.request.HTTPRedirectHandler):
     """Follow redirects; keep the Authorization header only while the origin stays the same."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         auth = req.unredirected_hdrs.get("Authorization")
         if new is not None and auth and _same_origin(req.full_url, new.full_url):
@@ -135,11 +136,13 @@ def _extract(archive: str, root: str) -> None:
             elif m.isreg():
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 src = tf.extractfile(m)
+                if src is None:  # never for a regular member; a check, so that no None is copied
+                    raise _Fail("unreadable member in archive: %r" % m.name)
                 # O_NOFOLLOW|O_EXCL: never write through a link or over an earlier member
                 fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
                              0o755 if m.mode & 0o111 else 0o644)
                 with os.fdopen(fd, "wb") as out:
-                    shutil.copyfileobj(src, out, 1 << 20)  # type: ignore[misc]
+                    shutil.copyfileobj(src, out, 1 << 20)
             elif m.issym():
                 target = m.linkname
                 resolved = os.path.normpath(os.path.join(os.path.dirname(rel), target))
@@ -224,7 +227,7 @@ class BadReport(Exception):
     """A report file that is not read: too large, not XML, or with a DOCTYPE/entities."""
 
 
-def _refuse(*args):  # type: ignore[no-untyped-def]
+def _refuse(*args: Any) -> NoReturn:
     raise BadReport("DOCTYPE and entity declarations are not allowed (entities are never expanded)")
 
 
@@ -247,10 +250,10 @@ def read_junit(path: str, max_bytes: int = MAX_REPORT_BYTES, max_cases: int = MA
     parser.UnparsedEntityDeclHandler = _refuse
     parser.ExternalEntityRefHandler = _refuse
     parser.SetParamEntityParsing(xml.parsers.expat.XML_PARAM_ENTITY_PARSING_NEVER)
-    out = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0, "cases": []}
-    state = {"case": None, "outcome": None, "text": None, "size": 0}
+    out: dict[str, Any] = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0, "cases": []}
+    state: dict[str, Any] = {"case": None, "outcome": None, "text": None, "size": 0}
 
-    def start(tag, attrs):  # type: ignore[no-untyped-def]
+    def start(tag: str, attrs: dict[str, str]) -> None:
         if tag == "testcase":
             state["case"] = {"name": attrs.get("name", ""), "classname": attrs.get("classname", ""),
                              "file": attrs.get("file", ""), "line": attrs.get("line", ""),
@@ -268,7 +271,7 @@ def read_junit(path: str, max_bytes: int = MAX_REPORT_BYTES, max_cases: int = MA
         elif tag == "skipped" and state["outcome"] == "passed":
             state["outcome"] = "skipped"
 
-    def end(tag):  # type: ignore[no-untyped-def]
+    def end(tag: str) -> None:
         case = state["case"]
         if tag in ("failure", "error") and state["text"] is not None and case is not None:
             case["text"] = "".join(state["text"])
@@ -279,7 +282,7 @@ def read_junit(path: str, max_bytes: int = MAX_REPORT_BYTES, max_cases: int = MA
                 out["cases"].append(case)
             state["case"] = None
 
-    def chars(data):  # type: ignore[no-untyped-def]
+    def chars(data: str) -> None:
         if state["text"] is not None and state["size"] < MAX_CASE_TEXT:
             state["text"].append(data[:MAX_CASE_TEXT - state["size"]])
             state["size"] += len(data)
@@ -295,7 +298,7 @@ def read_junit(path: str, max_bytes: int = MAX_REPORT_BYTES, max_cases: int = MA
                 if not chunk:
                     break
     except xml.parsers.expat.ExpatError as e:
-        raise BadReport("not well-formed XML: %s" % e)
+        raise BadReport("not well-formed XML: %s" % e) from None
     return out
 
 
@@ -432,7 +435,7 @@ def _job_main(argv: list) -> int:
     stop = {"requested": False, "starting": False, "pgid": 0}
     stopped = ("litci-stopped", {"kind": "stopped", "exit_code": None, "detail": ""}, EXIT_STOPPED)
 
-    def on_signal(signum, frame):  # type: ignore[no-untyped-def]
+    def on_signal(signum: int, frame: Any) -> None:
         stop["requested"] = True
         if stop["pgid"]:
             _kill_group(stop["pgid"], signal.SIGTERM)

@@ -78,6 +78,12 @@ def credentials_problem(env: Mapping[str, str]) -> str | None:
             " (or LIGHTNING_AUTH_TOKEN) in the daemon's environment")
 
 
+def _resolve(fut: asyncio.Future[None]) -> None:
+    """Done, unless it already is (cancelled by a waiter that gave up)."""
+    if not fut.done():
+        fut.set_result(None)
+
+
 def _short(e: BaseException, secrets: list[str] | tuple[str, ...] = ()) -> str:
     text = f"{type(e).__name__}: {e}".replace("\n", " ")
     text = scrub(text, secrets)
@@ -192,7 +198,7 @@ class LightningBackend(Backend):
             log.warning("lightning stop failed job=%s error=%s", name, _short(e))
         finally:
             try:
-                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+                loop.call_soon_threadsafe(_resolve, fut)
             except RuntimeError:  # the loop is closed: nobody is waiting
                 pass
 

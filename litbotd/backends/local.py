@@ -32,10 +32,10 @@ import litbotd
 
 from ..procinfo import boot_id, process_start
 from ..redaction import scrub
+from . import sandbox
 from .base import FINAL_STATES, NAME_RE, Backend, BackendError, JobNotFound, JobSpec, JobStatus, Offload, check_name
 from .bootstrap import job_argv, job_env
 from .localrun import write_json_atomic
-from . import sandbox
 
 # A job whose runner has not recorded its pid this long after the directory was made never
 # started (the daemon died between mkdir and spawn).

@@ -163,7 +163,10 @@ class Runner:
     def copy_output(child: subprocess.Popen[bytes], log: CappedLog) -> None:
         """The child's output into the capped log, until EOF — or DRAIN_AFTER_EXIT after it exited:
         an unsandboxed job's `setsid` leftovers may hold the pipe open forever."""
-        fd = child.stdout.fileno()  # type: ignore[union-attr]
+        out = child.stdout
+        if out is None:
+            raise ValueError("copy_output needs a child started with stdout=PIPE")
+        fd = out.fileno()
         deadline = None
         while True:
             if deadline is None and child.poll() is not None:
@@ -176,7 +179,7 @@ class Runner:
                 if not data:
                     break
                 log.write(data)
-        child.stdout.close()  # type: ignore[union-attr]
+        out.close()
 
     def outcome(self, rc: int) -> dict[str, Any]:
         try:

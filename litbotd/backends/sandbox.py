@@ -182,7 +182,8 @@ def _start_slirp(pid: int) -> tuple[subprocess.Popen[bytes], int] | str:
         err = slirp.communicate(timeout=5)[1].decode("utf-8", "replace").strip().splitlines()
         os.close(exit_w)
         return "slirp4netns could not set up the job's network" + (": " + " / ".join(err) if err else "")
-    slirp.stderr.close()  # type: ignore[union-attr]
+    if slirp.stderr is not None:  # piped above; read only on a failed start
+        slirp.stderr.close()
     return slirp, exit_w
 
 

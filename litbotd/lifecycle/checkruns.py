@@ -5,7 +5,8 @@ import dataclasses
 import time
 from typing import Any
 
-from .. import annotations, checks, logs, metrics, report, workflows
+from .. import checks, logs, metrics, report, workflows
+from ..annotations import Scan, batches
 from ..context import Context
 from ..runstate import RunRef
 
@@ -41,7 +42,7 @@ def _cost(num: Any) -> dict[str, Any]:
 
 
 async def report_completed(ctx: Context, p: dict[str, Any], ref: RunRef, tail: str = "",
-                            found: annotations.Scan | None = None) -> None:
+                            found: Scan | None = None) -> None:
     """Complete the check run from the recorded state, then append its annotations 50 at a time;
     repeating it writes the same thing, and sends only the annotations GitHub does not hold yet."""
     rs = ctx.runs
@@ -66,7 +67,7 @@ async def report_completed(ctx: Context, p: dict[str, Any], ref: RunRef, tail: s
     if found is not None and found.annotations:
         sent = await checks.annotations_sent(gh, inst, ref.repo, check_id)
         todo = found.annotations[sent:]
-        taken = await checks.add_annotations(gh, inst, ref.repo, check_id, output, annotations.batches(todo))
+        taken = await checks.add_annotations(gh, inst, ref.repo, check_id, output, batches(todo))
         if taken < len(todo):
             log.warning("GitHub refused some annotations", refused=len(todo) - taken)
     await rs.update(ref, reported=1)

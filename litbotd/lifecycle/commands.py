@@ -25,7 +25,7 @@ async def cancel(task: Task, ctx: Context) -> list[Task]:
     shas = await rs.pr_shas(repo, p["pr"]) if closed or p.get("all_shas") else [p["sha"]]
     stopped = 0
     for sha in shas:
-        for key, (run, attempt) in (await rs.runs(repo, sha)).items():
+        for key, (_run, attempt) in (await rs.runs(repo, sha)).items():
             ref = RunRef(repo, sha, key, attempt)
             state = await rs.get(ref)
             if decisions.cancel_skips(state):

@@ -5,7 +5,8 @@ import asyncio
 import time
 from typing import Any
 
-from .. import annotations, checks, decisions, logs, metrics
+from .. import checks, decisions, logs, metrics
+from ..annotations import SCAN_LINES, scan
 from ..backends.base import JobNotFound, JobSpec, JobStatus
 from ..context import Context
 from ..github import PaceDeferred
@@ -107,10 +108,10 @@ async def results(task: Task, ctx: Context) -> list[Task]:
     try:
         status = await ctx.backend.status(p["job"])
         # One read for both: workflow commands anywhere in the last SCAN_LINES, the tail shown.
-        log_text = await ctx.backend.log_tail(p["job"], max(lines, annotations.SCAN_LINES))
+        log_text = await ctx.backend.log_tail(p["job"], max(lines, SCAN_LINES))
     except JobNotFound:
         status, log_text = JobStatus(state="unknown", exit_code=None, url=None, message="the job no longer exists"), ""
-    found = await asyncio.to_thread(annotations.scan, log_text)  # megabytes of log: not on the loop
+    found = await asyncio.to_thread(scan, log_text)  # megabytes of log: not on the loop
     tail = _last_lines(log_text, lines)
     timed_out = bool(p.get("timed_out") or status.timed_out)
     conclusion = decisions.conclusion_for(status.state, status.exit_code, timed_out)

@@ -35,9 +35,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import redis as syncredis
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PAYLOAD = ROOT / "tests" / "data" / "webhooks" / "pull_request.synchronize.1.json"
@@ -281,7 +281,7 @@ def main() -> None:
 
     def ratio(a: str, b: str, key: str = "rps") -> float:
         """Median over rounds of the ratio within each round."""
-        return statistics.median(x[key] / y[key] for x, y in zip(runs[a], runs[b]))
+        return statistics.median(x[key] / y[key] for x, y in zip(runs[a], runs[b], strict=True))
 
     print(f"\nmedians of {args.rounds} rounds, {args.requests} signed {PAYLOAD.stat().st_size // 1024} KB "
           f"pull_request deliveries each, {args.concurrency} connections:")

@@ -30,8 +30,8 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,8 +42,8 @@ import redis as syncredis  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
 from litbotd import configfile  # noqa: E402
-from litbotd.queue import Queue, connect  # noqa: E402
 from litbotd.context import Context  # noqa: E402
+from litbotd.queue import Queue, connect  # noqa: E402
 from litbotd.tasks import Task  # noqa: E402
 from litbotd.worker import Registry, Worker  # noqa: E402
 
@@ -316,7 +316,7 @@ async def main() -> int:
 
     def ratio(a: str, b: str, k: int) -> float | None:
         """Median over rounds of the ratio within each round."""
-        pairs = list(zip(runs.get((a, k), []), runs.get((b, k), [])))
+        pairs = list(zip(runs.get((a, k), []), runs.get((b, k), []), strict=False))  # the shorter decides
         return statistics.median(x / y for x, y in pairs) if pairs else None
 
     print(f"\nmedians of {args.rounds} rounds, tasks/s; ratios are medians of same-round ratios")

@@ -93,8 +93,7 @@ def _registry() -> Any:
 
 def main(argv: Sequence[str]) -> int:
     sys.path.insert(0, str(ROOT))
-    from litbotd import config, daemon
-    from litbotd import configfile
+    from litbotd import config, configfile, daemon
 
     path = argv[1]
     try:
@@ -260,8 +259,8 @@ class FakeGitHubApp:
         return f"http://127.0.0.1:{self.port}"
 
     def _serve(self) -> None:
-        from aiohttp import web
         import jwt
+        from aiohttp import web
 
         async def app_route(request: web.Request) -> web.Response:
             self.calls += 1

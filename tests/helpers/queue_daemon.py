@@ -23,10 +23,13 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from litbotd import config as config_mod, logs  # noqa: E402
-from litbotd import configfile  # noqa: E402
-from litbotd.daemon import Daemon  # noqa: E402
+from litbotd import config as config_mod  # noqa: E402
+from litbotd import (
+    configfile,  # noqa: E402
+    logs,
+)
 from litbotd.context import Context  # noqa: E402
+from litbotd.daemon import Daemon  # noqa: E402
 from litbotd.tasks import Task  # noqa: E402
 from litbotd.worker import Registry  # noqa: E402
 
