@@ -214,7 +214,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         if name not in fields or name in hidden:
             raise ConfigError(f"{key}: unknown key")
         f = fields[name]
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, key)
         else:

@@ -137,12 +137,14 @@ class RunState:
 
     async def sha_info(self, repo: str, sha: str) -> dict[str, str]:
         """The commit's own fields (not its runs): pr, spent, untrusted, cost_approved_by/_at."""
-        raw = await self.r.hgetall(self._sha(repo, sha))
+        raw = cast(dict[str, str], await self.r.hgetall(self._sha(repo, sha)))  # decoded
         return {k: v for k, v in raw.items() if not k.startswith(("spec:", "attempt:", "owner:", "by:"))}
 
     async def set_sha_fields(self, repo: str, sha: str, **fields: Any) -> None:
         async with self.r.pipeline(transaction=True) as p:
-            p.hset(self._sha(repo, sha), mapping=fields).expire(self._sha(repo, sha), TTL)
+            values: dict[FieldT, EncodableT] = {k: v for k, v in fields.items()}
+            p.hset(self._sha(repo, sha), mapping=values)
+            p.expire(self._sha(repo, sha), TTL)
             await p.execute()
 
     async def pr_of(self, repo: str, sha: str) -> int | None:

@@ -22,7 +22,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 from . import limits
 from .backoff import backoff
@@ -126,7 +126,9 @@ class Spend:
     # -- reading ----------------------------------------------------------------------------------
     async def _snapshot(self, repo: str, day: str) -> tuple[str, dict[str, tuple[limits.Entry, RunRef]], float]:
         async with self.r.pipeline(transaction=True) as p:
-            p.get(self.version).hgetall(self.entries).hget(self.day_key(day), repo)
+            p.get(self.version)
+            p.hgetall(self.entries)
+            p.hget(self.day_key(day), repo)
             version, raw, spent = await p.execute()
         entries = {rid: parsed for rid, value in raw.items() if (parsed := _parse(rid, value)) is not None}
         return version or "0", entries, float(spent or 0.0)
@@ -144,7 +146,7 @@ class Spend:
         states = await self._plan_states(keys=keys) if keys else []
         plan = tuple(limits.PlannedRun(key, run.machine, limits.projected_cost(price_of(run.machine, run.interruptible),
                                                                             run.timeout), bool(concl) and not held)
-                     for (key, (run, _)), (concl, held) in zip(runs, states))
+                     for (key, (run, _)), (concl, held) in zip(runs, states, strict=True))
         return info, plan
 
     # -- the gate before a start --------------------------------------------------------------------
@@ -230,7 +232,7 @@ class Spend:
         now = time.time() if now is None else now
         _, parsed, _ = await self._snapshot("", limits.utc_day(now))
         freed = 0
-        for rid, (e, ref) in sorted(parsed.items()):
+        for _, (e, ref) in sorted(parsed.items()):
             st = await self.rs.get(ref)
             if st and not st.get("conclusion"):
                 continue
@@ -250,7 +252,7 @@ class Spend:
     # -- reading for status, metrics and the dashboard -------------------------------------------------
     async def usage(self) -> dict[str, Any]:
         """Running and waiting runs by machine and repository, from the entries."""
-        raw = await self.r.hgetall(self.entries)
+        raw = cast(dict[str, str], await self.r.hgetall(self.entries))  # decoded
         es = [p[0] for rid, v in raw.items() if (p := _parse(rid, v)) is not None]
         return limits.counts(es)
 
@@ -259,13 +261,12 @@ async def spend_today(queue: Queue, now: float | None = None) -> dict[str, float
     """USD each repository's runs that ended today (UTC) cost: {repo: usd}. For `litbotd status`
     and the dashboard; a queue-level read, nothing else needed."""
     day = limits.utc_day(time.time() if now is None else now)
-    raw = await queue.redis.hgetall(queue.key("spend", day))
-    return {repo: round(float(v), 6) for repo, v in sorted(raw.items())}
+    return await spend_on(queue, day)
 
 
 async def spend_on(queue: Queue, day: str) -> dict[str, float]:
     """The ledger of one UTC day ("2026-12-03")."""
-    raw = await queue.redis.hgetall(queue.key("spend", day))
+    raw = cast(dict[str, str], await queue.redis.hgetall(queue.key("spend", day)))  # decoded
     return {repo: round(float(v), 6) for repo, v in sorted(raw.items())}
 
 

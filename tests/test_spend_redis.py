@@ -10,7 +10,7 @@ import pytest
 from litbotd import limits
 from litbotd.queue import Queue
 from litbotd.runstate import RunRef, RunState
-from litbotd.spend import Ledger, Spend, spend_on, spend_today, run_id
+from litbotd.spend import Ledger, Spend, run_id, spend_on, spend_today
 from litbotd.tasks import Task
 from litbotd.workflows import Run
 
@@ -45,7 +45,7 @@ async def sp(aredis):
 async def test_a_freed_slot_wakes_the_next_waiter_in_the_same_step(sp, aredis):
     refs = await setup(sp.q, ["a", "b", "c"])
     wakes = [Task(kind="start_job", payload={"run": r.key}) for r in refs]
-    got = [await sp.gate(cand(r, f"t-{r.key}"), r, L4X2, w, price, True) for r, w in zip(refs, wakes)]
+    got = [await sp.gate(cand(r, f"t-{r.key}"), r, L4X2, w, price, True) for r, w in zip(refs, wakes, strict=True)]
     assert [d.action for d in got] == ["start", "start", "wait"]
     assert got[2].reason == "waiting for a free L4: 2 running (limits.max_parallel_per_machine = 2)"
     assert await aredis.llen("sq") == 0  # nothing polls: the waiter's task sits in the wake hash
@@ -74,7 +74,7 @@ async def test_concurrent_deciders_never_pass_a_cap(sp, aredis):
                                  for i, r in enumerate(refs)))
     assert sorted(d.action for d in got) == ["start"] * 2 + ["wait"] * 10
     # End the running ones one by one, concurrently with nothing else: each end wakes exactly one.
-    running = [r for r, d in zip(refs, got) if d.action == "start"]
+    running = [r for r, d in zip(refs, got, strict=True) if d.action == "start"]
     await asyncio.gather(*(sp.finish(r, L4X2, None) for r in running))
     assert await aredis.llen("sq") == 2
     entries = await aredis.hgetall(sp.entries)

@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from litbotd import limits  # noqa: E402
+from litbotd import spend as spend_mod  # noqa: E402
 from litbotd.queue import Queue, connect  # noqa: E402
 from litbotd.runstate import RunRef, RunState  # noqa: E402
-from litbotd import spend as spend_mod  # noqa: E402
 from litbotd.tasks import Task  # noqa: E402
 from litbotd.workflows import Run  # noqa: E402
 
