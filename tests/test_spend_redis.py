@@ -154,3 +154,25 @@ async def test_the_price_book_reads_the_backend_and_limits_prices_go_over_it():
     assert await book.refresh(Backend()) == 2 and book.read_at is not None
     of = book.price_fn({"A100": 2.0})
     assert (of("L4", False), of("L4", True), of("A100", True), of("CPU", False)) == (0.9, 0.4, 2.0, 0.0)
+
+
+async def test_the_lifecycle_counts_each_try_of_a_retried_run_once(aredis):
+    from litbotd.config import parse
+    from litbotd.context import Context
+    from litbotd.lifecycle import spending
+
+    q = Queue(aredis, "tq")
+    ctx = Context.of(parse({"limits": {"max_parallel_per_machine": {"L4": 1}}}, env={}), q)
+    [ref, other] = await setup(q, ["a", "b"])
+    sp = Spend(q)
+    for r in (ref, other):
+        await sp.gate(cand(r, "t"), r, ctx.config.limits, Task(kind="start_job", payload={"k": r.key}), price, True)
+    await ctx.runs.update(ref, price=4.0, started_at=1000.0)
+    await spending.try_ended(ctx, ref, 1, None, now=1000.0 + 900)       # preempted after 15 min: $1
+    await spending.try_ended(ctx, ref, 1, None, now=1000.0 + 1800)      # the same try again: nothing
+    assert await aredis.llen("tq") == 0                                 # the slot stays with the run
+    await ctx.runs.conclude(ref, "success", "", 5000.0)
+    await spending.ended(ctx, ref, 2.5, part=2)                          # the last try: its job's cost
+    await spending.ended(ctx, ref, 2.5, part=2)
+    assert await spend_on(q, limits.utc_day(5000.0)) == {"o/r": 3.5}
+    assert await aredis.llen("tq") == 1                                 # b woken by the freed slot

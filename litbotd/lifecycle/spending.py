@@ -91,22 +91,40 @@ async def not_started(task: Task, ctx: Context, ref: RunRef, run: Run, st: dict[
     await ended(ctx, ref)
 
 
-async def ended(ctx: Context, ref: RunRef, reported_cost: float | None = None) -> None:
+async def ended(ctx: Context, ref: RunRef, reported_cost: float | None = None, part: int = 1,
+                started_at: float | None = None) -> None:
     """The run ended, or will never start: count its cost in the ledger (once, whatever the
     retries), free its slot and reservation, and wake the waiters that now fit. Call it after
-    the run's conclusion is recorded (its finished_at dates the cost)."""
+    the run's conclusion is recorded (its finished_at dates the cost). `part`: the run's last
+    infrastructure try, whose job this cost is; `started_at`: that try's start, when not the run's."""
     st = await ctx.runs.get(ref)
-
-    def num(k: str) -> float | None:
-        return float(st[k]) if st.get(k) else None
-
     if st.get("held"):  # never started, holds nothing: its row keeps showing the projection
         return
-    finished = num("finished_at") or time.time()
-    amount = limits.spent_cost(reported_cost, num("price") or 0.0, num("started_at"), finished)
-    if await Spend(ctx.queue).finish(ref, ctx.config.limits, Ledger(amount, limits.utc_day(finished))):
-        metrics.SPEND.labels(ref.repo).inc(amount)
-        log.info("run cost counted", usd=f"{amount:.4f}", reported=reported_cost is not None)
+    ledger = _ledger(st, reported_cost, part, started_at, float(st.get("finished_at") or time.time()))
+    if await Spend(ctx.queue).finish(ref, ctx.config.limits, ledger):
+        _counted(ref, ledger, reported_cost)
+
+
+async def try_ended(ctx: Context, ref: RunRef, part: int, reported_cost: float | None,
+                    started_at: float | None = None, now: float | None = None) -> None:
+    """One infrastructure try of a run that goes on (retried, SPEC §11) ended: its job's cost is
+    counted once; the run keeps its slot for the next try."""
+    st = await ctx.runs.get(ref)
+    ledger = _ledger(st, reported_cost, part, started_at, time.time() if now is None else now)
+    if await Spend(ctx.queue).count(ref, ledger):
+        _counted(ref, ledger, reported_cost)
+
+
+def _ledger(st: dict[str, str], reported: float | None, part: int, started_at: float | None,
+            finished: float) -> Ledger:
+    price = float(st["price"]) if st.get("price") else 0.0
+    started = started_at if started_at is not None else (float(st["started_at"]) if st.get("started_at") else None)
+    return Ledger(limits.spent_cost(reported, price, started, finished), limits.utc_day(finished), str(part))
+
+
+def _counted(ref: RunRef, ledger: Ledger, reported: float | None) -> None:
+    metrics.SPEND.labels(ref.repo).inc(ledger.amount)
+    log.info("run cost counted", usd=f"{ledger.amount:.4f}", part=ledger.part, reported=reported is not None)
 
 
 async def approve(ctx: Context, repo: str, sha: str, user: str) -> list[str]:
