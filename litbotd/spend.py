@@ -228,7 +228,8 @@ class Spend:
                         now: float | None = None, grace: float = RECONCILE_GRACE) -> int:
         """Free the slots that leaked: entries whose run no longer exists, or concluded longer than
         `grace` ago without its end having freed them (its task lost for good, e.g. a purged dead
-        letter). Such a run's cost is counted then, price × duration, unless it already was."""
+        letter). Such a run's cost is counted then, price × duration, unless it already was.
+        Then wake the waiters that fit (a reload may have raised a cap)."""
         now = time.time() if now is None else now
         _, parsed, _ = await self._snapshot("", limits.utc_day(now))
         freed = 0
@@ -247,7 +248,21 @@ class Spend:
                                 limits.utc_day(finished or now))
             await self.finish(ref, lim, ledger)
             freed += 1
+        await self.wake_fitting(lim)
         return freed
+
+    async def wake_fitting(self, lim: limits.Limits) -> int:
+        """Start the waiters that fit now (after a reload raised a cap, with nothing ending)."""
+        for tries in range(1, CAS_TRIES + 1):
+            version, parsed, _ = await self._snapshot("", limits.utc_day(time.time()))
+            granted = limits.grants({k: e for k, (e, _) in parsed.items()}, lim)
+            if not granted:
+                return 0
+            sets = [(g, parsed[g.run_id][1]) for g in granted]
+            if await self._apply(version, sets, [], [], [g.run_id for g in granted]) >= 0:
+                return len(granted)
+            await asyncio.sleep(backoff(tries, *CAS_BACKOFF))
+        raise Contended("the limits state kept changing; trying again later")
 
     # -- reading for status, metrics and the dashboard -------------------------------------------------
     async def usage(self) -> dict[str, Any]:

@@ -176,3 +176,15 @@ async def test_the_lifecycle_counts_each_try_of_a_retried_run_once(aredis):
     await spending.ended(ctx, ref, 2.5, part=2)
     assert await spend_on(q, limits.utc_day(5000.0)) == {"o/r": 3.5}
     assert await aredis.llen("tq") == 1                                 # b woken by the freed slot
+
+
+async def test_a_raised_cap_wakes_waiters_at_the_next_reconcile(sp, aredis):
+    refs = await setup(sp.q, ["a", "b", "c"])
+    one = limits.Limits(max_parallel_per_machine={"L4": 1})
+    for r in refs:
+        await sp.gate(cand(r, "t"), r, one, Task(kind="start_job", payload={"k": r.key}), price, True)
+    for r in refs:
+        await RunState(sp.q).update(r, status="queued")
+    assert await sp.reconcile(one, price) == 0 and await aredis.llen("sq") == 0
+    assert await sp.reconcile(limits.Limits(max_parallel_per_machine={"L4": 3}), price) == 0
+    assert await aredis.llen("sq") == 2 and (await sp.usage())["running_by_machine"] == {"L4": 3}
