@@ -209,6 +209,12 @@ def scan(log: str | Iterable[str], workspace: str | None = None) -> Scan:
     return Scan(annotations=kept, messages=messages, dropped=dropped, tests=tests)
 
 
+def tests_counts(line: str) -> tuple[int, int, int, int] | None:
+    """The counts of a `litci-tests:` line (passed, failed, skipped, errors), else None."""
+    m = _TESTS.match(line)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(4))) if m else None
+
+
 def batches(annotations: Sequence[Annotation], size: int = MAX_PER_REQUEST) -> list[list[dict[str, Any]]]:
     """The annotations as check-run requests' `output.annotations`, at most `size` per request."""
     items = [a.to_api() for a in annotations]

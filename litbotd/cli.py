@@ -35,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"litbotd {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", parents=[common], help="run the daemon")
-    sub.add_parser("demo", parents=[common], help="a complete offline run: no server, no network")
+    dm = sub.add_parser("demo", parents=[common], help="a complete offline run: no server, no network")
+    dm.add_argument("--keep", action="store_true", help="then serve the run pages until Ctrl-C")
+    dm.add_argument("--port", type=int, default=0, help="the pages' port on 127.0.0.1 (default: a free one)")
     cc = sub.add_parser("check-config", parents=[common], help="validate and print the effective config")
     cc.add_argument("--online", action="store_true", help="also check Redis and the GitHub App credentials")
     lint = sub.add_parser("lint", parents=[common], help="validate workflow files and print the runs")
@@ -63,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             from .demo import main as demo_main
-            return demo_main()
+            return demo_main(keep=args.keep, port=args.port)
         if args.command == "lint":
             from .ops import lint
             return lint(args.dir, args.base, _load(args.config))

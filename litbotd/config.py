@@ -27,6 +27,8 @@ class ServerConfig:
     port: int = 8080
     path: str = "/"
     max_body_bytes: int = 26_214_400
+    public_url: str = ""            # where run pages are served (SPEC §9); "": no pages, details_url as before
+    auth: str = "link"              # run pages: "link" (the URL holds the key) or "github"
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ class RedisConfig:
     queue: str = "bot_queue"
     sentinels: tuple[str, ...] = ()   # "host:port" of Redis Sentinels: find the primary through them
     sentinel_master: str = "mymaster"
+    # With sentinels: a webhook is answered only once a replica has it, even when none is connected
+    # (false: once the connected replicas have it; with none connected, at once, and /healthz says so).
+    require_replica: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class WorkersConfig:
 class LightningConfig:
     teamspace: str = ""
     default_machine: str = "CPU"
-    default_image: str = "ubuntu:22.04"
+    default_image: str = "python:3.12-slim"
 
 
 @dataclass(frozen=True)
@@ -85,8 +90,8 @@ class LocalConfig:
 @dataclass(frozen=True)
 class JobsConfig:
     backend: str = "lightning"
-    poll_interval: float = 15.0
-    poll_interval_max: float = 60.0
+    poll_interval: float = 10.0       # Lightning: a running job's state is read this often
+    poll_interval_max: float = 30.0   # the longest wait between reads (a pending job backs off to it)
     queue_timeout: float = 3600.0
     default_timeout: float = 3600.0
     cancel_superseded: bool = True
@@ -98,6 +103,8 @@ class JobsConfig:
 class ReportConfig:
     comment: bool = True
     log_tail_lines: int = 200
+    keep_logs: float = 30 * 24 * 3600.0   # a finished run's page and whole log are kept this long
+    logs_dir: str = ""              # where: "" = $STATE_DIRECTORY/runs, else /var/lib/litbotd/runs
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,7 @@ DURATION_KEYS = {
     "workers.heartbeat_interval", "workers.lease_timeout", "workers.task_timeout", "workers.retry_backoff",
     "workers.retry_backoff_max", "workers.shutdown_grace",
     "jobs.poll_interval", "jobs.poll_interval_max", "jobs.queue_timeout", "jobs.default_timeout",
-    "jobs.local.keep",
+    "jobs.local.keep", "report.keep_logs",
 }
 
 
@@ -232,6 +239,10 @@ def _validate(cfg: Config) -> None:
         bad("server.path", f"must start with '/', got {cfg.server.path!r}")
     if cfg.server.max_body_bytes < 1024:
         bad("server.max_body_bytes", f"must be at least 1024, got {cfg.server.max_body_bytes}")
+    if cfg.server.public_url and not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", cfg.server.public_url):
+        bad("server.public_url", f"must be an http(s) URL without query or fragment, got {cfg.server.public_url!r}")
+    if cfg.server.auth not in ("link", "github"):
+        bad("server.auth", f"must be 'link' or 'github', got {cfg.server.auth!r}")
     if cfg.github.app_id < 0:
         bad("github.app_id", f"must not be negative, got {cfg.github.app_id}")
     if not re.match(r"^https?://[^/\s]+", cfg.github.api_url):
@@ -291,6 +302,10 @@ def _validate(cfg: Config) -> None:
             bad(f"limits.{key}", f"must not be negative (0: no limit), got {getattr(lim, key)!r}")
     if cfg.report.log_tail_lines < 1:
         bad("report.log_tail_lines", f"must be at least 1, got {cfg.report.log_tail_lines}")
+    if cfg.report.keep_logs <= 0:
+        bad("report.keep_logs", "must be more than 0")
+    if cfg.report.logs_dir and not cfg.report.logs_dir.startswith("/"):
+        bad("report.logs_dir", f"must be an absolute path, got {cfg.report.logs_dir!r}")
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error", "critical"):
         bad("log.level", f"must be one of debug, info, warning, error, critical, got {cfg.log.level!r}")
     if cfg.log.format not in ("auto", "text", "journal", "json"):
@@ -353,6 +368,15 @@ def build(data: Mapping[str, Any], env: Mapping[str, str], source: str, read_sec
     )
     _validate(cfg)
     return cfg
+
+
+def logs_dir(cfg: Config, env: Mapping[str, str]) -> str:
+    """Where run pages' logs are kept: report.logs_dir, else $STATE_DIRECTORY/runs, else
+    /var/lib/litbotd/runs."""
+    if cfg.report.logs_dir:
+        return cfg.report.logs_dir
+    state = env.get("STATE_DIRECTORY", "").split(":")[0]
+    return (state or "/var/lib/litbotd").rstrip("/") + "/runs"
 
 
 def secrets_of(cfg: Config) -> list[str]:

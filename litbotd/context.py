@@ -15,7 +15,9 @@ import redis.asyncio as aioredis
 from .backends.base import Backend
 from .config import Config
 from .github import GitHubApp
+from .logstore import Store
 from .queue import Queue
+from .runlink import Links
 from .runstate import RunState
 from .spend import PriceBook
 from .tasks import Permanent
@@ -30,15 +32,23 @@ class Context:
     defaults: Defaults                    # the planner's defaults for this config (workflows.plan)
     github_app: GitHubApp | None = None   # None: no App credentials configured
     backend_impl: Backend | None = None   # None: this daemon runs no workers
+    links: Links | None = None            # run pages' URLs (server.public_url set), for details_url
+    page_store: Store | None = None       # where finished runs' pages are kept (with links)
     # The backend's machine prices (SPEC §11), refreshed in place by the pool's hourly loop; the
     # daemon hands the same book to every context it builds, so a reload keeps what was read.
     prices: PriceBook = field(default_factory=PriceBook)
 
     @classmethod
     def of(cls, config: Config, queue: Queue, github: GitHubApp | None = None, backend: Backend | None = None,
-           defaults: Defaults | None = None, prices: PriceBook | None = None) -> "Context":
+           defaults: Defaults | None = None, links: Links | None = None,
+           page_store: Store | None = None, prices: PriceBook | None = None) -> "Context":
         return cls(config=config, queue=queue, runs=RunState(queue), github_app=github, backend_impl=backend,
-                   defaults=defaults or Defaults.from_config(config.jobs), prices=prices or PriceBook())
+                   defaults=defaults or Defaults.from_config(config.jobs), links=links, page_store=page_store,
+                   prices=prices or PriceBook())
+
+    def page_url(self, repo: str, sha: str, run: str, attempt: int) -> str | None:
+        """The run's page, for its check run's details_url; None without server.public_url."""
+        return self.links.url(repo, sha, run, attempt) if self.links is not None else None
 
     @property
     def redis(self) -> aioredis.Redis:

@@ -27,9 +27,13 @@ from .backoff import backoff
 from .config import Config, ConfigError, JobsConfig
 from .context import Context, Current
 from .github import GitHubApp
+from .logstore import Store, load_link_key, logs_dir
+from .pages.ctx import Pages
 from .pool import WorkerPool
 from .queue import queue_config
 from .redisconn import REDIS_UNAVAILABLE, connect_config
+from .runlink import Links
+from .spend import PriceBook
 from .webhook import make_app
 from .worker import Registry, Worker
 from .workflows import Defaults
@@ -55,6 +59,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task] = set()  # strong refs: the loop keeps only weak ones
         self._runner: web.AppRunner | None = None
+        self._doors: tuple[Links, Store] | None = None  # the run pages' link key and store
         self.port: int | None = None
         self.ready = asyncio.Event()
         self.redis = redis if redis is not None else connect_config(cfg.redis)
@@ -125,7 +130,9 @@ class Daemon:
         if not self.cfg.server.enabled:
             return
         host, port = self.cfg.server.host, self.cfg.server.port
-        self._runner = web.AppRunner(make_app(self.current, self.live), access_log=None, handle_signals=False)
+        pages = await self._pages()
+        self._runner = web.AppRunner(make_app(self.current, self.live, pages), access_log=None,
+                                     handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         try:
@@ -136,6 +143,37 @@ class Daemon:
             raise StartError(f"cannot listen on {host}:{port} (server.host, server.port): "
                              f"{e.strerror or e}") from None
         self.port = self._runner.addresses[0][1]  # the port bound (port 0: a free one)
+
+    async def _page_doors(self) -> tuple[Links, Store] | None:
+        """The run pages' link key and store, when server.public_url is set (SPEC §9); read once
+        ([server] is fixed for the process's life). StartError when the key cannot be read or made."""
+        cfg = self.cfg
+        if not cfg.server.public_url:
+            return None
+        if self._doors is None:
+            store = Store(logs_dir(cfg))
+            try:
+                key = await asyncio.to_thread(load_link_key, None, str(store.root))
+            except (OSError, ValueError) as e:
+                raise StartError(f"server.public_url: cannot read or create the run pages' link key: "
+                                 f"{getattr(e, 'strerror', None) or e}") from None
+            self._doors = (Links(cfg.server.public_url, key), store)
+        return self._doors
+
+    async def _pages(self) -> Pages | None:
+        """What the web app's run pages read: the context in force, through `current`."""
+        doors = await self._page_doors()
+        if doors is None:
+            return None
+        links, store = doors
+        current = self.current
+        return Pages(config=lambda: current.ctx.config, queue=lambda: current.ctx.queue,
+                     backend=lambda: current.ctx.backend_impl, store=store, link_key=links.key)
+
+    def _context(self, cfg: Config, github: GitHubApp | None, backend: Backend | None,
+                 defaults: Defaults | None, prices: PriceBook | None = None) -> Context:
+        links, store = self._doors or (None, None)
+        return Context.of(cfg, self.queue, github, backend, defaults, links=links, page_store=store, prices=prices)
 
     async def _wait_for_redis(self) -> bool:
         """READY waits for Redis; a stop request while waiting ends the daemon."""
@@ -162,8 +200,8 @@ class Daemon:
         cfg = self.cfg
         backend = make_backend(cfg.jobs, configfile.secret_paths(cfg)) if cfg.workers.count > 0 else None
         self._backend_jobs = cfg.jobs if backend is not None else None
-        self.current.ctx = Context.of(cfg, self.queue, self._github(cfg), backend,
-                                      await self._defaults(cfg, backend))
+        await self._page_doors()
+        self.current.ctx = self._context(cfg, self._github(cfg), backend, await self._defaults(cfg, backend))
         await self.pool.start()
         if self.cfg.server.enabled and self._runner is None:
             await self.listen()
@@ -260,7 +298,7 @@ class Daemon:
         logs.setup(new.log.level, new.log.format, config_mod.secrets_of(new))
         # The prices read stay with their backend: a new backend's are read afresh (the gate reads them).
         prices = was.prices if backend is was.backend_impl else None
-        self.current.ctx = Context.of(new, self.queue, github, backend, defaults, prices)  # the swap: one assignment
+        self.current.ctx = self._context(new, github, backend, defaults, prices)  # the swap: one assignment
         if backend is not was.backend_impl:
             self._backend_jobs = new.jobs
             if was.backend_impl is not None:

@@ -33,8 +33,14 @@ def parse_external_id(value: str | None) -> tuple[str, int] | None:
     return (key, int(attempt)) if attempt.isdigit() else None
 
 
-def next_poll(current: float, first: float, cap: float) -> float:
-    """wait_job polls back off from poll_interval to poll_interval_max."""
+def next_poll(current: float, first: float, cap: float, state: str = "pending",
+              reports_end: bool = False) -> float:
+    """The wait before the next wait_job poll. A running job is read every poll_interval (`first`):
+    its end is what the PR waits for. A pending one backs off to poll_interval_max (`cap`), and so
+    does every poll of a backend that reports its jobs' ends itself (local): there the poll is only
+    the safety net."""
+    if state in ("running", "stopping") and not reports_end:
+        return first
     return min(cap, max(first, current * 1.5))
 
 

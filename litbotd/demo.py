@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -123,29 +124,29 @@ class Narrator:
 
     def __init__(self, gh: DemoGitHub) -> None:
         self.gh = gh
-        self.seen: dict[int, tuple[str, str | None]] = {}
-        self.comment_versions: dict[int, int] = {}
+        self.printed = 0                  # events of the stand-in printed so far
+        self.completed: set[str] = set()  # expected check runs whose completion was printed
 
     def poll(self, t0: float) -> None:
-        for run in self.gh.check_runs:
-            now = (run["status"], run.get("conclusion"))
-            if self.seen.get(run["id"]) != now:
-                self.seen[run["id"]] = now
-                state = now[0] + (f": {now[1]}" if now[1] else "")
-                say(f"  [{time.monotonic() - t0:5.1f}s] check run {run['name']!r} → {state}")
-        for c in self.gh.comments:
-            n = len(c["history"])
-            if self.comment_versions.get(c["id"]) != n:
-                verb = "posted" if c["id"] not in self.comment_versions else "edited"
-                self.comment_versions[c["id"]] = n
-                say(f"  [{time.monotonic() - t0:5.1f}s] PR comment {verb} (version {n})")
+        """Print what the stand-in received since the last call, each at the time it received it."""
+        events, self.printed = self.gh.events[self.printed:], len(self.gh.events)
+        for at, text, name, status in events:
+            say(f"  [{at - t0:5.1f}s] {text}")
+            if status == "completed" and name in EXPECTED:
+                self.completed.add(name)
 
     def done(self) -> bool:
-        runs = [r for r in self.gh.check_runs if r["name"] in EXPECTED]
-        return len(runs) == len(EXPECTED) and all(r["status"] == "completed" for r in runs)
+        """Every expected check run's completion has been printed (not merely received)."""
+        return self.completed == set(EXPECTED)
 
 
-async def demo(workdir: Path) -> int:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def demo(workdir: Path, keep: bool = False, port: int = 0) -> int:
     import fakeredis
 
     say("litbotd demo — offline: in-process Redis, a GitHub stand-in, the local job backend\n")
@@ -158,13 +159,15 @@ async def demo(workdir: Path) -> int:
     secret = secrets.token_hex(16)
     # The demo's own known-good job may run unsandboxed where bwrap cannot work; the daemon never does that.
     sandbox_problem = sandbox.problem("isolated")
+    port = port or _free_port()  # the run pages' public_url names it
     cfg = configfile.parse({
-        "server": {"host": "127.0.0.1", "port": 0},
+        "server": {"host": "127.0.0.1", "port": port, "public_url": f"http://127.0.0.1:{port}"},
         "github": {"app_id": 1, "api_url": api_url},
         "redis": {"url": "redis://in-process/0"},
         "workers": {"count": 2, "heartbeat_interval": "1s", "lease_timeout": "5s", "shutdown_grace": "5s"},
         "jobs": {"backend": "local", "poll_interval": 0.2, "poll_interval_max": 1,
                  "local": {"workdir": str(workdir / "jobs"), "max_parallel": 2, "sandbox": not sandbox_problem}},
+        "report": {"logs_dir": str(workdir / "runs")},
         "log": {"level": "warning"},
     }, env={"GH_PRIVATE_KEY": private_pem, "GH_WEBHOOK_SECRET": secret}, source="demo")
     logs.setup(cfg.log.level, cfg.log.format, config_mod.secrets_of(cfg))
@@ -184,7 +187,11 @@ async def demo(workdir: Path) -> int:
         await gh.close()
         return running.result() or 1
     try:
-        return await _drive(daemon, gh, sha, secret)
+        result = await _drive(daemon, gh, sha, secret)
+        if keep:
+            say(f"\nserving the run pages above at http://127.0.0.1:{daemon.port}/ until Ctrl-C")
+            await running  # SIGINT stops the daemon
+        return result
     finally:
         daemon.stop()
         await running
@@ -192,6 +199,7 @@ async def demo(workdir: Path) -> int:
 
 
 async def _drive(daemon: Daemon, gh: DemoGitHub, sha: str, secret: str) -> int:
+    t0 = time.monotonic()
     body = json.dumps(pull_request_payload(sha)).encode()
     delivery = f"demo-{secrets.token_hex(8)}"
     signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
@@ -204,20 +212,20 @@ async def _drive(daemon: Daemon, gh: DemoGitHub, sha: str, secret: str) -> int:
     say(f"3. signed pull_request 'opened' webhook → {url}: HTTP {resp.status} {answer}")
     say("4. phases, as GitHub sees them:")
     narrator = Narrator(gh)
-    t0 = time.monotonic()
-    while not narrator.done() and time.monotonic() - t0 < DEADLINE:
+    # A progress display: prints what the stand-in received, until every check has concluded and
+    # the comment shows it (its last edit follows the last check at once, SPEC §5).
+    while not (narrator.done() and await _comment_shown(daemon)) and time.monotonic() - t0 < DEADLINE:
         narrator.poll(t0)
-        await asyncio.sleep(0.05)  # a progress display: polls the stand-in's state
-    # The last comment edit follows the last check: wait until the daemon has nothing left to do.
-    while time.monotonic() - t0 < DEADLINE and not await _idle(daemon):
         await asyncio.sleep(0.05)
     narrator.poll(t0)
+    say(f"  [{time.monotonic() - t0:5.1f}s] done: every check concluded, and the comment shows it")
     return _final_report(gh)
 
 
-async def _idle(daemon: Daemon) -> bool:
-    depths = await daemon.ctx.queue.depths()
-    return depths["queued"] == 0 and depths["delayed"] == 0 and all(w.task is None for w in daemon.live_workers())
+async def _comment_shown(daemon: Daemon) -> bool:
+    """The PR's summary comment shows its latest version (nothing newer waits to be shown)."""
+    info = await daemon.ctx.runs.pr(REPO, 1)
+    return bool(info.get("version")) and int(info.get("commented") or -1) >= int(info["version"])
 
 
 def _final_report(gh: DemoGitHub) -> int:
@@ -236,6 +244,8 @@ def _final_report(gh: DemoGitHub) -> int:
         text = (out.get("text") or "").strip()
         if text:
             say("".join(f"       {line}\n" for line in text.splitlines()[-8:]).rstrip())
+        if run.get("details_url"):
+            say(f"       run page: {run['details_url']}")
     say("\n6. the PR comment (edited in place, never a second one):\n")
     for c in gh.comments:
         say("".join(f"   {line}\n" for line in c["body"].splitlines()))
@@ -248,7 +258,7 @@ def _final_report(gh: DemoGitHub) -> int:
     return 0 if ok else 1
 
 
-def main() -> int:
+def main(keep: bool = False, port: int = 0) -> int:
     if shutil.which("git") is None:
         print("litbotd demo: needs git to make its throw-away repository (apt-get install git)", file=sys.stderr)
         return 1
@@ -260,6 +270,6 @@ def main() -> int:
     try:
         import uvloop
 
-        return uvloop.run(demo(workdir))
+        return uvloop.run(demo(workdir, keep=keep, port=port))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -49,6 +49,9 @@ class DemoGitHub:
         self.url = ""
         self.check_runs: list[dict[str, Any]] = []   # each with "annotations" and "history"
         self.comments: list[dict[str, Any]] = []     # each with "history"
+        # What changed, as it was received (time.monotonic(), text, check run name, its state):
+        # the demo's narration prints these, each at the time it happened here.
+        self.events: list[tuple[float, str, str | None, str | None]] = []
         self.unexpected: list[str] = []
         self._ids = itertools.count(1000)
         self._runner: web.AppRunner | None = None
@@ -126,7 +129,7 @@ class DemoGitHub:
 
     # -- check runs ---------------------------------------------------------------------------------
     def _run_json(self, run: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in run.items() if k not in ("history", "annotations")}
+        out = {k: v for k, v in run.items() if k not in ("history", "annotations", "_state")}
         out["output"] = {**(run.get("output") or {}), "annotations_count": len(run["annotations"])}
         return out
 
@@ -138,6 +141,11 @@ class DemoGitHub:
             run["output"] = output
         if body.get("conclusion"):
             run["status"] = "completed"
+        state = run["status"] + (f": {run['conclusion']}" if run.get("conclusion") else "")
+        if not run["history"] or run.get("_state") != state:
+            run["_state"] = state
+            self.events.append((time.monotonic(), f"check run {run.get('name')!r} → {state}", run.get("name"),
+                                run["status"]))
         run["history"].append(body)
         return web.json_response(self._run_json(run), status=200 if len(run["history"]) > 1 else 201)
 
@@ -171,6 +179,7 @@ class DemoGitHub:
     async def _create_comment(self, request: web.Request, args: dict[str, str], body: Any) -> web.Response:
         c = {"id": next(self._ids), "issue": int(args["n"]), "body": body["body"], "history": [body["body"]]}
         self.comments.append(c)
+        self.events.append((time.monotonic(), "PR comment posted (version 1)", None, None))
         return web.json_response({"id": c["id"], "body": c["body"]}, status=201)
 
     async def _update_comment(self, request: web.Request, args: dict[str, str], body: Any) -> web.Response:
@@ -179,4 +188,5 @@ class DemoGitHub:
             return web.json_response({"message": "Not Found"}, status=404)
         c["body"] = body["body"]
         c["history"].append(body["body"])
+        self.events.append((time.monotonic(), f"PR comment edited (version {len(c['history'])})", None, None))
         return web.json_response({"id": c["id"], "body": c["body"]})

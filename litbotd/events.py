@@ -51,6 +51,14 @@ def _get(payload: dict[str, Any], path: str, kind: type, *, nullable: bool = Fal
     return node
 
 
+def _positive(payload: dict[str, Any], path: str) -> int:
+    """An id or number: GitHub's are positive integers (SPEC §8); 0 or -5 is never one of them."""
+    value = _get(payload, path, int)
+    if value <= 0:
+        raise PayloadError(f"payload field {path}: expected a positive integer, got {value}")
+    return value
+
+
 def _sha(payload: dict[str, Any], path: str) -> str:
     value = _get(payload, path, str)
     if not SHA_RE.fullmatch(value):
@@ -75,7 +83,10 @@ def _first_pr(items: Any, path: str) -> int | None:
         raise PayloadError(f"payload field {path}: expected list, got {type(items).__name__}")
     if not items:
         return None
-    return _get({"pr": items[0]}, "pr.number", int)
+    try:
+        return _positive({"pr": items[0]}, "pr.number")
+    except PayloadError as e:
+        raise PayloadError(str(e).replace("payload field pr.", f"payload field {path}[0].")) from None
 
 
 def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
@@ -97,7 +108,7 @@ def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
     def task(kind: str, **fields: Any) -> list[Task]:
         base = {
             "delivery": delivery,
-            "installation": _get(payload, "installation.id", int),
+            "installation": _positive(payload, "installation.id"),
             "repo": _full_name(payload, "repository.full_name"),
             "event": event,
             "action": action,
@@ -111,7 +122,7 @@ def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
             base_name = _full_name(payload, "pull_request.base.repo.full_name")
             return task(
                 "new_event",
-                pr=_get(payload, "pull_request.number", int),
+                pr=_positive(payload, "pull_request.number"),
                 sha=_sha(payload, "pull_request.head.sha"),
                 base_ref=_get(payload, "pull_request.base.ref", str),
                 head_repo=head_name,
@@ -124,7 +135,7 @@ def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
         if action == "closed":
             return task(
                 "cancel",
-                pr=_get(payload, "pull_request.number", int),
+                pr=_positive(payload, "pull_request.number"),
                 sha=_sha(payload, "pull_request.head.sha"),
                 reason="closed",
             ), "pull_request closed"
@@ -136,7 +147,7 @@ def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
         return task(
             "rerun",
             sha=_sha(payload, "check_run.head_sha"),
-            check_run_id=_get(payload, "check_run.id", int),
+            check_run_id=_positive(payload, "check_run.id"),
             external_id=_get(payload, "check_run.external_id", str, nullable=True),
             check_name=_get(payload, "check_run.name", str),
             pr=_first_pr(_get(payload, "check_run.pull_requests", list), "check_run.pull_requests"),
@@ -167,8 +178,8 @@ def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
             return [], f"comment is not a {command_prefix} command"
         return task(
             "command",
-            pr=_get(payload, "issue.number", int),
-            comment_id=_get(payload, "comment.id", int),
+            pr=_positive(payload, "issue.number"),
+            comment_id=_positive(payload, "comment.id"),
             body=line[:COMMAND_MAX],
             user=_get(payload, "comment.user.login", str),
             author_association=_get(payload, "comment.author_association", str),

@@ -23,6 +23,7 @@ from . import logs, metrics, procinfo, systemd
 from .backoff import backoff
 from .config import Config
 from .context import Current, Liveness
+from .jobends import JobEnds
 from .queue import Queue
 from .redeliver import redeliver_once
 from .redisconn import REDIS_UNAVAILABLE, Primary
@@ -76,6 +77,11 @@ class WorkerPool:
             Loop("prices", lambda: PRICES_INTERVAL, self._prices),
             Loop("limits", lambda: RECONCILE_INTERVAL, self._reconcile, wait_first=True),
         ]
+        self._job_ends = JobEnds()
+        # Ended local jobs, reported at once; it blocks in the backend's FIFO, so "interval" is
+        # only the pause when the backend reports no ends (Lightning).
+        self.loops.append(Loop("job-ends", lambda: 1.0, lambda: self._job_ends.step(
+            self.queue, self.current.ctx.backend_impl, block=1.0)))
         if (interval := systemd.watchdog_interval()) is not None:
             self.loops.append(Loop("watchdog", lambda: interval, self._watchdog))
 
@@ -296,8 +302,17 @@ class WorkerPool:
             log.warning("redelivery sweep failed", error=logs.redact(f"{type(e).__name__}: {e}"))
 
     async def _prune(self) -> None:
-        """Delete finished local job directories older than jobs.local.keep (never a running job's)."""
-        backend = self.current.ctx.backend_impl
+        """Delete finished local job directories older than jobs.local.keep (never a running job's),
+        and run pages kept longer than report.keep_logs."""
+        ctx = self.current.ctx
+        if ctx.page_store is not None:
+            try:
+                n = await asyncio.to_thread(ctx.page_store.prune, self.cfg.report.keep_logs)
+                if n:
+                    log.info("deleted kept run pages", runs=n, keep=f"{self.cfg.report.keep_logs:g}s")
+            except Exception as e:  # the next round tries again
+                log.warning("pruning run pages failed", error=logs.redact(f"{type(e).__name__}: {e}"))
+        backend = ctx.backend_impl
         if backend is None or not backend.prunes:
             return
         try:

@@ -3,6 +3,7 @@ ones (SPEC §2, §8). Each problem is one line naming the key or the backend, ne
 from __future__ import annotations
 
 import asyncio
+from typing import Mapping
 
 from .config import Config
 
@@ -41,7 +42,17 @@ def backend_problem(cfg: Config) -> str | None:
     return None
 
 
-def problems(cfg: Config) -> list[str]:
+def pages_problem(cfg: Config, env: Mapping[str, str] | None = None) -> str | None:
+    """With server.public_url: the run pages' link key can be read, or made (nothing is made here).
+    `env`: the process's environment unless given."""
+    if not cfg.server.public_url:
+        return None
+    from .logstore import link_key_problem, logs_dir
+
+    return link_key_problem(env, logs_dir(cfg, env))
+
+
+def problems(cfg: Config, env: Mapping[str, str] | None = None) -> list[str]:
     """Everything that makes `litbotd run` refuse to start, as one line each."""
     out = []
     if not cfg.github.webhook_secret and cfg.server.enabled:
@@ -50,5 +61,7 @@ def problems(cfg: Config) -> list[str]:
     if cfg.github.private_key and (p := key_problem(cfg.github.private_key)):
         out.append(p)
     if p := backend_problem(cfg):
+        out.append(p)
+    if p := pages_problem(cfg, env):
         out.append(p)
     return out

@@ -15,16 +15,22 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Sequence, cast
+from typing import Any, Callable, Iterable, Sequence, cast
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from . import logs, metrics
 from .redisconn import REDIS_UNAVAILABLE, connect, connect_config  # noqa: F401 (the names callers had here)
 from .tasks import Task, TaskFormatError
 
 # Replies are str (every client decodes: redisconn.connect); redis-py types them bytes | str,
 # hence the casts marked "decoded".
+
+log = logs.get("litbotd.queue")
+REPLICAS_FRESH = 1.0       # seconds a count of the connected replicas is reused
+DEGRADED_WARN_EVERY = 60.0  # seconds between two "no replica connected" warnings
+WAIT_MS = 1000             # how long a delivery waits for its replicas (WAIT's timeout)
 
 DELIVERY_TTL = 7 * 24 * 3600
 
@@ -111,6 +117,14 @@ end
 return moved
 """
 
+# KEYS: delayed, main. ARGV: raw. A task still waiting in the delayed set goes to the main list now
+# (none when it was promoted or taken meanwhile: never twice).
+_BRING_FORWARD = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[1])
+return 1
+"""
+
 # KEYS: src, dst. ARGV: raw to remove from src, raw to push onto dst.
 _MOVE_ONE = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
@@ -120,8 +134,10 @@ return 1
 
 
 def queue_config(redis: aioredis.Redis, rcfg: Any) -> "Queue":
-    """The Queue for a [redis] section: with Sentinel, deliveries wait for one replica."""
-    return Queue(redis, rcfg.queue, ack_replicas=1 if rcfg.sentinels else 0)
+    """The Queue for a [redis] section: with Sentinel, deliveries wait for the connected replicas
+    (with redis.require_replica, for one replica even when none is connected)."""
+    return Queue(redis, rcfg.queue, ack_replicas=1 if rcfg.sentinels else 0,
+                 require_replica=bool(getattr(rcfg, "require_replica", False)))
 
 
 @dataclass(frozen=True)
@@ -140,12 +156,19 @@ class NotReplicated(redis.exceptions.RedisError):
 
 
 class Queue:
-    def __init__(self, redis: aioredis.Redis, name: str = "bot_queue", ack_replicas: int = 0) -> None:
+    def __init__(self, redis: aioredis.Redis, name: str = "bot_queue", ack_replicas: int = 0,
+                 require_replica: bool = False) -> None:
         self.redis = redis
         self.name = name
-        # With Sentinel: a delivery is acknowledged only once this many replicas hold it, so a
-        # failover (asynchronous replication) cannot drop a webhook GitHub was told we have.
+        # With Sentinel: a delivery is acknowledged only once the connected replicas hold it (WAIT),
+        # so a failover (asynchronous replication) cannot drop a webhook GitHub was told we have.
+        # With none connected (a failover left one node), it is acknowledged at once and the
+        # durability is "degraded" — unless require_replica: then at least `ack_replicas` must have it.
         self.ack_replicas = ack_replicas
+        self.require_replica = require_replica
+        self.replicas: int | None = None  # connected replicas at the last count (Sentinel setups)
+        self._replicas_at = -REPLICAS_FRESH
+        self._degraded_warned = -DEGRADED_WARN_EVERY
         self.delayed = f"{name}:delayed"
         self.dead = f"{name}:dead"
         self.workers = f"{name}:workers"
@@ -155,6 +178,7 @@ class Queue:
         self._promote = redis.register_script(_PROMOTE)
         self._recover = redis.register_script(_RECOVER)
         self._move_one = redis.register_script(_MOVE_ONE)
+        self._bring_forward = redis.register_script(_BRING_FORWARD)
         self._claims: list[tuple[str, Sequence[Task], int, asyncio.Future[bool]]] = []
         self._claimer: asyncio.Task | None = None
 
@@ -230,23 +254,55 @@ class Queue:
                     if ok and acked < self.ack_replicas:
                         # Kept on the primary all the same: a redelivery finds it claimed and answers 200.
                         fut.set_exception(NotReplicated(
-                            "no replica confirmed the delivery within 1s (redis.sentinels is set)"))
+                            "no replica confirmed the delivery within 1s (redis.sentinels is set"
+                            + (", redis.require_replica)" if self.require_replica else ")")))
                     else:
                         fut.set_result(bool(ok))
         finally:
             self._claimer = None
 
     async def _send_claims(self, keys: list[str], args: list[Any]) -> tuple[list[int], int]:
-        """The batch's script call; with ack_replicas also the replicas that confirmed it."""
+        """The batch's script call; with ack_replicas also the replicas that confirmed it — as
+        many as are needed (0 when none is connected and require_replica is off)."""
         if not self.ack_replicas:
             return await self._claim(keys=keys, args=args), 0
+        connected = await self.connected_replicas()
+        if connected == 0 and not self.require_replica:
+            return await self._claim(keys=keys, args=args), self.ack_replicas  # degraded: said so
         # WAIT counts the replicas that have this connection's writes: one pipeline, one connection,
-        # one WAIT per batch.
+        # one WAIT per batch; it returns once all `connected` have them, or after WAIT_MS.
         async with self.redis.pipeline(transaction=False) as p:
             await self._claim(keys=keys, args=args, client=p)
-            p.wait(self.ack_replicas, 1000)
+            p.wait(max(connected, self.ack_replicas), WAIT_MS)
             fresh, acked = await p.execute()
-        return fresh, int(acked)
+        acked = int(acked)
+        if acked < self.ack_replicas and not self.require_replica and await self.connected_replicas(fresh=True) == 0:
+            acked = self.ack_replicas  # the replicas left meanwhile: kept, degraded, and said so
+        return fresh, acked
+
+    async def connected_replicas(self, fresh: bool = False) -> int:
+        """The primary's replicas in sync now (INFO replication, state=online), counted at most
+        once a REPLICAS_FRESH; sets litbotd_redis_replicas_connected, and with none connected
+        (and require_replica off) warns at most once a DEGRADED_WARN_EVERY."""
+        now = time.monotonic()
+        if fresh or self.replicas is None or now - self._replicas_at > REPLICAS_FRESH:
+            info = await self.redis.info("replication")
+            self.replicas = sum(1 for k, v in info.items()
+                                if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online")
+            self._replicas_at = now
+            metrics.REPLICAS_CONNECTED.set(self.replicas)
+            if self.replicas == 0 and now - self._degraded_warned >= DEGRADED_WARN_EVERY:
+                self._degraded_warned = now
+                log.warning("no Redis replica connected: deliveries are acknowledged without one "
+                            "(a failover now could lose them)" if not self.require_replica else
+                            "no Redis replica connected: deliveries are refused (redis.require_replica)")
+        return self.replicas
+
+    def durability(self) -> str:
+        """/healthz: "single" (no Sentinel), "replicated", or "degraded" (Sentinel, no replica)."""
+        if not self.ack_replicas:
+            return "single"
+        return "degraded" if self.replicas == 0 else "replicated"
 
     async def delivery_seen(self, delivery_id: str) -> bool:
         return bool(await self.redis.exists(self.key("delivery", delivery_id)))
@@ -284,6 +340,19 @@ class Queue:
                                          args=[repr(time.time() if now is None else now), limit])
         nxt = float(nxt)
         return int(moved), (None if nxt < 0 else nxt)
+
+    async def bring_forward(self, match: str, want: Callable[[Task], bool]) -> int:
+        """Move the delayed tasks `want` picks to the main list now; returns how many. `match` is a
+        Redis glob over their JSON (ZSCAN MATCH) that narrows the scan to likely candidates."""
+        moved = 0
+        async for raw, _ in self.redis.zscan_iter(self.delayed, match=match, count=1000):
+            try:
+                task = Task.from_json(raw)
+            except TaskFormatError:
+                continue
+            if want(task):
+                moved += int(await self._bring_forward(keys=[self.delayed, self.name], args=[raw]))
+        return moved
 
     # -- leases and recovery --------------------------------------------------------------------
     async def heartbeat(self, workers: dict[str, dict[str, Any]], lease_timeout: float) -> None:

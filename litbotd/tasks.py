@@ -17,6 +17,39 @@ import orjson
 VERSION = 1
 # Payload keys copied into every log line of the task (SPEC §7).
 CONTEXT_KEYS = ("delivery", "repo", "pr", "sha", "run", "job")
+ID_MAX = 200      # characters: ours are 32 hex digits; anything much longer is not one of ours
+KIND_MAX = 64
+SHOWN_MAX = 100   # characters of a task field in a log line (ids, kinds, payload values)
+
+
+def shown(value: Any, limit: int = SHOWN_MAX) -> Any:
+    """A task field as a log line shows it: ints, floats and bools as they are, anything else as a
+    string cut to `limit` characters (a 100 kB id or a list must not fill every line)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    s = value if isinstance(value, str) else repr(value)
+    return s if len(s) <= limit else f"{s[:limit]}…[{len(s)} chars]"
+
+
+def type_name(value: Any) -> str:
+    return "null" if value is None else {bool: "bool", int: "int", float: "float", str: "string", list: "list",
+                                          dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# The envelope's fields besides v: (check, what it must be). Missing ones take their defaults.
+_ENVELOPE: dict[str, tuple[Any, str]] = {
+    "id": (lambda v: isinstance(v, str) and 0 < len(v) <= ID_MAX, f"a string of 1 to {ID_MAX} characters"),
+    "kind": (lambda v: isinstance(v, str) and 0 < len(v) <= KIND_MAX, f"a string of 1 to {KIND_MAX} characters"),
+    "payload": (lambda v: isinstance(v, dict), "an object"),
+    "attempt": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer, 0 or more"),
+    "created": (_number, "a number (epoch seconds)"),
+    "run_at": (_number, "a number (epoch seconds)"),
+    "error": (lambda v: v is None or isinstance(v, str), "a string or null"),
+}
 
 
 class TaskFormatError(ValueError):
@@ -52,14 +85,17 @@ class Task:
             raise TaskFormatError(f"not JSON: {e}") from None
         if not isinstance(d, dict):
             raise TaskFormatError("not a JSON object")
-        if d.get("v") != VERSION:
-            raise TaskFormatError(f"unsupported task version {d.get('v')!r} (this litbotd reads v{VERSION})")
-        if not isinstance(d.get("kind"), str) or not isinstance(d.get("id"), str):
-            raise TaskFormatError("missing 'kind' or 'id'")
-        if not isinstance(d.get("payload", {}), dict):
-            raise TaskFormatError("'payload' is not an object")
-        known = {"v", "id", "kind", "payload", "attempt", "created", "run_at", "error"}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        if d.get("v") != VERSION or isinstance(d.get("v"), bool):
+            raise TaskFormatError(f"unsupported task version {shown(d.get('v'), 20)!r} (this litbotd reads v{VERSION})")
+        for name in ("id", "kind"):
+            if name not in d:
+                raise TaskFormatError(f"field '{name}': missing")
+        for name, (ok, what) in _ENVELOPE.items():
+            if name in d and not ok(d[name]):
+                value = d[name]
+                size = f" of {len(value)} characters" if isinstance(value, str) else ""
+                raise TaskFormatError(f"field '{name}': expected {what}, got {type_name(value)}{size}")
+        return cls(**{k: v for k, v in d.items() if k in _ENVELOPE or k == "v"})
 
     def later(self, run_at: float) -> "Task":
         """The same task, to run again at `run_at` (a retry)."""
@@ -71,10 +107,11 @@ class Task:
         return Task(kind=kind, payload=payload, id=derive_id(self.id, kind, key), run_at=run_at)
 
     def context(self) -> dict[str, Any]:
-        ctx: dict[str, Any] = {"task": self.id, "phase": self.kind}
+        """The fields every log line about this task carries, each cut to SHOWN_MAX characters."""
+        ctx: dict[str, Any] = {"task": shown(self.id), "phase": shown(self.kind)}
         for k in CONTEXT_KEYS:
             if self.payload.get(k) not in (None, ""):
-                ctx[k] = self.payload[k]
+                ctx[k] = shown(self.payload[k])
         return ctx
 
 

@@ -21,6 +21,8 @@ from gidgethub.sansio import validate_event
 from . import logs, metrics
 from .context import Current, Liveness
 from .events import PayloadError, tasks_for
+from .pages.app import add_routes as add_pages
+from .pages.ctx import Pages
 from .redisconn import REDIS_UNAVAILABLE
 
 log = logs.get(__name__)
@@ -110,9 +112,10 @@ def _answer(label: str, outcome: str, status: int, body: dict[str, Any], fields:
     return _json(status, body)
 
 
-def make_app(current: Current, live: Liveness) -> web.Application:
-    """The aiohttp application: POST [server] path (fixed at startup), GET /healthz, GET /metrics.
-    Each request reads the context in force from `current`; `live` is the worker pool's liveness."""
+def make_app(current: Current, live: Liveness, pages: Pages | None = None) -> web.Application:
+    """The aiohttp application: POST [server] path (fixed at startup), GET /healthz, GET /metrics,
+    and with `pages` (server.public_url set) the run pages (pages/app.py). Each request reads the
+    context in force from `current`; `live` is the worker pool's liveness."""
     app = web.Application(handler_args={"lingering_time": 0})
     lines = _Lines()
 
@@ -213,8 +216,13 @@ def make_app(current: Current, live: Liveness) -> web.Application:
                 depths = await current.ctx.queue.depths()
                 oldest = await current.ctx.queue.oldest_age()
             body.update(depths, redis=True, oldest_task_age_s=None if oldest is None else round(oldest, 1))
+            if current.ctx.queue.ack_replicas:
+                async with asyncio.timeout(HEALTH_TIMEOUT):
+                    await current.ctx.queue.connected_replicas()
         except REDIS_UNAVAILABLE:
             pass
+        # With Sentinel and no replica connected: answering, but a failover now could lose deliveries.
+        body["durability"] = current.ctx.queue.durability()
         # Workers or loops down for longer than a lease: the process is not doing its job.
         body["problem"] = live.health()
         ok = body["redis"] and not live.draining and body["problem"] is None
@@ -234,4 +242,6 @@ def make_app(current: Current, live: Liveness) -> web.Application:
     app.router.add_post(current.ctx.config.server.path, webhook, expect_handler=expect_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)
+    if pages is not None:
+        add_pages(app, pages)
     return app

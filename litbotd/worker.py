@@ -16,9 +16,10 @@ import redis.asyncio as aioredis
 from . import logs, metrics
 from .backoff import backoff
 from .context import Context, Current, Liveness
+from .payloads import PayloadInvalid, schema_of
 from .queue import Queue
 from .redisconn import REDIS_UNAVAILABLE
-from .tasks import Permanent, Task, TaskFormatError
+from .tasks import Permanent, Task, TaskFormatError, shown
 
 log = logs.get("litbotd.worker")
 
@@ -38,6 +39,12 @@ class Registry:
     tasks it returns are committed by the same finish as the dead letter."""
     handlers: dict[str, Handler] = field(default_factory=dict)
     on_dead: DeadHook | None = None
+
+
+def _malformed(raw: str, error: str) -> Task:
+    """The dead letter of a queue entry that is no task this litbotd can run: its text (cut at
+    4 KiB) and why."""
+    return Task(kind="malformed", payload={"raw": raw[:4096]}, error=error)
 
 
 class Worker:
@@ -122,29 +129,57 @@ class Worker:
 
     async def process(self, raw: str, take_next: bool = True) -> str | None:
         """Run one taken task and commit its outcome; returns the next task, already moved into
-        our processing list by the same finish, or None (queue empty, stopping, or not take_next)."""
+        our processing list by the same finish, or None (queue empty, stopping, or not take_next).
+        Nothing a task holds ends the worker: whatever escapes the steps below (a bug, a value no
+        check foresaw) is one ERROR line, and the task goes to the dead letter, never round again."""
+        try:
+            return await self._process(raw, take_next)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            error = logs.redact(f"{type(e).__name__}: {shown(str(e), 300)}")
+            log.error("task could not be processed; sent to the dead letter", worker=self.id, error=error)
+            self.task, self.since = None, None
+            return await self._finish(raw, [], _malformed(raw, error), "dead", "?", take_next)
+
+    async def _process(self, raw: str, take_next: bool) -> str | None:
         try:
             task = Task.from_json(raw)
         except TaskFormatError as e:
             log.error("malformed task sent to the dead letter", worker=self.id, error=str(e))
-            return await self._finish(raw, [], Task(kind="malformed", payload={"raw": raw[:4096]}, error=str(e)),
-                                      "dead", "?", take_next)
+            return await self._finish(raw, [], _malformed(raw, str(e)), "dead", "?", take_next)
         self.task, self.since = task, time.time()
         ctx = self.current.ctx  # one context for the whole task, its finish included
         try:
             with logs.context(**task.context()):
+                if (invalid := self._invalid(task)) is not None:
+                    # Retrying cannot add a field: dead at once, one line, no traceback, no report.
+                    log.error("invalid task sent to the dead letter", error=invalid)
+                    return await self._finish(raw, [], replace(task, error=invalid, run_at=0.0), "dead",
+                                              "(invalid)", take_next)
                 successors, dead, outcome = await self._handle(task, ctx)
                 return await self._finish(raw, successors, dead, outcome, task.kind, take_next)
         finally:
             self.task, self.since = None, None
 
+    def _invalid(self, task: Task) -> str | None:
+        """Why the task cannot run at all: a kind no handler serves, or a payload its handler's
+        schema refuses (payloads.py); None when it may run."""
+        handler = self.registry.handlers.get(task.kind)
+        if handler is None:
+            return f"no handler for task kind {shown(task.kind, 64)!r}"
+        if (schema := schema_of(handler)) is not None:
+            try:
+                schema.check(task.payload)
+            except PayloadInvalid as e:
+                return str(e)
+        return None
+
     async def _handle(self, task: Task, ctx: Context) -> tuple[Sequence[Task], Task | None, str]:
         cfg = ctx.config.workers
-        handler = self.registry.handlers.get(task.kind)
+        handler = self.registry.handlers[task.kind]
         started = time.monotonic()
         try:
-            if handler is None:
-                raise Permanent(f"no handler for task kind {task.kind!r}")
             successors = await self._call(handler, task, ctx, cfg.task_timeout)
             return successors, None, "done"
         except asyncio.CancelledError:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import aiohttp
 
 from fake_github import FakeGitHub
+from helpers.env import scrubbed_env
 from litbotd import configfile
 from litbotd.daemon import Daemon
 from litbotd.lifecycle import REGISTRY
@@ -85,8 +86,8 @@ def config_data(redis_url: str, api_url: str, workdir: Path, **overrides: Any) -
         "workers": {"count": 3, "heartbeat_interval": "0.5s", "lease_timeout": "3s", "retry_backoff": "0.2s",
                     "shutdown_grace": "5s"},
         "jobs": {"backend": "local", "poll_interval": 0.2, "poll_interval_max": 0.5,
-                 # jobs run sandboxed; the tests' release files live beside workdir
-                 "local": {"workdir": str(workdir), "max_parallel": 4, "writable_paths": [str(workdir.parent)]}},
+                 # not about the sandbox (tests/test_sandbox.py is): these tests run where bwrap is missing
+                 "local": {"workdir": str(workdir), "max_parallel": 4, "sandbox": False}},
         "log": {"level": "info"},
     }
     for section, values in overrides.items():
@@ -173,8 +174,7 @@ class SubprocessDaemon:
         self.port: int | None = None
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "LITBOTD_", "NOTIFY_SOCKET"))}
-        env.update(GH_PRIVATE_KEY=PRIVATE_PEM, GH_WEBHOOK_SECRET=SECRET, PYTHONUNBUFFERED="1")
+        env = scrubbed_env(GH_PRIVATE_KEY=PRIVATE_PEM, GH_WEBHOOK_SECRET=SECRET, PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "litbotd", "run", "-c", str(self.config_path)],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env)

@@ -12,6 +12,7 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
+from helpers.env import scrubbed_env
 from lightning_standin import LightningStandIn
 from litbotd.backends import machine_names, make_backend
 from litbotd.backends.base import BackendError, JobNotFound, JobSpec
@@ -171,6 +172,22 @@ async def test_log_tail(backend: LightningBackend, sdk_env: LightningStandIn) ->
     assert await backend.log_tail("litci-waiting", 3) == ""
 
 
+async def test_copy_log_keeps_the_whole_log_on_the_vm(backend: LightningBackend, sdk_env: LightningStandIn,
+                                                      tmp_path: Path) -> None:
+    """A run page reads a Lightning job's log through the SDK, whole, into a file on the VM."""
+    job = sdk_env.add_job("litci-running", state="running", logs=["one", "\x1b[31mtwo\x1b[0m"])
+    dest = tmp_path / "runs" / "litci-running" / "live.txt"
+    assert await backend.copy_log("litci-running", str(dest))
+    assert dest.read_text() == "one\n\x1b[31mtwo\x1b[0m\n"
+    job.logs.append("three")
+    assert await backend.copy_log("litci-running", str(dest))
+    assert dest.read_text().splitlines() == ["one", "\x1b[31mtwo\x1b[0m", "three"]
+    sdk_env.add_job("litci-waiting2", state="pending")
+    assert not await backend.copy_log("litci-waiting2", str(tmp_path / "none.txt"))
+    with pytest.raises(JobNotFound):
+        await backend.copy_log("litci-nobody", str(tmp_path / "none.txt"))
+
+
 async def test_failed_create_is_a_clear_error_without_secrets(backend: LightningBackend,
                                                               sdk_env: LightningStandIn) -> None:
     sdk_env.fail_create = 400
@@ -229,5 +246,5 @@ def test_importing_litbotd_does_not_import_the_sdk() -> None:
     code = ("import sys, litbotd.backends, litbotd.backends.lightning, litbotd.backends.local;"
             "print('lightning_sdk' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         env=scrubbed_env())
     assert out.stdout.strip() == "False", out.stderr

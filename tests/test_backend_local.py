@@ -12,6 +12,7 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
+from helpers.env import scrubbed_env
 from litbotd.backends import make_backend
 from litbotd.backends.base import BackendError, JobNotFound, JobSpec, JobStatus
 from litbotd.backends.local import LocalBackend
@@ -56,6 +57,9 @@ def shared(tmp_path: Path) -> Path:
 
 
 def local(tmp_path: Path, max_parallel: int = 2, **kw: object) -> LocalBackend:
+    """The backend as these tests use it: unsandboxed, since they are about the runner, not the
+    sandbox (tests/test_sandbox.py is); a test that needs bwrap says so (sandbox=True + the mark)."""
+    kw = {"sandbox": False, **kw}
     return LocalBackend(str(tmp_path / "jobs"), max_parallel, grace=1.0,
                         writable_paths=[str(tmp_path / "shared")], **kw)  # type: ignore[arg-type]
 
@@ -147,7 +151,7 @@ from litbotd.backends.base import JobSpec
 from litbotd.backends.local import LocalBackend
 
 async def main():
-    backend = LocalBackend(sys.argv[2], 2, grace=1.0, writable_paths=[sys.argv[3]])
+    backend = LocalBackend(sys.argv[2], 2, grace=1.0, sandbox=False)
     status = await backend.start(JobSpec(**json.loads(sys.argv[1])))
     print(status.state, flush=True)
     await asyncio.sleep(3600)
@@ -163,7 +167,7 @@ async def test_job_survives_the_death_of_its_starter(server: TarballServer, tmp_
     workdir = tmp_path / "jobs"
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", CHILD, json.dumps(fields), str(workdir), str(shared), stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        env=scrubbed_env())
     assert child.stdout is not None
     assert (await asyncio.wait_for(child.stdout.readline(), 20)).strip() == b"pending"
     fresh = local(tmp_path)
@@ -248,8 +252,10 @@ async def test_stop_while_pending_never_runs_the_script(server: TarballServer, t
         await b.close()
 
 
-async def test_dead_runner_is_reported_failed_not_running_forever(backend: LocalBackend, server: TarballServer,
-                                                                  tmp_path: Path, shared: Path) -> None:
+@pytest.mark.sandbox(network="none")
+async def test_dead_runner_is_reported_failed_not_running_forever(server: TarballServer, tmp_path: Path,
+                                                                  shared: Path) -> None:
+    backend = local(tmp_path, sandbox=True, network="none")  # bwrap --die-with-parent: the script dies too
     started = shared / "started"
     await backend.start(spec(server, "litci-orphaned", f"touch {started}\nsleep 313\n"))
     await wait_file(started, check=False)
@@ -299,6 +305,7 @@ async def test_unknown_and_invalid_names(backend: LocalBackend) -> None:
         await backend.status("../etc")
 
 
+@pytest.mark.sandbox(network="none")
 async def test_make_backend_builds_local_from_config(tmp_path: Path) -> None:
     cfg = Config(jobs=JobsConfig(backend="local", local=LocalConfig(workdir=str(tmp_path), max_parallel=3,
                                                                     network="none", max_log_bytes=65536)))

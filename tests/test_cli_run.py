@@ -4,11 +4,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from helpers.env import scrubbed_env
+
 
 def run(tmp_path, env_extra: dict[str, str], toml: str = "") -> subprocess.CompletedProcess:
     cfg = tmp_path / "litbotd.toml"
     cfg.write_text(toml)
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env_extra}
+    env = scrubbed_env({"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, **env_extra)
     return subprocess.run([sys.executable, "-m", "litbotd", "run", "-c", str(cfg)], capture_output=True,
                           text=True, timeout=60, env=env)
 
@@ -39,7 +41,7 @@ def test_usage_error_exits_2(tmp_path):
 
 # -- start-up errors: one line, exit 1, within seconds (SPEC §2, §8) ---------------------------------
 def _local(tmp_path, extra: str = "") -> str:
-    return f'[jobs]\nbackend = "local"\n[jobs.local]\nworkdir = "{tmp_path / "jobs"}"\n{extra}'
+    return f'[jobs]\nbackend = "local"\n[jobs.local]\nworkdir = "{tmp_path / "jobs"}"\nsandbox = false\n{extra}'
 
 
 def test_run_on_a_port_in_use_is_one_line_and_exit_1(tmp_path):
@@ -74,7 +76,7 @@ def test_an_ec_or_malformed_key_is_refused_by_run_and_check_config(tmp_path):
             cfg = tmp_path / "litbotd.toml"
             cfg.write_text('[server]\nport = 0\nhost = "127.0.0.1"\n' + _local(tmp_path))
             out = subprocess.run([sys.executable, "-m", "litbotd", cmd, "-c", str(cfg)], capture_output=True,
-                                 text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env})
+                                 text=True, timeout=60, env=scrubbed_env({"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, **env))
             assert out.returncode == 1, (cmd, out.stderr)
             assert "github.private_key" in out.stderr and says in out.stderr and "Traceback" not in out.stderr
             assert pem.splitlines()[1] not in out.stdout + out.stderr
@@ -85,8 +87,8 @@ def test_check_config_refuses_what_run_refuses(tmp_path):
     cfg = tmp_path / "litbotd.toml"
     cfg.write_text("")
     out = subprocess.run([sys.executable, "-m", "litbotd", "check-config", "-c", str(cfg)], capture_output=True,
-                         text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
-                                                     "GH_WEBHOOK_SECRET": "x"})
+                         text=True, timeout=60, env=scrubbed_env({"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                                                                  GH_WEBHOOK_SECRET="x"))
     assert out.returncode == 1 and "jobs.lightning.teamspace" in out.stderr, out.stderr
 
 
@@ -96,6 +98,6 @@ def test_version_and_config_before_the_subcommand(tmp_path):
     cfg = tmp_path / "litbotd.toml"
     cfg.write_text("[workers]\ncount = 0\n")
     out = subprocess.run([sys.executable, "-m", "litbotd", "-c", str(cfg), "check-config"], capture_output=True,
-                         text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
-                                                     "GH_WEBHOOK_SECRET": "x"})
+                         text=True, timeout=60, env=scrubbed_env({"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                                                                  GH_WEBHOOK_SECRET="x"))
     assert out.returncode == 0 and "count = 0" in out.stdout, out.stderr

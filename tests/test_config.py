@@ -36,7 +36,9 @@ def test_defaults_match_the_spec():
     assert (w.count, w.heartbeat_interval, w.lease_timeout, w.max_attempts) == (4, 2.0, 10.0, 5)
     assert (w.retry_backoff, w.retry_backoff_max, w.shutdown_grace) == (2.0, 300.0, 30.0)
     assert cfg.github.redeliver_interval == 300.0 and cfg.github.redeliver_window == 72 * 3600.0
-    assert cfg.jobs.poll_interval == 15.0 and cfg.jobs.queue_timeout == 3600.0
+    assert cfg.jobs.poll_interval == 10.0 and cfg.jobs.poll_interval_max == 30.0
+    assert cfg.jobs.lightning.default_image == "python:3.12-slim" and cfg.redis.require_replica is False
+    assert cfg.jobs.queue_timeout == 3600.0
 
 
 def test_file_values_and_durations_are_read():
@@ -200,6 +202,28 @@ def test_the_sample_config_documents_every_key_with_its_default():
         return out
 
     assert present(data) == keys(config_mod.Config)
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"server": {"public_url": "ci.example.com"}}, "server.public_url"),
+    ({"server": {"public_url": "https://ci.example.com/?x=1"}}, "server.public_url"),
+    ({"server": {"auth": "none"}}, "server.auth"),
+    ({"report": {"keep_logs": "0s"}}, "report.keep_logs"),
+    ({"report": {"logs_dir": "relative/runs"}}, "report.logs_dir"),
+])
+def test_run_page_keys_name_themselves(data, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ": must"):
+        parse(data, env={})
+
+
+def test_run_page_keys_and_where_logs_are_kept():
+    cfg = parse({"server": {"public_url": "https://ci.example.com/litbotd", "auth": "link"},
+                 "report": {"keep_logs": "7d"}}, env={})
+    assert cfg.server.public_url == "https://ci.example.com/litbotd" and cfg.report.keep_logs == 7 * 86400
+    assert config_mod.logs_dir(cfg, {"STATE_DIRECTORY": "/var/lib/x:/other"}) == "/var/lib/x/runs"
+    assert config_mod.logs_dir(cfg, {}) == "/var/lib/litbotd/runs"
+    other = parse({"report": {"logs_dir": "/srv/runs"}}, env={})
+    assert config_mod.logs_dir(other, {"STATE_DIRECTORY": "/x"}) == "/srv/runs"
 
 
 def test_limits_keys_are_validated_by_name():

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.env import scrubbed_env
 from litbotd.tasks import Task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,17 +52,14 @@ class DaemonProc:
         self.config = self.dir / "litbotd.toml"
         self.config.write_text(
             f'[server]\nenabled = false\n\n[redis]\nurl = "{redis_url}"\n\n[workers]\n{body}\n\n'
-            f'[jobs]\nbackend = "local"\n\n[jobs.local]\nworkdir = "{self.dir / "jobs"}"\n\n'
+            f'[jobs]\nbackend = "local"\n\n[jobs.local]\nworkdir = "{self.dir / "jobs"}"\nsandbox = false\n\n'
             f'[github]\nredeliver_interval = 0\n\n[log]\nlevel = "info"\n')
         self.proc: subprocess.Popen | None = None
         self.runs = 0
 
     def start(self, wait: bool = True) -> "DaemonProc":
         self.runs += 1
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("GH_", "LITBOTD_", "NOTIFY_SOCKET", "WATCHDOG_", "CREDENTIALS_DIRECTORY"))
-               and k != "REDIS_URL"}
-        env.update(LITBOTD_HOST=self.host, PYTHONPATH=str(ROOT))
+        env = scrubbed_env(LITBOTD_HOST=self.host)
         self._log_offset = self.log.stat().st_size if self.log.exists() else 0
         self.proc = subprocess.Popen([sys.executable, str(HELPER), "-c", str(self.config)], cwd=ROOT, env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -300,7 +298,7 @@ async def test_a_restart_with_the_same_pid_still_takes_back_the_old_tasks(redis_
     cfg = configfile.parse({"server": {"enabled": False}, "redis": {"url": redis_server.url},
                             "workers": {"count": 1, "lease_timeout": "30s", "heartbeat_interval": "1s"},
                             "github": {"redeliver_interval": 0},
-                            "jobs": {"backend": "local", "local": {"workdir": str(tmp_path / "jobs")}}}, env={})
+                            "jobs": {"backend": "local", "local": {"workdir": str(tmp_path / "jobs"), "sandbox": False}}}, env={})
 
     async def count(task, s):
         await s.redis.rpush("test:done", task.id)

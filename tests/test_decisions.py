@@ -1,6 +1,7 @@
 """The phases' pure decisions: no Redis, no HTTP."""
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -108,6 +109,19 @@ def test_dead_task_conclusion() -> None:
     assert decisions.dead_task_conclusion("start_job", 5, "boom") == ("failure", "the job failed to start: boom")
     assert decisions.dead_task_conclusion("results", 5, "boom") == ("neutral", "litbotd gave up after 5 attempts: boom")
     assert decisions.dead_task_conclusion("comment", 5, "boom") is None
+
+
+@pytest.mark.parametrize("state,reports_end,current,expected", [
+    ("running", False, 10, 10),     # Lightning, running: every poll_interval, never slower
+    ("running", False, 30, 10),     # back from a pending backoff to the running rate
+    ("stopping", False, 20, 10),
+    ("pending", False, 10, 15),     # pending: backs off ...
+    ("pending", False, 25, 30),     # ... up to poll_interval_max
+    ("running", True, 10, 15),      # local: the job reports its end; the poll is the safety net
+    ("running", True, 30, 30),
+])
+def test_next_poll_reads_a_running_job_every_poll_interval(state, reports_end, current, expected):
+    assert d.next_poll(current, 10, 30, state, reports_end) == expected
 
 
 def test_parse_approve_cost():

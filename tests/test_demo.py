@@ -1,16 +1,65 @@
 """`litbotd demo` (SPEC §2): the whole offline path, and the annotations of its failing cell."""
 from __future__ import annotations
 
-import os
+import re
 import subprocess
 import sys
 
+from helpers.env import scrubbed_env
+from litbotd.lifecycle.comments import COMMENT_EDIT_INTERVAL
+
 
 def test_demo_runs_and_shows_the_failing_cells_annotations():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "LITBOTD_", "REDIS_"))}
     out = subprocess.run([sys.executable, "-m", "litbotd", "demo"], capture_output=True, text=True, timeout=120,
-                         env=env)
+                         env=scrubbed_env())
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "annotation (failure) check.py:" in out.stdout
     assert "Tests: 1 passed, 1 failed, 0 skipped, 0 errors" in out.stdout
     assert "result: as expected" in out.stdout
+
+
+def test_demo_narrates_each_event_when_github_received_it_and_ends_right_after_the_last():
+    """Issue 17: the narration printed both conclusions at 12.3 s (after the comment's 10 s edit
+    spacing), though the stand-in had them at 1.3 s and 1.6 s."""
+    out = subprocess.run([sys.executable, "-m", "litbotd", "demo"], capture_output=True, text=True, timeout=120,
+                         env=scrubbed_env())
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    times = {}
+    for line in out.stdout.splitlines():
+        if m := re.match(r"\s+\[\s*([0-9.]+)s\] (.*)", line):
+            times.setdefault(m.group(2), []).append(float(m.group(1)))
+    concluded = [t for text, ts in times.items() if "→ completed" in text for t in ts]
+    done = [t for text, ts in times.items() if text.startswith("done:") for t in ts]
+    assert len(concluded) == 2 and len(done) == 1, out.stdout
+    # printed at the time the stand-in received them, not held back by the edit spacing ...
+    assert max(concluded) < COMMENT_EDIT_INTERVAL, out.stdout
+    # ... and the demo ends once the comment's last edit (not held either) is out
+    assert done[0] - max(concluded) < COMMENT_EDIT_INTERVAL / 2, out.stdout
+
+
+def test_demo_keep_prints_and_serves_each_runs_page_until_ctrl_c():
+    import signal
+    import urllib.request
+
+    p = subprocess.Popen([sys.executable, "-m", "litbotd", "demo", "--keep"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=scrubbed_env())
+    try:
+        seen = []
+        assert p.stdout is not None
+        for line in p.stdout:
+            seen.append(line)
+            if line.startswith("serving the run pages"):
+                break
+        out = "".join(seen)
+        urls = re.findall(r"run page: (http://127\.0\.0\.1:\d+/runs/\S+)", out)
+        assert len(urls) == 2, out[-3000:]
+        for url in urls:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                body = resp.read().decode()
+            assert resp.status == 200 and "demo (" in body and 'id="L1"' in body
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

@@ -214,6 +214,35 @@ def test_wrong_type_is_named(path: str, value: Any, expected: str) -> None:
         tasks_for("pull_request", data, DELIVERY, command_prefix="/litci")
 
 
+@pytest.mark.parametrize("event,name,path,value", [
+    ("pull_request", "pull_request.opened.4", "pull_request.number", 0),
+    ("pull_request", "pull_request.opened.4", "pull_request.number", -5),
+    ("pull_request", "pull_request.closed.2", "pull_request.number", -1),
+    ("pull_request", "pull_request.opened.4", "installation.id", 0),
+    ("check_run", "check_run.rerequested.7", "check_run.id", -3),
+])
+def test_numbers_and_ids_must_be_positive(event: str, name: str, path: str, value: int) -> None:
+    """SPEC §8: GitHub's numbers and ids are positive; a signed payload saying -5 is refused, naming the field."""
+    data = payload(name)
+    _set(data, path, value)
+    with pytest.raises(PayloadError, match=rf"payload field {path.replace('.', '[.]')}: expected a positive integer"):
+        tasks_for(event, data, DELIVERY, command_prefix="/litci")
+
+
+def test_comment_on_issue_minus_five_is_refused() -> None:
+    data = pr_comment("/litci run")
+    data["issue"]["number"] = -5
+    with pytest.raises(PayloadError, match=r"issue[.]number: expected a positive integer"):
+        tasks_for("issue_comment", data, DELIVERY, command_prefix="/litci")
+
+
+def test_check_suite_pull_request_number_must_be_positive() -> None:
+    data = payload("check_suite.rerequested.7")
+    data["check_suite"]["pull_requests"] = [{"number": 0}]
+    with pytest.raises(PayloadError, match=r"check_suite[.]pull_requests\[0\][.]number: expected a positive"):
+        tasks_for("check_suite", data, DELIVERY, command_prefix="/litci")
+
+
 def test_command_missing_comment_user_is_named() -> None:
     data = pr_comment("/litci run")
     del data["comment"]["user"]

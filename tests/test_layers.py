@@ -22,8 +22,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "litbotd"
 
-PURE = {"__init__", "backoff", "config", "durations", "redaction", "safeyaml", "workflows", "report", "annotations", "decisions",
-        "events", "tasks", "limits"}
+PURE = {"__init__", "backoff", "config", "durations", "payloads", "redaction", "safeyaml", "workflows", "report", "annotations", "decisions",
+        "events", "tasks", "logview", "runlink", "runview", "limits"}
 SUPPORT = {"logs", "metrics", "sealed", "procinfo", "redisconn", "locks"}
 # Each adapter: the modules that together speak to one outside system.
 ADAPTERS = {
@@ -33,9 +33,11 @@ ADAPTERS = {
              "backends.localrun", "backends.sandbox"},
     "systemd": {"systemd"},
     "config files": {"configfile"},
+    "files": {"logstore"},   # run pages' kept logs, their index, the link key
 }
 APP = {"context", "lifecycle", "lifecycle.planning", "lifecycle.jobs", "lifecycle.commands", "lifecycle.comments",
-       "lifecycle.checkruns", "lifecycle.spending", "worker", "pool", "webhook", "redeliver", "preflight"}
+       "lifecycle.checkruns", "lifecycle.spending", "worker", "pool", "webhook", "redeliver", "preflight", "jobends",
+       "pages", "pages.app", "pages.access", "pages.ctx", "pages.runpage", "pages.keep"}
 ENTRY = {"__main__", "daemon", "cli", "ops", "demo", "demo_github"}
 
 LAYERS = [("pure", PURE), ("support", SUPPORT), ("adapters", set().union(*ADAPTERS.values())),

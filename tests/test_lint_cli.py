@@ -5,10 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers.env import scrubbed_env
+
 
 def lint(directory: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "litbotd", "lint", str(directory), *args],
-                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+                          capture_output=True, text=True, timeout=60, env=scrubbed_env({"PATH": "/usr/bin:/bin"}))
 
 
 def test_lint_prints_the_runs_and_their_check_names(tmp_path):

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import pytest
 
+from helpers.env import scrubbed_env
 from litbotd import logs
 from litbotd.configfile import parse
 from litbotd.context import Context, Current
@@ -143,7 +144,7 @@ with logs.context(task="t1", pr=5):
 
 def _emit(tmp_path: Path, fmt: str, journal_stream: str | None) -> str:
     out = tmp_path / "stderr.log"
-    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    env = scrubbed_env()
     env["PYTHONPATH"] = str(ROOT)
     with open(out, "w") as f:
         if journal_stream == "match":

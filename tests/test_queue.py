@@ -45,9 +45,9 @@ def test_task_ignores_unknown_fields_from_a_newer_minor_writer():
     (b"\xff\xfe", "not JSON"),
     (json.dumps({"v": 2, "id": "a", "kind": "k"}), "unsupported task version 2"),
     (json.dumps({"id": "a", "kind": "k"}), "unsupported task version None"),
-    (json.dumps({"v": 1, "id": "a"}), "missing 'kind' or 'id'"),
-    (json.dumps({"v": 1, "kind": "k", "id": 5}), "missing 'kind' or 'id'"),
-    (json.dumps({"v": 1, "kind": "k", "id": "a", "payload": [1]}), "'payload' is not an object"),
+    (json.dumps({"v": 1, "id": "a"}), "field 'kind': missing"),
+    (json.dumps({"v": 1, "kind": "k", "id": 5}), "field 'id': expected a string"),
+    (json.dumps({"v": 1, "kind": "k", "id": "a", "payload": [1]}), "field 'payload': expected an object"),
 ])
 def test_task_rejects_what_it_cannot_read(raw, why):
     with pytest.raises(TaskFormatError, match=why):

@@ -152,7 +152,7 @@ async def test_reload_is_ignored_before_start_and_while_stopping(redis_server, t
     cfg = parse({"server": {"enabled": False}, "redis": {"url": redis_server.url},
                  "workers": {"count": 1, "heartbeat_interval": "0.2s", "lease_timeout": "2s"},
                  "github": {"redeliver_interval": 0},
-                 "jobs": {"backend": "local", "local": {"workdir": str(tmp_path / "jobs")}}}, env={})
+                 "jobs": {"backend": "local", "local": {"workdir": str(tmp_path / "jobs"), "sandbox": False}}}, env={})
     bigger = dataclasses.replace(cfg, workers=dataclasses.replace(cfg.workers, count=3))
     caplog.set_level(logging.WARNING)
     d = Daemon(cfg, Registry(), config_loader=lambda: bigger)

@@ -7,6 +7,7 @@ on 127.0.0.1, looks at other jobs, and leaves `setsid` processes behind.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from harness import (
     sha_of,
     wait_until,
 )
+from helpers.env import scrubbed_env
 from litbotd.backends import sandbox
 from litbotd.backends.local import LocalBackend
 from litbotd.config import render_toml
@@ -64,6 +66,7 @@ ATTACKS = ["config", "key", "daemon-environ", "daemon-cmdline", "parent-token", 
            "redis-via-gateway", "daemon-port", "other-jobs", "other-job-log"]
 
 
+@pytest.mark.sandbox
 async def test_a_hostile_job_finds_reaches_and_leaves_nothing(redis_server, tmp_path: Path) -> None:
     sha = sha_of("hostile")
     world = GitHubWorld()
@@ -86,7 +89,7 @@ async def test_a_hostile_job_finds_reaches_and_leaves_nothing(redis_server, tmp_
     data = config_data(redis_server.url, world.url, workdir, server={"port": free_port()},
                        github={"app_id": 1, "api_url": world.url, "redeliver_interval": 0,
                                "private_key_file": str(key)})
-    data["jobs"]["local"]["writable_paths"] = []
+    data["jobs"]["local"].update(sandbox=True, writable_paths=[])  # the product default: sandboxed
     config = etc / "litbotd.toml"
     config.write_text(render_toml(data))
     daemon = SubprocessDaemon(config, tmp_path / "daemon.log")
@@ -135,7 +138,7 @@ async def server() -> AsyncIterator[TarballServer]:
 
 async def test_a_30_mib_log_is_capped_on_disk_keeping_head_and_tail(server: TarballServer, tmp_path: Path) -> None:
     limit = 1 << 20
-    b = LocalBackend(str(tmp_path / "jobs"), 1, grace=1.0, max_log_bytes=limit)
+    b = LocalBackend(str(tmp_path / "jobs"), 1, grace=1.0, max_log_bytes=limit, sandbox=False)  # the runner caps it
     try:
         # 30 MiB of 100-byte lines, then a last line the check output must still show
         await b.start(spec(server, "litci-chatty", "seq -f '%099g' 1 314573\necho the-very-end\n"))
@@ -154,7 +157,7 @@ async def test_prune_removes_finished_job_dirs_older_than_keep_never_a_running_o
         server: TarballServer, tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
-    b = LocalBackend(str(tmp_path / "jobs"), 2, grace=1.0, keep=0.2, writable_paths=[str(shared)])
+    b = LocalBackend(str(tmp_path / "jobs"), 2, grace=1.0, keep=0.2, sandbox=False)
     try:
         await b.start(spec(server, "litci-done", "echo done\n"))
         await b.start(spec(server, "litci-busy", f"while [ ! -e {shared}/go ]; do sleep 0.05; done\n"))
@@ -210,7 +213,7 @@ def cli(tmp_path: Path, command: str, path: str, redis_url: str, toml: str) -> s
     cfg = tmp_path / "litbotd.toml"
     cfg.write_text(f'[server]\nport = 0\nhost = "127.0.0.1"\n[jobs]\nbackend = "local"\n[jobs.local]\n'
                    f'workdir = "{tmp_path / "jobs"}"\n{toml}')
-    env = {"PATH": path, "HOME": str(tmp_path), "GH_WEBHOOK_SECRET": "s3cr3t", "REDIS_URL": redis_url}
+    env = scrubbed_env({"PATH": path, "HOME": str(tmp_path)}, GH_WEBHOOK_SECRET="s3cr3t", REDIS_URL=redis_url)
     return subprocess.run([sys.executable, "-m", "litbotd", command, "-c", str(cfg)], capture_output=True,
                           text=True, timeout=60, env=env)
 
@@ -220,12 +223,13 @@ USERNS_REFUSED = ("bwrap: No permissions to creating new namespace, likely becau
                   "'sysctl kernel.unprivileged_userns_clone=1'.")
 
 
-@pytest.mark.parametrize("case", ["no-bwrap", "no-slirp4netns", "userns-refused"])
+@pytest.mark.parametrize("case", ["no-bwrap", pytest.param("no-slirp4netns", marks=pytest.mark.sandbox(network="none")),
+                                  "userns-refused"])
 def test_run_and_check_config_say_why_the_sandbox_cannot_work(case, redis_server, tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     if case == "no-slirp4netns":
-        (bin_dir / "bwrap").symlink_to("/usr/bin/bwrap")
+        (bin_dir / "bwrap").symlink_to(shutil.which("bwrap") or "/usr/bin/bwrap")
     if case == "userns-refused":  # what real bwrap says under kernel.unprivileged_userns_clone=0
         (bin_dir / "bwrap").write_text(f"#!/bin/sh\necho \"{USERNS_REFUSED}\" >&2\nexit 1\n")
         (bin_dir / "bwrap").chmod(0o755)
@@ -242,6 +246,7 @@ def test_run_and_check_config_say_why_the_sandbox_cannot_work(case, redis_server
     assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.sandbox(network="none")
 def test_a_writable_path_that_does_not_exist_is_named_at_start(redis_server, tmp_path: Path) -> None:
     out = cli(tmp_path, "check-config", "/usr/bin:/bin", redis_server.url,
               f'network = "none"\nwritable_paths = ["{tmp_path}/missing"]\n')
@@ -256,11 +261,12 @@ def test_demo_runs_its_known_good_job_unsandboxed_where_bwrap_is_missing_and_say
             if f.name not in ("bwrap", "slirp4netns") and not (bin_dir / f.name).exists():
                 (bin_dir / f.name).symlink_to(f)
     out = subprocess.run([sys.executable, "-m", "litbotd", "demo"], capture_output=True, text=True, timeout=120,
-                         env={"PATH": str(bin_dir), "HOME": str(tmp_path)})
+                         env=scrubbed_env({"PATH": str(bin_dir), "HOME": str(tmp_path)}))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr
     assert "UNSANDBOXED" in out.stdout and "bubblewrap package" in out.stdout
 
 
+@pytest.mark.sandbox(network="none")
 async def test_a_daemon_file_under_etc_is_masked_in_the_job(server: TarballServer, tmp_path: Path) -> None:
     """/etc is visible read-only; the daemon's config or key there is not (here /etc/hostname plays it)."""
     assert Path("/etc/hostname").read_text().strip()

@@ -90,7 +90,7 @@ def test_a_secret_of_the_wrong_type_is_not_echoed(tmp_path: Path) -> None:
 
 def test_check_config_masks_every_secret(tmp_path: Path, sec: Secrets, creds: Path) -> None:
     cfg = tmp_path / "litbotd.toml"
-    cfg.write_text(f'[github]\napp_id = {APP_ID}\n[jobs]\nbackend = "local"\n')
+    cfg.write_text(f'[github]\napp_id = {APP_ID}\n[jobs]\nbackend = "local"\n[jobs.local]\nsandbox = false\n')
     for env in (od.clean_env(CREDENTIALS_DIRECTORY=str(creds)),
                 od.clean_env(GH_PRIVATE_KEY=sec.pem, GH_WEBHOOK_SECRET=sec.webhook)):
         r = od.cli("check-config", "-c", str(cfg), env=env)

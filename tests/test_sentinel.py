@@ -189,15 +189,112 @@ def test_a_forced_failover_under_load_loses_nothing(tmp_path, sentinel_setup):
             proc.wait()
 
 
-async def test_without_a_replica_a_delivery_is_not_acknowledged(aredis):
-    """With Sentinel a delivery waits for one replica; with none, the webhook gets a 503 (the queue
-    raises a Redis error) while the claim stays, so GitHub's redelivery is answered 200, queued once."""
+async def test_with_require_replica_and_none_a_delivery_is_not_acknowledged(aredis):
+    """redis.require_replica: a delivery waits for one replica; with none, the webhook gets a 503
+    (the queue raises a Redis error) while the claim stays, so GitHub's redelivery is answered 200,
+    queued once."""
     from litbotd.queue import REDIS_UNAVAILABLE, NotReplicated, Queue
 
-    q = Queue(aredis, ack_replicas=1)
+    q = Queue(aredis, ack_replicas=1, require_replica=True)
     t = Task(kind="new_event")
     with pytest.raises(NotReplicated) as e:
         await q.enqueue_delivery("d-1", [t])
     assert isinstance(e.value, REDIS_UNAVAILABLE)
     assert await aredis.lrange("bot_queue", 0, -1) == [t.to_json()]
     assert await Queue(aredis).enqueue_delivery("d-1", [Task(kind="new_event")]) is False
+
+
+async def test_with_no_replica_connected_a_delivery_is_acknowledged_and_durability_says_degraded(aredis):
+    from litbotd.queue import Queue
+
+    q = Queue(aredis, ack_replicas=1)
+    assert await q.enqueue_delivery("d-2", [Task(kind="new_event")]) is True
+    assert q.replicas == 0 and q.durability() == "degraded"
+
+
+def _signed(body: bytes, delivery: str) -> dict[str, str]:
+    import hashlib
+    import hmac
+
+    sig = "sha256=" + hmac.new(b"test-webhook-secret", body, hashlib.sha256).hexdigest()
+    return {"Content-Type": "application/json", "X-GitHub-Event": "pull_request", "X-GitHub-Delivery": delivery,
+            "X-Hub-Signature-256": sig}
+
+
+def _http(method: str, port: int, path: str, body: bytes | None = None,
+          headers: dict[str, str] | None = None) -> tuple[int, str, float]:
+    import http.client
+
+    t0 = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(), time.monotonic() - t0
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("sentinel_setup", [0], indirect=True, ids=["async"])
+@pytest.mark.parametrize("require_replica", [False, True], ids=["default", "require_replica"])
+def test_the_primary_dead_for_good_intake_keeps_answering_unless_a_replica_is_required(
+        tmp_path, sentinel_setup, require_replica):
+    """Issue 17: once Sentinel promoted the replica of a primary SIGKILLed for good, no replica is
+    left. By default the webhooks are answered 202 at once (no 1 s WAIT, no 503), one WARNING says
+    so, the metric and /healthz too; with redis.require_replica every delivery is a 503."""
+    import json as jsonlib
+
+    from litbotd.queue import WAIT_MS
+
+    st = sentinel_setup
+    http_port = free_port()
+    cfg = od.write_config(tmp_path / "litbotd.toml", "redis://127.0.0.1:1/0", workers=0, server_port=http_port)
+    cfg.write_text(cfg.read_text().replace(
+        'url = "redis://127.0.0.1:1/0"', f'url = "redis://127.0.0.1:1/0"\nsentinels = ["{st["sentinel"]}"]'
+        + ("\nrequire_replica = true" if require_replica else "")))  # the default: not written
+    payload = (Path(__file__).parent / "data" / "webhooks" / "pull_request.opened.4.json").read_bytes()
+    log_path = tmp_path / "daemon.log"
+    proc = od.start(cfg, log_path)
+    try:
+        _wait("the daemon up", lambda: _safe(lambda: _http("GET", http_port, "/healthz")[0] == 200))
+        # With the replica there: replicated, acknowledged once it has the delivery.
+        status, _, _ = _http("POST", http_port, "/", payload, _signed(payload, "before"))
+        assert status == 202
+        assert st["replica"].client().exists("bot_queue:delivery:before")
+        assert jsonlib.loads(_http("GET", http_port, "/healthz")[1])["durability"] == "replicated"
+        st["primary"].stop(kill=True)  # and never started again
+        new_port = st["replica"].port
+        _wait("the replica promoted", lambda: _safe(
+            lambda: int(st["client"].sentinel_get_master_addr_by_name(MASTER)[1]) == new_port), timeout=30)
+        seen: list = []
+
+        def delivered_after_failover() -> bool:
+            got = _safe(lambda: _http("POST", http_port, "/", payload, _signed(payload, f"settle-{len(seen)}")))
+            seen.append(got)
+            return got is not None and (got[0] == 503 and "NotReplicated" in got[1] if require_replica
+                                        else got[0] == 202)
+        try:
+            _wait("the daemon on the new primary", delivered_after_failover, timeout=30)
+        except AssertionError:
+            raise AssertionError(f"{seen[-3:]} {log_path.read_text()[-2000:]}") from None
+        answers = [_http("POST", http_port, "/", payload, _signed(payload, f"after-{i}")) for i in range(5)]
+        health_status, health, _ = _http("GET", http_port, "/healthz")
+        metrics_text = _http("GET", http_port, "/metrics")[1]
+        if require_replica:
+            assert [a[0] for a in answers] == [503] * 5, answers
+            assert all("NotReplicated" in a[1] for a in answers), answers
+        else:
+            assert [a[0] for a in answers] == [202] * 5, answers
+            # answered without waiting for a replica that is not there (WAIT's timeout)
+            assert max(a[2] for a in answers) < WAIT_MS / 1000, answers
+            assert st["replica"].client().exists(*(f"bot_queue:delivery:after-{i}" for i in range(5))) == 5
+        assert health_status == 200, health
+        assert jsonlib.loads(health)["durability"] == "degraded"
+        assert "litbotd_redis_replicas_connected 0.0" in metrics_text
+        warnings = [line for line in log_path.read_text().splitlines() if "no Redis replica connected" in line]
+        assert len(warnings) == 1, warnings  # once a minute, not per delivery
+        assert od.stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -7,8 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
+from conftest import missing_tool
 from litbotd.config import WorkersConfig, parse_duration
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "litbotd.service"
@@ -20,7 +19,7 @@ _USER_MISSING = re.compile(r"(user|group).*litbotd.*(not exist|not found|failed 
 def _analyze() -> str:
     tool = shutil.which("systemd-analyze") or ("/usr/bin/systemd-analyze" if Path("/usr/bin/systemd-analyze").exists() else None)
     if tool is None:
-        pytest.fail("systemd-analyze is not installed: `apt-get install systemd` (the .ci/run script does this)")
+        missing_tool("systemd-analyze is not installed: install the systemd package (Linux only; .ci/run does)")
     return tool
 
 

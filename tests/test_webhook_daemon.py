@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 import redis as syncredis
 
 from conftest import RedisServer, free_port
+from helpers.env import scrubbed_env
 from test_webhook import LIMIT, PR_OPENED, SECRET, WEBHOOKS, headers, sign
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,8 +38,7 @@ class DaemonProc:
             '[github]\nredeliver_interval = 0\n'
             '[log]\nformat = "text"\n'
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "LITBOTD_", "NOTIFY_SOCKET"))}
-        env.update(GH_WEBHOOK_SECRET=SECRET, PYTHONPATH=str(ROOT))
+        env = scrubbed_env(GH_WEBHOOK_SECRET=SECRET)
         self.proc = subprocess.Popen([sys.executable, "-m", "litbotd", "run", "-c", str(self.config)],
                                      env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
         self.wait_ready()
@@ -210,9 +209,7 @@ async def test_redis_down_then_back_health_and_sigterm(tmp_path_factory: pytest.
 def test_refuses_to_start_without_a_webhook_secret(tmp_path: Path) -> None:
     cfg = tmp_path / "litbotd.toml"
     cfg.write_text('[workers]\ncount = 0\n[redis]\nurl = "redis://127.0.0.1:1/0"\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "LITBOTD_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    r = subprocess.run([sys.executable, "-m", "litbotd", "run", "-c", str(cfg)], env=env, cwd=tmp_path,
+    r = subprocess.run([sys.executable, "-m", "litbotd", "run", "-c", str(cfg)], env=scrubbed_env(), cwd=tmp_path,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
     assert "webhook_secret" in r.stderr
@@ -234,6 +231,9 @@ def _pr_with(path: str, value: Any) -> bytes:
     ("repository.full_name", "acme/widgets/../../app"),
     ("installation.id", "77"),
     ("pull_request.number", 1.5),
+    ("pull_request.number", 0),
+    ("pull_request.number", -5),
+    ("installation.id", -77),
 ])
 async def test_malformed_signed_payloads_are_400_and_not_queued(daemon: DaemonProc, db: syncredis.Redis,
                                                                 path: str, value: Any) -> None:

@@ -112,6 +112,10 @@ class Backend(Protocol):
     async def log_tail(self, name: str, lines: int) -> str:
         """The last `lines` lines of the job's log ("" when there is none yet)."""
 
+    async def copy_log(self, name: str, dest: str) -> bool:
+        """Write the job's whole log so far to the file `dest` (replaced atomically), for its run
+        page; False when there is no log yet. Blocking work runs off the event loop."""
+
     async def stop(self, name: str) -> None:
         """Ask the job to stop. Idempotent; returns within a bounded time, the job may still be stopping."""
 
@@ -129,6 +133,16 @@ class Backend(Protocol):
     async def prune(self) -> int:
         """Delete what finished jobs left behind (older than the backend's keep time); how many."""
         return 0
+
+    # Optional: a backend whose jobs announce their own end sets `reports_end = True` and returns
+    # their names from ended() (the pool's job-ends loop brings their wait_jobs forward); its
+    # wait_job polls are then only the safety net and back off (decisions.next_poll).
+    reports_end: bool = False
+
+    async def ended(self, timeout: float) -> list[str]:
+        """Names of jobs that ended since the last call, waiting up to `timeout` seconds for one."""
+        await asyncio.sleep(timeout)
+        return []
 
 
 class Offload:

@@ -28,6 +28,7 @@ import logging
 import os
 import threading
 import warnings
+from pathlib import Path
 from typing import Any, Mapping
 
 from ..redaction import scrub
@@ -139,6 +140,10 @@ class LightningBackend(Backend):
     async def log_tail(self, name: str, lines: int) -> str:
         check_name(name)
         return await self._call(self._log_tail, name, lines)
+
+    async def copy_log(self, name: str, dest: str) -> bool:
+        check_name(name)
+        return bool(await self._call(self._copy_log, name, dest))
 
     async def stop(self, name: str) -> None:
         check_name(name)
@@ -281,6 +286,26 @@ class LightningBackend(Backend):
         if result is not None and result.kind == "error":
             return JobStatus("failed", None, url, f"failed to start: {result.detail}")
         return JobStatus("failed", None, url, PREEMPTED if preempted else INFRA_FAILED)
+
+    def _copy_log(self, name: str, dest: str) -> bool:
+        """The job's whole log so far (the SDK returns it whole), written to `dest` atomically."""
+        job = self._find(name)
+        if job is None:
+            raise JobNotFound(name)
+        if str(job.status) in ("NotCreated", "Pending"):
+            return False
+        try:
+            text = str(job.logs)
+        except RuntimeError:  # "Logs are not available while the job is …"
+            return False
+        if text and not text.endswith("\n"):
+            text += "\n"  # the SDK's snapshot drops the last newline: lines stay whole
+        out = Path(dest)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.{os.getpid()}.{threading.get_ident()}"
+        tmp.write_text(text, encoding="utf-8", errors="replace")
+        os.replace(tmp, out)
+        return True
 
     def _log_tail(self, name: str, lines: int) -> str:
         job = self._find(name)

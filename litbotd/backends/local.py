@@ -8,6 +8,9 @@ Layout of `{workdir}/{name}/` (mode 0700):
   log.txt      the job's combined stdout and stderr
   result.json  the bootstrap's result (exit code, timeout, fetch error, stopped)
   stop         exists once `stop` was called
+`{workdir}/.ended` is a FIFO: each runner writes its job's name there as its last act, and the
+daemon, reading it (`ended`), reports the job at once; its polls are the safety net (a daemon
+that was down, a full pipe).
 `os.mkdir` of the directory is the start-or-find lock: whoever creates it starts the job; anyone
 else finds it. Slots for `max_parallel` are flock'ed files in `{workdir}/.slots/`.
 
@@ -18,10 +21,12 @@ inherited from the daemon, whose environment holds its secrets. `image`, `machin
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -35,7 +40,7 @@ from ..redaction import scrub
 from . import sandbox
 from .base import FINAL_STATES, NAME_RE, Backend, BackendError, JobNotFound, JobSpec, JobStatus, Offload, check_name
 from .bootstrap import job_argv, job_env
-from .localrun import write_json_atomic
+from .localrun import ENDED_FIFO, write_json_atomic
 
 # A job whose runner has not recorded its pid this long after the directory was made never
 # started (the daemon died between mkdir and spawn).
@@ -46,6 +51,7 @@ TAIL_MAX_BYTES = 8 * 1024 * 1024
 
 class LocalBackend(Backend):
     name = "local"
+    reports_end = True  # its runners announce their end (`ended`); False when the FIFO cannot be used
     prunes = True  # finished job directories older than `keep`
 
     def __init__(self, workdir: str, max_parallel: int, *, python: str = sys.executable,
@@ -64,6 +70,10 @@ class LocalBackend(Backend):
         self.max_log_bytes = max_log_bytes
         self.keep = keep
         self._offload = Offload(threads, call_timeout, "litci-local")
+        self._ends_fds: tuple[int, int] | None = None  # the FIFO, read end and our own write end
+        self._ends: list[str] = []
+        self._ends_partial = b""
+        self._ends_ready: asyncio.Event | None = None
 
     # --- interface ---------------------------------------------------------------------------
     async def start(self, spec: JobSpec) -> JobStatus:
@@ -87,11 +97,83 @@ class LocalBackend(Backend):
         check_name(name)
         await self._offload.run(self._stop, name)
 
+    def log_file(self, name: str) -> str:
+        """The job's own log file (for its run page, which reads it while the job runs)."""
+        return str(self.workdir / check_name(name) / "log.txt")
+
+    async def copy_log(self, name: str, dest: str) -> bool:
+        check_name(name)
+        return await self._offload.run(self._copy_log, name, dest, timeout=600.0)
+
     async def prune(self) -> int:
         """Delete the directories of jobs that finished more than `keep` ago; returns how many."""
         return await self._offload.run(self._prune, time.time() - self.keep, timeout=600.0)
 
+    async def ended(self, timeout: float) -> list[str]:
+        """Names of jobs whose runner announced its end since the last call; waits up to
+        `timeout` seconds for the first. [] when nothing ended (or the FIFO cannot be used)."""
+        if self._ends_ready is None:
+            self._ends_ready = asyncio.Event()
+            try:
+                self._ends_fds = await asyncio.to_thread(self._open_ends)
+            except OSError as e:
+                self.reports_end = False
+                raise BackendError(f"jobs.local.workdir: cannot use {self.workdir / ENDED_FIFO} to learn of "
+                                   f"ended jobs, polling instead: {e.strerror or e}") from None
+            asyncio.get_running_loop().add_reader(self._ends_fds[0], self._read_ends)
+        if not self._ends and self._ends_fds is not None:
+            try:
+                await asyncio.wait_for(self._ends_ready.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        elif self._ends_fds is None:
+            await asyncio.sleep(timeout)
+        out, self._ends = self._ends, []
+        self._ends_ready.clear()
+        return out
+
+    def _open_ends(self) -> tuple[int, int]:
+        """mkfifo (0600) once; read it non-blocking, and hold a write end ourselves so the read end
+        never sees EOF between runners."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = self.workdir / ENDED_FIFO
+        try:
+            os.mkfifo(path, 0o600)
+        except FileExistsError:
+            pass
+        if not stat.S_ISFIFO(os.lstat(path).st_mode):
+            raise OSError(f"{path} exists and is not a FIFO")
+        rfd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        wfd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        return rfd, wfd
+
+    def _read_ends(self) -> None:
+        assert self._ends_fds is not None and self._ends_ready is not None
+        data = self._ends_partial
+        while True:
+            try:
+                chunk = os.read(self._ends_fds[0], 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        *lines, partial = data.split(b"\n")
+        self._ends_partial = partial[-256:]  # a name is at most 60 characters: the rest is noise
+        names = [n for n in (line.decode("ascii", "replace") for line in lines) if NAME_RE.match(n)]
+        if names:
+            self._ends += names
+            self._ends_ready.set()
+
     async def close(self) -> None:
+        if self._ends_fds is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self._ends_fds[0])
+            except RuntimeError:  # no running loop (closed from a thread at exit)
+                pass
+            for fd in self._ends_fds:
+                os.close(fd)
+            self._ends_fds = None
         self._offload.close()
 
     # --- blocking parts (run on the thread pool) ---------------------------------------------
@@ -237,6 +319,17 @@ class LocalBackend(Backend):
                 os.killpg(pgid, signal.SIGTERM)  # the runner and the bootstrap; it kills the script's group
             except ProcessLookupError:
                 pass
+
+    def _copy_log(self, name: str, dest: str) -> bool:
+        src = self.workdir / name / "log.txt"
+        if not src.exists():
+            return False
+        out = Path(dest)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.{os.getpid()}"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, out)
+        return True
 
     def _log_tail(self, name: str, lines: int) -> str:
         jobdir = self.workdir / name

@@ -18,6 +18,7 @@ import json
 import os
 import select
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -29,6 +30,25 @@ from .bootstrap import result_from_json
 
 SLOT_POLL = 0.2  # seconds between tries for a free slot
 DRAIN_AFTER_EXIT = 2.0  # seconds the output pipe is still read after the bootstrap exited
+ENDED_FIFO = ".ended"  # in the workdir: a FIFO the daemon reads; a runner writes its job's name there last
+
+
+def announce_end(jobdir: Path) -> None:
+    """The runner's last act: its job's name, one line, into the workdir's FIFO, so a daemon that
+    is listening reports the job at once. Best effort, never blocking: with no daemon reading
+    (ENXIO), a full pipe or no FIFO, nothing happens and the daemon's poll finds the end instead.
+    One line is under PIPE_BUF, so lines of runners ending together never interleave."""
+    try:
+        fd = os.open(jobdir.parent / ENDED_FIFO, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.write(fd, jobdir.name.encode() + b"\n")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -220,6 +240,8 @@ def main(argv: list[str]) -> int:
         runner.write(state="failed", exit_code=None, finished=time.time(),
                      message=f"the local runner failed: {type(e).__name__}: {e}")
         return 1
+    finally:
+        announce_end(runner.dir)  # after the final status.json: a reader of it sees the end
     return 0
 
 

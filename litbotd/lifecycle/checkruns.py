@@ -56,8 +56,9 @@ async def report_completed(ctx: Context, p: dict[str, Any], ref: RunRef, tail: s
     output = report.check_output(row)
     gh, inst = ctx.github, p["installation"]
     fields: dict[str, Any] = {}
-    if row.details_url and row.details_url.startswith(("http://", "https://")):
-        fields["details_url"] = row.details_url  # also when its in_progress update was skipped
+    details = ctx.page_url(ref.repo, ref.sha, ref.key, ref.attempt) or row.details_url
+    if details and details.startswith(("http://", "https://")):
+        fields["details_url"] = details  # also when its in_progress update was skipped
     await checks.update_check(gh, inst, ref.repo, check_id, status="completed",
                               conclusion=row.conclusion, completed_at=checks.iso(time.time()), output=output,
                               **fields)

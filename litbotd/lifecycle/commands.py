@@ -5,6 +5,7 @@ import time
 
 from .. import checks, decisions, logs
 from ..context import Context
+from ..payloads import BOOL, ID, REPO, SHA, STR, needs, opt
 from ..runstate import RunRef
 from ..tasks import Task
 from . import spending
@@ -15,6 +16,7 @@ from .planning import queue_run
 log = logs.get("litbotd.lifecycle")
 
 
+@needs(repo=REPO, installation=ID, reason=STR, sha=opt(SHA), pr=opt(ID), all_shas=opt(BOOL))
 async def cancel(task: Task, ctx: Context) -> list[Task]:
     """Stop the runs of one SHA (superseded, /litci cancel) or of every SHA of a PR (closed)."""
     p = task.payload
@@ -43,6 +45,8 @@ async def cancel(task: Task, ctx: Context) -> list[Task]:
     return await comment_soon(task, ctx, repo, p.get("pr"), p["installation"])
 
 
+@needs(repo=REPO, sha=SHA, installation=ID, check_run_id=opt(ID), external_id=opt(STR), check_name=opt(STR),
+       pr=opt(ID))
 async def rerun(task: Task, ctx: Context) -> list[Task]:
     """check_run re-requested: that one run again; check_suite re-requested: every run of the SHA."""
     p = task.payload
@@ -64,6 +68,7 @@ async def rerun(task: Task, ctx: Context) -> list[Task]:
     return out + await comment_soon(task, ctx, repo, pr, p["installation"])
 
 
+@needs(repo=REPO, installation=ID, pr=ID, user=STR, comment_id=ID, body=opt(STR))
 async def command(task: Task, ctx: Context) -> list[Task]:
     """`/litci run [NAME…]`, `/litci cancel`, `/litci ok-to-test`, `/litci approve-cost`, from a
     user who may write."""

@@ -2,7 +2,8 @@
 
 Every change of a PR's runs bumps the PR's version and schedules a `comment` task a moment later
 (`comment_soon`); the `comment` task edits the comment only if nothing newer has been shown yet,
-at most once per COMMENT_EDIT_INTERVAL, under the PR's fenced claim (locks.FencedLock).
+at most once per COMMENT_EDIT_INTERVAL, under the PR's fenced claim (locks.FencedLock) — except
+the last edit, once every run of the head has concluded, which goes out at once (SPEC §5).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .. import checks, logs, report
 from ..context import Context
 from ..github import PaceDeferred
 from ..locks import FencedLock
+from ..payloads import ID, REPO, needs
 from ..runstate import TTL, RunRef, RunState
 from ..tasks import Task
 from .checkruns import report_row
@@ -34,17 +36,34 @@ async def _render_comment(rs: RunState, repo: str, pr: int, head: str | None) ->
     return report.summary_comment(repo, pr, head, rows) if rows else None
 
 
-async def comment_soon(task: Task, ctx: Context, repo: str, pr: int | None, inst: int) -> list[Task]:
+async def _all_concluded(rs: RunState, repo: str, head: str | None) -> bool:
+    """Every run of the PR's head commit has concluded: the comment's last edit is due."""
+    if not head:
+        return False
+    runs = await rs.runs(repo, head)
+    for key, (_, attempt) in runs.items():
+        if not (await rs.get(RunRef(repo, head, key, attempt))).get("conclusion"):
+            return False
+    return bool(runs)
+
+
+async def comment_soon(task: Task, ctx: Context, repo: str, pr: int | None, inst: int,
+                       sha: str | None = None) -> list[Task]:
     """A coalesced summary-comment edit: each change bumps the PR's version and schedules a
     `comment` task a moment later, which edits the comment only if nothing newer has been shown.
-    A burst of run changes (a matrix starting) costs one edit, not one per run and phase."""
+    A burst of run changes (a matrix starting) costs one edit, not one per run and phase. A
+    conclusion (`sha` given) that leaves every run of the head concluded schedules it now: the
+    last edit waits neither for the debounce nor for the edit spacing (SPEC §5)."""
     if pr is None or not ctx.config.report.comment:
         return []
-    await ctx.runs.bump_version(repo, pr)
+    rs = ctx.runs
+    await rs.bump_version(repo, pr)
+    last = sha is not None and sha == (await rs.pr(repo, pr)).get("head") and await _all_concluded(rs, repo, sha)
     return [task.successor("comment", {"repo": repo, "pr": pr, "installation": inst},
-                           run_at=time.time() + COMMENT_DEBOUNCE, key="comment")]
+                           run_at=0.0 if last else time.time() + COMMENT_DEBOUNCE, key="comment")]
 
 
+@needs(repo=REPO, pr=ID, installation=ID)
 async def comment(task: Task, ctx: Context) -> list[Task]:
     """Edit the summary comment, unless an earlier comment task already showed this version.
 
@@ -59,7 +78,7 @@ async def comment(task: Task, ctx: Context) -> list[Task]:
     if _comment_version_due(info) is None:
         return []
     next_edit = float(info.get("commented_at") or 0) + COMMENT_EDIT_INTERVAL
-    if next_edit > time.time():
+    if next_edit > time.time() and not await _all_concluded(rs, repo, info.get("head")):
         # Edits of one comment coalesce: at most one per interval, showing the latest state.
         return [task.successor("comment", p, run_at=next_edit, key="coalesced")]
     claim = FencedLock(ctx.redis, ctx.queue.key("lock", "comment", f"{repo}#{pr}"), COMMENT_CLAIM_TTL)

@@ -10,6 +10,8 @@ from ..annotations import SCAN_LINES, scan
 from ..backends.base import JobNotFound, JobSpec, JobStatus
 from ..context import Context
 from ..github import PaceDeferred
+from ..pages.keep import keep_run
+from ..payloads import BOOL, ID, INT, NUM, REPO, SHA, STR, needs, opt
 from ..runstate import RunRef
 from ..tasks import Task
 from . import spending
@@ -19,6 +21,12 @@ from .comments import comment_soon
 log = logs.get("litbotd.lifecycle")
 
 
+# What a run's job steps carry (each schema next to its handler; payloads.py checks them first).
+_RUN = dict(repo=REPO, sha=SHA, run=STR, attempt=INT, installation=ID, check_run_id=ID, pr=opt(ID),
+            private=opt(BOOL), delivery=opt(STR))
+
+
+@needs(**_RUN)
 async def start_job(task: Task, ctx: Context) -> list[Task]:
     p = task.payload
     cfg, rs = ctx.config, ctx.runs
@@ -51,8 +59,9 @@ async def start_job(task: Task, ctx: Context) -> list[Task]:
             await spending.ended(ctx, ref)
             return []
         fields: dict[str, Any] = {"status": "in_progress", "started_at": checks.iso(now)}
-        if status.url and status.url.startswith(("http://", "https://")):
-            fields["details_url"] = status.url
+        details = ctx.page_url(repo, sha, key, attempt) or status.url  # the run page, else the job's own link
+        if details and details.startswith(("http://", "https://")):
+            fields["details_url"] = details
         try:
             await checks.update_check(ctx.github, p["installation"], repo, int(p["check_run_id"]), "progress",
                                       defer=True, **fields)
@@ -70,6 +79,7 @@ async def start_job(task: Task, ctx: Context) -> list[Task]:
                            key=name), *await comment_soon(task, ctx, repo, await _pr_of(ctx, p), p["installation"])]
 
 
+@needs(**_RUN, job=STR, poll=NUM, queued_at=NUM, running_since=opt(NUM))
 async def wait_job(task: Task, ctx: Context) -> list[Task]:
     p = task.payload
     cfg, rs = ctx.config, ctx.runs
@@ -78,6 +88,7 @@ async def wait_job(task: Task, ctx: Context) -> list[Task]:
     if state.get("conclusion"):
         if state["conclusion"] == decisions.CANCELLED:
             await ctx.backend.stop(p["job"])
+            await _keep_page(ctx, p, ref)  # what it printed until then stays readable
         return []
     try:
         status = await ctx.backend.status(p["job"])
@@ -89,7 +100,8 @@ async def wait_job(task: Task, ctx: Context) -> list[Task]:
     d = decisions.decide_wait(status.state, now, p["queued_at"], running_since, run.timeout,
                               cfg.jobs.queue_timeout, grace=cfg.jobs.poll_interval_max)
     if d.action == "poll":
-        poll = decisions.next_poll(p["poll"], cfg.jobs.poll_interval, cfg.jobs.poll_interval_max)
+        poll = decisions.next_poll(p["poll"], cfg.jobs.poll_interval, cfg.jobs.poll_interval_max, status.state,
+                                   reports_end=ctx.backend.reports_end)
         return [task.successor("wait_job", {**p, "poll": poll, "running_since": running_since},
                                run_at=now + poll, key=str(now))]
     if d.action == "stop":
@@ -100,6 +112,7 @@ async def wait_job(task: Task, ctx: Context) -> list[Task]:
     return [task.successor("results", p, key="results")]
 
 
+@needs(**_RUN, job=STR, timed_out=opt(BOOL), message=opt(STR))
 async def results(task: Task, ctx: Context) -> list[Task]:
     p = task.payload
     rs = ctx.runs
@@ -119,10 +132,21 @@ async def results(task: Task, ctx: Context) -> list[Task]:
     conclusion, message = await rs.conclude(ref, conclusion, message, time.time())
     metrics.JOBS.labels(ctx.backend.name, conclusion).inc()
     await spending.ended(ctx, ref, status.cost)
+    await _keep_page(ctx, p, ref)  # before the check run completes: its link then shows the final page
     await report_completed(ctx, p, ref, tail, found)
     log.info("run finished", conclusion=conclusion, exit_code=status.exit_code, job=p["job"],
              annotations=len(found.annotations), tests=found.tests_text or None)
-    return await comment_soon(task, ctx, p["repo"], await _pr_of(ctx, p), p["installation"])
+    return await comment_soon(task, ctx, p["repo"], await _pr_of(ctx, p), p["installation"], sha=p["sha"])
+
+
+async def _keep_page(ctx: Context, p: dict[str, Any], ref: RunRef) -> None:
+    """Keep the ended run's whole log and page on the VM (with server.public_url; SPEC §9)."""
+    if ctx.page_store is None or ctx.backend_impl is None or not p.get("job"):
+        return
+    run, _ = (await ctx.runs.runs(ref.repo, ref.sha))[ref.key]
+    spec = {"check_name": run.check_name, "machine": run.machine, "image": run.image,
+            "backend": ctx.backend.name, "pr": await _pr_of(ctx, p)}
+    await keep_run(ctx.backend, ctx.page_store, p["job"], await ctx.runs.get(ref), spec)
 
 
 async def _pr_of(ctx: Context, p: dict[str, Any]) -> int | None:

@@ -8,6 +8,7 @@ from typing import Any
 from .. import checks, decisions, logs, report, workflows
 from ..context import Context
 from ..github import GitHubApp
+from ..payloads import BOOL, ID, REPO, SHA, STR, needs, opt
 from ..runstate import RunRef
 from ..tasks import Task
 from .checkruns import report_row, routing
@@ -20,9 +21,11 @@ async def queue_run(ctx: Context, task: Task, p: dict[str, Any], run: workflows.
     """Create the run's `queued` check run and the start_job task that follows."""
     gh, rs = ctx.github, ctx.runs
     ref = RunRef(p["repo"], p["sha"], run.key, attempt)
+    page = ctx.page_url(p["repo"], p["sha"], run.key, attempt)  # the run page, from the start (SPEC §9)
     check_id = await checks.find_or_create_check(
         gh, p["installation"], p["repo"], p["sha"], run.check_name, decisions.external_id(run.key, attempt),
-        priority="create", status="queued", output=report.check_output(report_row(run, attempt, {})))
+        priority="create", status="queued", output=report.check_output(report_row(run, attempt, {})),
+        **({"details_url": page} if page else {}))
     await rs.count_write(ref)
     if not await rs.transition(ref, ("", "queued"), status="queued", check_run_id=check_id, queued_at=time.time()):
         await rs.update(ref, check_run_id=check_id)  # repeated after a cancel ended it: keep its state
@@ -45,6 +48,8 @@ async def _report_plan(gh: GitHubApp, inst: int, repo: str, sha: str, plan: work
                                           conclusion=decisions.NEUTRAL, output=report.no_workflows_output())
 
 
+@needs(repo=REPO, sha=SHA, pr=ID, installation=ID, base_ref=STR, fork=opt(BOOL), author_association=opt(STR),
+       author=opt(STR), action=opt(STR), private=opt(BOOL))
 async def new_event(task: Task, ctx: Context) -> list[Task]:
     p = task.payload
     cfg, gh, rs = ctx.config, ctx.github, ctx.runs
@@ -86,6 +91,7 @@ async def new_event(task: Task, ctx: Context) -> list[Task]:
     return out + await comment_soon(task, ctx, repo, pr, inst)
 
 
+@needs(repo=REPO, sha=SHA, installation=ID, event=STR, branch=STR, pr=opt(ID), private=opt(BOOL))
 async def new_commit(task: Task, ctx: Context) -> list[Task]:
     """merge_group checks_requested / push: the workflows read at the commit, planned for the
     event and branch. Only people with write access push or queue, so no fork rules apply; no PR,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -23,6 +22,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers.env import scrubbed_env  # noqa: E402
 
 
 def free_port() -> int:
@@ -47,8 +48,7 @@ def main() -> None:
                        f'[workers]\ncount = {args.workers}\n[jobs]\nbackend = "local"\n'
                        f'[jobs.local]\nworkdir = "{tmp}/jobs"\nsandbox = false\n'
                        '[github]\nredeliver_interval = 0\n[log]\nformat = "text"\n')
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "LITBOTD_", "NOTIFY_SOCKET"))}
-        env.update(PYTHONPATH=str(ROOT), GH_WEBHOOK_SECRET="idle-secret")
+        env = scrubbed_env(GH_WEBHOOK_SECRET="idle-secret")
         daemon = subprocess.Popen([sys.executable, "-m", "litbotd", "run", "-c", str(cfg)], env=env,
                                   stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "daemon.log", "wb"))
         try:

@@ -40,6 +40,9 @@ from pathlib import Path
 import redis as syncredis
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers.env import scrubbed_env  # noqa: E402
+
 PAYLOAD = ROOT / "tests" / "data" / "webhooks" / "pull_request.synchronize.1.json"
 SECRET = "bench-secret"
 WARMUP = 500
@@ -246,8 +249,7 @@ def main() -> None:
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         redis = subprocess.Popen([binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                                   "--appendonly", "no", "--dir", tmp_s], stdout=subprocess.DEVNULL)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "LITBOTD_", "NOTIFY_SOCKET"))}
-        env.update(PYTHONPATH=str(ROOT), GH_WEBHOOK_SECRET=SECRET)
+        env = scrubbed_env(GH_WEBHOOK_SECRET=SECRET)
         try:
             # Interleaved rounds: a neighbour's burst of CPU use spreads over all three servers.
             for rnd in range(args.rounds):

@@ -108,11 +108,9 @@ def main(argv: Sequence[str]) -> int:
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment of a daemon or CLI subprocess: nothing from the developer's shell that
     litbotd reads, this checkout importable."""
-    drop = ("GH_", "LITBOTD_", "LIGHTNING_", "NOTIFY_SOCKET", "WATCHDOG_", "JOURNAL_STREAM", "CREDENTIALS_DIRECTORY")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop) and k != "REDIS_URL"}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
+    from helpers.env import scrubbed_env  # the test side only: the daemon side runs as a script
+
+    return scrubbed_env(**extra)
 
 
 def write_config(path: Path, redis_url: str, *, queue: str = "bot_queue", workers: int = 2,
@@ -141,6 +139,7 @@ shutdown_grace = "10s"
 backend = "local"
 
 [jobs.local]
+sandbox = false
 workdir = "{path.parent / 'jobs'}"
 
 [log]
