@@ -95,6 +95,7 @@ class JobsConfig:
     queue_timeout: float = 3600.0
     default_timeout: float = 3600.0
     cancel_superseded: bool = True
+    infra_retries: int = 2          # SPEC §11: a run lost to the infrastructure is retried this many times
     lightning: LightningConfig = LightningConfig()
     local: LocalConfig = LocalConfig()
 
@@ -283,6 +284,8 @@ def _validate(cfg: Config) -> None:
         bad("jobs.default_timeout", "must be more than 0")
     if j.queue_timeout <= 0:
         bad("jobs.queue_timeout", "must be more than 0")
+    if not 0 <= j.infra_retries <= 10:
+        bad("jobs.infra_retries", f"must be between 0 and 10, got {j.infra_retries}")
     if j.lightning.teamspace and j.lightning.teamspace.count("/") != 1:
         bad("jobs.lightning.teamspace", f"must look like 'owner/teamspace', got {j.lightning.teamspace!r}")
     if j.local.max_parallel < 1:

@@ -15,9 +15,11 @@ SUCCESS, FAILURE, TIMED_OUT, CANCELLED, NEUTRAL, ACTION_REQUIRED = (
 WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
 
 
-def job_name(repo: str, sha: str, run_key: str, attempt: int) -> str:
-    """Deterministic, so a crash between starting a job and recording it finds the same job."""
-    digest = hashlib.sha256(f"{repo}\n{sha}\n{run_key}\n{attempt}".encode()).hexdigest()[:20]
+def job_name(repo: str, sha: str, run_key: str, attempt: int, try_n: int = 1) -> str:
+    """Deterministic, so a crash between starting a job and recording it finds the same job.
+    Each infrastructure retry (`try_n` > 1, SPEC §11) of an attempt is a job of its own name."""
+    extra = f"\ntry {try_n}" if try_n > 1 else ""
+    digest = hashlib.sha256(f"{repo}\n{sha}\n{run_key}\n{attempt}{extra}".encode()).hexdigest()[:20]
     return f"litci-{digest}"
 
 
@@ -52,16 +54,22 @@ class WaitDecision:
 
 
 def decide_wait(state: str, now: float, queued_at: float, running_since: float | None,
-                timeout: float, queue_timeout: float, grace: float) -> WaitDecision:
+                timeout: float, queue_timeout: float, grace: float,
+                unknown_since: float | None = None) -> WaitDecision:
     """What a wait_job poll does with the job's state.
 
     The job enforces its own timeout (bootstrap kills the script); the bot enforces it again
-    after a grace, for a job whose platform never reports back."""
-    if state in ("succeeded", "failed", "stopped", "unknown"):
+    after a grace, for a job whose platform never reports back. A state the backend reports but
+    litbotd does not know ("unknown", since `unknown_since`) counts as still running, never as
+    pending, for at most queue_timeout (SPEC §11)."""
+    if state in ("succeeded", "failed", "stopped"):
         return WaitDecision("results")
     if state == "pending" and now - queued_at > queue_timeout:
         return WaitDecision("stop", TIMED_OUT, f"the job stayed pending longer than {_mins(queue_timeout)} (queue_timeout)")
-    if state in ("running", "stopping") and running_since is not None and now - running_since > timeout + grace:
+    if state == "unknown" and now - (unknown_since if unknown_since is not None else now) > queue_timeout:
+        return WaitDecision("stop", NEUTRAL, "the backend reported a state litbotd does not know for longer than "
+                                             f"{_mins(queue_timeout)} (queue_timeout)")
+    if state in ("running", "stopping", "unknown") and running_since is not None and now - running_since > timeout + grace:
         return WaitDecision("stop", TIMED_OUT, f"the job ran longer than its timeout of {_mins(timeout)}")
     return WaitDecision("poll")
 
@@ -78,9 +86,11 @@ def conclusion_for(state: str, exit_code: int | None, timed_out: bool) -> str:
     return NEUTRAL  # stopped by someone else, or unknown: we cannot say how it went
 
 
-def may_start(run_state: dict[str, str]) -> bool:
-    """A run starts its job only while nothing has ended it or asked it to stop."""
-    return not run_state.get("conclusion") and not run_state.get("cancel_reason")
+def may_start(run_state: dict[str, str], try_n: int = 1) -> bool:
+    """A run starts its job only while nothing has ended it or asked it to stop, and only for the
+    infrastructure try in force (a stale start of an earlier try starts nothing)."""
+    return (not run_state.get("conclusion") and not run_state.get("cancel_reason")
+            and int(run_state.get("try") or 1) == try_n)
 
 
 def needs_token(private: bool | None) -> bool:

@@ -80,6 +80,11 @@ class RunReport:
     cost_projected: bool = False  # `cost` is the projection (price × timeout), not yet spent
     price: float | None = None  # USD per hour of its machine, when priced
     approved_by: str = ""      # the writer whose /litci approve-cost let it start
+    # SPEC §11: tries of this attempt when the infrastructure failed it, and how each ended:
+    # ("attempt 1 of 3: preempted: …", …); try_n of tries_total is the one shown.
+    tries: tuple[str, ...] = ()
+    try_n: int = 1
+    tries_total: int = 1
 
     @property
     def state(self) -> str:
@@ -235,10 +240,12 @@ def check_output(r: RunReport) -> dict[str, str]:
         title = outcome
     if r.attempt > 1:
         title += f" (attempt {r.attempt})"
+    if r.try_n > 1:
+        title += f" · attempt {r.try_n} of {r.tries_total}"
 
     lines = [f"**{outcome}**" + (f": {_code(_clip_end(r.message, 2000))}" if r.message.strip() else ""), "",
              "| Machine | Image | Duration | Attempt | Cost |", "|---|---|---|---|---|",
-             f"| {_cell(r.machine)} | {_cell(r.image)} | {duration_text(duration)} | {r.attempt} | "
+             f"| {_cell(r.machine)} | {_cell(r.image)} | {duration_text(duration)} | {_attempt_cell(r)} | "
              f"{cost_text(r.cost, r.cost_projected)} |"]
     if r.cost is not None and r.price:
         lines += ["", f"**Cost:** {cost_text(r.cost, r.cost_projected)} at ${r.price:,.2f}/h"
@@ -247,6 +254,9 @@ def check_output(r: RunReport) -> dict[str, str]:
         lines += ["", f"**Cost approved by** {_code('@' + r.approved_by)} (`approve-cost`)"]
     if link := _link(r.details_url, "Job details"):
         lines += ["", link]
+    if r.tries:
+        lines += ["", "**Attempts** (the infrastructure failed the earlier ones; they were tried again):", ""]
+        lines += [f"- {_code(_clip_end(t, 2000))}" for t in r.tries[-20:]]
     if r.tests:
         lines += ["", f"**Tests:** {_code(r.tests)}"]
     if r.annotations:
@@ -262,6 +272,14 @@ def check_output(r: RunReport) -> dict[str, str]:
         # Shorten freak backtick runs so the fence that must outgrow them fits the 200 spare bytes.
         text += _fenced(re.sub(r"`{16,}", "`" * 15, body), "text")
     return {"title": _clip_end(title, 1000), "summary": summary, "text": text}
+
+
+def _attempt_cell(r: RunReport) -> str:
+    """The re-run attempt, and the infrastructure try within it once there was a retry."""
+    if r.try_n <= 1:
+        return str(r.attempt)
+    tries = f"{r.try_n} of {r.tries_total}"
+    return tries if r.attempt == 1 else f"{r.attempt} (try {tries})"
 
 
 def error_check_output(file: str, line: int | None, message: str) -> dict[str, str]:

@@ -4,7 +4,12 @@
                                              spent, untrusted, cost_approved_by (spend.py, SPEC §11)
     q:run:<repo>@<sha>:<run>:<attempt> hash  status, check_run_id, job, times, url, message,
                                              cancel_reason, conclusion (set once: first terminal wins),
-                                             price, projected, held, spent (set once), spent_day
+                                             try (the infrastructure try now, 1 when absent), tries
+                                             (how many it may have),
+                                             try:<n> (how try n ended, SPEC §11), try_cost:<n>
+                                             (what it cost, when the backend said),
+                                             price, projected, held, spent (the sum of spent:<try>, each
+                                             set once: spend.py's ledger), spent_day
     q:pr:<repo>#<pr>                   hash  head, base_ref, installation, comment_id, approved,
                                              version (changes), commented (version shown)
     q:pr:<repo>#<pr>:shas              set   every head SHA seen, for supersede and close
@@ -66,6 +71,25 @@ if redis.call('HEXISTS', KEYS[1], 'conclusion') == 1 then return 0 end
 redis.call('HSETNX', KEYS[1], 'cancel_reason', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
+"""
+
+
+# KEYS: run hash. ARGV: the try that ended, how it ended (one line), ttl, tries in all, its cost
+# (USD, '' when unknown). The try now in force:
+# from + 1 when this call (or an earlier run of the same task) advanced it, another number when a
+# different task did; 0 when the run has concluded or is being cancelled (no further try).
+_ADVANCE_TRY = """
+if redis.call('HEXISTS', KEYS[1], 'conclusion') == 1 or redis.call('HEXISTS', KEYS[1], 'cancel_reason') == 1 then
+  return 0
+end
+local cur = tonumber(redis.call('HGET', KEYS[1], 'try') or '1')
+if cur == tonumber(ARGV[1]) then
+  cur = cur + 1
+  redis.call('HSET', KEYS[1], 'try', cur, 'try:' .. ARGV[1], ARGV[2], 'tries', ARGV[4])
+  if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'try_cost:' .. ARGV[1], ARGV[5]) end
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+return cur
 """
 
 
@@ -191,6 +215,15 @@ class RunState:
         the first decides). Returns the conclusion and message in force."""
         got = await self._conclude(keys=[self._run(ref)], args=[conclusion, message, repr(finished_at), TTL])
         return got[0], got[1] or ""
+
+    async def advance_try(self, ref: RunRef, ended: int, line: str, total: int, cost: float | None = None) -> int:
+        """Record how infrastructure try `ended` ended and move the run to the next try, once:
+        a repeated call (the same task after a crash) gets the same answer. Returns the try in
+        force, ended + 1 when this is the one to start; 0 when the run concluded or is cancelled.
+        The ended try's cost, when the backend reported it, stays as `try_cost:<ended>` (spend)."""
+        script = self.r.register_script(_ADVANCE_TRY)
+        return int(await script(keys=[self._run(ref)], args=[ended, line, TTL, total,
+                                                            "" if cost is None else repr(float(cost))]))
 
     async def request_cancel(self, ref: RunRef, reason: str) -> bool:
         """Mark a run cancelled for the phases that will see it next; False if it already ended."""

@@ -8,12 +8,15 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 import redis as syncredis
 
 from helpers.env import TEST_KNOBS, dropped
+
+if TYPE_CHECKING:
+    from lightning_standin import LightningStandIn
 
 DATA = Path(__file__).parent / "data"
 # .ci/run sets it, so that on CI a test that needs the local jobs' sandbox fails where a newcomer's
@@ -163,3 +166,42 @@ def scrubbed_session() -> Iterator[None]:
 def clean_env() -> None:
     """No config from the developer's environment leaks into a test (the session is scrubbed
     already; kept for the tests that ask for it by name)."""
+
+
+@pytest.fixture(scope="session")
+def lightning_server() -> Iterator["LightningStandIn"]:
+    """One Lightning stand-in per session: the SDK caches its client process-wide."""
+    from lightning_standin import LightningStandIn
+
+    server = LightningStandIn()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def lightning(lightning_server: "LightningStandIn", monkeypatch: pytest.MonkeyPatch,
+              tmp_path: Path) -> Iterator["LightningStandIn"]:
+    """The real lightning-sdk aimed at the stand-in, with credentials in the environment and no
+    user config. Every request the test made must be one the stand-in models."""
+    lightning_server.reset()
+    for k in list(os.environ):
+        if k.startswith("LIGHTNING_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("LIGHTNING_CLOUD_URL", lightning_server.url)
+    monkeypatch.setenv("LIGHTNING_USER_ID", "user-1")
+    monkeypatch.setenv("LIGHTNING_API_KEY", "lightning-api-key-must-stay-home")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.lightning/config.yaml of the developer
+    from litbotd.backends.lightning import _import_sdk
+
+    _import_sdk()
+    from lightning_sdk.api import utils as sdk_utils
+    from lightning_sdk.lightning_cloud import env as sdk_cloud_env
+
+    # The SDK reads its URL at import and caches one client per process: aim both at the stand-in.
+    monkeypatch.setattr(sdk_cloud_env, "LIGHTNING_CLOUD_URL", lightning_server.url)
+    sdk_utils.cached_lightning_client.cache_clear()
+    sdk_utils.allowed_resource_access.cache_clear()
+    yield lightning_server
+    lightning_server.release()
+    assert lightning_server.unknown == [], f"requests the Lightning stand-in does not model: {lightning_server.unknown}"

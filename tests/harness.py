@@ -167,14 +167,15 @@ class InProcessDaemon:
 class SubprocessDaemon:
     """`litbotd run` as a child process (the real CLI), for SIGKILL tests."""
 
-    def __init__(self, config_path: Path, log_path: Path) -> None:
+    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.config_path = config_path
         self.log_path = log_path
+        self.env = env or {}  # set on purpose over the scrubbed environment (e.g. a stand-in's URL)
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
 
     def start(self) -> None:
-        env = scrubbed_env(GH_PRIVATE_KEY=PRIVATE_PEM, GH_WEBHOOK_SECRET=SECRET, PYTHONUNBUFFERED="1")
+        env = scrubbed_env(GH_PRIVATE_KEY=PRIVATE_PEM, GH_WEBHOOK_SECRET=SECRET, PYTHONUNBUFFERED="1", **self.env)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "litbotd", "run", "-c", str(self.config_path)],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env)

@@ -315,3 +315,12 @@ async def test_make_backend_builds_local_from_config(tmp_path: Path) -> None:
         assert (b.sandbox, b.network, b.max_log_bytes) == (True, "none", 65536)
     finally:
         await b.close()
+
+
+async def test_local_jobs_list_no_prices(tmp_path: Path) -> None:
+    """SPEC §11: local jobs are priced only by limits.prices."""
+    b = local(tmp_path)
+    try:
+        assert await b.prices() == {}
+    finally:
+        await b.close()

@@ -14,6 +14,11 @@ def test_job_name_is_deterministic_and_distinct_per_attempt():
     assert a == d.job_name("o/r", "a" * 40, "ci-3-11-1a2b3c4d", 1)
     assert a != d.job_name("o/r", "a" * 40, "ci-3-11-1a2b3c4d", 2)
     assert a != d.job_name("o/other", "a" * 40, "ci-3-11-1a2b3c4d", 1)
+    # infrastructure retries (SPEC §11): a name per try, try 1 keeps the attempt's name
+    assert d.job_name("o/r", "a" * 40, "ci-3-11-1a2b3c4d", 1, 1) == a
+    tries = {d.job_name("o/r", "a" * 40, "ci-3-11-1a2b3c4d", 1, n) for n in (1, 2, 3)}
+    assert len(tries) == 3 and d.job_name("o/r", "a" * 40, "ci-3-11-1a2b3c4d", 1, 2) in tries
+    assert all(n.startswith("litci-") and len(n) <= 60 for n in tries)
     assert a.startswith("litci-") and len(a) <= 60 and a.replace("-", "").isalnum()
 
 
@@ -43,6 +48,18 @@ def test_decide_wait():
     too_long = d.decide_wait("running", now, 0, now - 91, 60, 600, 30)
     assert (too_long.action, too_long.conclusion) == ("stop", d.TIMED_OUT)
     assert "1 min" in too_long.message
+
+
+def test_decide_wait_unknown_state_counts_as_running_up_to_queue_timeout():
+    """SPEC §11: a state litbotd does not know is never pending, and never waited on for good."""
+    now = 10_000.0
+    assert d.decide_wait("unknown", now, now - 5000, None, 60, 600, 30, unknown_since=now - 10).action == "poll"
+    assert d.decide_wait("unknown", now, now - 5000, None, 60, 600, 30, unknown_since=None).action == "poll"
+    gave_up = d.decide_wait("unknown", now, 0, None, 3600, 600, 30, unknown_since=now - 601)
+    assert (gave_up.action, gave_up.conclusion) == ("stop", d.NEUTRAL)
+    assert "does not know" in gave_up.message and "queue_timeout" in gave_up.message and "pending" not in gave_up.message
+    ran_too_long = d.decide_wait("unknown", now, 0, now - 91, 60, 600, 30, unknown_since=now - 5)
+    assert (ran_too_long.action, ran_too_long.conclusion) == ("stop", d.TIMED_OUT)
 
 
 def test_conclusions():
@@ -87,6 +104,9 @@ def test_a_run_starts_only_while_nothing_ended_or_cancelled_it() -> None:
     assert decisions.may_start({"status": "queued"})
     assert not decisions.may_start({"status": "queued", "cancel_reason": "closed"})
     assert not decisions.may_start({"status": "completed", "conclusion": "cancelled"})
+    assert decisions.may_start({"status": "in_progress", "try": "2"}, 2)
+    assert not decisions.may_start({"status": "in_progress", "try": "3"}, 2)  # a stale start of an earlier try
+    assert not decisions.may_start({"status": "in_progress", "try": "2"})
 
 
 def test_token_only_when_the_repository_may_be_private() -> None:

@@ -23,7 +23,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "litbotd"
 
 PURE = {"__init__", "backoff", "config", "durations", "payloads", "redaction", "safeyaml", "workflows", "report", "annotations", "decisions",
-        "events", "tasks", "logview", "runlink", "runview", "limits"}
+        "events", "tasks", "logview", "runlink", "runview", "infra", "limits"}
 SUPPORT = {"logs", "metrics", "sealed", "procinfo", "redisconn", "locks"}
 # Each adapter: the modules that together speak to one outside system.
 ADAPTERS = {

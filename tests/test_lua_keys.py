@@ -109,6 +109,7 @@ async def test_every_lua_script_passes_every_key_in_keys(aredis: aioredis.Redis,
     assert await rs.new_attempt("o/r", "a" * 40, "run-1", "task-1") == 1
     ref = RunRef("o/r", "a" * 40, "run-1", 1)
     assert await rs.transition(ref, ("",), status="queued")
+    assert await rs.advance_try(ref, 1, "attempt 1 of 3: preempted", 3) == 2
     assert await rs.request_cancel(ref, "superseded")
     await rs.conclude(ref, "cancelled", "superseded", now)
 

@@ -306,3 +306,17 @@ def test_limit_outputs_give_the_figures_and_the_command():
     wait = R.waiting_output("waiting for a free L4: 2 running (limits.max_parallel_per_machine = 2)", r)
     assert wait["title"] == "Waiting for a free L4: 2 running"
     assert "limits.max_parallel_per_machine = 2" in wait["summary"]
+
+
+def test_infrastructure_tries_show_in_the_check_run() -> None:
+    """SPEC §11: each attempt shows in the check run, with the backend's own message."""
+    out = check_output(rr(status="in_progress", conclusion=None, try_n=2, tries_total=3,
+                          tries=("attempt 1 of 3: preempted (Lightning: spot reclaimed `x` | y)",)))
+    assert out["title"] == "Running on CPU · attempt 2 of 3"
+    assert "- ``attempt 1 of 3: preempted (Lightning: spot reclaimed `x` | y)``" in out["summary"]
+    done = check_output(rr(try_n=2, tries_total=3, tries=("attempt 1 of 3: preempted", "attempt 2 of 3: passed")))
+    assert done["title"] == "Passed in 1m 05s · attempt 2 of 3"
+    assert "- `attempt 1 of 3: preempted`\n- `attempt 2 of 3: passed`" in done["summary"]
+    assert "| 1m 05s | 2 of 3 |" in done["summary"]
+    assert "| 1m 05s | 2 (try 2 of 3) |" in check_output(rr(attempt=2, try_n=2, tries_total=3))["summary"]
+    assert "Attempts" not in check_output(rr())["summary"]

@@ -240,7 +240,7 @@ async def test_a_kept_page_outlives_the_redis_record(world):
     assert "data-events" not in body
 
 
-from test_backend_lightning import sdk_env, standin  # noqa: E402,F401  (the Lightning stand-in's fixtures)
+from test_backend_lightning import sdk_env  # noqa: E402,F401  (the Lightning stand-in, conftest.py `lightning`)
 
 
 async def test_a_lightning_jobs_page_reads_its_log_through_the_sdk(sdk_env, tmp_path):  # noqa: F811

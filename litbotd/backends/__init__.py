@@ -5,10 +5,11 @@ import os
 from typing import Sequence
 
 from ..config import JobsConfig
-from .base import Backend, BackendError, JobNotFound, JobSpec, JobStatus
+from .base import Backend, BackendError, JobNotFound, JobSpec, JobStatus, Price
 from .lightning import machine_names
 
-__all__ = ["Backend", "BackendError", "JobNotFound", "JobSpec", "JobStatus", "check", "machine_names", "make_backend"]
+__all__ = ["Backend", "BackendError", "JobNotFound", "JobSpec", "JobStatus", "Price", "check", "machine_names",
+           "make_backend"]
 
 
 def check(jobs: JobsConfig) -> None:

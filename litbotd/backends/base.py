@@ -79,7 +79,8 @@ class JobStatus:
     url: str | None         # details_url for the check run (http/https only; None for local)
     message: str = ""       # human text: "exit code 2", "preempted", "failed to start: …"
     timed_out: bool = False  # the script hit JobSpec.timeout (state is then "failed")
-    cost: float | None = None  # USD the backend reports the job cost, once final (Lightning: Job.total_cost)
+    infra: str = ""         # the kind of infrastructure failure (infra.KINDS), "" when none
+    cost: float | None = None  # USD, as the backend reports it once the job is final
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
@@ -94,10 +95,10 @@ class JobStatus:
 
 @dataclass(frozen=True)
 class Price:
-    """What one machine type costs, USD per hour (Lightning: Teamspace.list_machines())."""
-    machine: str
+    """What one machine costs, in USD per hour, as the backend lists it (SPEC §11)."""
+    machine: str                  # the workflow's machine name: "CPU", "L4", "A100_X_8"
     on_demand: float
-    interruptible: float | None = None
+    interruptible: float | None   # None: not offered interruptible
 
 
 class Backend(Protocol):
@@ -117,14 +118,14 @@ class Backend(Protocol):
         page; False when there is no log yet. Blocking work runs off the event loop."""
 
     async def stop(self, name: str) -> None:
-        """Ask the job to stop. Idempotent; returns within a bounded time, the job may still be stopping."""
+        """Ask the job to stop. Idempotent; returns within a bounded time, the job may still be stopping.
+        BackendError when the backend refused or failed the request (the caller retries)."""
+
+    async def prices(self) -> dict[str, Price]:
+        """The backend's machine prices by machine name; {} when it lists none (local)."""
 
     async def close(self) -> None:
         """Release threads and connections. Jobs keep running."""
-
-    async def prices(self) -> dict[str, Price]:
-        """Machine prices by machine name ({} when the backend knows none, e.g. local)."""
-        return {}
 
     # Optional: a backend that keeps finished jobs' files sets `prunes = True` and deletes them in
     # prune() (the pool's prune loop calls it); the others keep these defaults.

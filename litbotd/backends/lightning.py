@@ -8,31 +8,55 @@ What the SDK does that shapes this module (read from lightning-sdk 2026.10.13):
 - without LIGHTNING_USER_ID + LIGHTNING_API_KEY (or LIGHTNING_AUTH_TOKEN) the SDK opens a browser
   login: the constructor checks for them and fails with a clear BackendError instead;
 - `Job.run` with a taken name succeeds: the server renames the new job and the SDK only warns.
-  So `start` looks the name up first (`Job(name, teamspace=…)` raises ValueError when absent),
-  and when what it created came back renamed (another daemon won the race) it stops that
-  duplicate and reports the original;
+  So `start` looks the name up first, and when what it created came back renamed (another daemon
+  won the race) it stops that duplicate and reports the original;
 - `Machine.from_str` accepts any string: machine names are checked against the SDK's constants;
-- `job.stop()` waits without bound until the job has stopped: it runs on its own thread and
-  `stop` waits for it only `stop_wait` seconds;
+- `job.stop()` waits without bound until the job has stopped: `stop` sends the same stop request
+  (`jobs_service_update_job`, state "stop") and returns once Lightning has accepted it;
 - reading `job.logs` of a running job blocks for at least 5 s: logs are read for final jobs and
-  for `log_tail` only;
+  for `log_tail` only; a job whose lines are not in the logs API falls back to a plain `urlopen`
+  of its saved log file, with no timeout: `_import_sdk` gives that call one (LOG_DOWNLOAD_TIMEOUT),
+  so it can no longer hold a pool thread for good;
+- the public `Job` has no field for the raw state, the server's `message` / `serverError`,
+  `restartCount` or `interruptionNoticeReceived`: the job's record (`V1Job`, the REST model, whose
+  fields are all public) is read with `JobApiV2.get_job_by_name`, the call `Job(name)` makes, once
+  per poll. `Job.status` maps any state it does not know to Pending; litbotd reads the raw state
+  (infra.lightning_verdict), so a new state is "unknown", logged once by name, never pending.
+  `Job.total_cost` and `Job.current_run_attempt` are that record's `total_cost` and
+  `spec.current_run_attempt` (tests/test_backend_lightning.py checks they agree);
+- jobs are created with `max_run_attempts=1`: Lightning cannot tell a test failure from a lost
+  machine, so it never retries by itself; litbotd retries infrastructure failures (SPEC §11), each
+  try a job of its own name;
+- `Teamspace.list_machines()` lists machine prices (`cost`, `interruptible_cost`), without the
+  machines out of capacity at that moment: `prices` keeps the last price it saw of each;
 - a failing SDK call sends its arguments, `env` included, to Lightning's telemetry: the job's env
   holds nothing but the workflow env and the short-lived, repo-scoped GITHUB_TOKEN.
 The script's exit status comes from the bootstrap's last log line (see bootstrap.py).
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import os
 import threading
+import urllib.request
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+from .. import infra
 from ..redaction import scrub
-from .base import Backend, BackendError, JobNotFound, JobSpec, JobStatus, Offload, check_name
+from .base import (
+    Backend,
+    BackendError,
+    JobNotFound,
+    JobSpec,
+    JobStatus,
+    Offload,
+    Price,
+    check_name,
+)
 from .bootstrap import job_env, parse_result, shell_command
 
 log = logging.getLogger(__name__)
@@ -40,20 +64,30 @@ log = logging.getLogger(__name__)
 FINAL_CACHE = 4096      # final statuses kept in memory (they never change)
 MESSAGE_MAX = 400       # SDK error texts carry whole HTTP responses: keep the start
 LOG_LINES_FOR_RESULT = 50
-PREEMPTED = "preempted: the interruptible machine was reclaimed before the script finished"
 LOG_UNAVAILABLE = " (log unavailable)"
-INFRA_FAILED = "job failed before the script finished (infrastructure or preemption)"
+INFRA_FAILED = "job failed before the script finished; its log could not be read"
+LOG_DOWNLOAD_TIMEOUT = 30.0  # seconds: the SDK's saved-log download (a bare urlopen) gets this
+# Raw states in which a stop request is still needed (the SDK's stop_job sends none in the others).
+_STOPPABLE = frozenset({"pending", "creating", "running", "restarting"})
+
+
+def _urlopen(url: Any, data: Any = None, timeout: float | None = None, **kw: Any) -> Any:
+    """urllib's urlopen, with a timeout when the caller gave none (the SDK's log fallback)."""
+    return urllib.request.urlopen(url, data, LOG_DOWNLOAD_TIMEOUT if timeout is None else timeout, **kw)
 
 
 def _import_sdk() -> Any:
     """Import lightning_sdk without its PyPI version check (a request with no timeout)."""
     os.environ["LIGHTNING_DISABLE_VERSION_CHECK"] = "1"
     import lightning_sdk
+    from lightning_sdk.api import job_api
 
     # The SDK logs "Job was successfully launched" on its own handler, and warns about renamed
     # jobs, which start() handles itself.
     logging.getLogger("lightning_sdk.job").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r"Job name '.*' was already taken")
+    # The saved-log download calls urlopen(url) with no timeout.
+    job_api.urlopen = _urlopen
     return lightning_sdk
 
 
@@ -79,16 +113,36 @@ def credentials_problem(env: Mapping[str, str]) -> str | None:
             " (or LIGHTNING_AUTH_TOKEN) in the daemon's environment")
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    """Done, unless it already is (cancelled by a waiter that gave up)."""
-    if not fut.done():
-        fut.set_result(None)
-
-
 def _short(e: BaseException, secrets: list[str] | tuple[str, ...] = ()) -> str:
     text = f"{type(e).__name__}: {e}".replace("\n", " ")
     text = scrub(text, secrets)
     return text if len(text) <= MESSAGE_MAX else text[:MESSAGE_MAX] + "…"
+
+
+def _text(value: Any) -> str:
+    """A server text field, scrubbed of token shapes and capped (it is shown on GitHub)."""
+    text = scrub(" ".join(str(value or "").split()), ())
+    return text if len(text) <= MESSAGE_MAX else text[:MESSAGE_MAX] + "…"
+
+
+def prices_of(listing: list[Any], constants: list[Any]) -> dict[str, Price]:
+    """`Teamspace.list_machines()` → prices by the SDK's machine names. A listing is one cloud's
+    offer (name = its instance type, slug = the provider-agnostic one): it prices every constant
+    with its slug (`CPU` and `CPU_X_4` are both `cpu-4`), else the first the SDK calls equal. When
+    several clouds list one machine, the dearest price counts: caps must not be undercut."""
+    out: dict[str, Price] = {}
+    for m in listing:
+        if m.cost is None:
+            continue
+        named = [c for c in constants if c.slug == m.slug] or [c for c in constants if c == m][:1]
+        for c in named:
+            on, spot = float(m.cost), float(m.interruptible_cost) if m.interruptible_cost else None
+            old = out.get(c.name)
+            if old is not None:
+                on = max(on, old.on_demand)
+                spot = max((p for p in (spot, old.interruptible) if p is not None), default=None)
+            out[c.name] = Price(c.name, on, spot)
+    return out
 
 
 class LightningBackend(Backend):
@@ -106,9 +160,12 @@ class LightningBackend(Backend):
         self._offload = Offload(threads, call_timeout, "litci-lightning")
         self._sdk: Any = None
         self._ts: Any = None
+        self._jobs_api: Any = None
         self._ts_lock = threading.Lock()
         self._final: collections.OrderedDict[str, JobStatus] = collections.OrderedDict()
-        self._stopping: dict[str, asyncio.Future[None]] = {}
+        self._links: collections.OrderedDict[str, str | None] = collections.OrderedDict()
+        self._prices: dict[str, Price] = {}
+        self._unknown_seen: set[str] = set()
 
     # --- interface ---------------------------------------------------------------------------
     async def start(self, spec: JobSpec) -> JobStatus:
@@ -121,7 +178,7 @@ class LightningBackend(Backend):
             return await self._offload.run(self._start, spec)
         except BackendError:
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BackendError(f"failed to start: Lightning did not answer within {self._offload.timeout:g}s") from None
         except Exception as e:
             raise BackendError(f"failed to start: {_short(e, spec.secrets())}") from None
@@ -146,22 +203,23 @@ class LightningBackend(Backend):
         return bool(await self._call(self._copy_log, name, dest))
 
     async def stop(self, name: str) -> None:
+        """Send the stop request and return once Lightning accepted it (or the job is already
+        ending, or gone); BackendError when it could not be sent, so the caller tries again."""
         check_name(name)
-        fut = self._stopping.get(name)
-        if fut is None or fut.done():
-            fut = asyncio.get_running_loop().create_future()
-            self._stopping[name] = fut
-            # job.stop() waits until the job has stopped, without bound: give it its own thread,
-            # not one of the pool's, and wait for it only a little.
-            threading.Thread(target=self._stop_thread, args=(name, fut, asyncio.get_running_loop()),
-                             name=f"litci-stop-{name}", daemon=True).start()
         try:
-            await asyncio.wait_for(asyncio.shield(fut), self.stop_wait)
-        except asyncio.TimeoutError:
-            log.info("lightning stop still in progress job=%s", name)
-        else:
-            if self._stopping.get(name) is fut:
-                del self._stopping[name]
+            await self._offload.run(self._stop, name, timeout=self.stop_wait)
+        except TimeoutError:
+            raise BackendError(f"stop of {name}: Lightning did not answer within {self.stop_wait:g}s") from None
+        except (BackendError, JobNotFound):
+            raise
+        except Exception as e:
+            raise BackendError(f"stop of {name}: {_short(e)}") from None
+
+    async def prices(self) -> dict[str, Price]:
+        """USD per hour by machine name, from `Teamspace.list_machines()` (SPEC §11)."""
+        listed = await self._call(self._list_prices)
+        self._prices = {**self._prices, **listed}  # out of capacity now: the last price seen holds
+        return dict(self._prices)
 
     async def close(self) -> None:
         self._offload.close()
@@ -172,7 +230,7 @@ class LightningBackend(Backend):
             return await self._offload.run(fn, *args)
         except (BackendError, JobNotFound):
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BackendError(f"Lightning did not answer within {self._offload.timeout:g}s") from None
         except Exception as e:
             raise BackendError(f"Lightning: {_short(e)}") from None
@@ -181,36 +239,66 @@ class LightningBackend(Backend):
         with self._ts_lock:
             if self._ts is None:
                 self._sdk = _import_sdk()
+                from lightning_sdk.api.job_api import JobApiV2
+
                 try:
                     self._ts = self._sdk.Teamspace(self.teamspace)
                 except Exception as e:
                     raise BackendError(f"cannot use Lightning teamspace {self.teamspace!r}: {_short(e)}") from None
+                self._jobs_api = JobApiV2()
             return self._ts
 
     def _find(self, name: str) -> Any:
+        """The SDK's Job, for what only it offers (run, logs, link); None when absent."""
         ts = self._teamspace()
         try:
             return self._sdk.Job(name, teamspace=ts)
         except ValueError:  # the SDK's "Job … does not exist"
             return None
 
-    def _stop_thread(self, name: str, fut: asyncio.Future[None], loop: asyncio.AbstractEventLoop) -> None:
+    def _record(self, name: str) -> Any:
+        """The job's record (V1Job), one request; None when there is no such job."""
+        from lightning_sdk.lightning_cloud.openapi.rest import ApiException
+
+        ts = self._teamspace()
         try:
-            job = self._find(name)
-            if job is not None:
-                job.stop()
-        except Exception as e:  # logged; stop() stays idempotent and quiet
-            log.warning("lightning stop failed job=%s error=%s", name, _short(e))
-        finally:
-            try:
-                loop.call_soon_threadsafe(_resolve, fut)
-            except RuntimeError:  # the loop is closed: nobody is waiting
-                pass
+            return self._jobs_api.get_job_by_name(name=name, teamspace_id=ts.id)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def _link(self, name: str, job: Any = None) -> str | None:
+        if name in self._links:
+            return self._links[name]
+        try:
+            job = job if job is not None else self._find(name)
+            url = str(job.link) if job is not None else None
+        except Exception:
+            return None
+        self._links[name] = url
+        while len(self._links) > FINAL_CACHE:
+            self._links.popitem(last=False)
+        return url
+
+    def _stop(self, name: str) -> None:
+        rec = self._record(name)
+        if rec is not None:
+            self._request_stop(rec)
+
+    def _request_stop(self, rec: Any) -> None:
+        if str(rec.state or "") not in _STOPPABLE and str(rec.state or "") in infra.LIGHTNING_STATES:
+            return  # ending or ended already (a stop now would relabel a finished job "stopped")
+        from lightning_sdk.api.utils import cached_lightning_client
+        from lightning_sdk.lightning_cloud.openapi import JobsServiceUpdateJobBody
+
+        cached_lightning_client().jobs_service_update_job(
+            body=JobsServiceUpdateJobBody(state="stop"), project_id=self._teamspace().id, id=rec.id)
 
     def _start(self, spec: JobSpec) -> JobStatus:
-        existing = self._find(spec.name)
+        existing = self._record(spec.name)
         if existing is not None:
-            return self._status_of(existing)
+            return self._status_of(spec.name, existing)
         sdk = self._sdk
         job = sdk.Job.run(
             name=spec.name,
@@ -219,73 +307,62 @@ class LightningBackend(Backend):
             command=shell_command(spec),
             env=job_env(spec),
             interruptible=spec.interruptible,
+            max_run_attempts=1,  # litbotd retries, and only what the infrastructure failed
             teamspace=self._teamspace(),
         )
         if job.name != spec.name:
             # Another starter created spec.name between our lookup and our create; the server
             # renamed ours. Stop the duplicate and report the original.
             log.warning("lightning duplicate job=%s duplicate=%s: stopping the duplicate", spec.name, job.name)
-            threading.Thread(target=self._stop_quietly, args=(job,), daemon=True).start()
-            original = self._find(spec.name)
+            threading.Thread(target=self._stop_quietly, args=(job.name,), daemon=True).start()
+            original = self._record(spec.name)
             if original is None:
                 raise BackendError(f"job {spec.name} was renamed to {job.name} but {spec.name} cannot be found")
-            return self._status_of(original)
-        return JobStatus("pending", None, self._link(job))
+            return self._status_of(spec.name, original)
+        return JobStatus("pending", None, self._link(spec.name, job))
 
-    @staticmethod
-    def _stop_quietly(job: Any) -> None:
+    def _stop_quietly(self, name: str) -> None:
         try:
-            job.stop()
+            self._stop(name)
         except Exception as e:
-            log.warning("lightning stop of duplicate failed job=%s error=%s", job.name, _short(e))
-
-    @staticmethod
-    def _link(job: Any) -> str | None:
-        try:
-            return str(job.link)
-        except Exception:
-            return None
+            log.warning("lightning stop of duplicate failed job=%s error=%s", name, _short(e))
 
     def _status(self, name: str) -> JobStatus:
-        job = self._find(name)
-        if job is None:
+        rec = self._record(name)
+        if rec is None:
             raise JobNotFound(name)
-        return self._status_of(job)
+        return self._status_of(name, rec)
 
-    def _status_of(self, job: Any) -> JobStatus:
-        state = str(job.status)  # "NotCreated" | "Pending" | "Running" | "Stopping" | final
-        url = self._link(job)
-        if state in ("NotCreated", "Pending"):
-            return JobStatus("pending", None, url)
-        if state == "Running":
-            return JobStatus("running", None, url)
-        if state == "Stopping":  # logs are still settling: not final yet
-            return JobStatus("stopping", None, url)
-        # Not in the public Job API: the raw job record says whether a spot machine got its
-        # interruption notice. Read defensively.
-        preempted = bool(getattr(getattr(job, "_job", None), "interruption_notice_received", False))
-        if state == "Completed":
-            return JobStatus("succeeded", 0, url, "exit code 0")
-        if state == "Stopped":
-            if preempted:
-                return JobStatus("failed", None, url, PREEMPTED)
-            return JobStatus("stopped", None, url, "stopped")
-        if state != "Failed":
-            return JobStatus("unknown", None, url, f"unknown Lightning state {state}")
-        try:
-            result = parse_result(str(job.logs(tail=LOG_LINES_FOR_RESULT)))
-        except Exception as e:
-            log.warning("lightning logs unavailable job=%s error=%s", job.name, _short(e))
-            return JobStatus("failed", None, url, f"{PREEMPTED if preempted else INFRA_FAILED}{LOG_UNAVAILABLE}")
-        # Failed means the bootstrap exited non-zero: a result line saying 0 or "stopped" cannot
-        # be its own; trust only the ones consistent with a failure.
-        if result is not None and result.kind == "exit" and result.exit_code:
-            return JobStatus("failed", result.exit_code, url, f"exit code {result.exit_code}")
-        if result is not None and result.kind == "timeout":
-            return JobStatus("failed", None, url, f"timed out after {result.detail}s", timed_out=True)
-        if result is not None and result.kind == "error":
-            return JobStatus("failed", None, url, f"failed to start: {result.detail}")
-        return JobStatus("failed", None, url, PREEMPTED if preempted else INFRA_FAILED)
+    def _status_of(self, name: str, rec: Any) -> JobStatus:
+        state = str(rec.state or "")
+        message, server_error = _text(rec.message), _text(rec.server_error)
+        notice, restarts = bool(rec.interruption_notice_received), int(rec.restart_count or 0)
+
+        def verdict(**more: Any) -> infra.Verdict:
+            return infra.lightning_verdict(state, message=message, server_error=server_error,
+                                           interruption_notice=notice, restart_count=restarts, **more)
+
+        v = verdict()
+        unavailable = False
+        if v.needs_log:
+            try:
+                job = self._find(name)
+                result = parse_result(str(job.logs(tail=LOG_LINES_FOR_RESULT))) if job is not None else None
+            except Exception as e:
+                log.warning("lightning logs unavailable job=%s error=%s", name, _short(e))
+                result, unavailable = None, True
+            v = verdict(log_read=True, result=(result.kind, result.exit_code, result.detail) if result else None)
+            if unavailable and not (notice or message or server_error):
+                # Without the log a test failure looks like a lost machine: never retry on a guess.
+                v = infra.Verdict("failed", message=INFRA_FAILED)
+        if v.state == "unknown" and state not in self._unknown_seen:
+            self._unknown_seen.add(state)
+            log.warning("lightning job in a state litbotd does not know (treated as running up to "
+                        "jobs.queue_timeout) job=%s state=%s", name, state[:60])
+        final = v.state in ("succeeded", "failed", "stopped")
+        cost = float(rec.total_cost) if final and rec.total_cost is not None else None
+        return JobStatus(v.state, v.exit_code, self._link(name), v.message + (LOG_UNAVAILABLE if unavailable else ""),
+                         timed_out=v.timed_out, infra=v.infra, cost=cost)
 
     def _copy_log(self, name: str, dest: str) -> bool:
         """The job's whole log so far (the SDK returns it whole), written to `dest` atomically."""
@@ -317,3 +394,9 @@ class LightningBackend(Backend):
             return str(job.logs(tail=lines))
         except RuntimeError:  # "Logs are not available while the job is …"
             return ""
+
+    def _list_prices(self) -> dict[str, Price]:
+        ts = self._teamspace()
+        machine_cls = self._sdk.Machine
+        constants = [m for m in vars(machine_cls).values() if isinstance(m, machine_cls)]
+        return prices_of(ts.list_machines(), constants)

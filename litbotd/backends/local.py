@@ -38,7 +38,18 @@ import litbotd
 from ..procinfo import boot_id, process_start
 from ..redaction import scrub
 from . import sandbox
-from .base import FINAL_STATES, NAME_RE, Backend, BackendError, JobNotFound, JobSpec, JobStatus, Offload, check_name
+from .base import (
+    FINAL_STATES,
+    NAME_RE,
+    Backend,
+    BackendError,
+    JobNotFound,
+    JobSpec,
+    JobStatus,
+    Offload,
+    Price,
+    check_name,
+)
 from .bootstrap import job_argv, job_env
 from .localrun import ENDED_FIFO, write_json_atomic
 
@@ -108,6 +119,10 @@ class LocalBackend(Backend):
     async def prune(self) -> int:
         """Delete the directories of jobs that finished more than `keep` ago; returns how many."""
         return await self._offload.run(self._prune, time.time() - self.keep, timeout=600.0)
+
+    async def prices(self) -> dict[str, Price]:
+        """Local jobs list no prices: `limits.prices` may price them (SPEC §11)."""
+        return {}
 
     async def ended(self, timeout: float) -> list[str]:
         """Names of jobs whose runner announced its end since the last call; waits up to

@@ -5,7 +5,7 @@ import dataclasses
 import time
 from typing import Any
 
-from .. import checks, logs, metrics, report, workflows
+from .. import checks, decisions, infra, logs, metrics, report, workflows
 from ..annotations import Scan, batches
 from ..context import Context
 from ..runstate import RunRef
@@ -23,11 +23,19 @@ def report_row(run: workflows.Run, attempt: int, st: dict[str, str], log_tail: s
     def num(k: str) -> float | None:
         return float(st[k]) if st.get(k) else None
 
+    try_n, total = int(st.get("try") or 1), int(st.get("tries") or 1)
+    tries: tuple[str, ...] = ()
+    if try_n > 1:  # SPEC §11: each try the infrastructure failed, then the one in force
+        now = "running" if st.get("status") != "completed" else (
+            "passed" if st.get("conclusion") == decisions.SUCCESS else st.get("message") or st.get("conclusion", ""))
+        tries = (*(st.get(f"try:{n}", infra.attempt_line(n, total, "?")) for n in range(1, try_n)),
+                 infra.attempt_line(try_n, total, now))
     return report.RunReport(
         check_name=run.check_name, status=st.get("status") or "queued", conclusion=st.get("conclusion") or None,
         machine=run.machine, image=run.image, attempt=attempt, started_at=num("started_at"),
         finished_at=num("finished_at"), details_url=st.get("url") or None, message=st.get("message", ""),
-        log_tail=log_tail, approved_by=st.get("approved_by", ""), **_cost(num),
+        log_tail=log_tail, tries=tries, try_n=try_n, tries_total=total,
+        approved_by=st.get("approved_by", ""), **_cost(num),
     )
 
 

@@ -1,9 +1,11 @@
 """Runs stopped and started again: cancel, rerun (re-requested checks), /litci commands."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 from .. import checks, decisions, logs
+from ..backends.base import BackendError
 from ..context import Context
 from ..payloads import BOOL, ID, REPO, SHA, STR, needs, opt
 from ..runstate import RunRef
@@ -16,32 +18,57 @@ from .planning import queue_run
 log = logs.get("litbotd.lifecycle")
 
 
+STOPS_AT_ONCE = 8  # the Lightning backend's thread pool
+
+
 @needs(repo=REPO, installation=ID, reason=STR, sha=opt(SHA), pr=opt(ID), all_shas=opt(BOOL))
 async def cancel(task: Task, ctx: Context) -> list[Task]:
-    """Stop the runs of one SHA (superseded, /litci cancel) or of every SHA of a PR (closed)."""
+    """Stop the runs of one SHA (superseded, /litci cancel) or of every SHA of a PR (closed).
+
+    The machines first, all at once, then GitHub: a check run's completion is a paced
+    content-creating call, and a slow GitHub must not keep a GPU running (SPEC §11: superseded
+    machines stop within 60 s of the push). A run whose job could not be stopped is not concluded:
+    the task fails and is retried with backoff, so the stop is asked again until it is accepted."""
     p = task.payload
     rs = ctx.runs
     repo = p["repo"]
     closed = p["reason"] == "closed"
     reason = "the pull request was closed" if closed else p["reason"]
     shas = await rs.pr_shas(repo, p["pr"]) if closed or p.get("all_shas") else [p["sha"]]
-    stopped = 0
+    refs: list[RunRef] = []
     for sha in shas:
         for key, (_run, attempt) in (await rs.runs(repo, sha)).items():
             ref = RunRef(repo, sha, key, attempt)
-            state = await rs.get(ref)
-            if decisions.cancel_skips(state):
+            if decisions.cancel_skips(await rs.get(ref)):
                 continue
             await rs.request_cancel(ref, reason)
-            state = await rs.get(ref)  # the job a start may have recorded meanwhile
-            if state.get("job"):
-                await ctx.backend.stop(state["job"])
-            conclusion, _ = await rs.conclude(ref, decisions.CANCELLED, reason, time.time())
-            await spending.ended(ctx, ref)
-            if conclusion == decisions.CANCELLED and state.get("check_run_id"):
-                await report_completed(ctx, {**p, "check_run_id": state["check_run_id"]}, ref)
-            stopped += 1
-    log.info("runs cancelled", runs=stopped, reason=reason)
+            refs.append(ref)
+    states = [await rs.get(ref) for ref in refs]  # the job a start may have recorded meanwhile
+    gate = asyncio.Semaphore(STOPS_AT_ONCE)
+
+    async def stop(job: str | None) -> BackendError | None:
+        if not job:
+            return None
+        async with gate:
+            try:
+                await ctx.backend.stop(job)
+                return None
+            except BackendError as e:
+                return e
+
+    errors = await asyncio.gather(*(stop(st.get("job")) for st in states))
+    for ref, state, error in zip(refs, states, errors, strict=True):
+        if error is not None:
+            log.warning("job not stopped; the cancel is tried again", job=state["job"], error=str(error))
+            continue
+        conclusion, _ = await rs.conclude(ref, decisions.CANCELLED, reason, time.time())
+        await spending.ended(ctx, ref)  # its slot and reservation free, its cost counted
+        if conclusion == decisions.CANCELLED and state.get("check_run_id"):
+            await report_completed(ctx, {**p, "check_run_id": state["check_run_id"]}, ref)
+    failed = [e for e in errors if e is not None]
+    if failed:
+        raise BackendError(f"{len(failed)} of {len(refs)} jobs could not be stopped: {failed[0]}")
+    log.info("runs cancelled", runs=len(refs), reason=reason)
     return await comment_soon(task, ctx, repo, p.get("pr"), p["installation"])
 
 

@@ -5,7 +5,7 @@ import asyncio
 import time
 from typing import Any
 
-from .. import checks, decisions, logs, metrics
+from .. import checks, decisions, infra, logs, metrics, report
 from ..annotations import SCAN_LINES, scan
 from ..backends.base import JobNotFound, JobSpec, JobStatus
 from ..context import Context
@@ -15,7 +15,7 @@ from ..payloads import BOOL, ID, INT, NUM, REPO, SHA, STR, needs, opt
 from ..runstate import RunRef
 from ..tasks import Task
 from . import spending
-from .checkruns import report_completed
+from .checkruns import report_completed, report_row, routing
 from .comments import comment_soon
 
 log = logs.get("litbotd.lifecycle")
@@ -23,7 +23,9 @@ log = logs.get("litbotd.lifecycle")
 
 # What a run's job steps carry (each schema next to its handler; payloads.py checks them first).
 _RUN = dict(repo=REPO, sha=SHA, run=STR, attempt=INT, installation=ID, check_run_id=ID, pr=opt(ID),
-            private=opt(BOOL), delivery=opt(STR))
+            private=opt(BOOL), delivery=opt(STR),
+            # an infrastructure retry (SPEC §11): its try, and whether it asks for an interruptible machine
+            **{"try": opt(INT)}, interruptible=opt(BOOL))
 
 
 @needs(**_RUN)
@@ -32,19 +34,27 @@ async def start_job(task: Task, ctx: Context) -> list[Task]:
     cfg, rs = ctx.config, ctx.runs
     repo, sha, key, attempt = p["repo"], p["sha"], p["run"], p["attempt"]
     ref = RunRef(repo, sha, key, attempt)
+    try_n = int(p.get("try") or 1)  # an infrastructure retry's try (SPEC §11): a job of its own name
+    name = decisions.job_name(repo, sha, key, attempt, try_n)
     run, _ = (await rs.runs(repo, sha))[key]
-    if not decisions.may_start(st := await rs.get(ref)):
-        await spending.not_started(task, ctx, ref, run, st)  # cancelled (or held) before it started
-        return []
-    if (not_now := await spending.before_start(task, ctx, ref, run)) is not None:  # SPEC §11 limits
+    state = await rs.get(ref)
+    if not decisions.may_start(state, try_n):
+        if state.get("cancel_reason"):
+            # An earlier run of this task (before a crash, or one whose stop failed) may have
+            # started the job before the cancel could see it: stop it (nothing when there is none).
+            await ctx.backend.stop(name)
+        await spending.not_started(task, ctx, ref, run, state)  # what it held is free (a held run: reported)
+        return []  # cancelled before it started
+    # SPEC §11 limits, once per run: a retried try keeps the slot and the reservation of its run.
+    if try_n == 1 and (not_now := await spending.before_start(task, ctx, ref, run)) is not None:
         return not_now + await comment_soon(task, ctx, repo, await _pr_of(ctx, p), p["installation"])
-    name = decisions.job_name(repo, sha, key, attempt)
+    interruptible = bool(p.get("interruptible", run.interruptible))  # the last retry: on demand
     token = await ctx.github.scoped_token(p["installation"], repo) if decisions.needs_token(p.get("private")) else None
-    if not decisions.may_start(await rs.get(ref)):
-        await spending.ended(ctx, ref)
+    if not decisions.may_start(state := await rs.get(ref), try_n):
+        await spending.not_started(task, ctx, ref, run, state)
         return []  # cancelled while the token was minted: start nothing
     spec = JobSpec(name=name, repo=repo, sha=sha, archive_url=f"{cfg.github.api_url}{checks.repo_path(repo)}/tarball/{sha}",
-                   script=run.script, image=run.image, machine=run.machine, interruptible=run.interruptible,
+                   script=run.script, image=run.image, machine=run.machine, interruptible=interruptible,
                    timeout=run.timeout, env=run.env, token=token, reports=run.reports)
     with logs.context(job=name):
         status = await ctx.backend.start(spec)
@@ -79,7 +89,7 @@ async def start_job(task: Task, ctx: Context) -> list[Task]:
                            key=name), *await comment_soon(task, ctx, repo, await _pr_of(ctx, p), p["installation"])]
 
 
-@needs(**_RUN, job=STR, poll=NUM, queued_at=NUM, running_since=opt(NUM))
+@needs(**_RUN, job=STR, poll=NUM, queued_at=NUM, running_since=opt(NUM), unknown_since=opt(NUM))
 async def wait_job(task: Task, ctx: Context) -> list[Task]:
     p = task.payload
     cfg, rs = ctx.config, ctx.runs
@@ -93,22 +103,26 @@ async def wait_job(task: Task, ctx: Context) -> list[Task]:
     try:
         status = await ctx.backend.status(p["job"])
     except JobNotFound:
-        status = JobStatus(state="unknown", exit_code=None, url=None, message="the job no longer exists")
+        return [task.successor("results", p, key="results")]  # gone: results says so
     now = time.time()
     running_since = p.get("running_since") or (now if status.state in ("running", "stopping") else None)
+    # A state the backend reports but litbotd does not know: still running, up to queue_timeout.
+    unknown_since = (p.get("unknown_since") or now) if status.state == "unknown" else None
     run, _ = (await rs.runs(p["repo"], p["sha"]))[p["run"]]
     d = decisions.decide_wait(status.state, now, p["queued_at"], running_since, run.timeout,
-                              cfg.jobs.queue_timeout, grace=cfg.jobs.poll_interval_max)
+                              cfg.jobs.queue_timeout, grace=cfg.jobs.poll_interval_max, unknown_since=unknown_since)
     if d.action == "poll":
-        poll = decisions.next_poll(p["poll"], cfg.jobs.poll_interval, cfg.jobs.poll_interval_max, status.state,
+        seen = "running" if status.state == "unknown" else status.state  # an unknown state: as running
+        poll = decisions.next_poll(p["poll"], cfg.jobs.poll_interval, cfg.jobs.poll_interval_max, seen,
                                    reports_end=ctx.backend.reports_end)
-        return [task.successor("wait_job", {**p, "poll": poll, "running_since": running_since},
-                               run_at=now + poll, key=str(now))]
+        return [task.successor("wait_job", {**p, "poll": poll, "running_since": running_since,
+                                            "unknown_since": unknown_since}, run_at=now + poll, key=str(now))]
     if d.action == "stop":
-        log.warning("stopping the job", reason=d.message)
+        message = f"{d.message}; {status.message}" if status.message else d.message  # e.g. "Lightning: no capacity"
+        log.warning("stopping the job", reason=message)
         await ctx.backend.stop(p["job"])
         return [task.successor("results", {**p, "timed_out": d.conclusion == decisions.TIMED_OUT,
-                                           "message": d.message}, key="results")]
+                                           "message": message}, key="results")]
     return [task.successor("results", p, key="results")]
 
 
@@ -124,14 +138,18 @@ async def results(task: Task, ctx: Context) -> list[Task]:
         log_text = await ctx.backend.log_tail(p["job"], max(lines, SCAN_LINES))
     except JobNotFound:
         status, log_text = JobStatus(state="unknown", exit_code=None, url=None, message="the job no longer exists"), ""
+    if not p.get("timed_out") and (retried := await _retry_infra(task, ctx, ref, status)) is not None:
+        return retried
     found = await asyncio.to_thread(scan, log_text)  # megabytes of log: not on the loop
     tail = _last_lines(log_text, lines)
     timed_out = bool(p.get("timed_out") or status.timed_out)
     conclusion = decisions.conclusion_for(status.state, status.exit_code, timed_out)
     message = p.get("message") or status.message
+    if status.infra and not p.get("message"):  # retried as often as jobs.infra_retries allows, or not retried
+        message = infra.final_message(status.message, int(p.get("try") or 1), int((await rs.get(ref)).get("tries") or 1))
     conclusion, message = await rs.conclude(ref, conclusion, message, time.time())
     metrics.JOBS.labels(ctx.backend.name, conclusion).inc()
-    await spending.ended(ctx, ref, status.cost)
+    await spending.ended(ctx, ref, status.cost, part=int(p.get("try") or 1))
     await _keep_page(ctx, p, ref)  # before the check run completes: its link then shows the final page
     await report_completed(ctx, p, ref, tail, found)
     log.info("run finished", conclusion=conclusion, exit_code=status.exit_code, job=p["job"],
@@ -147,6 +165,42 @@ async def _keep_page(ctx: Context, p: dict[str, Any], ref: RunRef) -> None:
     spec = {"check_name": run.check_name, "machine": run.machine, "image": run.image,
             "backend": ctx.backend.name, "pr": await _pr_of(ctx, p)}
     await keep_run(ctx.backend, ctx.page_store, p["job"], await ctx.runs.get(ref), spec)
+
+
+async def _retry_infra(task: Task, ctx: Context, ref: RunRef, status: JobStatus) -> list[Task] | None:
+    """SPEC §11: a try the infrastructure failed is tried again (infra.decide_retry, the one
+    place that decides), as a job of its own name, in the same check run; None when it is not.
+    Exactly once: the try moves on in one Redis step that a repeat of this task finds done."""
+    p, rs = task.payload, ctx.runs
+    run, _ = (await rs.runs(ref.repo, ref.sha))[ref.key]
+    try_n, retries = int(p.get("try") or 1), ctx.config.jobs.infra_retries
+    retry = infra.decide_retry(state=status.state, exit_code=status.exit_code, timed_out=status.timed_out,
+                               infra=status.infra, try_n=try_n, retries=retries,
+                               interruptible=bool(p.get("interruptible", run.interruptible)))
+    if retry is None:
+        return None
+    line = infra.attempt_line(try_n, retries + 1, status.message or infra.KINDS.get(status.infra, status.infra))
+    now_try = await rs.advance_try(ref, try_n, line, retries + 1, status.cost)
+    if now_try == 0:
+        return None  # concluded or being cancelled meanwhile: report it as it is
+    if now_try != retry.next_try:
+        log.info("infrastructure retry already under way", job=p["job"], try_now=now_try)
+        return []
+    await spending.try_ended(ctx, ref, try_n, status.cost)  # the failed try's machine cost too
+    log.warning("the infrastructure failed the job; trying again", job=p["job"], kind=status.infra,
+                attempt=f"{retry.next_try} of {retries + 1}", interruptible=retry.interruptible)
+    metrics.JOBS.labels(ctx.backend.name, f"retried_{status.infra}").inc()
+    row = report_row(run, ref.attempt, await rs.get(ref))
+    try:
+        await checks.update_check(ctx.github, p["installation"], ref.repo, int(p["check_run_id"]), "progress",
+                                  defer=True, status="in_progress", output=report.check_output(row))
+        await rs.count_write(ref)
+    except PaceDeferred:
+        log.info("retry note skipped: the pacing budget is kept for results")
+    nxt = routing(p, run=ref.key, attempt=ref.attempt, check_run_id=p["check_run_id"])
+    return [task.successor("start_job", {**nxt, "try": retry.next_try, "interruptible": retry.interruptible},
+                           key=f"try{retry.next_try}"),
+            *await comment_soon(task, ctx, ref.repo, await _pr_of(ctx, p), p["installation"])]
 
 
 async def _pr_of(ctx: Context, p: dict[str, Any]) -> int | None:

@@ -83,7 +83,10 @@ async def _report_held(ctx: Context, p: dict[str, Any], ref: RunRef, run: Run) -
 
 async def not_started(task: Task, ctx: Context, ref: RunRef, run: Run, st: dict[str, str]) -> None:
     """start_job found its run ended or asked to stop before its job started: free what it held;
-    a run a limit held whose check-run write a crash cut short is reported now."""
+    a run a limit held whose check-run write a crash cut short is reported now. A task of a try
+    no longer in force (the run goes on in another) leaves everything as it is."""
+    if not (st.get("conclusion") or st.get("cancel_reason")):
+        return
     if st.get("held") and st.get("conclusion") == decisions.ACTION_REQUIRED:
         if not st.get("reported"):
             await _report_held(ctx, task.payload, ref, run)
