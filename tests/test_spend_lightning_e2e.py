@@ -108,3 +108,65 @@ async def test_a_preempted_try_and_its_retry_are_both_counted_once(redis_server,
     assert usage["running_by_machine"] == {}                   # the slot was the run's, through its tries
     body = world.gh.comments[0]["body"]
     assert "$2.25" in body
+
+
+async def test_sigkill_on_lightning_counts_each_job_once_and_never_passes_the_cap(redis_server, lightning, tmp_path):
+    """`litbotd run` (the real SDK against the stand-in) SIGKILLed twice: while two L4 jobs run and
+    two wait, then in the middle of a result (its cost counted, its slot handed on, the check-run
+    write parked). The stand-in counts the L4 jobs running at once; the day's ledger is exactly
+    the sum of the stand-in's total_cost."""
+    from conftest import free_port
+    from harness import SubprocessDaemon, post_webhook
+    from litbotd.config import render_toml
+
+    sha = sha_of("lightning-spend-crash")
+    world = GitHubWorld()
+    await world.start({sha: {".lightning/workflows/gpu.yaml": gpu_matrix(4)}})
+    world.pull(sha)
+    data = config_data(redis_server.url, world.url, tmp_path / "jobs", server={"port": free_port()},
+                       workers={"count": 2}, jobs={"backend": "lightning", "lightning": {"teamspace": "acme/ci"}},
+                       limits={"max_parallel_per_machine": {"L4": 2}, "per_pr_usd": 100.0})
+    cfg_path = tmp_path / "litbotd.toml"
+    cfg_path.write_text(render_toml(data))
+    daemon = SubprocessDaemon(cfg_path, tmp_path / "daemon.log", env=lightning.sdk_env(str(tmp_path)))
+
+    def waiting() -> int:
+        return sum("Waiting for a free L4" in (r["output"] or {}).get("title", "") for r in world.runs(sha))
+
+    try:
+        daemon.start()
+        port = await daemon.ready(60)
+        assert await post_webhook(port, "pull_request", pr_payload("opened", sha)) == 202
+        await wait_until(lambda: len(lightning.creates) == 2 and waiting() == 2, 60, "two started, two waiting")
+        for c in lightning.creates:
+            lightning.set_state(c["name"], "running")
+        daemon.kill()                                           # 1: two running, two waiting
+        daemon.start()
+        await daemon.ready(60)
+        hold = world.gh.hold("PATCH", r"/check-runs/\d+$", when=lambda b: (b or {}).get("status") == "completed")
+        first = lightning.creates[0]["name"]
+        lightning.job(first).total_cost = 1.25
+        lightning.finish(first, 0)
+        await wait_until(hold.reached.is_set, 60, "the first result being reported")
+        daemon.kill()                                           # 2: a result counted, its write parked
+        hold.release()
+        lightning.autorun = lambda job: 0                      # the rest run and pass by themselves
+        daemon.start()
+        await daemon.ready(60)
+        await wait_until(lambda: len(world.runs(sha)) == 4 and all(r["status"] == "completed" for r in world.runs(sha)),
+                         120, "every run to complete after the restarts")
+        assert daemon.terminate() == 0
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill()
+        await world.close()
+    assert len({c["name"] for c in lightning.creates}) == len(lightning.creates) == 4
+    assert lightning.peak_running.get("lit-l4-1") == 2
+    assert {r["conclusion"] for r in world.runs(sha)} == {"success"}
+    world.assert_no_duplicates()
+    r = redis_server.client()
+    ledger = {k: float(v) for day in r.scan_iter("bot_queue:spend:*") for k, v in r.hgetall(day).items()}
+    total = sum(lightning.job(c["name"]).cost() for c in lightning.creates)
+    assert total > 1.25
+    assert ledger == {REPO: pytest.approx(total, abs=1e-5)}
+    assert r.hlen("bot_queue:limits:entries") == 0
