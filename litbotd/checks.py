@@ -9,6 +9,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+from . import paths
 from .github import GitHubApp, GitHubError
 from .report import MARKER
 from .workflows import MAX_FILE_BYTES, ROOT_FILES, WORKFLOW_DIR, is_workflow_path
@@ -156,3 +157,27 @@ async def _find_comment(gh: GitHubApp, inst: int, repo: str, pr: int) -> int | N
             return int(comment["id"])
     return None
 
+
+
+async def pull_change(gh: GitHubApp, inst: int, repo: str, pr: int) -> paths.Change:
+    """The files a pull request touches (the pulls files API, every page; GitHub lists at most
+    3000, so a PR at that count is one it cannot list in full)."""
+    entries: list[dict[str, Any]] = []
+    async for entry in gh.paginate(f"{repo_path(repo)}/pulls/{pr}/files", inst, params={"per_page": 100}):
+        entries.append(entry)
+        if len(entries) >= paths.PULL_FILES_LIMIT:
+            break
+    return paths.from_pull_files(entries)
+
+
+async def compare_change(gh: GitHubApp, inst: int, repo: str, base: str, head: str) -> paths.Change:
+    """The files between two commits (the compare API's first page holds them, at most 300). A
+    comparison GitHub refuses (a `before` gone after a force-push: 404; too big: 422…) runs all."""
+    try:
+        body = await gh.get(f"{repo_path(repo)}/compare/{quote(base, safe='')}...{quote(head, safe='')}", inst,
+                            params={"per_page": 1})
+    except GitHubError as e:
+        if e.status not in (404, 422):
+            raise
+        return paths.Change(None, f"GitHub could not compare {base[:7]}...{head[:7]} ({e.status})")
+    return paths.from_compare(body if isinstance(body, dict) else {})

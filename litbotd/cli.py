@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     lint = sub.add_parser("lint", parents=[common], help="validate workflow files and print the runs")
     lint.add_argument("dir", nargs="?", default=".", help="repository checkout (default: .)")
     lint.add_argument("--base", default="main", help="base branch for trigger matching (default: main)")
+    lint.add_argument("--changed", nargs="+", metavar="FILE",
+                      help="the files a change touches: say which runs paths / paths-ignore / needs would start")
     st = sub.add_parser("status", parents=[common], help="queue depths, workers, dead letters")
     st.add_argument("--json", action="store_true", help="one JSON object")
     dead = sub.add_parser("dead", parents=[common], help="the dead-letter list")
@@ -68,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo_main(keep=args.keep, port=args.port)
         if args.command == "lint":
             from .ops import lint
-            return lint(args.dir, args.base, _load(args.config))
+            return lint(args.dir, args.base, _load(args.config), changed=args.changed)
         if args.command in ("status", "dead", "replay"):
             cfg, problem = configfile.load_redis_only(args.config)
             if problem:  # these need only [redis]: say what else is wrong, and go on

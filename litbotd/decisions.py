@@ -93,6 +93,12 @@ def may_start(run_state: dict[str, str], try_n: int = 1) -> bool:
             and int(run_state.get("try") or 1) == try_n)
 
 
+def needs_met(run_state: dict[str, str]) -> bool:
+    """The `needs` gate of start_job: a run waiting for the runs it needs does not start (the
+    `needs` phase releases it, ordering.release)."""
+    return not run_state.get("waiting")
+
+
 def needs_token(private: bool | None) -> bool:
     """Public repositories need no token; when we don't know (a re-run), mint one to be safe."""
     return private is not False

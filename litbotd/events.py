@@ -9,6 +9,7 @@ import functools
 import re
 from typing import Any
 
+from .paths import push_base
 from .tasks import Task, derive_id
 
 COMMAND_MAX = 1000  # characters of the command line kept in a task
@@ -64,6 +65,14 @@ def _sha(payload: dict[str, Any], path: str) -> str:
     if not SHA_RE.fullmatch(value):
         raise PayloadError(f"payload field {path}: expected a commit SHA (40 hex digits), got {_shown(value)}")
     return value
+
+
+def _opt_sha(payload: dict[str, Any], path: str) -> str | None:
+    """A commit SHA that may be absent or null (None then); a present one must look like one."""
+    node: Any = payload
+    for part in _split(path):
+        node = node.get(part) if isinstance(node, dict) else None
+    return None if node is None else _sha(payload, path)
 
 
 def _full_name(payload: dict[str, Any], path: str) -> str:
@@ -194,6 +203,9 @@ def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
                 branch=_get(payload, "merge_group.base_ref", str).removeprefix(BRANCH_PREFIX),
                 pr=None,
                 private=_get(payload, "repository.private", bool),
+                # paths / paths-ignore compare the queue's base..head (SPEC §4)
+                compare_base=_opt_sha(payload, "merge_group.base_sha"),
+                compare_why="" if _opt_sha(payload, "merge_group.base_sha") else "the merge group names no base commit",
             ), "merge_group checks_requested"
         if action == "destroyed":
             reason = payload.get("reason")
@@ -212,12 +224,16 @@ def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
             return [], "push of a tag or other ref, not a branch"
         if payload.get("deleted") is True or payload.get("after") == ZERO_SHA:
             return [], "push deleted the branch"
+        base, why = push_base(_opt_sha(payload, "before"), payload.get("forced") is True,
+                              payload.get("created") is True)
         return task(
             "new_commit",
             sha=_sha(payload, "after"),
             branch=ref.removeprefix(BRANCH_PREFIX),
             pr=None,
             private=_get(payload, "repository.private", bool),
+            compare_base=base,   # paths / paths-ignore compare before..after (SPEC §4)
+            compare_why=why,
         ), "push"
 
     return [], f"event {event!r} is not handled"

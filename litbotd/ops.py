@@ -18,6 +18,7 @@ from . import logs, spend
 from .config import Config
 from .queue import Queue, queue_config
 from .redisconn import REDIS_UNAVAILABLE, connect_config
+from .runstate import flaky_stats
 
 GITHUB_CHECK_TIMEOUT = 30.0
 P = ParamSpec("P")
@@ -54,11 +55,13 @@ async def status(cfg: Config, as_json: bool) -> int:
         workers = await q.worker_infos()
         oldest = await q.oldest_age()
         refused = await _refused_reloads(q)
+        flaky = await flaky_stats(q)
         spent = await spend.spend_today(q)
         usage = await spend.usage(q)
     if as_json:
         print(json.dumps({
             **depths, "queued_by_phase": by_kind, "oldest_task_age_s": oldest, "reload_refused": refused,
+            "flaky_runs_30d": {repo: {"flaky": f.flaky, "runs": f.runs} for repo, f in flaky.items()},
             "spend_today_usd": spent, **usage,
             "workers": [{"id": w.id, "host": w.host, "pid": w.pid, "alive": w.alive, "task": w.task,
                          "busy_s": w.busy_s, "processing": w.processing} for w in workers],
@@ -73,6 +76,11 @@ async def status(cfg: Config, as_json: bool) -> int:
         machines = sorted(set(usage["running_by_machine"]) | set(usage["waiting_by_machine"]))
         print("runs by machine: " + ", ".join(f"{m} {usage['running_by_machine'].get(m, 0)} running"
                                              f" {usage['waiting_by_machine'].get(m, 0)} waiting" for m in machines))
+    if flaky:
+        top = sorted(flaky.items(), key=lambda kv: (-kv[1].flaky, kv[0]))
+        shown = ", ".join(f"{repo} {f.flaky} of {f.runs}" for repo, f in top[:10]) \
+            + (f", … ({len(top)} repositories)" if len(top) > 10 else "")
+        print(f"flaky runs (failed, then passed on a re-run; 30 days): {shown}")
     alive = [w for w in workers if w.alive]
     print(f"workers: {len(alive)} alive")
     for w in alive:
@@ -155,7 +163,7 @@ async def replay(cfg: Config, path: str, event: str, delivery: str | None) -> in
     return 0
 
 
-def lint(directory: str, base: str, cfg: Config) -> int:
+def lint(directory: str, base: str, cfg: Config, changed: list[str] | None = None) -> int:
     from . import workflows
 
     root = Path(directory)
@@ -182,9 +190,30 @@ def lint(directory: str, base: str, cfg: Config) -> int:
               f"timeout={run.timeout:g}s interruptible={str(run.interruptible).lower()}"
               f"\n    on: {on.get((run.file, run.workflow), '?')}"
               + (f"\n    reports: {', '.join(run.reports)}" if run.reports else "")
+              + (f"\n    {run.path_filter.describe()}" if run.path_filter.active else "")
+              + (f"\n    needs: {', '.join(run.needs)}" if run.needs else "")
               + "".join(f"\n    env {k}={v}" for k, v in run.env.items()))
     print(f"{len(plan.runs)} run(s) from {len(paths)} file(s), {len(plan.errors)} error(s)")
+    if changed is not None:
+        _would_run(plan.runs, changed)
     return 1 if plan.errors else 0
+
+
+def _would_run(runs: list[Any], changed: list[str]) -> None:
+    """`lint --changed FILE…`: what paths / paths-ignore / needs would do with that change."""
+    from . import needs, paths
+
+    change = paths.Change(tuple(sorted({f.removeprefix("./") for f in changed})))
+    skips = {r.key: why for r in runs if (why := paths.decide(r.path_filter, change)) is not None}
+    nodes = {r.key: needs.Node(r.workflow, r.needs, r.check_name) for r in runs}
+    plan = needs.plan_new(nodes, {}, [r.key for r in runs], skips)
+    print(f"with the {len(change.files or ())} changed file(s) given:")
+    for r in runs:
+        d = plan[r.key]
+        print(f"  {r.check_name}: " + {"start": "runs", "wait": f"runs after its needs ({d.reason})",
+                                       "skip": f"skipped: {d.reason}"}[d.action])
+    n = sum(d.action != "skip" for d in plan.values())
+    print(f"{n} of {len(runs)} run(s) would start (if the runs they need succeed)")
 
 
 def _machines() -> frozenset[str] | None:

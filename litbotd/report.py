@@ -80,6 +80,9 @@ class RunReport:
     cost_projected: bool = False  # `cost` is the projection (price × timeout), not yet spent
     price: float | None = None  # USD per hour of its machine, when priced
     approved_by: str = ""      # the writer whose /litci approve-cost let it start
+    waiting: str = ""          # queued behind its needs: "waiting for lint"
+    note: str = ""             # why a filter was not applied ("paths: src/** not applied: …")
+    flaky: bool = False        # an earlier attempt on this commit failed, this one passed
     # SPEC §11: tries of this attempt when the infrastructure failed it, and how each ended:
     # ("attempt 1 of 3: preempted: …", …); try_n of tries_total is the one shown.
     tries: tuple[str, ...] = ()
@@ -218,7 +221,7 @@ def _link(url: str | None, label: str) -> str:
 
 def _outcome(r: RunReport) -> str:
     if r.status == "queued":
-        return "Queued"
+        return r.waiting[:1].upper() + r.waiting[1:] if r.waiting else "Queued"
     if r.status == "in_progress":
         return "Running"
     return _TITLES.get(r.conclusion or "neutral", (r.conclusion or "neutral").replace("_", " ").capitalize())
@@ -252,6 +255,12 @@ def check_output(r: RunReport) -> dict[str, str]:
                   + (" (projected: price × timeout)" if r.cost_projected else "")]
     if r.approved_by:
         lines += ["", f"**Cost approved by** {_code('@' + r.approved_by)} (`approve-cost`)"]
+    if r.conclusion == "skipped":
+        lines += ["", "No job started for this run: no machine time was spent."]
+    if r.note:
+        lines += ["", f"**Filters not applied:** {_code(_clip_end(r.note, 2000))}"]
+    if r.flaky:
+        lines += ["", "**Flaky:** an earlier attempt on this commit failed; this one passed."]
     if link := _link(r.details_url, "Job details"):
         lines += ["", link]
     if r.tries:
@@ -364,8 +373,8 @@ def _counts(rows: Sequence[RunReport]) -> str:
 
 def _row(r: RunReport) -> str:
     status = f"{_EMOJI.get(r.state, '•')} {_outcome(r)}"
-    if r.attempt > 1:
-        status += f" (attempt {r.attempt})"
+    if r.attempt > 1 or r.flaky:
+        status += f" ({', '.join(([f'attempt {r.attempt}'] if r.attempt > 1 else []) + (['flaky'] if r.flaky else []))})"
     return (f"| {status} | {_cell(r.check_name)} | {duration_text(r.duration)} | "
             f"{cost_text(r.cost, r.cost_projected)} | {_link(r.details_url, 'details') or '—'} |")
 
@@ -379,6 +388,12 @@ def summary_comment(repo: str, pr: int, sha: str, rows: Sequence[RunReport]) -> 
     if not rows:
         return "\n".join(head + ["No runs for this commit."]) + foot
     ordered = sorted(rows, key=lambda r: (r.check_name.casefold(), r.check_name))
+    flaky = [r.check_name for r in ordered if r.flaky]
+    if flaky:
+        # Below the table but outside its budget: a long table is cut, this line never is.
+        shown = ", ".join(_code(_clip_end(n, 200)) for n in flaky[:20])
+        more = f" and {len(flaky) - 20} more" if len(flaky) > 20 else ""
+        foot = (f"\n\n**Flaky** (failed, then passed on a re-run of this commit): {shown}{more}" + foot)
     spent = [r.cost for r in ordered if r.cost is not None and not r.cost_projected]
     counts = _counts(ordered) + (f" · spent {cost_text(sum(spent))}" if spent else "")
     head += [counts, "", "| Status | Check | Duration | Cost | Job |", "|---|---|---|---|---|"]

@@ -13,12 +13,21 @@
     q:pr:<repo>#<pr>                   hash  head, base_ref, installation, comment_id, approved,
                                              version (changes), commented (version shown)
     q:pr:<repo>#<pr>:shas              set   every head SHA seen, for supersede and close
+    q:flaky:<repo>                     zset  "<sha>:<run>" → when it turned flaky (failed, then passed
+                                             on a re-run of the same commit); 30 days, ≤ 10,000
+    q:flaky                            zset  repository → its latest flaky run (≤ 10,000 repositories)
+    q:runs:<repo>                      hash  day number → attempts whose results were reported (≤ 30 days)
+
+A run waiting for its `needs` has `waiting` ("waiting for lint") in its attempt's hash, until the
+one task that releases it (`released_by`) clears it; `skip_kind` (paths | needs) says why a
+skipped run was skipped. The sha hash counts `failed:<run>` and `flaky:<run>`.
 
 Everything expires after 30 days; GitHub keeps the durable record (check runs, the comment).
 """
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -74,6 +83,64 @@ return 1
 """
 
 
+# KEYS: run hash. ARGV: releasing task id, ttl, "start" | "skip", skip message, now. Takes a
+# waiting run out of its wait: to start, or concluded `skipped` (a need did not succeed). 1 for
+# the task that did it (also when it asks again after a crash), 0 if the run was not waiting, has
+# ended or been cancelled, or another task released it.
+_RELEASE = """
+local by = redis.call('HGET', KEYS[1], 'released_by')
+if by then
+  if by == ARGV[1] then return 1 end
+  return 0
+end
+if redis.call('HEXISTS', KEYS[1], 'conclusion') == 1 or redis.call('HEXISTS', KEYS[1], 'cancel_reason') == 1 then
+  return 0
+end
+if (redis.call('HGET', KEYS[1], 'waiting') or '') == '' then return 0 end
+redis.call('HSET', KEYS[1], 'released_by', ARGV[1])
+redis.call('HDEL', KEYS[1], 'waiting')
+if ARGV[3] == 'skip' then
+  redis.call('HSET', KEYS[1], 'conclusion', 'skipped', 'message', ARGV[4], 'finished_at', ARGV[5],
+             'status', 'completed', 'skip_kind', 'needs')
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+FLAKY_WINDOW = 30 * 24 * 3600
+FLAKY_MAX = 10_000  # members kept per repository, and repositories kept
+
+# KEYS: sha hash, the repository's flaky zset, the flaky-repositories zset, the repository's
+# runs-per-day hash, the attempt's run hash. ARGV: run key, conclusion, now, window, ttl, member,
+# repository, max, days. Counts the attempt once in its day; a failure (or time-out) marks the run
+# failed on this commit; a success after one marks it flaky, once, and counts it. 1 when it
+# turned flaky now.
+_OUTCOME = """
+local failed, flaky = 'failed:' .. ARGV[1], 'flaky:' .. ARGV[1]
+if redis.call('HSETNX', KEYS[5], 'counted', 1) == 1 then
+  local day = math.floor(tonumber(ARGV[3]) / 86400)
+  redis.call('HINCRBY', KEYS[4], day, 1)
+  for _, f in ipairs(redis.call('HKEYS', KEYS[4])) do
+    if tonumber(f) == nil or tonumber(f) <= day - tonumber(ARGV[9]) then redis.call('HDEL', KEYS[4], f) end
+  end
+  redis.call('EXPIRE', KEYS[4], ARGV[4])
+end
+if ARGV[2] == 'failure' or ARGV[2] == 'timed_out' then
+  redis.call('HSET', KEYS[1], failed, 1)
+  return 0
+end
+if ARGV[2] ~= 'success' or redis.call('HEXISTS', KEYS[1], failed) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[1], flaky, ARGV[3]) == 0 then return 0 end
+local now, window, max = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[8])
+for i, k in ipairs({KEYS[2], KEYS[3]}) do
+  redis.call('ZADD', k, now, i == 1 and ARGV[6] or ARGV[7])
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', now - window)
+  redis.call('ZREMRANGEBYRANK', k, 0, -max - 1)
+  redis.call('EXPIRE', k, window)
+end
+return 1
+"""
+
 # KEYS: run hash. ARGV: the try that ended, how it ended (one line), ttl, tries in all, its cost
 # (USD, '' when unknown). The try now in force:
 # from + 1 when this call (or an earlier run of the same task) advanced it, another number when a
@@ -109,6 +176,8 @@ class RunState:
         self._transition = self.r.register_script(_TRANSITION)
         self._conclude = self.r.register_script(_CONCLUDE)
         self._request_cancel = self.r.register_script(_REQUEST_CANCEL)
+        self._release = self.r.register_script(_RELEASE)
+        self._outcome = self.r.register_script(_OUTCOME)
 
     def _sha(self, repo: str, sha: str) -> str:
         return self.q.key("sha", f"{repo}@{sha}")
@@ -262,3 +331,67 @@ class RunState:
             p.hset(self._pr(repo, pr), mapping=values)
             p.expire(self._pr(repo, pr), TTL)
             await p.execute()
+
+    # -- needs, flaky runs ------------------------------------------------------------------------------
+    async def release(self, ref: RunRef, by: str, action: str, message: str = "", now: float = 0.0) -> bool:
+        """Task `by` takes a waiting run out of its wait, to start it (`action` "start") or to
+        conclude it `skipped` with `message` ("skip"): True for the one task that did, also when
+        it asks again after a crash; False if the run was not waiting or was ended meanwhile."""
+        return bool(await self._release(keys=[self._run(ref)], args=[by, TTL, action, message, repr(now)]))
+
+    async def latest_states(self, repo: str, sha: str) -> dict[str, tuple[Run, int, dict[str, str]]]:
+        """Every run of a SHA with its latest attempt and that attempt's state."""
+        runs = await self.runs(repo, sha)
+        async with self.r.pipeline(transaction=False) as p:
+            for key, (_, attempt) in runs.items():
+                p.hgetall(self._run(RunRef(repo, sha, key, attempt)))
+            states = await p.execute() if runs else []
+        return {key: (run, attempt, st) for (key, (run, attempt)), st in zip(runs.items(), states, strict=True)}
+
+    async def record_outcome(self, ref: RunRef, conclusion: str, now: float) -> bool:
+        """Remember a concluded attempt for flaky detection; True when the run became flaky (a
+        success after a failure on the same commit), counted once per run and commit."""
+        return bool(await self._outcome(
+            keys=[self._sha(ref.repo, ref.sha), self.q.key("flaky", ref.repo), self.q.key("flaky"),
+                  self.q.key("runs", ref.repo), self._run(ref)],
+            args=[ref.key, conclusion, repr(now), FLAKY_WINDOW, TTL, f"{ref.sha}:{ref.key}", ref.repo, FLAKY_MAX,
+                  FLAKY_WINDOW // 86400]))
+
+    async def flaky(self, repo: str, sha: str) -> set[str]:
+        """The run keys of a SHA that failed and then passed."""
+        raw = cast(list[str], await self.r.hkeys(self._sha(repo, sha)))  # decoded
+        return {f[6:] for f in raw if f.startswith("flaky:")}
+
+
+@dataclass(frozen=True)
+class FlakyStat:
+    flaky: int   # runs that failed, then passed on a re-run of the same commit
+    runs: int    # attempts that ran a job and concluded (its results reported), same 30 days
+
+
+async def flaky_stats(queue: Queue, now: float | None = None) -> dict[str, FlakyStat]:
+    """The repositories with flaky runs over the last 30 days: {repo: FlakyStat}. For `litbotd
+    status` and the dashboard (one read, no write); bounded by FLAKY_MAX repositories. `runs` is
+    counted in whole days (the last 30, today included)."""
+    at = time.time() if now is None else now
+    since = at - FLAKY_WINDOW
+    repos = cast(list[str], await queue.redis.zrangebyscore(queue.key("flaky"), since, "+inf"))  # decoded
+    if not repos:
+        return {}
+    async with queue.redis.pipeline(transaction=False) as p:
+        for repo in repos:
+            p.zcount(queue.key("flaky", repo), since, "+inf")
+            p.hgetall(queue.key("runs", repo))
+        got = await p.execute()
+    first_day = int(at // 86400) - FLAKY_WINDOW // 86400
+    out: dict[str, FlakyStat] = {}
+    for repo, n, days in zip(repos, got[::2], got[1::2], strict=True):
+        runs = sum(int(v) for d, v in days.items() if d.lstrip("-").isdigit() and int(d) > first_day)
+        if int(n):
+            out[repo] = FlakyStat(flaky=int(n), runs=runs)
+    return out
+
+
+async def flaky_counts(queue: Queue, now: float | None = None) -> dict[str, int]:
+    """Flaky runs per repository over the last 30 days: {repo: count}."""
+    return {repo: s.flaky for repo, s in (await flaky_stats(queue, now)).items()}

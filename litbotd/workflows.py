@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from . import durations
+from . import needs as needs_mod
+from . import paths as paths_mod
 from .config import JobsConfig
 from .safeyaml import MAX_ALIASES, MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, NodeMap, decode, load  # noqa: F401 (the limits, for callers)
 from .safeyaml import Invalid as _Invalid
@@ -39,7 +41,7 @@ WORKFLOW_EXTS = (".yml", ".yaml")
 LOCATIONS = f"{', '.join(ROOT_FILES)} or {WORKFLOW_DIR}*{', *'.join(WORKFLOW_EXTS)}"  # for messages
 
 WORKFLOW_KEYS = ("name", "trigger", "image", "machine", "interruptible", "timeout", "mode", "env",
-                 "parametrize", "run", "reports")
+                 "parametrize", "run", "reports", "paths", "paths-ignore", "needs")
 PARAMETRIZE_KEYS = ("matrix", "include", "exclude")
 TRIGGER_EVENTS = ("pull_request", "push", "merge_group")
 EVENTS = ("pull_request", "merge_group", "push")  # what plan() plans for
@@ -84,6 +86,13 @@ class Run:
     env: dict[str, str]
     script: str
     reports: tuple[str, ...] = ()   # JUnit XML globs, relative to the checkout
+    needs: tuple[str, ...] = ()     # workflow names whose runs for the commit must succeed first
+    paths: tuple[str, ...] | None = None         # run only when the change touches one of these
+    paths_ignore: tuple[str, ...] | None = None  # do not run when every changed file is one of these
+
+    @property
+    def path_filter(self) -> paths_mod.PathFilter:
+        return paths_mod.PathFilter(self.paths, self.paths_ignore)
 
 
 @dataclass(frozen=True)
@@ -279,6 +288,9 @@ class _Workflow:
     script: str
     cells: tuple[_Cell, ...] | None      # None: no matrix, one run with the bare name
     reports: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
+    paths: tuple[str, ...] | None = None
+    paths_ignore: tuple[str, ...] | None = None
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -376,6 +388,38 @@ def _reports(value: Any, path: tuple[str | int, ...]) -> tuple[str, ...]:
         if pattern.startswith("/") or ".." in pattern.split("/"):
             raise _Invalid(path + (i,), f"{pattern!r} leaves the repository: use a path relative to its root")
     return tuple(value)
+
+
+def _patterns(value: Any, path: tuple[str | int, ...]) -> tuple[str, ...] | None:
+    """`paths:` / `paths-ignore:` .gitignore patterns (paths.py), validated; None when absent."""
+    if value is None:
+        return None
+    _want(value, list, "a list of path patterns (e.g. ['src/**', 'docs/**'])", path)
+    if not value:
+        raise _Invalid(path, "expected at least one pattern (leave the key out to filter nothing)")
+    if len(value) > paths_mod.MAX_PATTERNS:
+        raise _Invalid(path, f"at most {paths_mod.MAX_PATTERNS} patterns")
+    for i, pattern in enumerate(value):
+        _non_empty_str(pattern, path + (i,))
+        if (why := paths_mod.pattern_error(pattern)) is not None:
+            raise _Invalid(path + (i,), why)
+    if all(p.startswith("!") for p in value):
+        raise _Invalid(path, "needs at least one pattern without '!' (a '!pattern' only takes back what an"
+                             " earlier one matched)")
+    return tuple(value)
+
+
+def _needs(value: Any, path: tuple[str | int, ...]) -> tuple[str, ...]:
+    """`needs:` workflow names (one name, or a list); checked against the others in plan()."""
+    if value is None:
+        return ()
+    names = [value] if isinstance(value, str) else _want(value, list, "a workflow name or a list of names", path)
+    out: list[str] = []
+    for i, name in enumerate(names):
+        _non_empty_str(name, path if isinstance(value, str) else path + (i,))
+        if name not in out:
+            out.append(name)
+    return tuple(out)
 
 
 def _matrix_cells(value: Any, path: tuple[str | int, ...], doc: _Doc,
@@ -529,6 +573,9 @@ def _workflow(data: Any, file: str, path: tuple[str | int, ...], doc: _Doc, defa
         settings=settings, env=env, script=script,
         cells=_matrix_cells(data.get("parametrize"), path + ("parametrize",), doc, defaults),
         reports=_reports(data.get("reports"), path + ("reports",)),
+        needs=_needs(data.get("needs"), path + ("needs",)),
+        paths=_patterns(data.get("paths"), path + ("paths",)),
+        paths_ignore=_patterns(data.get("paths-ignore"), path + ("paths-ignore",)),
     )
 
 
@@ -606,7 +653,8 @@ def _runs(wf: _Workflow, defaults: Defaults) -> list[Run]:
             machine=settings.get("machine", defaults.machine),
             interruptible=settings.get("interruptible", False),
             timeout=settings.get("timeout", defaults.timeout),
-            env=env, script=wf.script, reports=wf.reports,
+            env=env, script=wf.script, reports=wf.reports, needs=wf.needs, paths=wf.paths,
+            paths_ignore=wf.paths_ignore,
         ))
     return runs
 
@@ -626,12 +674,16 @@ def plan(files: Mapping[str, str | bytes], base_branch: str, defaults: Defaults,
     skipped: list[str] = []
     triggers: list[tuple[str, str, str]] = []
     owner: dict[str, str] = {}  # check name -> the file that holds it
+    declared: list[needs_mod.Declared] = []
+    read: dict[str, tuple[list[_Workflow], _Doc]] = {}
     for file in sorted(files):
         try:
             workflows, doc = _read(file, files[file], defaults)
         except _FileError as e:
             errors.append(e.error)
             continue
+        read[file] = (workflows, doc)
+        declared += [needs_mod.Declared(file, wf.name, wf.needs) for wf in workflows]
         triggers += [(file, wf.name, wf.triggers.describe()) for wf in workflows]
         try:
             file_runs, file_skipped = _triggered_runs(workflows, event, base_branch, defaults, owner)
@@ -647,6 +699,15 @@ def plan(files: Mapping[str, str | bytes], base_branch: str, defaults: Defaults,
         runs.extend(file_runs)
         skipped.extend(file_skipped)
         owner.update((r.check_name, file) for r in file_runs)
+    # `needs` is checked across every workflow read (whatever its trigger): an unknown name, a
+    # cycle, or a needed workflow whose file is an error makes the needing file an error too.
+    bad = needs_mod.graph_errors(declared, broken={e.file: e.message for e in errors})
+    for file, message in sorted(bad.items()):
+        workflows, doc = read[file]
+        wf = next((w for w in workflows if w.needs), workflows[0])
+        errors.append(WorkflowError(file, doc.line(wf.path + ("needs",)), f"{_fmt_path(wf.path + ('needs',))}: {message}"))
+    runs = [r for r in runs if r.file not in bad]
+    errors.sort(key=lambda e: e.file)
     return Plan(runs=runs, errors=errors, skipped=skipped, triggers=triggers)
 
 
@@ -689,6 +750,9 @@ def run_from_jsonable(d: Mapping[str, Any]) -> Run:
             interruptible=bool(d["interruptible"]), timeout=float(d["timeout"]),
             env={str(k): str(v) for k, v in d["env"].items()}, script=str(d["script"]),
             reports=tuple(str(g) for g in d.get("reports") or ()),
+            needs=tuple(str(n) for n in d.get("needs") or ()),
+            paths=None if d.get("paths") is None else tuple(str(g) for g in d["paths"]),
+            paths_ignore=None if d.get("paths_ignore") is None else tuple(str(g) for g in d["paths_ignore"]),
         )
     except KeyError as e:
         raise ValueError(f"run payload lacks {e.args[0]!r}") from None

@@ -18,7 +18,8 @@
     POST  /repos/{o}/{r}/issues/{n}/comments
     PATCH /repos/{o}/{r}/issues/comments/{id}
     POST  /repos/{o}/{r}/issues/comments/{id}/reactions
-    GET   /repos/{o}/{r}/pulls/{n}[/files]
+    GET   /repos/{o}/{r}/pulls/{n}[/files]                   files: paged, at most 3000 (GitHub's cap)
+    GET   /repos/{o}/{r}/compare/{base}...{head}            files (at most 300, first page only), commits paged
     GET   /repos/{o}/{r}/contents/{path}?ref=               file (JSON+base64, or the raw media type) or directory
     GET   /repos/{o}/{r}/collaborators/{user}/permission
     GET   /repos/{o}/{r}/tarball/{ref}                      302 to /_codeload/..., a gzip tarball
@@ -55,6 +56,8 @@ from aiohttp import web
 WEB = "https://github.com"
 BOT = {"login": "litbot[bot]", "id": 41898282, "type": "Bot", "site_admin": False}
 MAX_ANNOTATIONS_PER_REQUEST = 50
+PULL_FILES_MAX = 3000    # files GitHub lists of a pull request
+COMPARE_FILES_MAX = 300  # files GitHub lists in a comparison
 _PERMISSION_LEVEL = {"admin": "admin", "maintain": "write", "write": "write", "triage": "read", "read": "read",
                      "none": "none"}
 
@@ -321,7 +324,8 @@ class FakeGitHub:
         self.repos[full_name] = _Repo(full_name, next(self._ids), private, installation_id, trees, git_dir)
 
     def add_pull(self, repo: str, number: int, *, head_sha: str, base_ref: str = "main", head_repo: str | None = None,
-                 author_association: str = "OWNER", user: str = "octocat") -> None:
+                 author_association: str = "OWNER", user: str = "octocat", base_sha: str | None = None) -> None:
+        """`base_sha`: the tree the PR's files are compared with (default: the base branch's)."""
         base = self.repos[repo]
         head_name = head_repo or repo
         head = self.repos.get(head_name)
@@ -334,7 +338,7 @@ class FakeGitHub:
             "author_association": author_association, "merged": False,
             "head": {"sha": head_sha, "ref": f"pr-{number}", "label": f"{head_json['owner']['login']}:pr-{number}",
                      "repo": head_json, "user": head_json["owner"]},
-            "base": {"sha": base_ref, "ref": base_ref, "label": f"{base.owner}:{base_ref}", "repo": base.json(),
+            "base": {"sha": base_sha or base_ref, "ref": base_ref, "label": f"{base.owner}:{base_ref}", "repo": base.json(),
                      "user": base.json()["owner"]},
         }
 
@@ -591,7 +595,7 @@ class FakeGitHub:
 
     # -- check runs ---------------------------------------------------------------------------------
     def _run_json(self, run: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in run.items() if k not in ("history", "repo", "annotations")}
+        out = {k: v for k, v in run.items() if k not in ("history", "repo", "annotations", "concluded_at")}
         given = run.get("output") or {}
         out["output"] = {"title": given.get("title"), "summary": given.get("summary"), "text": given.get("text"),
                          "annotations_count": len(run["annotations"]),
@@ -612,6 +616,7 @@ class FakeGitHub:
         if body.get("conclusion"):
             run["status"] = "completed"
             run["completed_at"] = body.get("completed_at") or _iso(time.time())
+            run.setdefault("concluded_at", time.time())  # when GitHub first saw it completed (for tests)
         if run["status"] == "completed" and not run.get("conclusion"):
             raise _Reply(422, "Invalid request. \"conclusion\" wasn't supplied.")
         if run["status"] == "in_progress" and not run.get("started_at"):
@@ -745,11 +750,36 @@ class FakeGitHub:
     async def _pull_files(self, call: _Call) -> web.Response:
         pr = self._pull(call)
         assert call.repo is not None
-        changed = await self._changed(call.repo, pr["base"]["ref"], pr["head"]["sha"])
-        files = [{"sha": "0" * 40, "filename": name, "status": status, "additions": 0, "deletions": 0,
-                  "changes": 0, "blob_url": "", "raw_url": "", "contents_url": ""} for name, status in changed]
+        changed = await self._changed(call.repo, pr["base"]["sha"], pr["head"]["sha"])
+        # GitHub lists at most 3000 files of a pull request, whatever the page asked for.
+        files = [self._file_json(name, status) for name, status in changed][:PULL_FILES_MAX]
         page, headers = self._page(call, files)
         return self._json(200, page, headers)
+
+    @staticmethod
+    def _file_json(name: str, status: str) -> dict[str, Any]:
+        return {"sha": "0" * 40, "filename": name, "status": status, "additions": 0, "deletions": 0,
+                "changes": 0, "blob_url": "", "raw_url": "", "contents_url": ""}
+
+    async def _compare(self, call: _Call) -> web.Response:
+        """`BASE...HEAD`: the files (at most 300, on the first page only, as GitHub does)."""
+        repo = call.repo
+        assert repo is not None
+        base_ref, sep, head_ref = call.args["basehead"].partition("...")
+        if not sep:
+            base_ref, sep, head_ref = call.args["basehead"].partition("..")
+        base, head = await self._resolve(repo, base_ref), await self._resolve(repo, head_ref)
+        if not sep or base is None or head is None:
+            raise _Reply(404, "Not Found")
+        changed = await self._changed(repo, base, head)
+        first = int(call.query.get("page", 1)) <= 1
+        files = [self._file_json(name, status) for name, status in changed][:COMPARE_FILES_MAX] if first else []
+        api = f"{self.url}/repos/{repo.full_name}/compare/{base_ref}...{head_ref}"
+        return self._json(200, {
+            "url": api, "html_url": f"{WEB}/{repo.full_name}/compare/{base_ref}...{head_ref}",
+            "permalink_url": api, "diff_url": f"{api}.diff", "patch_url": f"{api}.patch",
+            "status": "identical" if base == head else "ahead", "ahead_by": 0 if base == head else 1,
+            "behind_by": 0, "total_commits": 0 if base == head else 1, "commits": [], "files": files})
 
     async def _permission(self, call: _Call) -> web.Response:
         assert call.repo is not None
@@ -882,7 +912,7 @@ def _tar_gz(prefix: str, files: dict[str, bytes]) -> bytes:
 
 def _route(method: str, template: str, handler: _Handler, auth: str, scope: str = "") -> tuple[Any, ...]:
     """auth: "app" (JWT), "install" (an installation token with `scope` permission), "any"."""
-    return method, _compile(template, frozenset({"path", "ref"})), handler, auth, scope
+    return method, _compile(template, frozenset({"path", "ref", "basehead"})), handler, auth, scope
 
 
 _R = "/repos/{owner}/{repo}"
@@ -904,6 +934,7 @@ _ROUTES = [
     _route("POST", f"{_R}/issues/comments/{{comment_id}}/reactions", FakeGitHub._react, "install", "issues"),
     _route("GET", f"{_R}/pulls/{{pull_number}}", FakeGitHub._get_pull, "install", "pull_requests"),
     _route("GET", f"{_R}/pulls/{{pull_number}}/files", FakeGitHub._pull_files, "install", "pull_requests"),
+    _route("GET", f"{_R}/compare/{{basehead}}", FakeGitHub._compare, "install", "contents"),
     _route("GET", f"{_R}/contents/{{path}}", FakeGitHub._contents, "install", "contents"),
     _route("GET", f"{_R}/collaborators/{{username}}/permission", FakeGitHub._permission, "install", "metadata"),
     _route("GET", f"{_R}/tarball/{{ref}}", FakeGitHub._tarball, "install", "contents"),

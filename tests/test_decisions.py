@@ -148,3 +148,10 @@ def test_parse_approve_cost():
     assert d.parse_command("/litci approve-cost", "/litci") == d.Command("approve-cost", (), "/litci approve-cost")
     assert d.parse_command("/litci approve-cost now", "/litci").verb == "unknown"
     assert d.parse_command("/litci approve-costs", "/litci").verb == "unknown"
+
+
+def test_needs_gate_holds_a_waiting_run() -> None:
+    from litbotd.decisions import needs_met
+
+    assert needs_met({"status": "queued"}) and needs_met({})
+    assert not needs_met({"status": "queued", "waiting": "waiting for lint"})

@@ -44,7 +44,8 @@ def test_merge_group_checks_requested_plans_the_queue_commit() -> None:
     assert task.kind == "new_commit" and task.id == derive_id(DELIVERY, "new_commit")
     assert task.payload == {"delivery": DELIVERY, "installation": 1, "repo": "octo-org/octo-repo",
                             "event": "merge_group", "action": "checks_requested", "sha": QUEUE_SHA,
-                            "branch": "main", "pr": None, "private": True}
+                            "branch": "main", "pr": None, "private": True,
+                            "compare_base": "380387fbc80638b734a49e1be1c4dfec1c01b33c", "compare_why": ""}
 
 
 def test_merge_group_destroyed_cancels_its_runs() -> None:
@@ -91,3 +92,19 @@ def test_missing_fields_are_named() -> None:
     del data["ref"]
     with pytest.raises(PayloadError, match="payload field ref: missing"):
         tasks("push", data)
+
+
+@pytest.mark.parametrize("extra, base, why", [
+    ({}, "6113728f27ae82c7b1a177c8d03f9e96e0adf246", ""),
+    ({"forced": True}, None, "forced"),
+    ({"created": True, "before": "0" * 40}, None, "created the branch"),
+])
+def test_a_push_carries_what_its_files_are_compared_with(extra: dict[str, Any], base: str | None, why: str) -> None:
+    [task], _ = tasks("push", push(**extra))
+    assert task.payload["compare_base"] == base and why in task.payload["compare_why"]
+    assert bool(task.payload["compare_why"]) is (base is None)
+
+
+def test_a_bad_before_is_refused_by_name() -> None:
+    with pytest.raises(PayloadError, match="before"):
+        tasks("push", push(before="../../x"))

@@ -261,3 +261,43 @@ async def test_check_run_annotations_are_appended_fifty_at_most(fake: FakeGitHub
     assert len(fake.check_runs[0]["annotations"]) == 53
     # GitHub's description says so too (maxItems 50): the validator flags the request as well.
     assert len(fake.violations) == 1 and "annotations" in fake.violations[0] and "too long" in fake.violations[0]
+
+
+async def test_pull_files_and_compare_page_and_cap_like_github(http: aiohttp.ClientSession) -> None:
+    gh = FakeGitHub(app_id=APP_ID, public_key_pem=(DATA / "keys" / "app.pub.pem").read_text(),
+                    spec_path=str(DATA / "rest-subset.json"))
+    await gh.start()
+    base_sha, head_sha, big_sha = "1" * 40, "2" * 40, "3" * 40
+    tree = {"src/a.py": "a", "docs/x.md": "x"}
+    gh.add_repo("octo/hello", {base_sha: tree, head_sha: {**tree, "docs/x.md": "y", "docs/new.md": "n"},
+                               big_sha: {**tree, **{f"gen/{i:04}.txt": "" for i in range(3005)}}})
+    gh.add_pull("octo/hello", 5, head_sha=head_sha, base_sha=base_sha)
+    gh.add_pull("octo/hello", 6, head_sha=big_sha, base_sha=base_sha)
+    try:
+        auth = {"Authorization": f"token {await mint(http, gh)}"}
+        base = f"{gh.url}/repos/octo/hello"
+        async with http.get(f"{base}/pulls/5/files", params={"per_page": 1}, headers=auth) as r:
+            assert [f["filename"] for f in await r.json()] == ["docs/new.md"] and 'rel="next"' in r.headers["Link"]
+        async with http.get(f"{base}/pulls/5/files", params={"per_page": 1, "page": 2}, headers=auth) as r:
+            assert [f["filename"] for f in await r.json()] == ["docs/x.md"] and 'rel="next"' not in r.headers["Link"]
+        names: list[str] = []
+        for page in range(1, 40):
+            async with http.get(f"{base}/pulls/6/files", params={"per_page": 100, "page": page}, headers=auth) as r:
+                got = await r.json()
+            if not got:
+                break
+            names += [f["filename"] for f in got]
+        assert len(names) == 3000  # GitHub's cap, not the 3005 the PR changes
+        async with http.get(f"{base}/compare/{base_sha}...{head_sha}", headers=auth) as r:
+            body = await r.json()
+            assert r.status == 200 and sorted(f["filename"] for f in body["files"]) == ["docs/new.md", "docs/x.md"]
+        async with http.get(f"{base}/compare/{base_sha}...{big_sha}", headers=auth) as r:
+            assert len((await r.json())["files"]) == 300
+        async with http.get(f"{base}/compare/{base_sha}...{'9' * 40}", headers=auth) as r:
+            assert r.status == 404
+        assert gh.violations == []
+        async with http.get(f"{base}/compare/{base_sha}...{head_sha}", params={"sha": "x"}, headers=auth):
+            pass
+        assert gh.violations  # validated against the operation: it takes no `sha` parameter
+    finally:
+        await gh.close()

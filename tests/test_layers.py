@@ -23,7 +23,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "litbotd"
 
 PURE = {"__init__", "backoff", "config", "durations", "payloads", "redaction", "safeyaml", "workflows", "report", "annotations", "decisions",
-        "events", "tasks", "logview", "runlink", "runview", "infra", "limits"}
+        "events", "tasks", "logview", "runlink", "runview", "infra", "paths", "needs", "limits"}
 SUPPORT = {"logs", "metrics", "sealed", "procinfo", "redisconn", "locks"}
 # Each adapter: the modules that together speak to one outside system.
 ADAPTERS = {
@@ -36,7 +36,8 @@ ADAPTERS = {
     "files": {"logstore"},   # run pages' kept logs, their index, the link key
 }
 APP = {"context", "lifecycle", "lifecycle.planning", "lifecycle.jobs", "lifecycle.commands", "lifecycle.comments",
-       "lifecycle.checkruns", "lifecycle.spending", "worker", "pool", "webhook", "redeliver", "preflight", "jobends",
+       "lifecycle.checkruns", "lifecycle.ordering", "lifecycle.spending", "worker", "pool", "webhook", "redeliver",
+       "preflight", "jobends",
        "pages", "pages.app", "pages.access", "pages.ctx", "pages.runpage", "pages.keep"}
 ENTRY = {"__main__", "daemon", "cli", "ops", "demo", "demo_github"}
 

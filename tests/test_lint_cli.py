@@ -63,3 +63,26 @@ def test_lint_says_which_events_trigger_each_run(tmp_path):
     assert "reports: out/*.xml" in out.stdout
     assert "on: pull_request (base main)\n" in out.stdout
     assert "skipped for pull requests to 'main': post (on: push (main, release/*))" in out.stdout
+
+
+def test_lint_shows_the_filters_and_what_a_change_would_run(tmp_path):
+    wf = tmp_path / ".lightning" / "workflows"
+    wf.mkdir(parents=True)
+    (wf / "lint.yaml").write_text("name: lint\npaths-ignore: ['docs/**', '*.md']\nrun: ruff check .\n")
+    (wf / "gpu.yaml").write_text("name: gpu\npaths: ['src/**', 'tests/**']\nneeds: [lint]\n"
+                                 "parametrize: {matrix: {cuda: ['12.1', '12.4']}}\nrun: pytest\n")
+    out = lint(tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "paths-ignore: docs/**, *.md" in out.stdout and "paths: src/**, tests/**" in out.stdout
+    assert "needs: lint" in out.stdout and "changed file" not in out.stdout
+    docs = lint(tmp_path, "--changed", "docs/index.rst", "README.md")
+    assert "lint: skipped: paths-ignore (docs/**, *.md) matches every one of the 2 changed files" in docs.stdout
+    assert "gpu (12.1): skipped: none of the 2 changed files matches paths (src/**, tests/**)" in docs.stdout
+    assert "0 of 3 run(s) would start" in docs.stdout
+    src = lint(tmp_path, "--changed", "./src/lightning/trainer.py")
+    assert "lint: runs" in src.stdout and "gpu (12.4): runs after its needs (waiting for lint)" in src.stdout
+    assert "3 of 3 run(s) would start" in src.stdout
+    tests_only = lint(tmp_path, "--changed", "tests/test_a.py", "docs/x.md")
+    assert "lint: runs" in tests_only.stdout   # docs/x.md is ignored, tests/test_a.py is not
+    lint_skipped = lint(tmp_path, "--changed", "README.md", "tests/test_a.py")
+    assert "gpu (12.1): runs after its needs" in lint_skipped.stdout

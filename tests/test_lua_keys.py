@@ -112,6 +112,13 @@ async def test_every_lua_script_passes_every_key_in_keys(aredis: aioredis.Redis,
     assert await rs.advance_try(ref, 1, "attempt 1 of 3: preempted", 3) == 2
     assert await rs.request_cancel(ref, "superseded")
     await rs.conclude(ref, "cancelled", "superseded", now)
+    # needs: a waiting run released to start, another skipped; flaky: a failure, then a success
+    for key, action in (("run-2", "start"), ("run-3", "skip")):
+        waiting = RunRef("o/r", "a" * 40, key, 1)
+        assert await rs.transition(waiting, ("",), status="queued", waiting="waiting for lint")
+        assert await rs.release(waiting, "task-2", action, "lint failed", now)
+    assert not await rs.record_outcome(RunRef("o/r", "a" * 40, "run-2", 1), "failure", now)
+    assert await rs.record_outcome(RunRef("o/r", "a" * 40, "run-2", 2), "success", now)
 
     # spend and limits: a start, a wait, an end with its cost that wakes the waiter
     from litbotd import limits

@@ -222,3 +222,19 @@ def test_status_shows_todays_spend_and_the_runs_by_machine(redis_server, cfg: Pa
     assert code == 0
     assert f"spend today ({today} UTC): o/r $12.50, o/s $0.25" in out
     assert "runs by machine: L4 1 running 1 waiting" in out
+
+
+def test_status_counts_flaky_runs_per_repository(tmp_path: Path, redis_server, cfg: Path) -> None:
+    import time
+
+    r = redis_server.client()
+    now = time.time()
+    r.zadd("bot_queue:flaky", {"octo/gpu": now, "octo/old": now - 40 * 24 * 3600})
+    r.zadd("bot_queue:flaky:octo/gpu", {f"{'a' * 40}:lint-1": now, f"{'b' * 40}:unit-2": now - 3600,
+                                         f"{'c' * 40}:unit-2": now - 31 * 24 * 3600})
+    r.zadd("bot_queue:flaky:octo/old", {f"{'d' * 40}:x": now - 40 * 24 * 3600})
+    today = int(now // 86400)
+    r.hset("bot_queue:runs:octo/gpu", mapping={today: 30, today - 3: 10, today - 31: 500})
+    assert od.status(cfg)["flaky_runs_30d"] == {"octo/gpu": {"flaky": 2, "runs": 40}}
+    code, out, _ = run("status", "-c", str(cfg))
+    assert code == 0 and "flaky runs (failed, then passed on a re-run; 30 days): octo/gpu 2 of 40" in out, out

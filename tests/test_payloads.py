@@ -96,6 +96,7 @@ def test_every_phase_declares_its_payload() -> None:
                    "pr": None, "private": True, "delivery": None}),
     ("wait_job", {"repo": "o/r", "sha": SHA1, "run": "ci", "attempt": 1, "installation": 2, "check_run_id": 3,
                   "job": "litci-x", "poll": 10, "queued_at": 1.5, "running_since": None}),
+    ("needs", {"delivery": "d", "installation": 2, "repo": "o/r", "pr": None, "sha": SHA1, "private": True}),
     ("new_event", {"repo": "o/r", "sha": SHA1, "pr": 4, "installation": 2, "base_ref": "main", "fork": False,
                    "author_association": "OWNER", "author": "me", "action": "opened", "private": True,
                    "delivery": "d", "event": "pull_request", "head_repo": None}),

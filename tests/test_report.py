@@ -308,6 +308,28 @@ def test_limit_outputs_give_the_figures_and_the_command():
     assert "limits.max_parallel_per_machine = 2" in wait["summary"]
 
 
+def test_waiting_skipped_and_unfiltered_runs_say_why() -> None:
+    waiting = rr("gpu (L4)", status="queued", conclusion=None, waiting="waiting for lint")
+    assert check_output(waiting)["title"] == "Waiting for lint"
+    assert "Waiting for lint" in summary_comment("o/r", 1, "a" * 40, [waiting])
+    skipped = rr("docs", conclusion="skipped", message="paths-ignore (docs/**) matches every one of the 2 changed files")
+    out = check_output(skipped)
+    assert out["title"].startswith("Skipped") and "paths-ignore (docs/**)" in out["summary"]
+    assert "No job started" in out["summary"] and "No job started" not in check_output(rr())["summary"]
+    noted = rr(note="paths: src/** not applied: the push was forced, so every workflow runs")
+    assert "**Filters not applied:**" in check_output(noted)["summary"] and "forced" in check_output(noted)["summary"]
+    assert "Filters not applied" not in check_output(rr())["summary"]
+
+
+def test_flaky_runs_are_listed_in_the_comment() -> None:
+    rows = [rr("unit", attempt=2, flaky=True), rr("lint"), rr("gpu", conclusion="failure", attempt=2)]
+    body = summary_comment("o/r", 1, "a" * 40, rows)
+    assert "**Flaky** (failed, then passed on a re-run of this commit): `unit`" in body
+    assert "(attempt 2, flaky)" in body and body.count("flaky") == 1  # the failed gpu re-run is no flake
+    assert "Flaky" not in summary_comment("o/r", 1, "a" * 40, [rr("unit", attempt=2)])
+    assert "**Flaky:**" in check_output(rows[0])["summary"]
+
+
 def test_infrastructure_tries_show_in_the_check_run() -> None:
     """SPEC §11: each attempt shows in the check run, with the backend's own message."""
     out = check_output(rr(status="in_progress", conclusion=None, try_n=2, tries_total=3,

@@ -384,7 +384,7 @@ def test_new_key_errors(text: str, message: str) -> None:
 
 @pytest.mark.parametrize("text, line, message", [
     ("run: x\nmachin: CPU\n", 2, "machin: unknown key (expected one of: name, trigger, image, machine,"
-                                 " interruptible, timeout, mode, env, parametrize, run, reports); did you mean 'machine'?"),
+                                 " interruptible, timeout, mode, env, parametrize, run, reports, paths, paths-ignore, needs); did you mean 'machine'?"),
     ("name: w\n", 1, "'run' is required"),
     ("run: ''\n", 1, "run: must not be empty"),
     ("run: [a]\n", 1, "run: expected a string, got list"),
@@ -650,3 +650,61 @@ def test_plan_is_pure_and_deterministic() -> None:
     assert p1 == p2
     assert [r.file for r in p1.runs] == [".lightning/workflows/b.yml"] + [F] * 4 + [".litci.yaml"]
     assert isinstance(p1.runs[0], Run)
+
+
+# --- paths, paths-ignore, needs ---------------------------------------------------------------
+
+def test_paths_and_needs_are_read_into_every_run_and_survive_the_queue() -> None:
+    p = one('name: gpu\nparametrize: {matrix: {machine: ["L4", "A10G"]}}\npaths: ["src/**", "tests/**"]\n'
+            'paths-ignore: ["docs/**"]\nneeds: lint\nrun: x\n', file=".lightning/workflows/gpu.yml")
+    assert "needs: 'lint' names no workflow" in p.errors[0].message and p.runs == []  # alone: unknown
+    p = plan({".lightning/workflows/gpu.yml": 'name: gpu\nparametrize: {matrix: {machine: ["L4", "A10G"]}}\n'
+              'paths: ["src/**", "tests/**"]\npaths-ignore: ["docs/**"]\nneeds: lint\nrun: x\n',
+              ".lightning/workflows/lint.yml": "run: ruff check .\n"}, "main", D)
+    assert p.errors == []
+    gpu = [r for r in p.runs if r.workflow == "gpu"]
+    assert len(gpu) == 2 and all(r.needs == ("lint",) and r.paths == ("src/**", "tests/**")
+                                 and r.paths_ignore == ("docs/**",) for r in gpu)
+    lint = next(r for r in p.runs if r.workflow == "lint")
+    assert lint.needs == () and lint.paths is None and not lint.path_filter.active
+    assert wf.run_from_jsonable(json.loads(json.dumps(wf.to_jsonable(gpu[0])))) == gpu[0]
+    # A payload written before these keys existed still loads.
+    old = {k: v for k, v in wf.to_jsonable(lint).items() if k not in ("needs", "paths", "paths_ignore")}
+    assert wf.run_from_jsonable(old) == lint
+
+
+@pytest.mark.parametrize("text, line, message", [
+    ("paths: src/**\nrun: x\n", 1, "paths: expected a list of path patterns"),
+    ("paths: []\nrun: x\n", 1, "paths: expected at least one pattern"),
+    ("paths-ignore: ['!docs/**']\nrun: x\n", 1, "paths-ignore: needs at least one pattern without '!'"),
+    ("paths: ['src/**', '!']\nrun: x\n", 1, "paths[1]: invalid pattern"),
+    ("paths: ['src/**', 3]\nrun: x\n", 1, "paths[1]: expected a string"),
+    ("needs: [lint, 3]\nrun: x\n", 1, "needs[1]: expected a string"),
+    ("needs: {lint: 1}\nrun: x\n", 1, "needs: expected a workflow name or a list"),
+    ("run: x\nneeds: [lnt]\n", 2, "needs: 'lnt' names no workflow"),
+    ("name: ci\nneeds: ci\nrun: x\n", 2, "needs: a cycle: ci → ci"),
+])
+def test_paths_and_needs_errors(text: str, line: int, message: str) -> None:
+    err = error_of(text)
+    assert err.line == line, err
+    assert message in err.message, err.message
+
+
+def test_needs_across_files_unknown_cycle_and_broken() -> None:
+    files = {".lightning/workflows/lint.yml": "run: x\n",
+             ".lightning/workflows/gpu.yml": "needs: [lint]\nrun: x\n",
+             ".lightning/workflows/a.yml": "needs: [b]\nrun: x\n",
+             ".lightning/workflows/b.yml": "needs: [a]\nrun: x\n"}
+    p = plan(files, "main", D)
+    assert sorted(r.workflow for r in p.runs) == ["gpu", "lint"]
+    assert [(e.file, "cycle" in e.message) for e in p.errors] == [
+        (".lightning/workflows/a.yml", True), (".lightning/workflows/b.yml", True)]
+    # lint.yml broken: gpu.yml fails too, naming it; no run of either starts
+    p = plan({**files, ".lightning/workflows/lint.yml": "run: [\n"}, "main", D)
+    assert [r.workflow for r in p.runs] == []
+    gpu_err = next(e for e in p.errors if e.file.endswith("gpu.yml"))
+    assert "invalid: .lightning/workflows/lint.yml" in gpu_err.message and gpu_err.line == 1
+    # A needed workflow whose trigger does not match this event is known (nothing to wait for then).
+    p = plan({".lightning/workflows/lint.yml": "trigger: {push: {branches: [main]}}\nrun: x\n",
+              ".lightning/workflows/gpu.yml": "needs: [lint]\nrun: x\n"}, "main", D)
+    assert p.errors == [] and [r.workflow for r in p.runs] == ["gpu"] and p.skipped == ["lint"]

@@ -6,6 +6,7 @@
     start_job  start the job (start-or-find by its deterministic name), check → in_progress
     wait_job   poll the job with backoff; enforce queue_timeout and the run's timeout
     results    log tail, conclusion, check → completed (+ annotations), summary comment
+    needs      after a conclusion on a commit: start the runs waiting for it, or skip them
     cancel     stop a SHA's runs (superseded, PR closed, /litci cancel)
     rerun      check_run / check_suite re-requested: new attempts of recorded runs
     command    /litci run|cancel|ok-to-test|approve-cost from a PR comment
@@ -18,7 +19,9 @@ marker) instead of creating it twice. Decisions come from decisions.py; GitHub c
 A handler is `async def handler(task: Task, ctx: Context) -> list[Task]`: `ctx` (context.py) holds
 the config in force, the queue, the run state, GitHub and the backend. The modules:
 
-    planning   new_event, new_commit (and queue_run: a run's queued check run + its start_job)
+    planning   new_event, new_commit
+    ordering   paths / paths-ignore / needs: runs queued to start, waiting, or skipped; the
+               `needs` phase; re-runs that re-arm what a failed need skipped
     jobs       start_job, wait_job, results
     commands   cancel, rerun, command
     comments   the summary comment writer (comment, comment_soon)
@@ -42,6 +45,7 @@ from .checkruns import report_completed
 from .commands import cancel, command, rerun
 from .comments import comment, comment_soon
 from .jobs import results, start_job, wait_job
+from .ordering import after_conclusion, give_up, needs_phase
 from .planning import new_commit, new_event
 
 log = logs.get("litbotd.lifecycle")
@@ -58,6 +62,10 @@ async def on_dead(task: Task, ctx: Context) -> list[Task]:
         await ctx.runs.conclude(ref, *ended, time.time())
         await spending.ended(ctx, ref)
         await report_completed(ctx, p, ref)
+        return [*await after_conclusion(task, ctx, p),
+                *await comment_soon(task, ctx, p["repo"], p.get("pr"), p["installation"])]
+    if task.kind == "needs":  # its waiting runs end neutral: no check run stays queued
+        await give_up(task, ctx.runs, lambda q, ref: report_completed(ctx, q, ref), message)
         return await comment_soon(task, ctx, p["repo"], p.get("pr"), p["installation"])
     if task.kind in ("new_event", "new_commit"):
         await checks.find_or_create_check(
@@ -89,6 +97,6 @@ REGISTRY = Registry(
     handlers={kind: _ends_when_gone(h) for kind, h in {
         "new_event": new_event, "start_job": start_job, "wait_job": wait_job, "results": results,
         "new_commit": new_commit, "cancel": cancel, "rerun": rerun, "command": command,
-        "comment": comment}.items()},
+        "comment": comment, "needs": needs_phase}.items()},
     on_dead=on_dead,
 )

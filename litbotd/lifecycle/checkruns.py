@@ -19,7 +19,10 @@ def routing(p: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {**{k: p.get(k) for k in ROUTING}, **extra}
 
 
-def report_row(run: workflows.Run, attempt: int, st: dict[str, str], log_tail: str = "") -> report.RunReport:
+def report_row(run: workflows.Run, attempt: int, st: dict[str, str], log_tail: str = "",
+               flaky: bool = False) -> report.RunReport:
+    """A run's report from its recorded state (runstate's hash of that attempt); `flaky`: the run
+    failed earlier on this commit (shown only if this attempt passed)."""
     def num(k: str) -> float | None:
         return float(st[k]) if st.get(k) else None
 
@@ -35,6 +38,8 @@ def report_row(run: workflows.Run, attempt: int, st: dict[str, str], log_tail: s
         machine=run.machine, image=run.image, attempt=attempt, started_at=num("started_at"),
         finished_at=num("finished_at"), details_url=st.get("url") or None, message=st.get("message", ""),
         log_tail=log_tail, tries=tries, try_n=try_n, tries_total=total,
+        waiting=st.get("waiting", ""), note=st.get("note", ""),
+        flaky=flaky and st.get("conclusion") == decisions.SUCCESS,
         approved_by=st.get("approved_by", ""), **_cost(num),
     )
 

@@ -10,10 +10,9 @@ from ..context import Context
 from ..payloads import BOOL, ID, REPO, SHA, STR, needs, opt
 from ..runstate import RunRef
 from ..tasks import Task
-from . import spending
+from . import ordering, spending
 from .checkruns import report_completed, routing
 from .comments import comment_soon
-from .planning import queue_run
 
 log = logs.get("litbotd.lifecycle")
 
@@ -69,7 +68,8 @@ async def cancel(task: Task, ctx: Context) -> list[Task]:
     if failed:
         raise BackendError(f"{len(failed)} of {len(refs)} jobs could not be stopped: {failed[0]}")
     log.info("runs cancelled", runs=len(refs), reason=reason)
-    return await comment_soon(task, ctx, repo, p.get("pr"), p["installation"])
+    after = [t for sha in shas for t in await ordering.after_conclusion(task, ctx, {**p, "sha": sha})]
+    return after + await comment_soon(task, ctx, repo, p.get("pr"), p["installation"])
 
 
 @needs(repo=REPO, sha=SHA, installation=ID, check_run_id=opt(ID), external_id=opt(STR), check_name=opt(STR),
@@ -91,7 +91,7 @@ async def rerun(task: Task, ctx: Context) -> list[Task]:
         return []
     pr = p.get("pr") or await rs.pr_of(repo, sha)
     base = routing(p, pr=pr)
-    out = [await queue_run(ctx, task, base, recorded[k][0], await rs.new_attempt(repo, sha, k, task.id)) for k in keys]
+    out = await ordering.rerun_runs(ctx, task, base, keys, every=not p.get("check_run_id"))
     return out + await comment_soon(task, ctx, repo, pr, p["installation"])
 
 
@@ -124,11 +124,10 @@ async def command(task: Task, ctx: Context) -> list[Task]:
         await rs.set_pr_field(repo, pr, approved=head)
         out.append(task.successor("new_event", {**event, "approved": True}))
     elif cmd.verb == "approve-cost":
-        # Recorded with who gave it; the runs a limit held start again as new attempts.
+        # Recorded with who gave it; the runs a limit held start again as new attempts (and the
+        # runs skipped because one of them did not succeed wait for them again).
         held = await spending.approve(ctx, repo, head, p["user"])
-        recorded = await rs.runs(repo, head)
-        out += [await queue_run(ctx, task, event, recorded[k][0], await rs.new_attempt(repo, head, k, task.id))
-                for k in held]
+        out += await ordering.rerun_runs(ctx, task, event, held, every=False) if held else []
         out += await comment_soon(task, ctx, repo, pr, inst)
     else:
         recorded = await rs.runs(repo, head)
@@ -140,7 +139,7 @@ async def command(task: Task, ctx: Context) -> list[Task]:
                 log.info("command refused", command=cmd.text, reason=f"no run named {', '.join(unknown)}")
                 await checks.react(gh, inst, repo, p["comment_id"], "confused")
                 return []
-            out += [await queue_run(ctx, task, event, recorded[k][0], await rs.new_attempt(repo, head, k, task.id)) for k in keys]
+            out += await ordering.rerun_runs(ctx, task, event, keys, every=not cmd.names)
             out += await comment_soon(task, ctx, repo, pr, inst)
     await checks.react(gh, inst, repo, p["comment_id"], "+1")
     log.info("command accepted", command=cmd.text, user=p["user"])

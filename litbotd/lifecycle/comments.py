@@ -31,8 +31,9 @@ async def _render_comment(rs: RunState, repo: str, pr: int, head: str | None) ->
     if not head:
         return None
     rows = []
-    for key, (run, attempt) in sorted((await rs.runs(repo, head)).items()):
-        rows.append(report_row(run, attempt, await rs.get(RunRef(repo, head, key, attempt))))
+    flaky = await rs.flaky(repo, head)
+    for key, (run, attempt, st) in sorted((await rs.latest_states(repo, head)).items()):
+        rows.append(report_row(run, attempt, st, flaky=key in flaky))
     return report.summary_comment(repo, pr, head, rows) if rows else None
 
 

@@ -14,7 +14,7 @@ from ..pages.keep import keep_run
 from ..payloads import BOOL, ID, INT, NUM, REPO, SHA, STR, needs, opt
 from ..runstate import RunRef
 from ..tasks import Task
-from . import spending
+from . import ordering, spending
 from .checkruns import report_completed, report_row, routing
 from .comments import comment_soon
 
@@ -45,6 +45,8 @@ async def start_job(task: Task, ctx: Context) -> list[Task]:
             await ctx.backend.stop(name)
         await spending.not_started(task, ctx, ref, run, state)  # what it held is free (a held run: reported)
         return []  # cancelled before it started
+    if not decisions.needs_met(state):
+        return []  # waiting for its needs: the `needs` phase starts it (ordering.py)
     # SPEC §11 limits, once per run: a retried try keeps the slot and the reservation of its run.
     if try_n == 1 and (not_now := await spending.before_start(task, ctx, ref, run)) is not None:
         return not_now + await comment_soon(task, ctx, repo, await _pr_of(ctx, p), p["installation"])
@@ -72,6 +74,8 @@ async def start_job(task: Task, ctx: Context) -> list[Task]:
         details = ctx.page_url(repo, sha, key, attempt) or status.url  # the run page, else the job's own link
         if details and details.startswith(("http://", "https://")):
             fields["details_url"] = details
+        if state.get("released_by"):  # it waited for its needs: its check still says so
+            fields["output"] = report.check_output(report_row(run, attempt, await rs.get(ref)))
         try:
             await checks.update_check(ctx.github, p["installation"], repo, int(p["check_run_id"]), "progress",
                                       defer=True, **fields)
@@ -150,11 +154,14 @@ async def results(task: Task, ctx: Context) -> list[Task]:
     conclusion, message = await rs.conclude(ref, conclusion, message, time.time())
     metrics.JOBS.labels(ctx.backend.name, conclusion).inc()
     await spending.ended(ctx, ref, status.cost, part=int(p.get("try") or 1))
+    if await rs.record_outcome(ref, conclusion, time.time()):
+        log.info("flaky run: failed, then passed on a re-run of the same commit", attempt=p["attempt"])
     await _keep_page(ctx, p, ref)  # before the check run completes: its link then shows the final page
     await report_completed(ctx, p, ref, tail, found)
     log.info("run finished", conclusion=conclusion, exit_code=status.exit_code, job=p["job"],
              annotations=len(found.annotations), tests=found.tests_text or None)
-    return await comment_soon(task, ctx, p["repo"], await _pr_of(ctx, p), p["installation"], sha=p["sha"])
+    return [*await ordering.after_conclusion(task, ctx, p),
+            *await comment_soon(task, ctx, p["repo"], await _pr_of(ctx, p), p["installation"], sha=p["sha"])]
 
 
 async def _keep_page(ctx: Context, p: dict[str, Any], ref: RunRef) -> None:

@@ -1,9 +1,7 @@
-"""Planning: a PR head or a commit's workflows read and planned, one `queued` check run and one
-start_job task per run (new_event, new_commit)."""
+"""Planning: a PR head or a commit's workflows read and planned, one check run per run — `queued`
+with its start_job task, `queued` waiting for its needs, or `skipped` at once (ordering.py) —
+(new_event, new_commit)."""
 from __future__ import annotations
-
-import time
-from typing import Any
 
 from .. import checks, decisions, logs, report, workflows
 from ..context import Context
@@ -11,27 +9,11 @@ from ..github import GitHubApp
 from ..payloads import BOOL, ID, REPO, SHA, STR, needs, opt
 from ..runstate import RunRef
 from ..tasks import Task
-from .checkruns import report_row, routing
+from . import ordering
+from .checkruns import routing
 from .comments import comment_soon
 
 log = logs.get("litbotd.lifecycle")
-
-
-async def queue_run(ctx: Context, task: Task, p: dict[str, Any], run: workflows.Run, attempt: int) -> Task:
-    """Create the run's `queued` check run and the start_job task that follows."""
-    gh, rs = ctx.github, ctx.runs
-    ref = RunRef(p["repo"], p["sha"], run.key, attempt)
-    page = ctx.page_url(p["repo"], p["sha"], run.key, attempt)  # the run page, from the start (SPEC §9)
-    check_id = await checks.find_or_create_check(
-        gh, p["installation"], p["repo"], p["sha"], run.check_name, decisions.external_id(run.key, attempt),
-        priority="create", status="queued", output=report.check_output(report_row(run, attempt, {})),
-        **({"details_url": page} if page else {}))
-    await rs.count_write(ref)
-    if not await rs.transition(ref, ("", "queued"), status="queued", check_run_id=check_id, queued_at=time.time()):
-        await rs.update(ref, check_run_id=check_id)  # repeated after a cancel ended it: keep its state
-    log.info("run queued", run=run.key, check=run.check_name, attempt=attempt)
-    return task.successor("start_job", routing(p, run=run.key, attempt=attempt, check_run_id=check_id),
-                          key=f"{run.key}/{attempt}")
 
 
 async def _report_plan(gh: GitHubApp, inst: int, repo: str, sha: str, plan: workflows.Plan,
@@ -76,6 +58,7 @@ async def new_event(task: Task, ctx: Context) -> list[Task]:
     await _report_plan(gh, inst, repo, sha, plan, no_workflows=not files)
     new = await rs.add_runs(repo, sha, plan.runs, pr, owner=task.id)
     recorded = await rs.runs(repo, sha)
+    todo = []
     for run in plan.runs:
         attempt = new.get(run.key)
         if attempt is None and p.get("action") == "reopened":
@@ -85,7 +68,9 @@ async def new_event(task: Task, ctx: Context) -> list[Task]:
             if attempt is None and decisions.restart_on_reopen(last.get("conclusion")):
                 attempt = await rs.new_attempt(repo, sha, run.key, task.id)
         if attempt is not None:
-            out.append(await queue_run(ctx, task, p, run, attempt))
+            todo.append((run, attempt))
+    change = await ordering.change_of(gh, p, [r for r, _ in todo])
+    out += await ordering.queue_runs(task, p, ctx, todo, change)
     log.info("workflows planned", runs=len(plan.runs), started=sum(t.kind == "start_job" for t in out),
              errors=len(plan.errors), skipped=len(plan.skipped))
     return out + await comment_soon(task, ctx, repo, pr, inst)
@@ -104,7 +89,9 @@ async def new_commit(task: Task, ctx: Context) -> list[Task]:
     plan = workflows.plan(files, p["branch"], ctx.defaults, event=event)
     await _report_plan(gh, inst, repo, sha, plan, no_workflows=not files and event == "merge_group")
     new = await rs.add_runs(repo, sha, plan.runs, None, owner=task.id)
-    out = [await queue_run(ctx, task, p, run, new[run.key]) for run in plan.runs if run.key in new]
-    log.info("workflows planned", trigger=event, branch=p["branch"], runs=len(plan.runs), started=len(out),
+    todo = [(run, new[run.key]) for run in plan.runs if run.key in new]
+    out = await ordering.queue_runs(task, p, ctx, todo, await ordering.change_of(gh, p, [r for r, _ in todo]))
+    log.info("workflows planned", trigger=event, branch=p["branch"], runs=len(plan.runs),
+             started=sum(t.kind == "start_job" for t in out),
              errors=len(plan.errors), skipped=len(plan.skipped))
     return out
