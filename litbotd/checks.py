@@ -118,6 +118,22 @@ async def permission(gh: GitHubApp, inst: int, repo: str, user: str) -> tuple[st
     return body.get("permission"), body.get("role_name")
 
 
+async def repository_access(gh: GitHubApp, repo: str) -> tuple[int, bool] | None:
+    """The repository's installation id and whether it is public, asked as the App: its
+    installation, then a token scoped to it with `metadata: read` only, whose answer lists the
+    repository with its visibility. None when the App is not installed on it (404)."""
+    try:
+        inst = await gh.get(f"{repo_path(repo)}/installation", None)
+    except GitHubError as e:
+        if e.status == 404:
+            return None
+        raise
+    body = await gh.post(f"/app/installations/{int(inst['id'])}/access_tokens", None,
+                         data={"repositories": [repo.split("/")[1]], "permissions": {"metadata": "read"}})
+    listed = [r for r in body.get("repositories") or [] if r.get("full_name", "").lower() == repo.lower()]
+    return int(inst["id"]), bool(listed) and listed[0].get("private") is False
+
+
 async def react(gh: GitHubApp, inst: int, repo: str, comment_id: int, content: str) -> None:
     """Acknowledge a command. A comment deleted meanwhile (404) must not undo the command."""
     try:

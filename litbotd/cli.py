@@ -113,7 +113,12 @@ def _load(path: str | None) -> Config:
 def _check_config(cfg: Config, online: bool) -> int:
     print(f"# effective config ({cfg.source}); secrets masked")
     print(config_mod.render_toml(config_mod.to_dict(cfg)))
-    from .preflight import problems
+    from .preflight import problems, secret_store
+
+    store, _ = secret_store(cfg)  # a problem with it is one of the refusals below
+    if store.source:
+        print(f"\n# job secrets ({store.source}): names only")
+        print("\n".join(f"# {line}" for line in store.listing()) or "# (none)")
 
     if not cfg.github.app_id or not cfg.github.private_key:
         print("# warning: github.app_id / private key not set: litbotd cannot call GitHub", file=sys.stderr)

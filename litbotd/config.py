@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 
 from . import durations, redaction
 
-SECRET_KEYS = {"github.private_key", "github.webhook_secret"}
+SECRET_KEYS = {"github.private_key", "github.webhook_secret", "github.client_secret"}
 
 
 class ConfigError(ValueError):
@@ -27,8 +27,11 @@ class ServerConfig:
     port: int = 8080
     path: str = "/"
     max_body_bytes: int = 26_214_400
-    public_url: str = ""            # where run pages are served (SPEC §9); "": no pages, details_url as before
-    auth: str = "link"              # run pages: "link" (the URL holds the key) or "github"
+    public_url: str = ""            # where run pages and /dashboard are served (SPEC §9); "": no pages, details_url as before
+    auth: str = "link"              # run pages: "link" (the URL holds the key) or "github" (GitHub sign-in)
+    admin_users: tuple[str, ...] = ()   # GitHub logins allowed on /dashboard (with auth = "github")
+    # Not a file key: the bearer token of /dashboard, from the credential litbotd-admin-token.
+    admin_token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class GithubConfig:
     trusted_associations: tuple[str, ...] = ("OWNER", "MEMBER", "COLLABORATOR")
     redeliver_interval: float = 300.0
     redeliver_window: float = 72 * 3600.0
+    client_id: str = ""             # the App's OAuth client id, for server.auth = "github"
+    client_secret: str = field(default="", repr=False)   # prefer the credential github-client-secret
     # Not a file key: the PEM text, from GH_PRIVATE_KEY, the credentials directory
     # or read from private_key_file at load time.
     private_key: str = field(default="", repr=False)
@@ -109,6 +114,12 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class SecretsConfig:
+    file: str = ""                  # the job secrets store (jobsecrets.py); "": the credential litbotd-secrets
+    forks: str = "never"            # "never" | "approved": a fork PR's runs after /litci ok-to-test on that SHA
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     """[limits] (SPEC §11); 0 or empty: no limit. limits.py decides with it."""
     max_parallel_per_repo: int = 0
@@ -133,6 +144,7 @@ class Config:
     workers: WorkersConfig = WorkersConfig()
     jobs: JobsConfig = JobsConfig()
     report: ReportConfig = ReportConfig()
+    secrets: SecretsConfig = SecretsConfig()
     limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
     source: str = ""  # where it was read from, for messages
@@ -215,7 +227,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix}: expected a table, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hidden = {"private_key", "source"}
+    hidden = {"private_key", "source", "admin_token"}
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -244,6 +256,17 @@ def _validate(cfg: Config) -> None:
         bad("server.public_url", f"must be an http(s) URL without query or fragment, got {cfg.server.public_url!r}")
     if cfg.server.auth not in ("link", "github"):
         bad("server.auth", f"must be 'link' or 'github', got {cfg.server.auth!r}")
+    for i, login in enumerate(cfg.server.admin_users):
+        if not re.match(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$", login):
+            bad(f"server.admin_users[{i}]", f"not a GitHub login: {login!r}")
+    if cfg.server.auth == "github":
+        if not cfg.server.public_url:
+            bad("server.auth", "'github' needs server.public_url (GitHub sends the user back to it)")
+        if not cfg.github.client_id:
+            bad("github.client_id", "must be set for server.auth = 'github' (the App's OAuth client id)")
+        if not cfg.github.client_secret:
+            bad("github.client_secret", "must be set for server.auth = 'github' "
+                                        "(the credential github-client-secret, or the key)")
     if cfg.github.app_id < 0:
         bad("github.app_id", f"must not be negative, got {cfg.github.app_id}")
     if not re.match(r"^https?://[^/\s]+", cfg.github.api_url):
@@ -309,6 +332,10 @@ def _validate(cfg: Config) -> None:
         bad("report.keep_logs", "must be more than 0")
     if cfg.report.logs_dir and not cfg.report.logs_dir.startswith("/"):
         bad("report.logs_dir", f"must be an absolute path, got {cfg.report.logs_dir!r}")
+    if cfg.secrets.forks not in ("never", "approved"):
+        bad("secrets.forks", f"must be 'never' or 'approved', got {cfg.secrets.forks!r}")
+    if cfg.secrets.file and not cfg.secrets.file.startswith("/"):
+        bad("secrets.file", f"must be an absolute path, got {cfg.secrets.file!r}")
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error", "critical"):
         bad("log.level", f"must be one of debug, info, warning, error, critical, got {cfg.log.level!r}")
     if cfg.log.format not in ("auto", "text", "journal", "json"):
@@ -362,11 +389,21 @@ def build(data: Mapping[str, Any], env: Mapping[str, str], source: str, read_sec
         private_key = read_secret(posixpath.join(creds, "github-app.pem"), "github.private_key_file", False) or ""
     if not private_key and gh.private_key_file:
         private_key = read_secret(gh.private_key_file, "github.private_key_file", True) or ""
+    client_secret = secrets.get("client_secret", "")
+    if creds:
+        client_secret = (read_secret(posixpath.join(creds, "github-client-secret"), "github.client_secret", False)
+                         or "").strip() or client_secret
+    admin_token = ""
+    if creds:
+        admin_token = (read_secret(posixpath.join(creds, "litbotd-admin-token"), "server.admin_token", False)
+                       or "").strip()
     if private_key and "PRIVATE KEY-----" not in private_key:
         raise ConfigError("github.private_key_file: not a PEM private key (no 'PRIVATE KEY' header)")
     cfg = dataclasses.replace(
         cfg,
-        github=dataclasses.replace(gh, webhook_secret=webhook_secret or gh.webhook_secret, private_key=private_key),
+        github=dataclasses.replace(gh, webhook_secret=webhook_secret or gh.webhook_secret, private_key=private_key,
+                                   client_secret=client_secret or gh.client_secret),
+        server=dataclasses.replace(cfg.server, admin_token=admin_token),
         source=source,
     )
     _validate(cfg)
@@ -384,7 +421,8 @@ def logs_dir(cfg: Config, env: Mapping[str, str]) -> str:
 
 def secrets_of(cfg: Config) -> list[str]:
     """Every secret value in the config, for log scrubbing."""
-    return [s for s in (cfg.github.webhook_secret, cfg.github.private_key) if s]
+    return [s for s in (cfg.github.webhook_secret, cfg.github.private_key, cfg.github.client_secret,
+                        cfg.server.admin_token) if s]
 
 
 def to_dict(cfg: Config, mask: bool = True) -> dict[str, Any]:
@@ -392,9 +430,10 @@ def to_dict(cfg: Config, mask: bool = True) -> dict[str, Any]:
     out = dataclasses.asdict(cfg)
     out.pop("source", None)
     gh = out["github"]
-    for name in ("webhook_secret", "private_key"):
+    for name in ("webhook_secret", "private_key", "client_secret"):
         if mask:
             gh[name] = "***" if gh[name] else "(not set)"
+    out["server"].pop("admin_token")  # not a file key (the credential litbotd-admin-token); never shown
     if mask:  # redis://:PASSWORD@host
         out["redis"]["url"] = redaction.mask_url(out["redis"]["url"])
     return out

@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import jobsecrets
 from .config import Config, ConfigError, build
 
 DEFAULT_PATH = "/etc/litbotd/litbotd.toml"
@@ -62,11 +63,12 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
 
 def secret_paths(cfg: Config, env: Mapping[str, str] | None = None) -> list[str]:
     """The files a job must not read, as absolute paths: the App key file, the systemd credentials
-    directory and the config file itself (the local sandbox masks them should they sit under a
-    folder it shows, such as /etc)."""
+    directory, the config file itself and the job secrets file (the local sandbox masks them
+    should they sit under a folder it shows, such as /etc)."""
     env = os.environ if env is None else env
     source = cfg.source if cfg.source and os.path.isfile(cfg.source) else ""
-    return [os.path.abspath(p) for p in (cfg.github.private_key_file, env.get("CREDENTIALS_DIRECTORY"), source) if p]
+    return [os.path.abspath(p) for p in (cfg.github.private_key_file, env.get("CREDENTIALS_DIRECTORY"), source,
+                                         cfg.secrets.file) if p]
 
 
 def load_redis_only(path: str | None = None, env: Mapping[str, str] | None = None) -> tuple[Config, str | None]:
@@ -87,3 +89,38 @@ def load_redis_only(path: str | None = None, env: Mapping[str, str] | None = Non
             data = {}  # unreadable as a whole: [redis] comes from the environment or the defaults
     only_redis = {k: v for k, v in env.items() if k == "REDIS_URL"}
     return parse({"redis": data.get("redis", {})}, only_redis, source=f"[redis] of {path or 'defaults'}"), problem
+
+
+# -- the job secrets store (jobsecrets.py) ----------------------------------------------------------
+def secrets_path(file: str, env: Mapping[str, str] | None = None) -> str | None:
+    """Where the job secrets store is: `secrets.file` when set, else the credential
+    litbotd-secrets when systemd loaded one, else nowhere (no job gets a secret)."""
+    env = os.environ if env is None else env
+    if file:
+        return file
+    creds = env.get("CREDENTIALS_DIRECTORY")
+    if creds and os.path.exists(os.path.join(creds, jobsecrets.CREDENTIAL)):
+        return os.path.join(creds, jobsecrets.CREDENTIAL)
+    return None
+
+
+def load_secrets(file: str, env: Mapping[str, str] | None = None) -> jobsecrets.Store:
+    """The job secrets store (the empty store when there is none). A file other users may read
+    is refused: it holds every token the jobs get. SecretsError names the file and the key."""
+    path = secrets_path(file, env)
+    if path is None:
+        return jobsecrets.EMPTY
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            raw = f.read()
+    except OSError as e:
+        raise jobsecrets.SecretsError(f"secrets file {path}: {e.strerror or type(e).__name__}") from None
+    if mode & 0o007:
+        raise jobsecrets.SecretsError(f"secrets file {path}: readable by other users (mode {mode & 0o777:o}): "
+                                      "chmod o-rwx it")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise jobsecrets.SecretsError(f"secrets file {path}: not UTF-8 text") from None
+    return jobsecrets.loads(text, f"secrets file {path}")

@@ -12,6 +12,7 @@ from typing import Callable
 
 import redis.asyncio as aioredis
 
+from . import jobsecrets, masking
 from .backends.base import Backend
 from .config import Config
 from .github import GitHubApp
@@ -34,6 +35,7 @@ class Context:
     backend_impl: Backend | None = None   # None: this daemon runs no workers
     links: Links | None = None            # run pages' URLs (server.public_url set), for details_url
     page_store: Store | None = None       # where finished runs' pages are kept (with links)
+    secrets: jobsecrets.Store = jobsecrets.EMPTY  # the job secrets store (values in memory only)
     # The backend's machine prices (SPEC §11), refreshed in place by the pool's hourly loop; the
     # daemon hands the same book to every context it builds, so a reload keeps what was read.
     prices: PriceBook = field(default_factory=PriceBook)
@@ -41,14 +43,20 @@ class Context:
     @classmethod
     def of(cls, config: Config, queue: Queue, github: GitHubApp | None = None, backend: Backend | None = None,
            defaults: Defaults | None = None, links: Links | None = None,
-           page_store: Store | None = None, prices: PriceBook | None = None) -> "Context":
+           page_store: Store | None = None, secrets: jobsecrets.Store = jobsecrets.EMPTY,
+           prices: PriceBook | None = None) -> "Context":
         return cls(config=config, queue=queue, runs=RunState(queue), github_app=github, backend_impl=backend,
                    defaults=defaults or Defaults.from_config(config.jobs), links=links, page_store=page_store,
-                   prices=prices or PriceBook())
+                   secrets=secrets, prices=prices or PriceBook())
 
     def page_url(self, repo: str, sha: str, run: str, attempt: int) -> str | None:
         """The run's page, for its check run's details_url; None without server.public_url."""
         return self.links.url(repo, sha, run, attempt) if self.links is not None else None
+
+    @property
+    def masker(self) -> masking.Masker:
+        """Masks every job secret value in text bound for a log, GitHub or a page (SPEC §10)."""
+        return masking.masker_for(self.secrets.masked_values())
 
     @property
     def redis(self) -> aioredis.Redis:

@@ -21,13 +21,14 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from . import config as config_mod
-from . import configfile, logs, preflight, procinfo, systemd
+from . import configfile, jobsecrets, logs, preflight, procinfo, systemd
 from .backends import Backend, machine_names, make_backend
 from .backoff import backoff
 from .config import Config, ConfigError, JobsConfig
 from .context import Context, Current
 from .github import GitHubApp
 from .logstore import Store, load_link_key, logs_dir
+from .pages import dashboard
 from .pages.ctx import Pages
 from .pool import WorkerPool
 from .queue import queue_config
@@ -131,8 +132,12 @@ class Daemon:
             return
         host, port = self.cfg.server.host, self.cfg.server.port
         pages = await self._pages()
-        self._runner = web.AppRunner(make_app(self.current, self.live, pages), access_log=None,
-                                     handle_signals=False)
+        app = make_app(self.current, self.live, pages)
+        if dashboard.wanted(self.cfg):
+            current = self.current
+            dashboard.add_to(app, lambda: current.ctx, run_url=lambda ctx, ref: current.ctx.page_url(
+                ref.repo, ref.sha, ref.key, ref.attempt))
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         try:
@@ -168,12 +173,14 @@ class Daemon:
         links, store = doors
         current = self.current
         return Pages(config=lambda: current.ctx.config, queue=lambda: current.ctx.queue,
-                     backend=lambda: current.ctx.backend_impl, store=store, link_key=links.key)
+                     backend=lambda: current.ctx.backend_impl, store=store, link_key=links.key,
+                     mask=lambda: current.ctx.masker.mask)  # job secrets (SPEC §10), the store in force
 
     def _context(self, cfg: Config, github: GitHubApp | None, backend: Backend | None,
-                 defaults: Defaults | None, prices: PriceBook | None = None) -> Context:
+                 defaults: Defaults | None, secrets: jobsecrets.Store, prices: PriceBook | None = None) -> Context:
         links, store = self._doors or (None, None)
-        return Context.of(cfg, self.queue, github, backend, defaults, links=links, page_store=store, prices=prices)
+        return Context.of(cfg, self.queue, github, backend, defaults, links=links, page_store=store, secrets=secrets,
+                          prices=prices)
 
     async def _wait_for_redis(self) -> bool:
         """READY waits for Redis; a stop request while waiting ends the daemon."""
@@ -198,10 +205,18 @@ class Daemon:
     async def start(self) -> None:
         """Adapters, then the pool (recovery, sweep, workers, loops); listen() if not yet done."""
         cfg = self.cfg
+        try:
+            store = await asyncio.to_thread(self._secrets, cfg)
+        except jobsecrets.SecretsError as e:
+            raise StartError(f"secrets.file: {e}") from None
+        logs.set_job_secrets(store.masked_values())
+        if store.values() and cfg.jobs.backend == "local" and not cfg.jobs.local.sandbox:
+            log.warning("job secrets with jobs.local.sandbox = false: an unsandboxed job can read the secrets "
+                        "of the others running beside it (README, Job secrets)")
         backend = make_backend(cfg.jobs, configfile.secret_paths(cfg)) if cfg.workers.count > 0 else None
         self._backend_jobs = cfg.jobs if backend is not None else None
         await self._page_doors()
-        self.current.ctx = self._context(cfg, self._github(cfg), backend, await self._defaults(cfg, backend))
+        self.current.ctx = self._context(cfg, self._github(cfg), backend, await self._defaults(cfg, backend), store)
         await self.pool.start()
         if self.cfg.server.enabled and self._runner is None:
             await self.listen()
@@ -231,6 +246,11 @@ class Daemon:
         if not (cfg.github.app_id and cfg.github.private_key):
             return None
         return GitHubApp.on_redis(cfg.github, self.redis, self.queue.name)
+
+    @staticmethod
+    def _secrets(cfg: Config) -> jobsecrets.Store:
+        """The job secrets store the config points at (blocking file I/O: call it on a thread)."""
+        return configfile.load_secrets(cfg.secrets.file)
 
     @staticmethod
     async def _defaults(cfg: Config, backend: Backend | None) -> Defaults:
@@ -290,15 +310,20 @@ class Daemon:
                    if f.name != "source" and getattr(old, f.name) != getattr(new, f.name)]
         # Everything that can fail happens before the first change.
         was = self.ctx
+        try:  # the secrets file, re-read: a bad one is refused like a bad config, the old store kept
+            store = (await asyncio.to_thread(self._secrets, new)).succeeding(was.secrets)
+        except jobsecrets.SecretsError as e:
+            return f"secrets.file: {e}"
         backend = was.backend_impl
         if new.workers.count > 0 and new.jobs != self._backend_jobs:
             backend = make_backend(new.jobs, configfile.secret_paths(new))
         github = self._github(new) if new.github != old.github else was.github_app
         defaults = await self._defaults(new, backend)
         logs.setup(new.log.level, new.log.format, config_mod.secrets_of(new))
+        logs.set_job_secrets(store.masked_values())
         # The prices read stay with their backend: a new backend's are read afresh (the gate reads them).
         prices = was.prices if backend is was.backend_impl else None
-        self.current.ctx = self._context(new, github, backend, defaults, prices)  # the swap: one assignment
+        self.current.ctx = self._context(new, github, backend, defaults, store, prices)  # the swap: one assignment
         if backend is not was.backend_impl:
             self._backend_jobs = new.jobs
             if was.backend_impl is not None:
@@ -308,7 +333,8 @@ class Daemon:
         if self._stop.is_set():
             return None  # SIGTERM arrived while reloading: a draining daemon starts no workers
         self.pool.resize(new.workers.count)
-        log.info("reloaded", changed=",".join(changed) or "nothing", workers=new.workers.count)
+        log.info("reloaded", changed=",".join(changed) or "nothing", workers=new.workers.count,
+                 secrets=f"{len(store.orgs)} orgs, {len(store.repos)} repos")
         return None
 
 

@@ -9,6 +9,7 @@ two checks concluded success and failure and the failing one has its annotations
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import importlib.util
@@ -170,6 +171,10 @@ async def demo(workdir: Path, keep: bool = False, port: int = 0) -> int:
         "report": {"logs_dir": str(workdir / "runs")},
         "log": {"level": "warning"},
     }, env={"GH_PRIVATE_KEY": private_pem, "GH_WEBHOOK_SECRET": secret}, source="demo")
+    # The dashboard opens with an admin token made for this demo (a daemon reads it from the
+    # credential litbotd-admin-token).
+    admin_token = secrets.token_urlsafe(18)
+    cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, admin_token=admin_token))
     logs.setup(cfg.log.level, cfg.log.format, config_mod.secrets_of(cfg))
     say(f"2. GitHub stand-in at {api_url}; daemon with 2 workers, local backend in {workdir / 'jobs'}")
     if sandbox_problem:
@@ -186,10 +191,12 @@ async def demo(workdir: Path, keep: bool = False, port: int = 0) -> int:
         say("the daemon did not start")
         await gh.close()
         return running.result() or 1
+    say(f"   dashboard: http://127.0.0.1:{daemon.port}/dashboard  (admin token: {admin_token})")
     try:
         result = await _drive(daemon, gh, sha, secret)
         if keep:
-            say(f"\nserving the run pages above at http://127.0.0.1:{daemon.port}/ until Ctrl-C")
+            say(f"\nserving the run pages above at http://127.0.0.1:{daemon.port}/ until Ctrl-C, and the dashboard"
+                f"\n   at http://127.0.0.1:{daemon.port}/dashboard (admin token: {admin_token})")
             await running  # SIGINT stops the daemon
         return result
     finally:

@@ -4,7 +4,8 @@ One line per event: a message, then `key=value` fields. The fields of the task b
 (delivery, task, phase, repo, pr, sha, run, job) come from a context variable, so every line
 written while a task runs carries them. Under systemd (`JOURNAL_STREAM` set) lines get journald's
 `<N>` priority prefix; `format = "json"` writes one JSON object per line. Every line passes a
-redactor that removes configured secrets and anything shaped like a GitHub token.
+redactor that removes configured secrets and anything shaped like a GitHub token, and masks every
+value of the job secrets store in each of its forms (masking.py), whatever logged it.
 """
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ import re
 import sys
 import time
 import types
-from typing import Any, Iterator, Mapping, TextIO
+from typing import Any, Iterable, Iterator, Mapping, TextIO
 
-from . import redaction
+from . import masking, redaction
 
 _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
     "litbotd_log_context", default=types.MappingProxyType({}))  # read-only: every context() sets a new one
@@ -27,13 +28,23 @@ _secrets: list[str] = []  # redaction.secret_parts of the configured secrets
 _JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
+_job_masker: list[masking.Masker] = [masking.Masker(())]  # the job secrets store's values
+
+
 def set_secrets(values: list[str]) -> None:
     """Remember the secret values to scrub (called at start and on reload)."""
     _secrets[:] = redaction.secret_parts(values)
 
 
+def set_job_secrets(values: Iterable[str]) -> None:
+    """Mask these job secret values in every line from now on (at start, and when a reload
+    brings a new store: the old values stay masked as well, a job may still print them)."""
+    _job_masker[0] = masking.Masker({*values, *_job_masker[0].values})
+
+
 def redact(text: str) -> str:
-    return redaction.redact(text, _secrets)
+    text = redaction.redact(text, _secrets)
+    return _job_masker[0].mask(text) if _job_masker[0] else text
 
 
 safe_url = redaction.mask_url  # a URL fit for a log line or a message: its password replaced by ***

@@ -9,12 +9,11 @@ import contextlib
 import functools
 import json
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Concatenate, Coroutine, ParamSpec
 
-from . import logs, spend
+from . import logs, opsview, spend
 from .config import Config
 from .queue import Queue, queue_config
 from .redisconn import REDIS_UNAVAILABLE, connect_config
@@ -50,78 +49,22 @@ def _redis_errors(fn: Callable[Concatenate[Config, P], Coroutine[Any, Any, int]]
 @_redis_errors
 async def status(cfg: Config, as_json: bool) -> int:
     async with _queue(cfg) as q:
-        depths = await q.depths()
-        by_kind = await q.queued_by_kind()
-        workers = await q.worker_infos()
-        oldest = await q.oldest_age()
-        refused = await _refused_reloads(q)
+        st = await q.status()
         flaky = await flaky_stats(q)
-        spent = await spend.spend_today(q)
-        usage = await spend.usage(q)
+        spent = await spend.view(q)
     if as_json:
-        print(json.dumps({
-            **depths, "queued_by_phase": by_kind, "oldest_task_age_s": oldest, "reload_refused": refused,
-            "flaky_runs_30d": {repo: {"flaky": f.flaky, "runs": f.runs} for repo, f in flaky.items()},
-            "spend_today_usd": spent, **usage,
-            "workers": [{"id": w.id, "host": w.host, "pid": w.pid, "alive": w.alive, "task": w.task,
-                         "busy_s": w.busy_s, "processing": w.processing} for w in workers],
-        }, sort_keys=True))
-        return 0
-    phases = ", ".join(f"{k} {v}" for k, v in sorted(by_kind.items())) or "none"
-    print(f"queue {cfg.redis.queue}: queued {depths['queued']} ({phases}), delayed {depths['delayed']}, "
-          f"dead {depths['dead']}" + (f", oldest {oldest:.0f}s" if oldest is not None else ""))
-    day = time.strftime("%Y-%m-%d", time.gmtime())
-    print(f"spend today ({day} UTC): " + (", ".join(f"{repo} ${usd:,.2f}" for repo, usd in spent.items()) or "none"))
-    if usage["running_by_machine"] or usage["waiting_by_machine"]:
-        machines = sorted(set(usage["running_by_machine"]) | set(usage["waiting_by_machine"]))
-        print("runs by machine: " + ", ".join(f"{m} {usage['running_by_machine'].get(m, 0)} running"
-                                             f" {usage['waiting_by_machine'].get(m, 0)} waiting" for m in machines))
-    if flaky:
-        top = sorted(flaky.items(), key=lambda kv: (-kv[1].flaky, kv[0]))
-        shown = ", ".join(f"{repo} {f.flaky} of {f.runs}" for repo, f in top[:10]) \
-            + (f", … ({len(top)} repositories)" if len(top) > 10 else "")
-        print(f"flaky runs (failed, then passed on a re-run; 30 days): {shown}")
-    alive = [w for w in workers if w.alive]
-    print(f"workers: {len(alive)} alive")
-    for w in alive:
-        doing = f"task {w.task} for {w.busy_s:.0f}s" if w.task and w.busy_s is not None else "idle"
-        print(f"  {w.id}  {doing}")
-    for r in refused:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.get("at", 0)))
-        print(f"last reload REFUSED on {r.get('host')} pid {r.get('pid')} at {when}Z, running the old config: "
-              f"{r.get('error')}")
-    dead = [w for w in workers if not w.alive]
-    if dead:
-        print(f"dead workers awaiting recovery: {len(dead)}")
-        for w in dead:
-            print(f"  {w.id}  {w.processing} task(s) to requeue")
+        print(json.dumps(opsview.status_json(st, flaky, spent), sort_keys=True))
+    else:
+        print("\n".join(opsview.status_text(st, flaky, spent)))
     return 0
-
-
-async def _refused_reloads(q: Queue) -> list[dict[str, Any]]:
-    """What running daemons recorded about a refused SIGHUP reload (cleared by a good one)."""
-    out = []
-    for raw in (await q.redis.hgetall(q.key("reload"))).values():
-        try:
-            out.append(json.loads(raw))
-        except ValueError:
-            continue
-    return sorted(out, key=lambda r: r.get("at", 0))
 
 
 @_redis_errors
 async def dead(cfg: Config, action: str, task_id: str | None, every: bool) -> int:
     async with _queue(cfg) as q:
         if action == "list":
-            entries = await q.dead_tasks()
-            for raw, task in entries:
-                if task is None:
-                    print(f"(malformed) {raw[:200]}")
-                else:
-                    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(task.created))
-                    ctx = " ".join(f"{k}={v}" for k, v in task.context().items() if k != "task")
-                    print(f"{task.id}  {when}Z  attempts={task.attempt}  {ctx}\n    error: {task.error}")
-            print(f"{len(entries)} dead task(s)")
+            rows = [opsview.dead_row(raw, task) for raw, task in await q.dead_tasks()]
+            print("\n".join(opsview.dead_text(rows)))
             return 0
         if action == "retry":
             n = await q.dead_retry(None if every else task_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Mapping
 
+from . import configfile, jobsecrets
 from .config import Config
 
 
@@ -42,6 +43,15 @@ def backend_problem(cfg: Config) -> str | None:
     return None
 
 
+def secret_store(cfg: Config, env: Mapping[str, str] | None = None) -> tuple[jobsecrets.Store, str | None]:
+    """The job secrets store the config points at, or the empty store and why it cannot be read
+    (one line naming the file and the key, never a value)."""
+    try:
+        return configfile.load_secrets(cfg.secrets.file, env), None
+    except jobsecrets.SecretsError as e:
+        return jobsecrets.EMPTY, f"secrets.file: {e}"
+
+
 def pages_problem(cfg: Config, env: Mapping[str, str] | None = None) -> str | None:
     """With server.public_url: the run pages' link key can be read, or made (nothing is made here).
     `env`: the process's environment unless given."""
@@ -63,5 +73,7 @@ def problems(cfg: Config, env: Mapping[str, str] | None = None) -> list[str]:
     if p := backend_problem(cfg):
         out.append(p)
     if p := pages_problem(cfg, env):
+        out.append(p)
+    if p := secret_store(cfg, env)[1]:
         out.append(p)
     return out

@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Sequence, cast
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
 from . import logs, metrics
+from .opsview import QueueStatus, WorkerInfo
 from .redisconn import REDIS_UNAVAILABLE, connect, connect_config  # noqa: F401 (the names callers had here)
 from .tasks import Task, TaskFormatError
 
@@ -138,17 +139,6 @@ def queue_config(redis: aioredis.Redis, rcfg: Any) -> "Queue":
     (with redis.require_replica, for one replica even when none is connected)."""
     return Queue(redis, rcfg.queue, ack_replicas=1 if rcfg.sentinels else 0,
                  require_replica=bool(getattr(rcfg, "require_replica", False)))
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    id: str
-    host: str
-    pid: int
-    alive: bool
-    task: str | None
-    busy_s: float | None
-    processing: int
 
 
 class NotReplicated(redis.exceptions.RedisError):
@@ -419,6 +409,23 @@ class Queue:
                 kind = "(malformed)"
             counts[kind] = counts.get(kind, 0) + 1
         return counts
+
+    async def refused_reloads(self) -> list[dict[str, Any]]:
+        """What running daemons recorded about a refused SIGHUP reload (cleared by a good one)."""
+        out = []
+        for raw in (await self.redis.hgetall(self.key("reload"))).values():
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                continue
+        return sorted(out, key=lambda r: r.get("at", 0))
+
+    async def status(self, now: float | None = None) -> QueueStatus:
+        """The one snapshot `litbotd status` and the dashboard show (opsview shapes it)."""
+        depths = await self.depths()
+        return QueueStatus(queue=self.name, **depths, by_phase=await self.queued_by_kind(),
+                           oldest_s=await self.oldest_age(now), workers=tuple(await self.worker_infos(now)),
+                           refused_reloads=tuple(await self.refused_reloads()))
 
     async def oldest_age(self, now: float | None = None) -> float | None:
         raw = await self.redis.lindex(self.name, -1)

@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .masking import ANSI_RE
 from .workflows import ROOT_FILES, WORKFLOW_DIR, WORKFLOW_EXTS
 
 MAX_OUTPUT_CHARS = 65_535
@@ -20,10 +21,9 @@ MAX_COMMENT_CHARS = 65_536            # GitHub's limit of an issue comment body
 MARKER = "<!-- litbotd:summary -->"
 MAX_NOTES_CHARS = 16_000              # workflow commands without a file, listed before the log tail
 
-# CSI (colours, cursor moves), OSC (titles, hyperlinks; ended by BEL or ST), nF sequences such
-# as charset choices (ESC ( B), other ESC pairs, and the 8-bit CSI.
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -/]+[0-~]"
-                   r"|\x1b[@-Z\\-_]|\x9b[0-?]*[ -/]*[@-~]")
+# CSI (colours, cursor moves), OSC (titles, hyperlinks), nF sequences, other ESC pairs, the
+# 8-bit CSI: the one definition, in masking.py (which also matches secrets across them).
+_ANSI = ANSI_RE
 # Control characters that are neither newline nor tab (after ANSI codes are gone).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _BACKTICKS = re.compile(r"`+")
@@ -88,6 +88,8 @@ class RunReport:
     tries: tuple[str, ...] = ()
     try_n: int = 1
     tries_total: int = 1
+    secrets: tuple[str, ...] = ()        # names of the job secrets the run received (never values)
+    secret_notes: tuple[str, ...] = ()   # one line per named secret it did not get, and why
 
     @property
     def state(self) -> str:
@@ -270,6 +272,10 @@ def check_output(r: RunReport) -> dict[str, str]:
         lines += ["", f"**Tests:** {_code(r.tests)}"]
     if r.annotations:
         lines += ["", f"**Annotations:** {r.annotations}, on the lines they name"]
+    if r.secrets:
+        lines += ["", f"**Secrets:** {', '.join(_code(n) for n in r.secrets)}"]
+    if r.secret_notes:
+        lines += [""] + [f"- {_code(_clip_end(n, 1000))}" for n in r.secret_notes[:100]]
     summary = _clip_end("\n".join(lines), MAX_OUTPUT_CHARS)
 
     text = ""
@@ -346,15 +352,19 @@ def waiting_output(reason: str, r: RunReport) -> dict[str, str]:
     return {"title": _clip_end(first[:1].upper() + first[1:], 1000), "summary": summary, "text": ""}
 
 
-def fork_approval_output(prefix: str) -> dict[str, str]:
-    """The `action_required` check of a fork PR whose author is not trusted: nothing ran."""
+def fork_approval_output(prefix: str, forks: str = "never") -> dict[str, str]:
+    """The `action_required` check of a fork PR whose author is not trusted: nothing ran.
+    `forks`: the `secrets.forks` setting, which decides whether the approved runs get job secrets."""
     command = _code(f"{prefix} ok-to-test")
+    secrets = ("They get the job secrets their workflow names, for this commit only."
+               if forks == "approved" else "They get no job secrets (`secrets.forks = \"never\"`).")
     summary = "\n".join([
         "This pull request comes from a fork, and its author is not yet trusted to run CI here,"
         " so nothing has run.",
         "",
         f"A maintainer may reply {command} to run the workflows on this commit. The workflow files"
-        " are then read from the base branch; only the code under test comes from the pull request.",
+        " are then read from the base branch; only the code under test comes from the pull request. "
+        + secrets,
     ])
     return {"title": "Approval required to run CI", "summary": summary, "text": ""}
 

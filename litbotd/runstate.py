@@ -8,11 +8,16 @@
                                              (how many it may have),
                                              try:<n> (how try n ended, SPEC §11), try_cost:<n>
                                              (what it cost, when the backend said),
+                                             origin, fork, author_association (what started it: trust),
+                                             secrets, secret_notes (job secret NAMES released, and why not),
                                              price, projected, held, spent (the sum of spent:<try>, each
                                              set once: spend.py's ledger), spent_day
     q:pr:<repo>#<pr>                   hash  head, base_ref, installation, comment_id, approved,
+                                             approved:<sha> (who said ok-to-test on that commit),
                                              version (changes), commented (version shown)
     q:pr:<repo>#<pr>:shas              set   every head SHA seen, for supersede and close
+    q:runs:recent                      zset  JSON [repo, sha, run, attempt] -> time of its last state
+                                             change; the newest RECENT only (the dashboard's list)
     q:flaky:<repo>                     zset  "<sha>:<run>" → when it turned flaky (failed, then passed
                                              on a re-run of the same commit); 30 days, ≤ 10,000
     q:flaky                            zset  repository → its latest flaky run (≤ 10,000 repositories)
@@ -39,6 +44,17 @@ from .workflows import Run, run_from_jsonable, to_jsonable
 TTL = 30 * 24 * 3600
 # Replies are str (every client decodes: redisconn.connect); redis-py types them bytes | str,
 # hence the casts marked "decoded".
+RECENT = 100
+
+# The recent-runs index, kept by the same atomic step as the run's state change: the member goes to
+# the top, and only the newest ARGV keep stay. Appended to the scripts that record a change.
+_RECENT_FN = """
+local function note_recent(key, now, member, keep, ttl)
+  redis.call('ZADD', key, now, member)
+  redis.call('ZREMRANGEBYRANK', key, 0, -tonumber(keep) - 1)
+  redis.call('EXPIRE', key, ttl)
+end
+"""
 
 # KEYS: sha hash. ARGV: run key, owner task id, ttl.
 _NEW_ATTEMPT = """
@@ -51,26 +67,29 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return n
 """
 
-_CONCLUDE = """
+# KEYS: run hash, recent zset. ARGV: conclusion, message, finished_at, ttl, recent member, keep.
+_CONCLUDE = _RECENT_FN + """
 if redis.call('HSETNX', KEYS[1], 'conclusion', ARGV[1]) == 1 then
   redis.call('HSET', KEYS[1], 'message', ARGV[2], 'finished_at', ARGV[3], 'status', 'completed')
   redis.call('EXPIRE', KEYS[1], ARGV[4])
+  note_recent(KEYS[2], ARGV[3], ARGV[5], ARGV[6], ARGV[4])
 end
 return redis.call('HMGET', KEYS[1], 'conclusion', 'message')
 """
 
 
-# KEYS: run hash. ARGV: allowed statuses, comma-separated ('' = none recorded yet), ttl, then field,
-# value pairs. A run that has concluded, or whose cancel was requested, takes no transition: it
-# never goes back to running (only _CONCLUDE ends a run).
-_TRANSITION = """
+# KEYS: run hash, recent zset. ARGV: allowed statuses, comma-separated ('' = none recorded yet), ttl,
+# now, recent member, keep, then field, value pairs. A run that has concluded, or whose cancel was
+# requested, takes no transition: it never goes back to running (only _CONCLUDE ends a run).
+_TRANSITION = _RECENT_FN + """
 if redis.call('HEXISTS', KEYS[1], 'conclusion') == 1 or redis.call('HEXISTS', KEYS[1], 'cancel_reason') == 1 then
   return 0
 end
 local status = redis.call('HGET', KEYS[1], 'status') or ''
 if not string.find(',' .. ARGV[1] .. ',', ',' .. status .. ',', 1, true) then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+note_recent(KEYS[2], ARGV[3], ARGV[4], ARGV[5], ARGV[2])
 return 1
 """
 
@@ -168,6 +187,15 @@ class RunRef:
     attempt: int
 
 
+@dataclass(frozen=True)
+class RecentRun:
+    ref: RunRef
+    at: float                  # when its state last changed
+    state: dict[str, str]      # the attempt's hash (status, conclusion, times, job, ...)
+    check_name: str
+    machine: str
+
+
 class RunState:
     def __init__(self, queue: Queue) -> None:
         self.q = queue
@@ -195,6 +223,14 @@ class RunState:
     def sha_key(self, repo: str, sha: str) -> str:
         """The commit's hash, for spend.py's ledger (its `spent`)."""
         return self._sha(repo, sha)
+
+    @property
+    def _recent(self) -> str:
+        return self.q.key("runs", "recent")
+
+    @staticmethod
+    def _member(ref: RunRef) -> str:
+        return json.dumps([ref.repo, ref.sha, ref.key, ref.attempt], separators=(",", ":"))
 
     def pr_key(self, repo: str, pr: int) -> str:
         """The PR's hash, for a write fenced by the comment claim (locks.FencedLock.commit)."""
@@ -266,10 +302,10 @@ class RunState:
     async def transition(self, ref: RunRef, allowed_from: tuple[str, ...], **fields: Any) -> bool:
         """Set `fields` in one atomic step if the run's status is one of `allowed_from` ("" = none
         yet) and it has neither concluded nor been asked to cancel. False when refused."""
-        args: list[Any] = [",".join(allowed_from), TTL]
+        args: list[Any] = [",".join(allowed_from), TTL, repr(time.time()), self._member(ref), RECENT]
         for k, v in fields.items():
             args += [k, "" if v is None else v]
-        return bool(await self._transition(keys=[self._run(ref)], args=args))
+        return bool(await self._transition(keys=[self._run(ref), self._recent], args=args))
 
     async def count_write(self, ref: RunRef) -> int:
         """Count one check-run write for this run (for the writes-per-run metric); the total."""
@@ -282,8 +318,41 @@ class RunState:
     async def conclude(self, ref: RunRef, conclusion: str, message: str, finished_at: float) -> tuple[str, str]:
         """Record the conclusion unless the run already has one (a cancel and a result racing:
         the first decides). Returns the conclusion and message in force."""
-        got = await self._conclude(keys=[self._run(ref)], args=[conclusion, message, repr(finished_at), TTL])
+        got = await self._conclude(keys=[self._run(ref), self._recent],
+                                   args=[conclusion, message, repr(finished_at), TTL, self._member(ref), RECENT])
         return got[0], got[1] or ""
+
+    async def recent(self, limit: int = RECENT) -> list[RecentRun]:
+        """The runs whose state changed last, newest first, for the dashboard. A run whose state
+        has expired meanwhile is left out."""
+        members = cast(list[tuple[str, float]],  # decoded
+                       await self.r.zrevrange(self._recent, 0, limit - 1, withscores=True))
+        refs: list[tuple[RunRef, float]] = []
+        for member, score in members:
+            try:
+                items: list[Any] = json.loads(member)
+                repo, sha, key, attempt = items
+                refs.append((RunRef(str(repo), str(sha), str(key), int(attempt)), float(score)))
+            except (ValueError, TypeError):
+                continue
+        if not refs:
+            return []
+        async with self.r.pipeline(transaction=False) as p:
+            for ref, _ in refs:
+                p.hgetall(self._run(ref))
+                p.hget(self._sha(ref.repo, ref.sha), f"spec:{ref.key}")
+            got = await p.execute()
+        out = []
+        for i, (ref, at) in enumerate(refs):
+            state, spec = got[2 * i], got[2 * i + 1]
+            if not state:
+                continue
+            try:
+                run = run_from_jsonable(json.loads(spec)) if spec else None
+            except (ValueError, TypeError):
+                run = None
+            out.append(RecentRun(ref, at, state, run.check_name if run else ref.key, run.machine if run else ""))
+        return out
 
     async def advance_try(self, ref: RunRef, ended: int, line: str, total: int, cost: float | None = None) -> int:
         """Record how infrastructure try `ended` ended and move the run to the next try, once:

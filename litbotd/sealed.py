@@ -20,12 +20,18 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 INFO = b"litbotd sealed redis values v1"
 
 
-@functools.lru_cache(maxsize=4)
-def _key(private_key_pem: str) -> bytes:
+@functools.lru_cache(maxsize=8)
+def derive(private_key_pem: str, info: bytes = INFO) -> bytes:
+    """A 32-byte key for one purpose (`info`) from the App's private key: every daemon holding
+    the key derives the same one (the session cookies' key uses its own `info`)."""
     key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
     der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=INFO).derive(der)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(der)
+
+
+def _key(private_key_pem: str) -> bytes:
+    return derive(private_key_pem, INFO)
 
 
 def seal(private_key_pem: str, plaintext: str, aad: str) -> str:

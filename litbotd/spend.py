@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, cast
 
-from . import limits
+from . import limits, opsview
 from .backoff import backoff
 from .queue import Queue
 from .runstate import RunRef, RunState
@@ -288,6 +288,14 @@ async def spend_on(queue: Queue, day: str) -> dict[str, float]:
 async def usage(queue: Queue) -> dict[str, Any]:
     """Running and waiting runs by machine and repository (status, dashboard)."""
     return await Spend(queue).usage()
+
+
+async def view(queue: Queue, now: float | None = None) -> opsview.SpendView:
+    """Today's ledger and the slots, as `litbotd status` shows them."""
+    day = limits.utc_day(time.time() if now is None else now)
+    u = await usage(queue)
+    return opsview.SpendView(day, await spend_on(queue, day), u["running_by_machine"], u["waiting_by_machine"],
+                             u["running_by_repo"])
 
 
 class PriceBook:

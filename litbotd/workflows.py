@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from . import durations
+from . import durations, jobsecrets
 from . import needs as needs_mod
 from . import paths as paths_mod
 from .config import JobsConfig
@@ -41,7 +41,7 @@ WORKFLOW_EXTS = (".yml", ".yaml")
 LOCATIONS = f"{', '.join(ROOT_FILES)} or {WORKFLOW_DIR}*{', *'.join(WORKFLOW_EXTS)}"  # for messages
 
 WORKFLOW_KEYS = ("name", "trigger", "image", "machine", "interruptible", "timeout", "mode", "env",
-                 "parametrize", "run", "reports", "paths", "paths-ignore", "needs")
+                 "parametrize", "run", "reports", "paths", "paths-ignore", "needs", "secrets")
 PARAMETRIZE_KEYS = ("matrix", "include", "exclude")
 TRIGGER_EVENTS = ("pull_request", "push", "merge_group")
 EVENTS = ("pull_request", "merge_group", "push")  # what plan() plans for
@@ -89,6 +89,7 @@ class Run:
     needs: tuple[str, ...] = ()     # workflow names whose runs for the commit must succeed first
     paths: tuple[str, ...] | None = None         # run only when the change touches one of these
     paths_ignore: tuple[str, ...] | None = None  # do not run when every changed file is one of these
+    secrets: tuple[str, ...] = ()   # names of the job secrets its trusted runs receive (SPEC §10)
 
     @property
     def path_filter(self) -> paths_mod.PathFilter:
@@ -291,6 +292,7 @@ class _Workflow:
     needs: tuple[str, ...] = ()
     paths: tuple[str, ...] | None = None
     paths_ignore: tuple[str, ...] | None = None
+    secrets: tuple[str, ...] = ()
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -388,6 +390,21 @@ def _reports(value: Any, path: tuple[str | int, ...]) -> tuple[str, ...]:
         if pattern.startswith("/") or ".." in pattern.split("/"):
             raise _Invalid(path + (i,), f"{pattern!r} leaves the repository: use a path relative to its root")
     return tuple(value)
+
+
+def _secrets(value: Any, path: tuple[str | int, ...], env: Mapping[str, str]) -> tuple[str, ...]:
+    """`secrets:` the names of job secrets (SPEC §10) the workflow's trusted runs receive."""
+    if value is None:
+        return ()
+    _want(value, list, "a list of secret names (e.g. ['CODECOV_TOKEN'])", path)
+    if len(value) > jobsecrets.MAX_SECRETS:
+        raise _Invalid(path, f"at most {jobsecrets.MAX_SECRETS} secrets")
+    for i, name in enumerate(value):
+        if why := jobsecrets.name_problem(name):
+            raise _Invalid(path + (i,), why)
+        if name in env:
+            raise _Invalid(path + (i,), f"{name} is also set under env: a secret's name must be its own")
+    return tuple(dict.fromkeys(value))
 
 
 def _patterns(value: Any, path: tuple[str | int, ...]) -> tuple[str, ...] | None:
@@ -573,6 +590,7 @@ def _workflow(data: Any, file: str, path: tuple[str | int, ...], doc: _Doc, defa
         settings=settings, env=env, script=script,
         cells=_matrix_cells(data.get("parametrize"), path + ("parametrize",), doc, defaults),
         reports=_reports(data.get("reports"), path + ("reports",)),
+        secrets=_secrets(data.get("secrets"), path + ("secrets",), env),
         needs=_needs(data.get("needs"), path + ("needs",)),
         paths=_patterns(data.get("paths"), path + ("paths",)),
         paths_ignore=_patterns(data.get("paths-ignore"), path + ("paths-ignore",)),
@@ -654,7 +672,7 @@ def _runs(wf: _Workflow, defaults: Defaults) -> list[Run]:
             interruptible=settings.get("interruptible", False),
             timeout=settings.get("timeout", defaults.timeout),
             env=env, script=wf.script, reports=wf.reports, needs=wf.needs, paths=wf.paths,
-            paths_ignore=wf.paths_ignore,
+            paths_ignore=wf.paths_ignore, secrets=wf.secrets,
         ))
     return runs
 
@@ -753,6 +771,7 @@ def run_from_jsonable(d: Mapping[str, Any]) -> Run:
             needs=tuple(str(n) for n in d.get("needs") or ()),
             paths=None if d.get("paths") is None else tuple(str(g) for g in d["paths"]),
             paths_ignore=None if d.get("paths_ignore") is None else tuple(str(g) for g in d["paths_ignore"]),
+            secrets=tuple(str(n) for n in d.get("secrets") or ()),
         )
     except KeyError as e:
         raise ValueError(f"run payload lacks {e.args[0]!r}") from None

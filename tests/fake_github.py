@@ -24,6 +24,13 @@
     GET   /repos/{o}/{r}/collaborators/{user}/permission
     GET   /repos/{o}/{r}/tarball/{ref}                      302 to /_codeload/..., a gzip tarball
     POST  /repos/{o}/{r}/statuses/{sha}                       whose top folder is owner-repo-sha7/
+    GET   /user                                             the user of a user access token (OAuth)
+
+and GitHub's OAuth web flow (on github.com itself, not the API, so not checked against the spec):
+
+    GET   /login/oauth/authorize                            a sign-in form, or straight back to redirect_uri
+    POST  /login/oauth/authorize                              with ?code&state for `signed_in` (set_oauth_app,
+    POST  /login/oauth/access_token                           add_user, sign_in); a code is good once, 10 min
 
 With `spec_path` (GitHub's OpenAPI description) every request is checked against it: the method
 and path must be an operation, and path parameters, query parameters and the JSON body must match
@@ -37,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import html
 import io
 import itertools
 import json
@@ -286,12 +294,18 @@ class FakeGitHub:
         self.reactions: list[dict[str, Any]] = []
         self.statuses: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str]] = []
+        self.bodies: list[bytes] = []     # every request body as sent (leak scans read them)
         self.violations: list[str] = []
         self.deliveries: list[dict[str, Any]] = []
         self.tokens: dict[str, dict[str, Any]] = {}  # token -> installation_id, expires_at, repositories, permissions
         self.repos: dict[str, _Repo] = {}
         self.pulls: dict[tuple[str, int], dict[str, Any]] = {}
         self.permissions: dict[tuple[str, str], str] = {}
+        self.oauth_clients: dict[str, str] = {}        # client_id -> client_secret
+        self.users: dict[str, dict[str, Any]] = {}       # login -> GET /user body
+        self.signed_in: str | None = None               # who is signed in to "github.com" in the browser
+        self.oauth_codes: dict[str, dict[str, Any]] = {}  # code -> client_id, redirect_uri, login, expires_at
+        self.user_tokens: dict[str, str] = {}            # user access token -> login
         self._injections: list[dict[str, Any]] = []
         self._holds: list[Hold] = []
         self._ids = itertools.count(1000)
@@ -345,6 +359,26 @@ class FakeGitHub:
     def set_permission(self, repo: str, user: str, permission: str) -> None:
         self.permissions[(repo, user)] = permission
 
+    def set_oauth_app(self, client_id: str, client_secret: str) -> None:
+        self.oauth_clients[client_id] = client_secret
+
+    def add_user(self, login: str) -> dict[str, Any]:
+        uid = next(self._ids)
+        self.users[login] = {
+            "login": login, "id": uid, "node_id": f"U_{uid}", "avatar_url": "", "gravatar_id": None,
+            "url": f"{self.url}/users/{login}", "html_url": f"{WEB}/{login}", "type": "User", "site_admin": False,
+            "name": None, "company": None, "blog": None, "location": None, "email": None, "hireable": None,
+            "bio": None, "public_repos": 0, "public_gists": 0, "followers": 0, "following": 0,
+            "created_at": _iso(0), "updated_at": _iso(0)}
+        return self.users[login]
+
+    def sign_in(self, login: str | None) -> None:
+        """The browser session at "github.com": authorize redirects straight back for this user
+        (GitHub does so once the user has authorised the App); None shows the sign-in form."""
+        if login is not None and login not in self.users:
+            self.add_user(login)
+        self.signed_in = login
+
     def add_delivery(self, guid: str | None = None, *, status_code: int = 502, age: float = 0.0,
                      redelivery: bool = False, event: str = "pull_request", action: str | None = "opened",
                      installation_id: int = 1) -> dict[str, Any]:
@@ -394,6 +428,9 @@ class FakeGitHub:
         method, path = request.method, request.path
         self.requests.append((method, path))
         raw = await request.read()
+        self.bodies.append(raw)
+        if path.startswith("/login/oauth/"):  # github.com's web flow: forms, not the REST API
+            return await self._oauth(request, path, raw)
         body: Any = None
         if raw:
             try:
@@ -450,6 +487,11 @@ class FakeGitHub:
             if call.repo is None:
                 raise _Reply(404, "Not Found")
         if auth == "any":
+            return
+        if auth == "user":
+            if scheme.lower() not in ("token", "bearer") or cred not in self.user_tokens:
+                raise _Reply(401, "Bad credentials")
+            call.args["login"] = self.user_tokens[cred]
             return
         if not cred and call.method == "GET" and call.repo is not None and not call.repo.private:
             return  # a public repository reads without credentials, as on GitHub
@@ -548,6 +590,57 @@ class FakeGitHub:
         core = {"limit": 5000, "remaining": int(h["x-ratelimit-remaining"]), "used": int(h["x-ratelimit-used"]),
                 "reset": int(h["x-ratelimit-reset"])}
         return self._json(200, {"resources": {"core": core}, "rate": core})
+
+    # -- OAuth web flow (github.com) and the signed-in user ---------------------------------------
+    async def _oauth(self, request: web.Request, path: str, raw: bytes) -> web.StreamResponse:
+        form = {**request.query, **(dict(urllib.parse.parse_qsl(raw.decode())) if raw else {})}
+        if path == "/login/oauth/authorize":
+            client_id, redirect_uri, state = form.get("client_id", ""), form.get("redirect_uri", ""), form.get("state", "")
+            if client_id not in self.oauth_clients or not redirect_uri.startswith(("http://", "https://")):
+                return web.Response(status=404, text="Not Found")
+            login = form.get("login") if request.method == "POST" else self.signed_in
+            if not login:
+                page = ("<!doctype html><title>Sign in to GitHub</title><form method=post>"
+                        f"<input type=hidden name=client_id value='{html.escape(client_id, True)}'>"
+                        f"<input type=hidden name=redirect_uri value='{html.escape(redirect_uri, True)}'>"
+                        f"<input type=hidden name=state value='{html.escape(state, True)}'>"
+                        "<label>Username <input name=login id=login></label>"
+                        "<button type=submit id=authorize>Authorize</button></form>")
+                return web.Response(text=page, content_type="text/html")
+            if login not in self.users:
+                self.add_user(login)
+            self.signed_in = login
+            code = secrets.token_hex(10)
+            self.oauth_codes[code] = {"client_id": client_id, "redirect_uri": redirect_uri, "login": login,
+                                      "expires_at": time.time() + 600}
+            sep = "&" if "?" in redirect_uri else "?"
+            return web.Response(status=302, headers={
+                "Location": f"{redirect_uri}{sep}{urllib.parse.urlencode({'code': code, 'state': state})}"})
+        if path == "/login/oauth/access_token" and request.method == "POST":
+            # GitHub answers 200 with an "error" field for a bad code or client secret.
+            client_id = form.get("client_id", "")
+            if self.oauth_clients.get(client_id) is None or \
+                    not secrets.compare_digest(self.oauth_clients[client_id], form.get("client_secret", "")):
+                return self._oauth_answer(request, {"error": "incorrect_client_credentials",
+                                                    "error_description": "The client_id and/or client_secret "
+                                                                         "passed are incorrect."})
+            grant = self.oauth_codes.pop(form.get("code", ""), None)
+            if grant is None or grant["expires_at"] <= time.time() or grant["client_id"] != client_id or \
+                    ("redirect_uri" in form and form["redirect_uri"] != grant["redirect_uri"]):
+                return self._oauth_answer(request, {"error": "bad_verification_code",
+                                                    "error_description": "The code passed is incorrect or expired."})
+            token = "ghu_" + secrets.token_hex(18)
+            self.user_tokens[token] = grant["login"]
+            return self._oauth_answer(request, {"access_token": token, "token_type": "bearer", "scope": ""})
+        return web.Response(status=404, text="Not Found")
+
+    def _oauth_answer(self, request: web.Request, body: dict[str, str]) -> web.Response:
+        if "application/json" in request.headers.get("Accept", ""):
+            return web.json_response(body)
+        return web.Response(text=urllib.parse.urlencode(body), content_type="application/x-www-form-urlencoded")
+
+    async def _get_user(self, call: _Call) -> web.Response:
+        return self._json(200, self.users[call.args["login"]])
 
     # -- webhook deliveries -------------------------------------------------------------------------
     def _sorted_deliveries(self) -> list[dict[str, Any]]:
@@ -784,7 +877,8 @@ class FakeGitHub:
     async def _permission(self, call: _Call) -> web.Response:
         assert call.repo is not None
         user = call.args["username"]
-        role = self.permissions.get((call.repo.full_name, user), "none")
+        # On a public repository everyone reads: a stranger's permission is "read", as on GitHub.
+        role = self.permissions.get((call.repo.full_name, user), "none" if call.repo.private else "read")
         return self._json(200, {"permission": _PERMISSION_LEVEL[role], "role_name": role,
                                 "user": {"login": user, "type": "User"}})
 
@@ -911,7 +1005,8 @@ def _tar_gz(prefix: str, files: dict[str, bytes]) -> bytes:
 
 
 def _route(method: str, template: str, handler: _Handler, auth: str, scope: str = "") -> tuple[Any, ...]:
-    """auth: "app" (JWT), "install" (an installation token with `scope` permission), "any"."""
+    """auth: "app" (JWT), "install" (an installation token with `scope` permission), "user" (a user
+    access token from the OAuth flow), "any"."""
     return method, _compile(template, frozenset({"path", "ref", "basehead"})), handler, auth, scope
 
 
@@ -923,6 +1018,7 @@ _ROUTES = [
     _route("GET", "/app/hook/deliveries/{delivery_id}", FakeGitHub._get_delivery, "app"),
     _route("POST", "/app/hook/deliveries/{delivery_id}/attempts", FakeGitHub._redeliver, "app"),
     _route("GET", "/rate_limit", FakeGitHub._rate_limit, "any"),
+    _route("GET", "/user", FakeGitHub._get_user, "user"),
     _route("GET", f"{_R}/installation", FakeGitHub._repo_installation, "app"),
     _route("POST", f"{_R}/check-runs", FakeGitHub._create_run, "install", "checks"),
     _route("GET", f"{_R}/check-runs/{{check_run_id}}", FakeGitHub._get_run, "install", "checks"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -70,6 +71,19 @@ async def test_job_request_carries_no_secret_but_the_token(backend: LightningBac
     assert TOKEN not in s["command"] and "pytest" not in s["command"]  # script travels encoded, token not at all
     everything = json.dumps(body)
     assert API_KEY not in everything and "daemon-webhook-secret" not in everything
+
+
+async def test_released_secrets_are_in_the_job_env_only(backend: LightningBackend, sdk_env: LightningStandIn) -> None:
+    """SPEC §10: a Lightning job gets its secrets in its env (visible to the teamspace, README),
+    never in its command; a secret wins over a matrix value of the same name."""
+    value = "codecov-" + "9" * 20
+    s = dataclasses.replace(spec(env={"HELLO": "world", "CODECOV_TOKEN": "cell"}), secret_env={"CODECOV_TOKEN": value})
+    assert value not in repr(s)
+    await backend.start(s)
+    (body,) = sdk_env.creates
+    env = {e["name"]: e["value"] for e in body["spec"]["env"]}
+    assert env == {"HELLO": "world", "CODECOV_TOKEN": value, "GITHUB_TOKEN": TOKEN}
+    assert value not in body["spec"]["command"]
 
 
 async def test_status_of_unknown_job(backend: LightningBackend) -> None:

@@ -196,6 +196,9 @@ async def test_stop_kills_the_script_and_is_idempotent(backend: LocalBackend, se
     bg = shared / "bg.pid"
     await backend.start(spec(server, "litci-stopme", f"sleep 312 &\necho $! > {bg}\nsleep 312\n"))
     await wait_file(bg)
+    deadline = time.monotonic() + 10  # the foreground sleep starts just after the pid file is written
+    while len(host_pids("sleep", "312")) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
     assert len(host_pids("sleep", "312")) == 2
     t0 = time.monotonic()
     await backend.stop("litci-stopme")

@@ -186,7 +186,7 @@ def test_the_sample_config_documents_every_key_with_its_default():
     def keys(cls: type, prefix: str = "") -> set[str]:
         out = set()
         for f in dataclasses.fields(cls):
-            if f.name in ("private_key", "source"):
+            if f.name in ("private_key", "source", "admin_token"):  # not file keys
                 continue
             if dataclasses.is_dataclass(f.default):
                 out |= keys(type(f.default), f"{prefix}{f.name}.")
@@ -202,6 +202,39 @@ def test_the_sample_config_documents_every_key_with_its_default():
         return out
 
     assert present(data) == keys(config_mod.Config)
+
+
+def test_github_auth_needs_the_oauth_client_and_a_public_url() -> None:
+    gh = {"server": {"auth": "github", "public_url": "https://ci.example.com"},
+          "github": {"client_id": "Iv1.abc", "client_secret": "s3cret"}}
+    cfg = parse(gh, env={})
+    assert cfg.server.auth == "github" and cfg.github.client_secret == "s3cret"
+    for drop, key in (("public_url", "server.auth"), ("client_id", "github.client_id"),
+                      ("client_secret", "github.client_secret")):
+        data = {"server": dict(gh["server"]), "github": dict(gh["github"])}
+        data["server" if drop == "public_url" else "github"].pop(drop)
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            parse(data, env={})
+    with pytest.raises(ConfigError, match=r"server\.auth"):
+        parse({"server": {"auth": "oauth"}}, env={})
+    with pytest.raises(ConfigError, match=r"server\.admin_users\[1\]"):
+        parse({"server": {"admin_users": ["alice", "bad/login"]}}, env={})
+    with pytest.raises(ConfigError, match=r"server\.public_url"):
+        parse({"server": {"public_url": "ci.example.com"}}, env={})
+
+
+def test_client_secret_and_admin_token_credentials_are_secrets(tmp_path) -> None:
+    (tmp_path / "github-client-secret").write_text("cs-from-cred\n")
+    (tmp_path / "litbotd-admin-token").write_text("adm-from-cred\n")
+    cfg = parse({"github": {"client_secret": "in-file"}}, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert cfg.github.client_secret == "cs-from-cred"          # the credential wins over the file
+    assert cfg.server.admin_token == "adm-from-cred"
+    assert {"cs-from-cred", "adm-from-cred"} <= set(config_mod.secrets_of(cfg))
+    text = config_mod.render_toml(config_mod.to_dict(cfg))
+    assert "cs-from-cred" not in text and "adm-from-cred" not in text and "admin_token" not in text
+    assert "cs-from-cred" not in repr(cfg) and "adm-from-cred" not in repr(cfg)
+    with pytest.raises(ConfigError, match=r"server\.admin_token: unknown key"):
+        parse({"server": {"admin_token": "x"}}, env={})
 
 
 @pytest.mark.parametrize("data, key", [

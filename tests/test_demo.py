@@ -16,6 +16,8 @@ def test_demo_runs_and_shows_the_failing_cells_annotations():
     assert "annotation (failure) check.py:" in out.stdout
     assert "Tests: 1 passed, 1 failed, 0 skipped, 0 errors" in out.stdout
     assert "result: as expected" in out.stdout
+    # the dashboard's address and the admin token made for this run of the demo
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/dashboard  \(admin token: [\w-]{20,}\)", out.stdout)
 
 
 def test_demo_narrates_each_event_when_github_received_it_and_ends_right_after_the_last():

@@ -158,7 +158,8 @@ async def test_comments_reactions_permission_pulls(fake: FakeGitHub, http: aioht
     async with http.get(f"{base}/collaborators/alice/permission", headers=auth) as r:
         assert (await r.json())["permission"] == "write"
     async with http.get(f"{base}/collaborators/mallory/permission", headers=auth) as r:
-        assert (await r.json())["permission"] == "none"
+        # as on GitHub: on a public repository everyone reads (a stranger's permission is "read")
+        assert (await r.json())["permission"] == "read"
     async with http.get(f"{base}/pulls/5", headers=auth) as r:
         pr = await r.json()
         assert pr["head"]["sha"] == SHA and pr["base"]["ref"] == "main" and pr["author_association"] == "OWNER"

@@ -22,8 +22,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "litbotd"
 
-PURE = {"__init__", "backoff", "config", "durations", "payloads", "redaction", "safeyaml", "workflows", "report", "annotations", "decisions",
-        "events", "tasks", "logview", "runlink", "runview", "infra", "paths", "needs", "limits"}
+PURE = {"__init__", "backoff", "config", "durations", "payloads", "redaction", "masking", "jobsecrets", "safeyaml",
+        "workflows", "report", "annotations", "decisions", "events", "tasks", "logview", "runlink", "runview", "infra",
+        "paths", "needs", "opsview", "pages.authz", "pages.dashview", "limits"}
 SUPPORT = {"logs", "metrics", "sealed", "procinfo", "redisconn", "locks"}
 # Each adapter: the modules that together speak to one outside system.
 ADAPTERS = {
@@ -37,8 +38,8 @@ ADAPTERS = {
 }
 APP = {"context", "lifecycle", "lifecycle.planning", "lifecycle.jobs", "lifecycle.commands", "lifecycle.comments",
        "lifecycle.checkruns", "lifecycle.ordering", "lifecycle.spending", "worker", "pool", "webhook", "redeliver",
-       "preflight", "jobends",
-       "pages", "pages.app", "pages.access", "pages.ctx", "pages.runpage", "pages.keep"}
+       "preflight", "jobends", "pages", "pages.app", "pages.access", "pages.ctx", "pages.runpage", "pages.keep",
+       "pages.oauth", "pages.dashboard", "pages.render"}
 ENTRY = {"__main__", "daemon", "cli", "ops", "demo", "demo_github"}
 
 LAYERS = [("pure", PURE), ("support", SUPPORT), ("adapters", set().union(*ADAPTERS.values())),

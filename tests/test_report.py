@@ -1,6 +1,7 @@
 """litbotd.report: check-run output and the summary comment (SPEC §5 "Reporting")."""
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -198,8 +199,21 @@ def test_no_workflows_and_fork_approval_outputs() -> None:
     fork = fork_approval_output("/ci")
     assert "`/ci ok-to-test`" in fork["summary"] and "maintainer" in fork["summary"]
     assert "base branch" in fork["summary"]
+    assert 'no job secrets (`secrets.forks = "never"`)' in fork["summary"]
+    assert "for this commit only" in fork_approval_output("/ci", "approved")["summary"]
     for out in (none, fork):
         assert set(out) == {"title", "summary", "text"}
+
+
+def test_check_output_names_released_and_withheld_secrets() -> None:
+    r = dataclasses.replace(rr("tests"), secrets=("CODECOV_TOKEN", "HF_TOKEN"),
+                            secret_notes=("secret X not set: the secrets file has no X for this repository or its owner",
+                                          "secret Y withheld: the pull request comes from a fork"))
+    summary = check_output(r)["summary"]
+    assert "**Secrets:** `CODECOV_TOKEN`, `HF_TOKEN`" in summary
+    assert "- `secret X not set: the secrets file has no X for this repository or its owner`" in summary
+    assert "- `secret Y withheld: the pull request comes from a fork`" in summary
+    assert "Secrets" not in check_output(rr("tests"))["summary"]
 
 
 # --- the summary comment ---------------------------------------------------------------------

@@ -207,3 +207,55 @@ async def test_worker_logs_and_dead_letter_are_scrubbed_for_every_handler(
     for rec in caplog.records:
         sec.assert_absent(rec.getMessage() + (rec.exc_text or "") + str(getattr(rec, "kv", "")), "a log record")
     sec.assert_absent("\n".join(dead), "the dead letter")
+
+
+# -- job secrets (SPEC §10) in the daemon's own log ------------------------------------------------------
+def test_job_secret_values_are_masked_in_every_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    import base64
+    import json
+    import urllib.parse
+
+    value = "hf_" + pysecrets.token_urlsafe(24) + "/+:"
+    logs.setup("debug", "text", [])
+    logs.set_job_secrets([value])
+    caplog.set_level(logging.DEBUG)
+    try:
+        log = logs.get("litbotd.test")
+        log.info(f"raw {value}", field=value)
+        log.warning("json " + json.dumps({"t": value}))
+        log.error("b64 " + base64.b64encode(b"x" + value.encode()).decode())
+        logging.getLogger("aiohttp.client").error("url %s", urllib.parse.quote(value, safe=""))
+        try:
+            raise RuntimeError(f"job said {value}")
+        except RuntimeError:
+            log.exception("failed")
+        logs.set_job_secrets(["another-value-1234"])  # a reload: the old value stays masked
+        log.info(f"again {value} and another-value-1234")
+    finally:
+        logs._job_masker[0] = logs.masking.Masker(())
+    text = caplog.text + "".join(r.exc_text or "" for r in caplog.records)
+    assert value not in text and urllib.parse.quote(value, safe="") not in text
+    assert "another-value-1234" not in text
+    assert text.count("***") >= 6, text
+    assert "job said ***" in text and "again *** and ***" in text
+
+
+def test_check_config_lists_job_secret_names_never_values_and_refuses_a_bad_file(tmp_path: Path) -> None:
+    value = "codecov-" + pysecrets.token_hex(12)
+    store = tmp_path / "secrets.toml"
+    store.write_text(f'[orgs."acme"]\nCODECOV_TOKEN = "{value}"\n[repos."acme/widgets"]\nHF_TOKEN = "{value}x"\n')
+    store.chmod(0o600)
+    cfg = tmp_path / "litbotd.toml"
+    cfg.write_text(f'[secrets]\nfile = "{store}"\n[workers]\ncount = 0\n')
+    env = od.clean_env(GH_WEBHOOK_SECRET="w")
+    r = od.cli("check-config", "-c", str(cfg), env=env)
+    assert r.returncode == 0, r.stderr
+    assert '# [orgs."acme"] CODECOV_TOKEN' in r.stdout and '# [repos."acme/widgets"] HF_TOKEN' in r.stdout
+    assert value not in r.stdout + r.stderr
+    store.write_text(f'[repos."acme/widgets"]\nHF_TOKEN = ["{value}"]\n')
+    for cmd in ("check-config", "run"):
+        r = od.cli(cmd, "-c", str(cfg), env=env, timeout=30)
+        assert r.returncode == 1, (cmd, r.stdout, r.stderr)
+        refusal = [ln for ln in r.stderr.splitlines() if "secrets" in ln]
+        assert len(refusal) == 1 and f"secrets file {store}: " in refusal[0] and "HF_TOKEN" in refusal[0], r.stderr
+        assert value not in r.stdout + r.stderr and "Traceback" not in r.stderr

@@ -368,7 +368,23 @@ def test_reports_globs_reach_the_run_and_its_payload() -> None:
     assert wf.run_from_jsonable(legacy).reports == ()
 
 
+def test_secret_names_reach_every_run_and_its_payload() -> None:
+    text = ("name: w\nrun: x\nsecrets: [CODECOV_TOKEN, HF_TOKEN, CODECOV_TOKEN]\n"
+            "parametrize: {matrix: {python: ['3.11', '3.12']}}\n")
+    runs = one(text).runs
+    assert [r.secrets for r in runs] == [("CODECOV_TOKEN", "HF_TOKEN")] * 2
+    assert wf.run_from_jsonable(json.loads(json.dumps(wf.to_jsonable(runs[0])))) == runs[0]
+    legacy = wf.to_jsonable(runs[0])
+    del legacy["secrets"]
+    assert wf.run_from_jsonable(legacy).secrets == ()
+    assert one("name: w\nrun: x\n").runs[0].secrets == ()
+
+
 @pytest.mark.parametrize("text, message", [
+    ("secrets: CODECOV_TOKEN\n", "secrets: expected a list of secret names"),
+    ("secrets: ['1ABC']\n", "secrets[0]: not a valid environment variable name"),
+    ("secrets: [GITHUB_TOKEN]\n", "secrets[0]: GITHUB_TOKEN is set by litbotd"),
+    ("secrets: [X]\nenv: {X: y}\n", "secrets[0]: X is also set under env"),
     ("reports: junit.xml\n", "reports: expected a list of glob patterns"),
     ("reports: ['']\n", "reports[0]: must not be empty"),
     ("reports: ['/tmp/x.xml']\n", "reports[0]: '/tmp/x.xml' leaves the repository"),
@@ -384,7 +400,7 @@ def test_new_key_errors(text: str, message: str) -> None:
 
 @pytest.mark.parametrize("text, line, message", [
     ("run: x\nmachin: CPU\n", 2, "machin: unknown key (expected one of: name, trigger, image, machine,"
-                                 " interruptible, timeout, mode, env, parametrize, run, reports, paths, paths-ignore, needs); did you mean 'machine'?"),
+                                 " interruptible, timeout, mode, env, parametrize, run, reports, paths, paths-ignore, needs, secrets); did you mean 'machine'?"),
     ("name: w\n", 1, "'run' is required"),
     ("run: ''\n", 1, "run: must not be empty"),
     ("run: [a]\n", 1, "run: expected a string, got list"),

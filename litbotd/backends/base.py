@@ -59,6 +59,9 @@ class JobSpec:
     # Only ever placed in the job's environment as GITHUB_TOKEN; repr=False keeps it out of logs.
     token: str | None = field(default=None, repr=False)
     reports: tuple[str, ...] = ()  # JUnit XML globs the job reads after the script (bootstrap.py)
+    # The job secrets released to this run (jobsecrets.release), NAME -> value: environment
+    # variables of the job's script only; masked in its log. repr=False keeps them out of logs.
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -68,8 +71,12 @@ class JobSpec:
             raise BackendError(f"timeout must be more than 0, got {self.timeout!r}")
 
     def secrets(self) -> list[str]:
-        """Values that must never appear in a message: the token and every env value."""
-        return [v for v in (self.token, *self.env.values()) if v]
+        """Values that must never appear in a message: the token, every env value and secret."""
+        return [v for v in (self.token, *self.env.values(), *self.secret_env.values()) if v]
+
+    def masked(self) -> list[str]:
+        """Values masked in the job's log: its secrets and its token."""
+        return [v for v in (self.token, *self.secret_env.values()) if v]
 
 
 @dataclass(frozen=True)
@@ -113,9 +120,11 @@ class Backend(Protocol):
     async def log_tail(self, name: str, lines: int) -> str:
         """The last `lines` lines of the job's log ("" when there is none yet)."""
 
-    async def copy_log(self, name: str, dest: str) -> bool:
+    async def copy_log(self, name: str, dest: str, mask: Callable[[str], str] | None = None) -> bool:
         """Write the job's whole log so far to the file `dest` (replaced atomically), for its run
-        page; False when there is no log yet. Blocking work runs off the event loop."""
+        page; False when there is no log yet. Blocking work runs off the event loop. `mask`: the
+        job secrets masking (SPEC §10), applied before the log is stored (a backend whose logs are
+        masked as they are written, like local's, need not)."""
 
     async def stop(self, name: str) -> None:
         """Ask the job to stop. Idempotent; returns within a bounded time, the job may still be stopping.

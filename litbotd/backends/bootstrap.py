@@ -544,8 +544,9 @@ def shell_command(spec: "JobSpec", grace: float = 10.0) -> str:
 
 
 def job_env(spec: "JobSpec") -> dict[str, str]:
-    """The job's environment on top of the image's: the workflow env plus GITHUB_TOKEN if any."""
-    env = dict(spec.env)
+    """The job's environment on top of the image's: the workflow env, the secrets released to the
+    run (over a matrix value of the same name), plus GITHUB_TOKEN if any (the script never sees it)."""
+    env = {**spec.env, **spec.secret_env}
     env.pop("GITHUB_TOKEN", None)
     if spec.token:
         env["GITHUB_TOKEN"] = spec.token

@@ -43,7 +43,7 @@ import urllib.request
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .. import infra
 from ..redaction import scrub
@@ -198,9 +198,9 @@ class LightningBackend(Backend):
         check_name(name)
         return await self._call(self._log_tail, name, lines)
 
-    async def copy_log(self, name: str, dest: str) -> bool:
+    async def copy_log(self, name: str, dest: str, mask: Callable[[str], str] | None = None) -> bool:
         check_name(name)
-        return bool(await self._call(self._copy_log, name, dest))
+        return bool(await self._call(self._copy_log, name, dest, mask))
 
     async def stop(self, name: str) -> None:
         """Send the stop request and return once Lightning accepted it (or the job is already
@@ -364,7 +364,7 @@ class LightningBackend(Backend):
         return JobStatus(v.state, v.exit_code, self._link(name), v.message + (LOG_UNAVAILABLE if unavailable else ""),
                          timed_out=v.timed_out, infra=v.infra, cost=cost)
 
-    def _copy_log(self, name: str, dest: str) -> bool:
+    def _copy_log(self, name: str, dest: str, mask: Callable[[str], str] | None = None) -> bool:
         """The job's whole log so far (the SDK returns it whole), written to `dest` atomically."""
         job = self._find(name)
         if job is None:
@@ -377,6 +377,8 @@ class LightningBackend(Backend):
             return False
         if text and not text.endswith("\n"):
             text += "\n"  # the SDK's snapshot drops the last newline: lines stay whole
+        if mask is not None:
+            text = mask(text)  # the job's secrets never reach the VM's disk
         out = Path(dest)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.parent / f".{out.name}.{os.getpid()}.{threading.get_ident()}"

@@ -15,6 +15,9 @@ that was down, a full pipe).
 else finds it. Slots for `max_parallel` are flock'ed files in `{workdir}/.slots/`.
 
   home/        the job's HOME
+The job secrets released to the run never touch the disk: the daemon writes them (JSON) to the
+runner's stdin when it spawns it; the runner puts them in the job's environment only and masks
+them in log.txt.
 The job's environment is built from scratch (PATH, LANG, HOME, CI=true, the workflow env), never
 inherited from the daemon, whose environment holds its secrets. `image`, `machine` and
 `interruptible` do not apply: the job runs on this machine, as the daemon's user.
@@ -31,7 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import litbotd
 
@@ -112,7 +115,8 @@ class LocalBackend(Backend):
         """The job's own log file (for its run page, which reads it while the job runs)."""
         return str(self.workdir / check_name(name) / "log.txt")
 
-    async def copy_log(self, name: str, dest: str) -> bool:
+    async def copy_log(self, name: str, dest: str, mask: Callable[[str], str] | None = None) -> bool:
+        """`mask` is not needed: the runner masked the log as it wrote it."""
         check_name(name)
         return await self._offload.run(self._copy_log, name, dest, timeout=600.0)
 
@@ -202,9 +206,10 @@ class LocalBackend(Backend):
             return self._status(spec.name)  # someone started it already: find, don't start
         home = jobdir / "home"  # not the job dir itself: a script must not trip over status.json
         home.mkdir()
+        # The token and the secrets go through their own 0600 files, never run.json.
+        public = {k: v for k, v in job_env(spec).items() if k != "GITHUB_TOKEN" and k not in spec.secret_env}
         env = {"PATH": os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-               "HOME": str(home), "CI": "true", **job_env(spec)}
-        env.pop("GITHUB_TOKEN", None)  # goes through the token file, not run.json
+               "HOME": str(home), "CI": "true", **public}
         write_json_atomic(jobdir / "run.json", {
             "argv": job_argv(spec, python=self.python, workdir=str(jobdir), result_file=str(jobdir / "result.json"),
                              grace=self.grace, sandbox=self._sandbox_argv(home)),
@@ -212,18 +217,18 @@ class LocalBackend(Backend):
             "max_log_bytes": self.max_log_bytes,
         })
         if spec.token:
-            fd = os.open(jobdir / "token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(spec.token)
+            _write_private(jobdir / "token", spec.token)
         write_json_atomic(jobdir / "status.json", {"state": "pending", "pid": None, "created": time.time()})
         pkg_root = str(Path(litbotd.__file__).resolve().parent.parent)
         runner_env = {"PATH": env["PATH"], "LANG": "C.UTF-8", "PYTHONPATH": pkg_root}
         try:
             first = subprocess.Popen([self.python, "-m", "litbotd.backends.localrun", str(jobdir)],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, cwd=jobdir, env=runner_env,
                                      start_new_session=True)
-            first.wait(30)  # it forks the real runner and exits at once
+            # The secrets through a pipe: no file, no argv, no environment of a process but the job's.
+            # The runner reads them, forks the real runner and exits at once.
+            first.communicate(json.dumps({"secrets": spec.secret_env}).encode(), timeout=30)
         except (OSError, subprocess.TimeoutExpired) as e:
             message = scrub(f"failed to start: cannot run the local runner: {e}", spec.secrets())
             write_json_atomic(jobdir / "status.json", {"state": "failed", "pid": None, "exit_code": None,
@@ -367,6 +372,13 @@ class LocalBackend(Backend):
                 data = f.read(step) + data
         text = data.decode("utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A file only this user may read, created here and nowhere else (O_EXCL)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _rmtree(path: Path) -> None:

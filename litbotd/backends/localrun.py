@@ -4,10 +4,13 @@ Started by `LocalBackend.start` in a new session; it forks once more and the fir
 so the runner belongs to no daemon process: a daemon restart, even SIGKILL, neither kills it nor
 loses what it writes. Everything about the job lives in DIR (see local.py for the layout).
 
-The runner: records its identity in status.json, takes the GITHUB_TOKEN from the 0600 token file
+The runner: reads the job's secrets from its stdin (the daemon writes them there, JSON, and closes
+it), records its identity in status.json, takes the GITHUB_TOKEN from the 0600 token file
 (deleting it at once), waits for one of `max_parallel` slots (an flock on one of N lock files,
 held until it exits), runs the bootstrap with stdout+stderr to log.txt, and writes the final
-status from the bootstrap's result file. SIGTERM (sent by `stop` to the runner's process group,
+status from the bootstrap's result file. The job's output passes a streaming masker
+(masking.py) on its way to log.txt: the secrets and the token are `***` in the log on disk, and so
+in everything read from it (check output, annotations, comment, run page). SIGTERM (sent by `stop` to the runner's process group,
 which the bootstrap shares) ends a pending job at once and a running one via the bootstrap,
 which kills the script's process group.
 """
@@ -25,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..masking import ByteStreamMasker, Masker
 from ..procinfo import boot_id, process_start
 from .bootstrap import result_from_json
 
@@ -111,8 +115,9 @@ class CappedLog:
 
 
 class Runner:
-    def __init__(self, jobdir: Path) -> None:
+    def __init__(self, jobdir: Path, secrets: dict[str, str] | None = None) -> None:
         self.dir = jobdir
+        self.secrets = dict(secrets or {})  # NAME -> value: in this process's memory only
         self.run: dict[str, Any] = {}
         self.status: dict[str, Any] = {}
         self.stop_requested = False
@@ -162,10 +167,11 @@ class Runner:
         if token_file.exists():
             token = token_file.read_text()
             token_file.unlink()
+        masker = Masker([token, *self.secrets.values()])
         if self.take_slot() is None or self.stopping():  # the slot stays held until this process exits
             self.write(state="stopped", message="stopped before it started", finished=time.time())
             return
-        env = dict(self.run["env"])
+        env = {**self.run["env"], **self.secrets}
         if token:
             env["GITHUB_TOKEN"] = token
         self.write(state="running", started=time.time())
@@ -173,16 +179,16 @@ class Runner:
         try:
             self.child = subprocess.Popen(self.run["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, env=env, cwd=self.dir)
-            self.copy_output(self.child, log)
+            self.copy_output(self.child, log, ByteStreamMasker(masker))
         finally:
             log.close()
         rc = self.child.wait()
         self.write(finished=time.time(), **self.outcome(rc))
 
     @staticmethod
-    def copy_output(child: subprocess.Popen[bytes], log: CappedLog) -> None:
-        """The child's output into the capped log, until EOF — or DRAIN_AFTER_EXIT after it exited:
-        an unsandboxed job's `setsid` leftovers may hold the pipe open forever."""
+    def copy_output(child: subprocess.Popen[bytes], log: CappedLog, masker: ByteStreamMasker) -> None:
+        """The child's output, masked, into the capped log, until EOF — or DRAIN_AFTER_EXIT after it
+        exited: an unsandboxed job's `setsid` leftovers may hold the pipe open forever."""
         out = child.stdout
         if out is None:
             raise ValueError("copy_output needs a child started with stdout=PIPE")
@@ -198,7 +204,8 @@ class Runner:
                 data = os.read(fd, 1 << 16)
                 if not data:
                     break
-                log.write(data)
+                log.write(masker.feed(data))
+        log.write(masker.flush())
         out.close()
 
     def outcome(self, rc: int) -> dict[str, Any]:
@@ -223,14 +230,27 @@ class Runner:
         return {"state": "stopped", "exit_code": None, "message": "stopped"}
 
 
+def _read_secrets(stream: Any) -> dict[str, str]:
+    """The job's secrets, as the daemon wrote them to stdin ({} when stdin is empty or not ours)."""
+    try:
+        data = json.loads(stream.read(1 << 20) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    secrets = data.get("secrets") if isinstance(data, dict) else None
+    if not isinstance(secrets, dict):
+        return {}
+    return {k: v for k, v in secrets.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m litbotd.backends.localrun JOBDIR", file=sys.stderr)
         return 2
+    secrets = _read_secrets(sys.stdin.buffer)  # before the fork: the starter waits for this process
     # Detach: the starter waits only for this first process; the runner is the forked child.
     if os.fork() > 0:
         return 0
-    runner = Runner(Path(argv[0]))
+    runner = Runner(Path(argv[0]), secrets)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, runner.on_signal)

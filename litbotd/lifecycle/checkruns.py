@@ -40,6 +40,8 @@ def report_row(run: workflows.Run, attempt: int, st: dict[str, str], log_tail: s
         log_tail=log_tail, tries=tries, try_n=try_n, tries_total=total,
         waiting=st.get("waiting", ""), note=st.get("note", ""),
         flaky=flaky and st.get("conclusion") == decisions.SUCCESS,
+        secrets=tuple(n for n in st.get("secrets", "").split(",") if n),
+        secret_notes=tuple(n for n in st.get("secret_notes", "").split("\n") if n),
         approved_by=st.get("approved_by", ""), **_cost(num),
     )
 
@@ -66,7 +68,9 @@ async def report_completed(ctx: Context, p: dict[str, Any], ref: RunRef, tail: s
         row = dataclasses.replace(row, tests=found.tests_text, annotations=len(found.annotations),
                                   notes=tuple(a.as_note() for a in found.messages))
     check_id = int(state.get("check_run_id") or p["check_run_id"])
-    output = report.check_output(row)
+    # Masked again as rendered: the tail without its ANSI codes, annotations unescaped (SPEC §10).
+    masker = ctx.masker
+    output = {k: masker.mask(v) for k, v in report.check_output(row).items()}
     gh, inst = ctx.github, p["installation"]
     fields: dict[str, Any] = {}
     details = ctx.page_url(ref.repo, ref.sha, ref.key, ref.attempt) or row.details_url
@@ -81,7 +85,9 @@ async def report_completed(ctx: Context, p: dict[str, Any], ref: RunRef, tail: s
     if found is not None and found.annotations:
         sent = await checks.annotations_sent(gh, inst, ref.repo, check_id)
         todo = found.annotations[sent:]
-        taken = await checks.add_annotations(gh, inst, ref.repo, check_id, output, batches(todo))
+        masked = [[{k: masker.mask(v) if isinstance(v, str) else v for k, v in a.items()} for a in batch]
+                  for batch in batches(todo)]
+        taken = await checks.add_annotations(gh, inst, ref.repo, check_id, output, masked)
         if taken < len(todo):
             log.warning("GitHub refused some annotations", refused=len(todo) - taken)
     await rs.update(ref, reported=1)

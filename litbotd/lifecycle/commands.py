@@ -121,7 +121,8 @@ async def command(task: Task, ctx: Context) -> list[Task]:
     if cmd.verb == "cancel":
         out.append(task.successor("cancel", {**event, "all_shas": True, "reason": f"cancelled by @{p['user']}"}))
     elif cmd.verb == "ok-to-test":
-        await rs.set_pr_field(repo, pr, approved=head)
+        # Recorded per commit (SPEC §10: a new push needs a new approval), with who approved it.
+        await rs.set_pr_field(repo, pr, approved=head, **{f"approved:{head}": p["user"]})
         out.append(task.successor("new_event", {**event, "approved": True}))
     elif cmd.verb == "approve-cost":
         # Recorded with who gave it; the runs a limit held start again as new attempts (and the
@@ -139,7 +140,8 @@ async def command(task: Task, ctx: Context) -> list[Task]:
                 log.info("command refused", command=cmd.text, reason=f"no run named {', '.join(unknown)}")
                 await checks.react(gh, inst, repo, p["comment_id"], "confused")
                 return []
-            out += await ordering.rerun_runs(ctx, task, event, keys, every=not cmd.names)
+            out += await ordering.rerun_runs(ctx, task, event, keys, every=not cmd.names,
+                                             origin=ordering.pr_origin(event))
             out += await comment_soon(task, ctx, repo, pr, inst)
     await checks.react(gh, inst, repo, p["comment_id"], "+1")
     log.info("command accepted", command=cmd.text, user=p["user"])

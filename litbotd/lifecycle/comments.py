@@ -95,6 +95,7 @@ async def comment(task: Task, ctx: Context) -> list[Task]:
             return []
         known = int(info["comment_id"]) if info.get("comment_id") else None
         body = await _render_comment(rs, repo, pr, info.get("head"))
+        body = None if body is None else ctx.masker.mask(body)
         try:
             comment_id = known if body is None else await checks.upsert_comment(ctx.github, inst, repo, pr, body, known)
         except PaceDeferred as e:

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
-from .. import checks, decisions, infra, logs, metrics, report
+from .. import checks, decisions, infra, jobsecrets, logs, metrics, report
 from ..annotations import SCAN_LINES, scan
 from ..backends.base import JobNotFound, JobSpec, JobStatus
 from ..context import Context
@@ -55,9 +56,11 @@ async def start_job(task: Task, ctx: Context) -> list[Task]:
     if not decisions.may_start(state := await rs.get(ref), try_n):
         await spending.not_started(task, ctx, ref, run, state)
         return []  # cancelled while the token was minted: start nothing
+    released = await _release(ctx, p, run.secrets, state)
     spec = JobSpec(name=name, repo=repo, sha=sha, archive_url=f"{cfg.github.api_url}{checks.repo_path(repo)}/tarball/{sha}",
                    script=run.script, image=run.image, machine=run.machine, interruptible=interruptible,
-                   timeout=run.timeout, env=run.env, token=token, reports=run.reports)
+                   timeout=run.timeout, env=run.env, token=token, reports=run.reports,
+                   secret_env=released.env)
     with logs.context(job=name):
         status = await ctx.backend.start(spec)
         metrics.JOBS.labels(ctx.backend.name, status.state).inc()
@@ -65,7 +68,8 @@ async def start_job(task: Task, ctx: Context) -> list[Task]:
         # One atomic step: a run that a racing cancel ended (or is ending) never goes back to running.
         # in_progress again: this task re-executed after a crash (the job name is deterministic).
         if not await rs.transition(ref, ("queued", "", "in_progress"), status="in_progress", job=name, started_at=now,
-                                   url=status.url or ""):
+                                   url=status.url or "", secrets=",".join(released.names),
+                                   secret_notes="\n".join(released.notes)):
             await ctx.backend.stop(name)  # a cancel raced our start: it could not see the job yet
             log.info("run cancelled while its job started; job stopped")
             await spending.ended(ctx, ref)
@@ -87,10 +91,25 @@ async def start_job(task: Task, ctx: Context) -> list[Task]:
             # Concluded while our in_progress write was in flight: make sure the last write is the conclusion.
             await report_completed(ctx, p, ref)
             return []
-        log.info("job started", state=status.state, url=status.url)
+        log.info("job started", state=status.state, url=status.url, secrets=",".join(released.names) or None,
+                 withheld=len(released.notes) or None)
     poll = cfg.jobs.poll_interval
     return [task.successor("wait_job", {**p, "job": name, "poll": poll, "queued_at": now}, run_at=now + poll,
                            key=name), *await comment_soon(task, ctx, repo, await _pr_of(ctx, p), p["installation"])]
+
+
+async def _release(ctx: Context, p: dict[str, Any], names: tuple[str, ...], state: dict[str, str]) -> jobsecrets.Release:
+    """The secrets this run receives (jobsecrets.release), read from the store now: values are
+    never in a task or in Redis. A fork's commit counts as approved only with an ok-to-test
+    recorded for that very SHA."""
+    if not names:
+        return jobsecrets.Release()
+    origin = jobsecrets.Origin.from_fields(state)
+    approved = False
+    if origin.fork and ctx.config.secrets.forks == "approved" and (pr := await _pr_of(ctx, p)):
+        approved = bool((await ctx.runs.pr(p["repo"], pr)).get(f"approved:{p['sha']}"))
+    return jobsecrets.release(names, ctx.secrets.for_repo(p["repo"]), origin, p["sha"],
+                              ctx.config.github.trusted_associations, ctx.config.secrets.forks, approved)
 
 
 @needs(**_RUN, job=STR, poll=NUM, queued_at=NUM, running_since=opt(NUM), unknown_since=opt(NUM))
@@ -142,13 +161,17 @@ async def results(task: Task, ctx: Context) -> list[Task]:
         log_text = await ctx.backend.log_tail(p["job"], max(lines, SCAN_LINES))
     except JobNotFound:
         status, log_text = JobStatus(state="unknown", exit_code=None, url=None, message="the job no longer exists"), ""
+    # The one place the daemon reads a job's log: every job secret masked before anything is
+    # parsed, stored or sent (a local job's log is masked on disk already; a Lightning one is not).
+    log_text = await asyncio.to_thread(ctx.masker.mask, log_text)  # megabytes of log: not on the loop
+    status = dataclasses.replace(status, message=ctx.masker.mask(status.message))  # it may quote the log
     if not p.get("timed_out") and (retried := await _retry_infra(task, ctx, ref, status)) is not None:
         return retried
-    found = await asyncio.to_thread(scan, log_text)  # megabytes of log: not on the loop
+    found = await asyncio.to_thread(scan, log_text)
     tail = _last_lines(log_text, lines)
     timed_out = bool(p.get("timed_out") or status.timed_out)
     conclusion = decisions.conclusion_for(status.state, status.exit_code, timed_out)
-    message = p.get("message") or status.message
+    message = ctx.masker.mask(p.get("message") or status.message)
     if status.infra and not p.get("message"):  # retried as often as jobs.infra_retries allows, or not retried
         message = infra.final_message(status.message, int(p.get("try") or 1), int((await rs.get(ref)).get("tries") or 1))
     conclusion, message = await rs.conclude(ref, conclusion, message, time.time())
@@ -171,7 +194,7 @@ async def _keep_page(ctx: Context, p: dict[str, Any], ref: RunRef) -> None:
     run, _ = (await ctx.runs.runs(ref.repo, ref.sha))[ref.key]
     spec = {"check_name": run.check_name, "machine": run.machine, "image": run.image,
             "backend": ctx.backend.name, "pr": await _pr_of(ctx, p)}
-    await keep_run(ctx.backend, ctx.page_store, p["job"], await ctx.runs.get(ref), spec)
+    await keep_run(ctx.backend, ctx.page_store, p["job"], await ctx.runs.get(ref), spec, ctx.masker.mask)
 
 
 async def _retry_infra(task: Task, ctx: Context, ref: RunRef, status: JobStatus) -> list[Task] | None:

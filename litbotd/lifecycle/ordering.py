@@ -25,6 +25,7 @@ from .. import checks, decisions, logs, paths, report
 from .. import needs as needs_mod
 from ..context import Context
 from ..github import GitHubApp
+from ..jobsecrets import Origin
 from ..payloads import BOOL, ID, REPO, SHA, STR, opt
 from ..payloads import needs as payload
 from ..runstate import RunRef, RunState
@@ -55,16 +56,23 @@ def _nodes(recorded: dict[str, tuple[Run, int, dict[str, str]]]) -> dict[str, ne
     return {k: needs_mod.Node(run.workflow, run.needs, run.check_name) for k, (run, _, _) in recorded.items()}
 
 
+def pr_origin(p: dict[str, Any]) -> Origin:
+    """A pull request's runs, for the secrets they may get: a fork or not (unknown counts as a
+    fork), and its author's association."""
+    return Origin("pull_request", fork=p.get("fork") is not False, association=str(p.get("author_association") or ""))
+
+
 def needs_task(task: Task, p: dict[str, Any]) -> Task:
     """The `needs` phase for the task's commit (a successor: committed with the task's finish)."""
     return task.successor("needs", _routing(p), key=f"needs/{p['sha']}")
 
 
 async def queue_runs(task: Task, p: dict[str, Any], ctx: Context, todo: list[tuple[Run, int]],
-                     change: paths.Change | None) -> list[Task]:
+                     change: paths.Change | None, origin: Origin | None) -> list[Task]:
     """Create the check runs of `todo` (run, attempt) and the tasks that follow: a start_job for
     each run that may start now, a `needs` task when some wait. A run that will run links its run
-    page from the start (SPEC §9)."""
+    page from the start (SPEC §9). `origin` (what started the runs: the job secrets they may get,
+    SPEC §10) is recorded with each attempt; None: each keeps its attempt before's (a re-run)."""
     if not todo:
         return []
     gh, rs = ctx.github, ctx.runs
@@ -99,8 +107,11 @@ async def queue_runs(task: Task, p: dict[str, Any], ctx: Context, todo: list[tup
             output=report.check_output(report_row(run, attempt, st)), **fields)
         await rs.count_write(ref)
         queued = {k: v for k, v in st.items() if k in ("waiting", "note")}
+        trust = origin
+        if trust is None:  # a re-run: the same code, the same trust as the attempt before
+            trust = Origin.from_fields(await rs.get(RunRef(repo, sha, run.key, attempt - 1)) if attempt > 1 else {})
         if not await rs.transition(ref, ("", "queued"), status="queued", check_run_id=check_id,
-                                   queued_at=time.time(), **queued):
+                                   queued_at=time.time(), **queued, **trust.to_fields()):
             await rs.update(ref, check_run_id=check_id)  # repeated after a cancel ended it: keep its state
         if d.action == "skip":
             await rs.update(ref, skip_kind="paths" if run.key in skips else "needs", reported=1)
@@ -139,7 +150,8 @@ async def after_conclusion(task: Task, ctx: Context, p: dict[str, Any]) -> list[
     return [needs_task(task, p)] if await needs_any(ctx.runs, p["repo"], p["sha"]) else []
 
 
-async def rerun_runs(ctx: Context, task: Task, p: dict[str, Any], keys: list[str], every: bool) -> list[Task]:
+async def rerun_runs(ctx: Context, task: Task, p: dict[str, Any], keys: list[str], every: bool,
+                     origin: Origin | None = None) -> list[Task]:
     """New attempts of `keys`, and of the runs skipped because one of them did not succeed
     (re-armed: they wait for it again). Re-running every run leaves out those the paths filter
     skipped: the change still does not touch them."""
@@ -150,7 +162,7 @@ async def rerun_runs(ctx: Context, task: Task, p: dict[str, Any], keys: list[str
         keys = [k for k in keys if latest[k][2].get("skip_kind") != "paths"]
     keys = sorted(set(keys) | set(await rearmed(rs, repo, sha, keys)))
     todo = [(latest[k][0], await rs.new_attempt(repo, sha, k, task.id)) for k in keys]
-    return await queue_runs(task, p, ctx, todo, None)
+    return await queue_runs(task, p, ctx, todo, None, origin)
 
 
 Complete = Callable[[dict[str, Any], RunRef], Awaitable[None]]

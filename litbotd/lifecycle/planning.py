@@ -3,15 +3,20 @@ with its start_job task, `queued` waiting for its needs, or `skipped` at once (o
 (new_event, new_commit)."""
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from .. import checks, decisions, logs, report, workflows
 from ..context import Context
 from ..github import GitHubApp
+from ..jobsecrets import Origin
 from ..payloads import BOOL, ID, REPO, SHA, STR, needs, opt
 from ..runstate import RunRef
 from ..tasks import Task
 from . import ordering
 from .checkruns import routing
 from .comments import comment_soon
+from .ordering import pr_origin
 
 log = logs.get("litbotd.lifecycle")
 
@@ -28,6 +33,16 @@ async def _report_plan(gh: GitHubApp, inst: int, repo: str, sha: str, plan: work
     if no_workflows:
         await checks.find_or_create_check(gh, inst, repo, sha, "litci", "no-workflows", status="completed",
                                           conclusion=decisions.NEUTRAL, output=report.no_workflows_output())
+
+
+async def _base_secrets(ctx: Context, p: dict[str, Any], plan: workflows.Plan) -> workflows.Plan:
+    """A fork PR whose author is trusted runs its own workflow files, but the secrets a run may
+    ask for are those the base branch's workflow of the same run names (SPEC §10): a fork cannot
+    name a secret the repository's own workflow does not. A run the base does not have asks for none."""
+    base = workflows.plan(await checks.workflow_files(ctx.github, p["installation"], p["repo"], p["base_ref"]),
+                          p["base_ref"], ctx.defaults)
+    names = {r.key: r.secrets for r in base.runs}
+    return dataclasses.replace(plan, runs=[dataclasses.replace(r, secrets=names.get(r.key, ())) for r in plan.runs])
 
 
 @needs(repo=REPO, sha=SHA, pr=ID, installation=ID, base_ref=STR, fork=opt(BOOL), author_association=opt(STR),
@@ -47,7 +62,7 @@ async def new_event(task: Task, ctx: Context) -> list[Task]:
     if not trusted and not approved:
         await checks.find_or_create_check(
             gh, inst, repo, sha, "litci", "fork-approval", status="completed", conclusion=decisions.ACTION_REQUIRED,
-            output=report.fork_approval_output(cfg.github.command_prefix))
+            output=report.fork_approval_output(cfg.github.command_prefix, cfg.secrets.forks))
         log.info("fork PR from an untrusted author: waiting for ok-to-test", author=p.get("author"))
         return out
     # An untrusted fork's workflow files always come from the base branch (SPEC §5).
@@ -55,6 +70,9 @@ async def new_event(task: Task, ctx: Context) -> list[Task]:
     if not trusted:  # approved: its runs may use only limits.untrusted_machines without approve-cost
         await rs.set_sha_fields(repo, sha, untrusted=1)
     plan = workflows.plan(files, p["base_ref"], ctx.defaults)
+    origin = pr_origin(p)
+    if origin.fork and trusted:
+        plan = await _base_secrets(ctx, p, plan)
     await _report_plan(gh, inst, repo, sha, plan, no_workflows=not files)
     new = await rs.add_runs(repo, sha, plan.runs, pr, owner=task.id)
     recorded = await rs.runs(repo, sha)
@@ -70,7 +88,7 @@ async def new_event(task: Task, ctx: Context) -> list[Task]:
         if attempt is not None:
             todo.append((run, attempt))
     change = await ordering.change_of(gh, p, [r for r, _ in todo])
-    out += await ordering.queue_runs(task, p, ctx, todo, change)
+    out += await ordering.queue_runs(task, p, ctx, todo, change, origin)
     log.info("workflows planned", runs=len(plan.runs), started=sum(t.kind == "start_job" for t in out),
              errors=len(plan.errors), skipped=len(plan.skipped))
     return out + await comment_soon(task, ctx, repo, pr, inst)
@@ -90,7 +108,9 @@ async def new_commit(task: Task, ctx: Context) -> list[Task]:
     await _report_plan(gh, inst, repo, sha, plan, no_workflows=not files and event == "merge_group")
     new = await rs.add_runs(repo, sha, plan.runs, None, owner=task.id)
     todo = [(run, new[run.key]) for run in plan.runs if run.key in new]
-    out = await ordering.queue_runs(task, p, ctx, todo, await ordering.change_of(gh, p, [r for r, _ in todo]))
+    origin = Origin(event)  # a push or a merge queue: only people with write access
+    out = await ordering.queue_runs(task, p, ctx, todo, await ordering.change_of(gh, p, [r for r, _ in todo]),
+                                    origin)
     log.info("workflows planned", trigger=event, branch=p["branch"], runs=len(plan.runs),
              started=sum(t.kind == "start_job" for t in out),
              errors=len(plan.errors), skipped=len(plan.skipped))

@@ -46,13 +46,14 @@ class Mirrors:
         self._locks: dict[str, asyncio.Lock] = {}
         self._fresh: dict[str, float] = {}
 
-    async def refresh(self, job: str, backend: Backend, dest: Path, interval: float) -> None:
+    async def refresh(self, job: str, backend: Backend, dest: Path, interval: float,
+                      mask: Callable[[str], str] | None = None) -> None:
         lock = self._locks.setdefault(job, asyncio.Lock())
         async with lock:
             if time.monotonic() - self._fresh.get(job, -interval) < interval:
                 return
             try:
-                await backend.copy_log(job, str(dest))
+                await backend.copy_log(job, str(dest), mask)  # masked before it is stored
             finally:
                 self._fresh[job] = time.monotonic()
                 if len(self._fresh) > 1024:  # forget the oldest

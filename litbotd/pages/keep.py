@@ -31,12 +31,12 @@ def _meta(store: Store, job: str, state: Mapping[str, str], spec: Mapping[str, A
 
 async def keep_run(backend: Backend, store: Store, job: str, state: Mapping[str, str],
                    spec: Mapping[str, Any], mask: Callable[[str], str] | None = None) -> bool:
-    """Copy the job's log and write its page's record (its annotation texts through `mask`: the
-    log itself is kept as written and masked when read); False (logged) when that failed: the
-    run's result never depends on its page."""
+    """Copy the job's log, masked (`mask`: the job secrets masking, before it is stored, and again
+    when it is read), and write its page's record (its annotation texts masked too); False
+    (logged) when that failed: the run's result never depends on its page."""
     try:
         await asyncio.to_thread(store.prepare, job)
-        await backend.copy_log(job, str(store.log_path(job)))
+        await backend.copy_log(job, str(store.log_path(job)), mask)
         meta = await asyncio.to_thread(_meta, store, job, state, spec, mask)
         await asyncio.to_thread(store.write_meta, job, meta)
         return True

@@ -109,7 +109,8 @@ async def _source(pages: Pages, r: Resolved, final: bool) -> LogSource:
     backend = pages.backend()
     if mirrored and backend is not None:
         try:
-            await pages.mirrors.refresh(r.job, backend, path, pages.config().jobs.poll_interval)
+            await pages.mirrors.refresh(r.job, backend, path, pages.config().jobs.poll_interval,
+                                        pages.mask() if pages.mask is not None else None)
         except JobNotFound:
             pass  # not started yet: nothing to show
         except Exception as e:  # the page still shows what was read before
