@@ -120,6 +120,17 @@ class SecretsConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """[limits] (SPEC §11); 0 or empty: no limit. limits.py decides with it."""
+    max_parallel_per_repo: int = 0
+    max_parallel_per_machine: dict[str, int] = field(default_factory=dict)
+    per_pr_usd: float = 0.0
+    per_repo_day_usd: float = 0.0
+    untrusted_machines: tuple[str, ...] = ("CPU",)
+    prices: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "auto"
@@ -134,6 +145,7 @@ class Config:
     jobs: JobsConfig = JobsConfig()
     report: ReportConfig = ReportConfig()
     secrets: SecretsConfig = SecretsConfig()
+    limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
     source: str = ""  # where it was read from, for messages
 
@@ -166,6 +178,12 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     """Check one leaf value against the type of its default."""
     if key in DURATION_KEYS:
         return parse_duration(value, key)
+    if isinstance(default, dict):
+        return _coerce_map(key, value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
@@ -187,6 +205,24 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     raise ConfigError(f"{key}: unsupported value {value!r}")  # pragma: no cover
 
 
+# Tables of machine name -> number, and the type of their values.
+MAP_KEYS = {"limits.max_parallel_per_machine": int, "limits.prices": float}
+
+
+def _coerce_map(key: str, value: Any) -> dict[str, Any]:
+    kind = MAP_KEYS[key]
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a table like {{L4 = 2}}, got {value!r}")
+    out: dict[str, Any] = {}
+    for name, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
+            raise ConfigError(f"{key}.{name}: expected {'an integer' if kind is int else 'a number'}, got {v!r}")
+        if v < 0 or v != v:
+            raise ConfigError(f"{key}.{name}: must not be negative, got {v!r}")
+        out[str(name)] = kind(v)
+    return out
+
+
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix}: expected a table, got {data!r}")
@@ -197,7 +233,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         key = f"{prefix}.{name}" if prefix else name
         if name not in fields or name in hidden:
             raise ConfigError(f"{key}: unknown key")
-        default = fields[name].default
+        f = fields[name]
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, key)
         else:
@@ -285,6 +322,10 @@ def _validate(cfg: Config) -> None:
         bad("jobs.local.max_log_bytes", f"must be at least 65536, got {j.local.max_log_bytes}")
     if j.local.keep <= 0:
         bad("jobs.local.keep", "must be more than 0")
+    lim = cfg.limits
+    for key in ("max_parallel_per_repo", "per_pr_usd", "per_repo_day_usd"):
+        if getattr(lim, key) < 0:
+            bad(f"limits.{key}", f"must not be negative (0: no limit), got {getattr(lim, key)!r}")
     if cfg.report.log_tail_lines < 1:
         bad("report.log_tail_lines", f"must be at least 1, got {cfg.report.log_tail_lines}")
     if cfg.report.keep_logs <= 0:
@@ -403,10 +444,13 @@ def render_toml(d: Mapping[str, Any], prefix: str = "") -> str:
     lines: list[str] = []
     tables: list[tuple[str, Mapping[str, Any]]] = []
     for k, v in d.items():
-        if isinstance(v, Mapping):
+        if isinstance(v, Mapping) and f"{prefix}{k}" not in MAP_KEYS:
             tables.append((f"{prefix}{k}", v))
+        elif isinstance(v, Mapping):  # an inline table: {L4 = 2}
+            inner = ", ".join(f"{_toml_key(n)} = {_toml_value(x, '')}" for n, x in v.items())
+            lines.append(f"{k} = {{{inner}}}")
         else:
-            lines.append(f"{k} = {_toml_value(v)}")
+            lines.append(f"{k} = {_toml_value(v, f'{prefix}{k}')}")
     out = "\n".join(lines)
     for name, table in tables:
         body = render_toml(table, f"{name}.")
@@ -414,9 +458,15 @@ def render_toml(d: Mapping[str, Any], prefix: str = "") -> str:
     return out.strip("\n")
 
 
-def _toml_value(v: Any) -> str:
+def _toml_key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else _toml_value(name, "")
+
+
+def _toml_value(v: Any, key: str = "") -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, float) and key not in DURATION_KEYS:
+        return repr(v)
     if isinstance(v, float) and v.is_integer():
         return f'"{int(v)}s"'
     if isinstance(v, float):
@@ -424,7 +474,7 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(_toml_value(x, "") for x in v) + "]"
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

@@ -7,7 +7,7 @@ start to end against one config. `Liveness` is the other shared thing: the pool'
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import redis.asyncio as aioredis
@@ -20,6 +20,7 @@ from .logstore import Store
 from .queue import Queue
 from .runlink import Links
 from .runstate import RunState
+from .spend import PriceBook
 from .tasks import Permanent
 from .workflows import Defaults
 
@@ -35,14 +36,18 @@ class Context:
     links: Links | None = None            # run pages' URLs (server.public_url set), for details_url
     page_store: Store | None = None       # where finished runs' pages are kept (with links)
     secrets: jobsecrets.Store = jobsecrets.EMPTY  # the job secrets store (values in memory only)
+    # The backend's machine prices (SPEC §11), refreshed in place by the pool's hourly loop; the
+    # daemon hands the same book to every context it builds, so a reload keeps what was read.
+    prices: PriceBook = field(default_factory=PriceBook)
 
     @classmethod
     def of(cls, config: Config, queue: Queue, github: GitHubApp | None = None, backend: Backend | None = None,
            defaults: Defaults | None = None, links: Links | None = None,
-           page_store: Store | None = None, secrets: jobsecrets.Store = jobsecrets.EMPTY) -> "Context":
+           page_store: Store | None = None, secrets: jobsecrets.Store = jobsecrets.EMPTY,
+           prices: PriceBook | None = None) -> "Context":
         return cls(config=config, queue=queue, runs=RunState(queue), github_app=github, backend_impl=backend,
                    defaults=defaults or Defaults.from_config(config.jobs), links=links, page_store=page_store,
-                   secrets=secrets)
+                   secrets=secrets, prices=prices or PriceBook())
 
     def page_url(self, repo: str, sha: str, run: str, attempt: int) -> str | None:
         """The run's page, for its check run's details_url; None without server.public_url."""

@@ -34,6 +34,7 @@ from .pool import WorkerPool
 from .queue import queue_config
 from .redisconn import REDIS_UNAVAILABLE, connect_config
 from .runlink import Links
+from .spend import PriceBook
 from .webhook import make_app
 from .worker import Registry, Worker
 from .workflows import Defaults
@@ -176,9 +177,10 @@ class Daemon:
                      mask=lambda: current.ctx.masker.mask)  # job secrets (SPEC §10), the store in force
 
     def _context(self, cfg: Config, github: GitHubApp | None, backend: Backend | None,
-                 defaults: Defaults | None, secrets: jobsecrets.Store) -> Context:
+                 defaults: Defaults | None, secrets: jobsecrets.Store, prices: PriceBook | None = None) -> Context:
         links, store = self._doors or (None, None)
-        return Context.of(cfg, self.queue, github, backend, defaults, links=links, page_store=store, secrets=secrets)
+        return Context.of(cfg, self.queue, github, backend, defaults, links=links, page_store=store, secrets=secrets,
+                          prices=prices)
 
     async def _wait_for_redis(self) -> bool:
         """READY waits for Redis; a stop request while waiting ends the daemon."""
@@ -319,7 +321,9 @@ class Daemon:
         defaults = await self._defaults(new, backend)
         logs.setup(new.log.level, new.log.format, config_mod.secrets_of(new))
         logs.set_job_secrets(store.masked_values())
-        self.current.ctx = self._context(new, github, backend, defaults, store)  # the swap: one assignment
+        # The prices read stay with their backend: a new backend's are read afresh (the gate reads them).
+        prices = was.prices if backend is was.backend_impl else None
+        self.current.ctx = self._context(new, github, backend, defaults, store, prices)  # the swap: one assignment
         if backend is not was.backend_impl:
             self._backend_jobs = new.jobs
             if was.backend_impl is not None:

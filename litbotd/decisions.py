@@ -131,16 +131,17 @@ def _mins(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class Command:
-    verb: str                 # "run" | "cancel" | "ok-to-test" | "unknown"
+    verb: str                 # "run" | "cancel" | "ok-to-test" | "approve-cost" | "unknown"
     names: tuple[str, ...] = ()
     text: str = ""
 
 
-_VERBS = ("run", "cancel", "ok-to-test")
+_VERBS = ("run", "cancel", "ok-to-test", "approve-cost")
 
 
 def parse_command(body: str, prefix: str) -> Command | None:
-    """`/litci run [NAME…]`, `/litci cancel`, `/litci ok-to-test`; None when not addressed to us.
+    """`/litci run [NAME…]`, `/litci cancel`, `/litci ok-to-test`, `/litci approve-cost`; None when
+    not addressed to us.
     Names may be quoted to hold spaces: /litci run "PR checks (3.11)"."""
     line = body.strip().splitlines()[0].strip() if body.strip() else ""
     if not line.startswith(prefix) or (len(line) > len(prefix) and not line[len(prefix)].isspace()):

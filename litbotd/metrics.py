@@ -26,6 +26,8 @@ RUN_WRITES = Histogram("litbotd_check_run_writes", "Check-run writes (create, in
 JOBS = Counter("litbotd_jobs", "Jobs seen by backend and status", ["backend", "status"], registry=REGISTRY)
 REPLICAS_CONNECTED = Gauge("litbotd_redis_replicas_connected", "Replicas in sync with the Redis primary "
                            "(with redis.sentinels; 0: deliveries are not replicated)", registry=REGISTRY)
+SPEND = Counter("litbotd_spend_usd", "USD the runs that ended cost, by repository, as counted in the ledger "
+                "by this process (SPEC §11)", ["repo"], registry=REGISTRY)
 WORKERS = Gauge("litbotd_workers", "Worker coroutines running in this process", registry=REGISTRY)
 
 

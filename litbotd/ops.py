@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Concatenate, Coroutine, ParamSpec
 
-from . import logs, opsview
+from . import logs, opsview, spend
 from .config import Config
 from .queue import Queue, queue_config
 from .redisconn import REDIS_UNAVAILABLE, connect_config
@@ -51,10 +51,11 @@ async def status(cfg: Config, as_json: bool) -> int:
     async with _queue(cfg) as q:
         st = await q.status()
         flaky = await flaky_stats(q)
+        spent = await spend.view(q)
     if as_json:
-        print(json.dumps(opsview.status_json(st, flaky), sort_keys=True))
+        print(json.dumps(opsview.status_json(st, flaky, spent), sort_keys=True))
     else:
-        print("\n".join(opsview.status_text(st, flaky)))
+        print("\n".join(opsview.status_text(st, flaky, spent)))
     return 0
 
 

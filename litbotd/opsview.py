@@ -51,14 +51,28 @@ class Flaky(Protocol):
 FLAKY_SHOWN = 10
 
 
+@dataclass(frozen=True)
+class SpendView:
+    """SPEC §11: today's ledger and the limits' slots (spend.spend_today, spend.usage)."""
+    day: str                                  # "2026-12-03" (UTC)
+    by_repo: dict[str, float]                 # USD the runs that ended today cost
+    running_by_machine: dict[str, int] = field(default_factory=dict)
+    waiting_by_machine: dict[str, int] = field(default_factory=dict)
+    running_by_repo: dict[str, int] = field(default_factory=dict)
+
+
 def top_flaky(flaky: Mapping[str, Flaky]) -> list[tuple[str, Flaky]]:
     """The repositories with the most flaky runs first (then by name)."""
     return sorted(flaky.items(), key=lambda kv: (-kv[1].flaky, kv[0]))
 
 
-def status_json(st: QueueStatus, flaky: Mapping[str, Flaky] | None = None) -> dict[str, Any]:
+def status_json(st: QueueStatus, flaky: Mapping[str, Flaky] | None = None,
+                spend: SpendView | None = None) -> dict[str, Any]:
     """`litbotd status --json` (SPEC §2: queued, delayed, dead, workers with id, host, alive, task, busy_s)."""
     return {
+        **({"spend_today_usd": dict(spend.by_repo), "running_by_machine": dict(spend.running_by_machine),
+            "waiting_by_machine": dict(spend.waiting_by_machine), "running_by_repo": dict(spend.running_by_repo)}
+           if spend is not None else {}),
         "queued": st.queued, "delayed": st.delayed, "dead": st.dead, "queued_by_phase": dict(st.by_phase),
         "oldest_task_age_s": st.oldest_s, "reload_refused": list(st.refused_reloads),
         "flaky_runs_30d": {repo: {"flaky": f.flaky, "runs": f.runs} for repo, f in (flaky or {}).items()},
@@ -71,12 +85,21 @@ def _utc(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
 
 
-def status_text(st: QueueStatus, flaky: Mapping[str, Flaky] | None = None) -> list[str]:
-    """`litbotd status`: one line for the queue, one for the flaky runs, one per live worker, the
-    refused reloads, the dead workers."""
+def status_text(st: QueueStatus, flaky: Mapping[str, Flaky] | None = None,
+                spend: SpendView | None = None) -> list[str]:
+    """`litbotd status`: one line for the queue, today's spend and the runs by machine, one for
+    the flaky runs, one per live worker, the refused reloads, the dead workers."""
     phases = ", ".join(f"{k} {v}" for k, v in sorted(st.by_phase.items())) or "none"
     out = [f"queue {st.queue}: queued {st.queued} ({phases}), delayed {st.delayed}, dead {st.dead}"
            + (f", oldest {st.oldest_s:.0f}s" if st.oldest_s is not None else "")]
+    if spend is not None:
+        out.append(f"spend today ({spend.day} UTC): "
+                   + (", ".join(f"{repo} ${usd:,.2f}" for repo, usd in spend.by_repo.items()) or "none"))
+        machines = sorted(set(spend.running_by_machine) | set(spend.waiting_by_machine))
+        if machines:
+            out.append("runs by machine: " + ", ".join(
+                f"{m} {spend.running_by_machine.get(m, 0)} running {spend.waiting_by_machine.get(m, 0)} waiting"
+                for m in machines))
     if flaky:
         top = top_flaky(flaky)
         shown = ", ".join(f"{repo} {f.flaky} of {f.runs}" for repo, f in top[:FLAKY_SHOWN]) \

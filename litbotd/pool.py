@@ -27,11 +27,14 @@ from .jobends import JobEnds
 from .queue import Queue
 from .redeliver import redeliver_once
 from .redisconn import REDIS_UNAVAILABLE, Primary
+from .spend import Spend
 from .worker import Registry, Worker
 
 log = logs.get("litbotd.pool")
 
 RESTART_BACKOFF_MAX = 30.0
+PRICES_INTERVAL = 3600.0     # machine prices read again every hour (SPEC §11)
+RECONCILE_INTERVAL = 60.0    # leaked limit slots looked for this often
 STABLE_AFTER = 60.0  # a unit that ran this long before failing starts its backoff afresh
 
 
@@ -71,6 +74,8 @@ class WorkerPool:
             Loop("redeliver", lambda: self.cfg.github.redeliver_interval or 60.0, self._redeliver,
                  wait_first=True),
             Loop("prune", lambda: min(max(self.cfg.jobs.local.keep / 4, 1.0), 300.0), self._prune),
+            Loop("prices", lambda: PRICES_INTERVAL, self._prices),
+            Loop("limits", lambda: RECONCILE_INTERVAL, self._reconcile, wait_first=True),
         ]
         self._job_ends = JobEnds()
         # Ended local jobs, reported at once; it blocks in the backend's FIFO, so "interval" is
@@ -316,6 +321,29 @@ class WorkerPool:
                 log.info("deleted finished job directories", jobs=n, keep=f"{self.cfg.jobs.local.keep:g}s")
         except Exception as e:  # the next round tries again
             log.warning("pruning job directories failed", error=logs.redact(f"{type(e).__name__}: {e}"))
+
+    async def _prices(self) -> float | None:
+        """Read the backend's machine prices (at start, then hourly); a failure tries again soon."""
+        ctx = self.current.ctx
+        if ctx.backend_impl is None:
+            return None
+        try:
+            n = await ctx.prices.refresh(ctx.backend_impl)
+            if n:
+                log.info("machine prices read", machines=n)
+        except REDIS_UNAVAILABLE:
+            raise
+        except Exception as e:  # the backend could not say: keep the prices known, try again in a minute
+            log.warning("reading machine prices failed", error=logs.redact(f"{type(e).__name__}: {e}"))
+            return 60.0
+        return None
+
+    async def _reconcile(self) -> None:
+        """Free limit slots whose run ended without freeing them (its task lost for good)."""
+        ctx = self.current.ctx
+        n = await Spend(ctx.queue).reconcile(ctx.config.limits, ctx.prices.price_fn(ctx.config.limits.prices))
+        if n:
+            log.warning("freed limit slots of runs that had ended", runs=n)
 
     async def _watchdog(self) -> None:
         """WATCHDOG=1 from the event loop, only while the pool is alive: a blocked loop, or workers

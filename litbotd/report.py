@@ -76,6 +76,10 @@ class RunReport:
     tests: str = ""            # "3 passed, 2 failed, 0 skipped, 0 errors" from the job's JUnit reports
     annotations: int = 0       # annotations placed on the diff
     notes: tuple[str, ...] = ()  # workflow commands without a file: "error: title: message"
+    cost: float | None = None  # USD: what it cost once ended (spent), else the most it may cost
+    cost_projected: bool = False  # `cost` is the projection (price × timeout), not yet spent
+    price: float | None = None  # USD per hour of its machine, when priced
+    approved_by: str = ""      # the writer whose /litci approve-cost let it start
     waiting: str = ""          # queued behind its needs: "waiting for lint"
     note: str = ""             # why a filter was not applied ("paths: src/** not applied: …")
     flaky: bool = False        # an earlier attempt on this commit failed, this one passed
@@ -178,6 +182,13 @@ def duration_text(seconds: float | None) -> str:
     return f"{total // 3600}h {total % 3600 // 60:02d}m"
 
 
+def cost_text(cost: float | None, projected: bool = False) -> str:
+    """"$1.23", "≤ $4.00" (projected: at most), "—" when unknown or unpriced."""
+    if cost is None:
+        return "—"
+    return f"≤ ${cost:,.2f}" if projected else f"${cost:,.2f}"
+
+
 def _code(text: str) -> str:
     """`text` as an inline code span, on one line, fenced with more backticks than it holds."""
     text = " ".join(text.split())
@@ -238,8 +249,14 @@ def check_output(r: RunReport) -> dict[str, str]:
         title += f" · attempt {r.try_n} of {r.tries_total}"
 
     lines = [f"**{outcome}**" + (f": {_code(_clip_end(r.message, 2000))}" if r.message.strip() else ""), "",
-             "| Machine | Image | Duration | Attempt |", "|---|---|---|---|",
-             f"| {_cell(r.machine)} | {_cell(r.image)} | {duration_text(duration)} | {_attempt_cell(r)} |"]
+             "| Machine | Image | Duration | Attempt | Cost |", "|---|---|---|---|---|",
+             f"| {_cell(r.machine)} | {_cell(r.image)} | {duration_text(duration)} | {_attempt_cell(r)} | "
+             f"{cost_text(r.cost, r.cost_projected)} |"]
+    if r.cost is not None and r.price:
+        lines += ["", f"**Cost:** {cost_text(r.cost, r.cost_projected)} at ${r.price:,.2f}/h"
+                  + (" (projected: price × timeout)" if r.cost_projected else "")]
+    if r.approved_by:
+        lines += ["", f"**Cost approved by** {_code('@' + r.approved_by)} (`approve-cost`)"]
     if r.conclusion == "skipped":
         lines += ["", "No job started for this run: no machine time was spent."]
     if r.note:
@@ -309,6 +326,32 @@ def no_workflows_output() -> dict[str, str]:
     return {"title": "No workflow files found", "summary": summary, "text": ""}
 
 
+def limit_held_output(prefix: str, reason: str, r: RunReport) -> dict[str, str]:
+    """The `action_required` check of a run a [limits] cap (or an approved fork's machine
+    restriction) keeps from starting: the figures, and the command that starts it."""
+    command = _code(f"{prefix} approve-cost")
+    summary = "\n".join([
+        f"**Not started:** {_clip_end(reason, 4000)}", "",
+        "| Machine | Image | Projected cost |", "|---|---|---|",
+        f"| {_cell(r.machine)} | {_cell(r.image)} | {cost_text(r.cost, True)} |", "",
+        f"Someone with write access may reply {command} to start this commit's runs anyway"
+        " (the approval is recorded with their name); a new push needs a new approval.",
+    ])
+    return {"title": "Approval required: over a spend limit" if "limits.per_" in reason
+            else "Approval required: machine not allowed for a fork",
+            "summary": _clip_end(summary, MAX_OUTPUT_CHARS), "text": ""}
+
+
+def waiting_output(reason: str, r: RunReport) -> dict[str, str]:
+    """The `queued` check of a run waiting for a concurrency slot: what it waits for."""
+    summary = "\n".join([f"**Queued:** {_clip_end(reason, 2000)}", "",
+                         "It starts as soon as a running job on that machine or repository ends.", "",
+                         "| Machine | Image | Projected cost |", "|---|---|---|",
+                         f"| {_cell(r.machine)} | {_cell(r.image)} | {cost_text(r.cost, True)} |"])
+    first = reason.split(" (limits.")[0]
+    return {"title": _clip_end(first[:1].upper() + first[1:], 1000), "summary": summary, "text": ""}
+
+
 def fork_approval_output(prefix: str, forks: str = "never") -> dict[str, str]:
     """The `action_required` check of a fork PR whose author is not trusted: nothing ran.
     `forks`: the `secrets.forks` setting, which decides whether the approved runs get job secrets."""
@@ -343,7 +386,7 @@ def _row(r: RunReport) -> str:
     if r.attempt > 1 or r.flaky:
         status += f" ({', '.join(([f'attempt {r.attempt}'] if r.attempt > 1 else []) + (['flaky'] if r.flaky else []))})"
     return (f"| {status} | {_cell(r.check_name)} | {duration_text(r.duration)} | "
-            f"{_link(r.details_url, 'details') or '—'} |")
+            f"{cost_text(r.cost, r.cost_projected)} | {_link(r.details_url, 'details') or '—'} |")
 
 
 def summary_comment(repo: str, pr: int, sha: str, rows: Sequence[RunReport]) -> str:
@@ -361,7 +404,9 @@ def summary_comment(repo: str, pr: int, sha: str, rows: Sequence[RunReport]) -> 
         shown = ", ".join(_code(_clip_end(n, 200)) for n in flaky[:20])
         more = f" and {len(flaky) - 20} more" if len(flaky) > 20 else ""
         foot = (f"\n\n**Flaky** (failed, then passed on a re-run of this commit): {shown}{more}" + foot)
-    head += [_counts(ordered), "", "| Status | Check | Duration | Job |", "|---|---|---|---|"]
+    spent = [r.cost for r in ordered if r.cost is not None and not r.cost_projected]
+    counts = _counts(ordered) + (f" · spent {cost_text(sum(spent))}" if spent else "")
+    head += [counts, "", "| Status | Check | Duration | Cost | Job |", "|---|---|---|---|---|"]
 
     budget = MAX_COMMENT_CHARS - _utf8_len("\n".join(head) + foot) - 200  # 200: the "not shown" line
     body: list[str] = []

@@ -1,14 +1,17 @@
 """What litbotd remembers about pull requests and runs, in Redis (a thin adapter).
 
-    q:sha:<repo>@<sha>                 hash  spec:<run> -> JSON {run, check_name}, attempt:<run> -> int
+    q:sha:<repo>@<sha>                 hash  spec:<run> -> JSON {run, check_name}, attempt:<run> -> int,
+                                             spent, untrusted, cost_approved_by (spend.py, SPEC §11)
     q:run:<repo>@<sha>:<run>:<attempt> hash  status, check_run_id, job, times, url, message,
                                              cancel_reason, conclusion (set once: first terminal wins),
                                              try (the infrastructure try now, 1 when absent), tries
                                              (how many it may have),
                                              try:<n> (how try n ended, SPEC §11), try_cost:<n>
-                                             (what it cost, when the backend said)
+                                             (what it cost, when the backend said),
                                              origin, fork, author_association (what started it: trust),
-                                             secrets, secret_notes (job secret NAMES released, and why not)
+                                             secrets, secret_notes (job secret NAMES released, and why not),
+                                             price, projected, held, spent (the sum of spent:<try>, each
+                                             set once: spend.py's ledger), spent_day
     q:pr:<repo>#<pr>                   hash  head, base_ref, installation, comment_id, approved,
                                              approved:<sha> (who said ok-to-test on that commit),
                                              version (changes), commented (version shown)
@@ -213,6 +216,14 @@ class RunState:
     def _pr(self, repo: str, pr: int) -> str:
         return self.q.key("pr", f"{repo}#{pr}")
 
+    def run_key(self, ref: RunRef) -> str:
+        """The run's hash, for spend.py's ledger (its `spent` is set once)."""
+        return self._run(ref)
+
+    def sha_key(self, repo: str, sha: str) -> str:
+        """The commit's hash, for spend.py's ledger (its `spent`)."""
+        return self._sha(repo, sha)
+
     @property
     def _recent(self) -> str:
         return self.q.key("runs", "recent")
@@ -252,6 +263,18 @@ class RunState:
                 k = field[5:]
                 out[k] = (run_from_jsonable(json.loads(value)), int(raw.get(f"attempt:{k}", 1)))
         return out
+
+    async def sha_info(self, repo: str, sha: str) -> dict[str, str]:
+        """The commit's own fields (not its runs): pr, spent, untrusted, cost_approved_by/_at."""
+        raw = cast(dict[str, str], await self.r.hgetall(self._sha(repo, sha)))  # decoded
+        return {k: v for k, v in raw.items() if not k.startswith(("spec:", "attempt:", "owner:", "by:"))}
+
+    async def set_sha_fields(self, repo: str, sha: str, **fields: Any) -> None:
+        async with self.r.pipeline(transaction=True) as p:
+            values: dict[FieldT, EncodableT] = {k: v for k, v in fields.items()}
+            p.hset(self._sha(repo, sha), mapping=values)
+            p.expire(self._sha(repo, sha), TTL)
+            await p.execute()
 
     async def pr_of(self, repo: str, sha: str) -> int | None:
         pr = await self.r.hget(self._sha(repo, sha), "pr")

@@ -92,7 +92,7 @@ def facts(repo: str, sha: str, attempt: int, state: Mapping[str, str], spec: Map
     url = state.get("url") or ""
     pr = spec.get("pr")
     retry = state.get("retry_reason") or ("re-run" if attempt > 1 else "")
-    cost = state.get("cost_usd") or ""
+    cost = state.get("spent") or ""  # the ledger's figure (spend.py), once the run ended
     return Facts(repo=repo, sha=sha, attempt=attempt, check_name=str(spec.get("check_name") or "run"),
                  status_text=text, badge=badge, pr=pr if isinstance(pr, int) else None,
                  machine=str(spec.get("machine") or ""), image=str(spec.get("image") or ""),

@@ -197,7 +197,8 @@ def test_the_sample_config_documents_every_key_with_its_default():
     def present(d: dict, prefix: str = "") -> set[str]:
         out = set()
         for k, v in d.items():
-            out |= present(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k}
+            leaf = not isinstance(v, dict) or prefix + k in config_mod.MAP_KEYS
+            out |= {prefix + k} if leaf else present(v, f"{prefix}{k}.")
         return out
 
     assert present(data) == keys(config_mod.Config)
@@ -256,3 +257,25 @@ def test_run_page_keys_and_where_logs_are_kept():
     assert config_mod.logs_dir(cfg, {}) == "/var/lib/litbotd/runs"
     other = parse({"report": {"logs_dir": "/srv/runs"}}, env={})
     assert config_mod.logs_dir(other, {"STATE_DIRECTORY": "/x"}) == "/srv/runs"
+
+
+def test_limits_keys_are_validated_by_name():
+    cfg = parse({"limits": {"max_parallel_per_machine": {"L4": 2}, "per_pr_usd": 20, "prices": {"L4": 4}}}, env={})
+    assert cfg.limits.max_parallel_per_machine == {"L4": 2}
+    assert cfg.limits.per_pr_usd == 20.0 and isinstance(cfg.limits.per_pr_usd, float)
+    assert cfg.limits.prices == {"L4": 4.0}
+    assert cfg.limits.untrusted_machines == ("CPU",)
+    for bad, key in [({"per_pr_usd": "20"}, "limits.per_pr_usd"),
+                     ({"per_repo_day_usd": -1.0}, "limits.per_repo_day_usd"),
+                     ({"max_parallel_per_repo": -2}, "limits.max_parallel_per_repo"),
+                     ({"max_parallel_per_machine": {"L4": 1.5}}, "limits.max_parallel_per_machine.L4"),
+                     ({"max_parallel_per_machine": [1]}, "limits.max_parallel_per_machine"),
+                     ({"prices": {"L4": -1}}, "limits.prices.L4"),
+                     ({"untrusted_machines": "CPU"}, "limits.untrusted_machines"),
+                     ({"per_gpu": 1}, "limits.per_gpu")]:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            parse({"limits": bad}, env={})
+    # check-config prints it back as TOML that parses to the same [limits]
+    text = config_mod.render_toml(config_mod.to_dict(cfg))
+    assert "max_parallel_per_machine = {L4 = 2}" in text and "per_pr_usd = 20.0" in text
+    assert tomllib.loads(text)["limits"]["prices"] == {"L4": 4.0}

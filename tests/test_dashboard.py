@@ -23,7 +23,7 @@ BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 async def stack(aredis):
     s = Stack()
     await s.start(aredis, run_url=lambda ctx, ref: f"/runs/{ref.repo}/{ref.sha[:7]}/{ref.key}/{ref.attempt}",
-                  flaky=dashboard.flaky_rows)
+                  flaky=dashboard.flaky_rows, spend=dashboard.spend_rows)
     yield s
     await s.close()
 
@@ -60,6 +60,9 @@ async def seed(stack: Stack) -> dict:
     await q.redis.zadd("pg:flaky:o/cpu", {f"{'c' * 40}:lint": now})
     await q.redis.hset("pg:runs:o/gpu", str(int(now // 86400)), 40)
     await q.redis.hset("pg:runs:o/cpu", str(int(now // 86400)), 7)
+    # today's spend ledger (spend.py's, as a run's end records it) and another day's
+    await q.redis.hset(f"pg:spend:{time.strftime('%Y-%m-%d', time.gmtime(now))}", mapping={"o/gpu": 12.5, "o/cpu": 0.25})
+    await q.redis.hset("pg:spend:2000-01-01", "o/old", 99)
     return {"evil": evil, "plain": plain, "refs": refs, "taken": taken}
 
 
@@ -95,6 +98,12 @@ async def test_the_bearer_token_shows_what_status_shows(stack: Stack) -> None:
     flaky = re.findall(r'<tr><td>(o/\w+)</td><td class="lb-num">(\d+)</td><td class="lb-num">(\d+)</td></tr>',
                        text.split('id="flaky"')[1])
     assert flaky == [("o/gpu", "2", "40"), ("o/cpu", "1", "7")] and f"task {w['task']} for " in text
+    # spend per repository today: what `litbotd status --json` shows, most first
+    from litbotd import spend
+    assert opsview.status_json(await stack.current.queue.status(), None,
+                               await spend.view(stack.current.queue))["spend_today_usd"] == {"o/cpu": 0.25, "o/gpu": 12.5}
+    spent = re.findall(r'<tr><td>(o/\w+)</td><td class="lb-num">([\d.]+)</td></tr>', text.split('id="spend"')[1])
+    assert spent[:2] == [("o/gpu", "12.50"), ("o/cpu", "0.25")] and "o/old" not in text
     # the recent runs, newest change first, each linked to its page
     rows = re.findall(r'<a href="(/runs/[^"]+)">(tests-\d)</a>', text)
     assert [name for _, name in rows] == ["tests-2", "tests-1", "tests-0"]

@@ -144,6 +144,12 @@ def test_next_poll_reads_a_running_job_every_poll_interval(state, reports_end, c
     assert d.next_poll(current, 10, 30, state, reports_end) == expected
 
 
+def test_parse_approve_cost():
+    assert d.parse_command("/litci approve-cost", "/litci") == d.Command("approve-cost", (), "/litci approve-cost")
+    assert d.parse_command("/litci approve-cost now", "/litci").verb == "unknown"
+    assert d.parse_command("/litci approve-costs", "/litci").verb == "unknown"
+
+
 def test_needs_gate_holds_a_waiting_run() -> None:
     from litbotd.decisions import needs_met
 

@@ -25,11 +25,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "litbotd"
 
 PURE = {"__init__", "backoff", "config", "durations", "payloads", "redaction", "masking", "jobsecrets", "safeyaml",
         "workflows", "report", "annotations", "decisions", "events", "tasks", "outcomes", "logview", "runlink", "runview", "infra",
-        "paths", "needs", "opsview", "pages.authz", "pages.dashview"}
+        "paths", "needs", "opsview", "pages.authz", "pages.dashview", "limits"}
 SUPPORT = {"logs", "metrics", "sealed", "procinfo", "redisconn", "locks"}
 # Each adapter: the modules that together speak to one outside system.
 ADAPTERS = {
-    "redis": {"queue", "runstate"},
+    "redis": {"queue", "runstate", "spend"},
     "github": {"github", "ghstate", "checks"},
     "jobs": {"backends", "backends.base", "backends.bootstrap", "backends.lightning", "backends.local",
              "backends.localrun", "backends.sandbox"},
@@ -38,8 +38,8 @@ ADAPTERS = {
     "files": {"logstore"},   # run pages' kept logs, their index, the link key
 }
 APP = {"context", "lifecycle", "lifecycle.planning", "lifecycle.jobs", "lifecycle.commands", "lifecycle.comments",
-       "lifecycle.checkruns", "lifecycle.ordering", "worker", "pool", "webhook", "redeliver", "preflight", "jobends",
-       "pages", "pages.app", "pages.access", "pages.ctx", "pages.runpage", "pages.keep",
+       "lifecycle.checkruns", "lifecycle.ordering", "lifecycle.spending", "worker", "pool", "webhook", "redeliver",
+       "preflight", "jobends", "pages", "pages.app", "pages.access", "pages.ctx", "pages.runpage", "pages.keep",
        "pages.oauth", "pages.dashboard", "pages.render"}
 ENTRY = {"__main__", "daemon", "cli", "ops", "demo", "demo_github"}
 

@@ -121,6 +121,16 @@ async def test_every_lua_script_passes_every_key_in_keys(aredis: aioredis.Redis,
     assert not await rs.record_outcome(RunRef("o/r", "a" * 40, "run-2", 1), "failure", now)
     assert await rs.record_outcome(RunRef("o/r", "a" * 40, "run-2", 2), "success", now)
 
+    # spend and limits: a start, a wait, an end with its cost that wakes the waiter
+    from litbotd import limits
+    from litbotd.spend import Ledger, Spend, run_id
+    sp, lim = Spend(q), limits.Limits(max_parallel_per_machine={"L4": 1}, per_pr_usd=100.0)
+    for n in (1, 2):
+        r = RunRef("o/r", "b" * 40, f"k{n}", 1)
+        c = limits.Candidate(run_id(r), "o/r", r.sha, r.key, "L4", 4.0, 3600, f"t{n}")
+        await sp.gate(c, r, lim, Task(kind="start_job"), lambda m, i: 4.0, is_pr=True)
+    await sp.finish(RunRef("o/r", "b" * 40, "k1", 1), lim, Ledger(1.0, "2026-12-03"))
+
     # GitHub's shared state: the pacer of content-creating calls
     assert await Pacer(aredis, q.name).admit(1, now, 80, 500) is None
     # the one lock: claim, renew, record under the fence, release

@@ -202,6 +202,26 @@ def test_check_config_online_names_an_unreachable_github(tmp_path: Path, redis_s
     assert code == 1 and re.search(r"github: FAILED: GitHubError: GET /app: Client\w*Error after \d+ attempts", out), out
 
 
+def test_status_shows_todays_spend_and_the_runs_by_machine(redis_server, cfg: Path) -> None:
+    import time
+
+    r = redis_server.client()
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    r.hset(f"bot_queue:spend:{today}", mapping={"o/r": "12.5", "o/s": "0.25"})
+    r.hset("bot_queue:spend:2000-01-01", "o/r", "99")   # another day: not today's
+    entry = {"repo": "o/r", "sha": "a" * 40, "key": "k", "attempt": 1, "machine": "L4", "projected": 4.0,
+             "holder": "t", "seq": 0}
+    r.hset("bot_queue:limits:entries", mapping={"o/r@a:k:1": json.dumps({**entry, "slot": True}),
+                                                "o/r@a:j:1": json.dumps({**entry, "key": "j", "slot": False})})
+    st = od.status(cfg)
+    assert st["spend_today_usd"] == {"o/r": 12.5, "o/s": 0.25}
+    assert st["running_by_machine"] == {"L4": 1} and st["waiting_by_machine"] == {"L4": 1}
+    code, out, _ = run("status", "-c", str(cfg))
+    assert code == 0
+    assert f"spend today ({today} UTC): o/r $12.50, o/s $0.25" in out
+    assert "runs by machine: L4 1 running 1 waiting" in out
+
+
 def test_status_counts_flaky_runs_per_repository(tmp_path: Path, redis_server, cfg: Path) -> None:
     import time
 

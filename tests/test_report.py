@@ -155,7 +155,7 @@ def test_check_summary_has_machine_image_duration_attempt_and_why() -> None:
     s = out["summary"]
     assert s.startswith("**Cancelled**: `superseded by abc1234`")
     row = next(line for line in s.splitlines() if line.startswith("| `CPU`"))
-    assert table_cells(row) == ["`CPU`", "`python:3.11-slim`", "1m 05s", "2"]
+    assert table_cells(row) == ["`CPU`", "`python:3.11-slim`", "1m 05s", "2", "—"]
     assert "[Job details](https://lightning.ai/jobs/1)" in s
 
 
@@ -234,8 +234,8 @@ def test_summary_comment_starts_with_the_marker_and_sorts_by_check_name() -> Non
     table = [line for line in body.splitlines() if line.startswith("| ") and "---" not in line][1:]
     names = [table_cells(line)[1] for line in table]
     assert names == ["`docs`", "`gpu`", "`Lint`", "`tests (3.11)`", "`tests (3.12)`"]
-    assert table_cells(table[0]) == ["⏳ Queued", "`docs`", "—", "—"]
-    assert table_cells(table[4]) == ["❌ Failed (attempt 2)", "`tests (3.12)`", "1m 05s",
+    assert table_cells(table[0]) == ["⏳ Queued", "`docs`", "—", "—", "—"]
+    assert table_cells(table[4]) == ["❌ Failed (attempt 2)", "`tests (3.12)`", "1m 05s", "—",
                                      "[details](https://lightning.ai/jobs/1)"]
     assert table_cells(table[1])[0] == "⏱️ Timed out"
     assert table_cells(table[2])[0] == "🔄 Running"
@@ -259,7 +259,7 @@ def test_check_names_cannot_break_the_table_or_inject_markup() -> None:
     table = [line for line in body.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(table) == len(evil)  # the newline did not start a new line
     for line in table:
-        assert len(table_cells(line)) == 4
+        assert len(table_cells(line)) == 5
         assert table_cells(line)[1].startswith("`")
     assert "`a \\| b`" in body and "``tick`s``" in body and "`multi line`" in body
 
@@ -284,6 +284,42 @@ def test_log_with_freak_backtick_runs_still_fits_in_a_fence() -> None:
     text = out["text"]
     assert nbytes(text) <= MAX_OUTPUT_CHARS
     assert text.startswith("````````````````text\n") and text.endswith("\n" + "`" * 16)
+
+
+def test_cost_in_the_check_output_and_the_comment():
+    from litbotd import report as R
+
+    base = dict(check_name="gpu", machine="L4", image="python:3.12-slim", attempt=1, details_url=None)
+    done = R.RunReport(status="completed", conclusion="success", started_at=0.0, finished_at=1800.0, cost=2.0,
+                       price=4.0, approved_by="boss", **base)
+    out = R.check_output(done)
+    assert "| Machine | Image | Duration | Attempt | Cost |" in out["summary"]
+    assert "| 30m 00s | 1 | $2.00 |" in out["summary"]
+    assert "**Cost:** $2.00 at $4.00/h" in out["summary"]
+    assert "`@boss`" in out["summary"]  # a code span: no @-mention
+    queued = R.RunReport(status="queued", conclusion=None, started_at=None, finished_at=None, cost=4.0,
+                         cost_projected=True, price=4.0, **{**base, "check_name": "gpu2"})
+    assert "≤ $4.00" in R.check_output(queued)["summary"]
+    body = R.summary_comment("o/r", 1, "a" * 40, [done, queued])
+    assert "| Status | Check | Duration | Cost | Job |" in body
+    assert "| $2.00 |" in body and "| ≤ $4.00 |" in body
+    assert "spent $2.00" in body.splitlines()[3]
+    unpriced = R.RunReport(status="completed", conclusion="success", started_at=0.0, finished_at=1.0, **base)
+    assert "| 1s | 1 | — |" in R.check_output(unpriced)["summary"]
+
+
+def test_limit_outputs_give_the_figures_and_the_command():
+    from litbotd import report as R
+
+    r = R.RunReport(check_name="gpu", status="completed", conclusion="action_required", machine="L4",
+                    image="img", attempt=1, started_at=None, finished_at=None, details_url=None, cost=4.0,
+                    cost_projected=True)
+    held = R.limit_held_output("/litci", "runs would cost up to $32.00; over limits.per_pr_usd = $20.00.", r)
+    assert "over a spend limit" in held["title"] and "$32.00" in held["summary"]
+    assert "`/litci approve-cost`" in held["summary"]
+    wait = R.waiting_output("waiting for a free L4: 2 running (limits.max_parallel_per_machine = 2)", r)
+    assert wait["title"] == "Waiting for a free L4: 2 running"
+    assert "limits.max_parallel_per_machine = 2" in wait["summary"]
 
 
 def test_waiting_skipped_and_unfiltered_runs_say_why() -> None:

@@ -70,6 +70,8 @@ async def test_follow_a_check_run_to_its_live_page(redis_server, world, tmp_path
         await wait_until(lambda: world.runs(sha)[0]["status"] == "completed", 60, "the check run completed")
         done = world.runs(sha)[0]
         assert done["conclusion"] == "failure" and done["details_url"] == url
+        # The summary comment's row links to the same page (SPEC §5).
+        await wait_until(lambda: any(url in c["body"] for c in world.gh.comments), 30, "the comment's link")
         await page.wait_for_selector("#log >> text=teardown 80", timeout=20_000)
         await page.wait_for_selector("#status:text-is('failed')", timeout=20_000)
 

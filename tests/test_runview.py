@@ -53,6 +53,9 @@ def test_facts_show_only_what_the_page_lists():
     assert f.started == "1970-01-01 00:01:40 UTC"
     running = facts("o/r", "a" * 40, 1, {"status": "in_progress", "started_at": "100"}, {}, now=4000)
     assert running.duration == "1h 05m so far" and running.finished == "" and running.check_name == "run"
+    assert running.cost == "" and f.cost == ""
+    # the ledger's figure for the run (spend.py's `spent`, SPEC §11), once it ended
+    assert facts("o/r", "a" * 40, 1, {"status": "completed", "spent": "1.234567"}, {}).cost == "$1.23"
 
 
 @pytest.mark.parametrize("seconds, text", [(0, "0s"), (59.4, "59s"), (61, "1m 01s"), (3600, "1h 00m")])

@@ -9,7 +9,7 @@
     needs      after a conclusion on a commit: start the runs waiting for it, or skip them
     cancel     stop a SHA's runs (superseded, PR closed, /litci cancel)
     rerun      check_run / check_suite re-requested: new attempts of recorded runs
-    command    /litci run|cancel|ok-to-test from a PR comment
+    command    /litci run|cancel|ok-to-test|approve-cost from a PR comment
     comment    the sticky summary comment, edited a moment after a change (coalesced)
 
 Every handler may run more than once for the same task (a crash before its finish): each step
@@ -26,6 +26,7 @@ the config in force, the queue, the run state, GitHub and the backend. The modul
     commands   cancel, rerun, command
     comments   the summary comment writer (comment, comment_soon)
     checkruns  a run's check-run row and its completion
+    spending   the limits gate before a job starts, the ledger at a run's end (SPEC §11)
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from ..github import GitHubError, Gone
 from ..runstate import RunRef
 from ..tasks import Task
 from ..worker import Handler, Registry
+from . import spending
 from .checkruns import report_completed
 from .commands import cancel, command, rerun
 from .comments import comment, comment_soon
@@ -58,6 +60,7 @@ async def on_dead(task: Task, ctx: Context) -> list[Task]:
     if ended and p.get("run"):
         ref = RunRef(p["repo"], p["sha"], p["run"], p["attempt"])
         await ctx.runs.conclude(ref, *ended, time.time())
+        await spending.ended(ctx, ref)
         await report_completed(ctx, p, ref)
         return [*await after_conclusion(task, ctx, p),
                 *await comment_soon(task, ctx, p["repo"], p.get("pr"), p["installation"])]

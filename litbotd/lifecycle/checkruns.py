@@ -42,7 +42,18 @@ def report_row(run: workflows.Run, attempt: int, st: dict[str, str], log_tail: s
         flaky=flaky and st.get("conclusion") == decisions.SUCCESS,
         secrets=tuple(n for n in st.get("secrets", "").split(",") if n),
         secret_notes=tuple(n for n in st.get("secret_notes", "").split("\n") if n),
+        approved_by=st.get("approved_by", ""), **_cost(num),
     )
+
+
+def _cost(num: Any) -> dict[str, Any]:
+    """The run's cost as its row shows it (SPEC §11): spent once ended, else its projection."""
+    spent, projected, price = num("spent"), num("projected"), num("price")
+    if spent is not None:
+        return {"cost": spent, "cost_projected": False, "price": price}
+    if projected is not None:
+        return {"cost": projected, "cost_projected": True, "price": price}
+    return {}
 
 
 async def report_completed(ctx: Context, p: dict[str, Any], ref: RunRef, tail: str = "",

@@ -10,7 +10,7 @@ from ..context import Context
 from ..payloads import BOOL, ID, REPO, SHA, STR, needs, opt
 from ..runstate import RunRef
 from ..tasks import Task
-from . import ordering
+from . import ordering, spending
 from .checkruns import report_completed, routing
 from .comments import comment_soon
 
@@ -61,6 +61,7 @@ async def cancel(task: Task, ctx: Context) -> list[Task]:
             log.warning("job not stopped; the cancel is tried again", job=state["job"], error=str(error))
             continue
         conclusion, _ = await rs.conclude(ref, decisions.CANCELLED, reason, time.time())
+        await spending.ended(ctx, ref)  # its slot and reservation free, its cost counted
         if conclusion == decisions.CANCELLED and state.get("check_run_id"):
             await report_completed(ctx, {**p, "check_run_id": state["check_run_id"]}, ref)
     failed = [e for e in errors if e is not None]
@@ -96,7 +97,8 @@ async def rerun(task: Task, ctx: Context) -> list[Task]:
 
 @needs(repo=REPO, installation=ID, pr=ID, user=STR, comment_id=ID, body=opt(STR))
 async def command(task: Task, ctx: Context) -> list[Task]:
-    """`/litci run [NAME…]`, `/litci cancel`, `/litci ok-to-test`, from a user who may write."""
+    """`/litci run [NAME…]`, `/litci cancel`, `/litci ok-to-test`, `/litci approve-cost`, from a
+    user who may write."""
     p = task.payload
     cfg, gh, rs = ctx.config, ctx.github, ctx.runs
     repo, inst, pr = p["repo"], p["installation"], p["pr"]
@@ -122,6 +124,12 @@ async def command(task: Task, ctx: Context) -> list[Task]:
         # Recorded per commit (SPEC §10: a new push needs a new approval), with who approved it.
         await rs.set_pr_field(repo, pr, approved=head, **{f"approved:{head}": p["user"]})
         out.append(task.successor("new_event", {**event, "approved": True}))
+    elif cmd.verb == "approve-cost":
+        # Recorded with who gave it; the runs a limit held start again as new attempts (and the
+        # runs skipped because one of them did not succeed wait for them again).
+        held = await spending.approve(ctx, repo, head, p["user"])
+        out += await ordering.rerun_runs(ctx, task, event, held, every=False) if held else []
+        out += await comment_soon(task, ctx, repo, pr, inst)
     else:
         recorded = await rs.runs(repo, head)
         if not recorded:

@@ -7,6 +7,7 @@ the last edit, once every run of the head has concluded, which goes out at once 
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from .. import checks, logs, report
@@ -25,15 +26,19 @@ COMMENT_EDIT_INTERVAL = 10.0  # seconds between two edits of one PR's comment
 COMMENT_RETRY_MAX = 5.0  # seconds: how long a comment edit postponed for the pacing budget waits at most
 
 
-async def _render_comment(rs: RunState, repo: str, pr: int, head: str | None) -> str | None:
+async def _render_comment(ctx: Context, repo: str, pr: int, head: str | None) -> str | None:
     """The PR's summary comment as of now, from the run states of its latest head SHA; None when
-    there is nothing to show yet."""
+    there is nothing to show yet. Each row links to its run page when pages are served (SPEC §5)."""
     if not head:
         return None
     rows = []
+    rs = ctx.runs
     flaky = await rs.flaky(repo, head)
     for key, (run, attempt, st) in sorted((await rs.latest_states(repo, head)).items()):
-        rows.append(report_row(run, attempt, st, flaky=key in flaky))
+        row = report_row(run, attempt, st, flaky=key in flaky)
+        if page := ctx.page_url(repo, head, key, attempt):
+            row = dataclasses.replace(row, details_url=page)
+        rows.append(row)
     return report.summary_comment(repo, pr, head, rows) if rows else None
 
 
@@ -94,7 +99,7 @@ async def comment(task: Task, ctx: Context) -> list[Task]:
         if version is None:
             return []
         known = int(info["comment_id"]) if info.get("comment_id") else None
-        body = await _render_comment(rs, repo, pr, info.get("head"))
+        body = await _render_comment(ctx, repo, pr, info.get("head"))
         body = None if body is None else ctx.masker.mask(body)
         try:
             comment_id = known if body is None else await checks.upsert_comment(ctx.github, inst, repo, pr, body, known)

@@ -15,7 +15,7 @@ from ..pages.keep import keep_run
 from ..payloads import BOOL, ID, INT, NUM, REPO, SHA, STR, needs, opt
 from ..runstate import RunRef
 from ..tasks import Task
-from . import ordering
+from . import ordering, spending
 from .checkruns import report_completed, report_row, routing
 from .comments import comment_soon
 
@@ -37,20 +37,24 @@ async def start_job(task: Task, ctx: Context) -> list[Task]:
     ref = RunRef(repo, sha, key, attempt)
     try_n = int(p.get("try") or 1)  # an infrastructure retry's try (SPEC §11): a job of its own name
     name = decisions.job_name(repo, sha, key, attempt, try_n)
+    run, _ = (await rs.runs(repo, sha))[key]
     state = await rs.get(ref)
     if not decisions.may_start(state, try_n):
         if state.get("cancel_reason"):
             # An earlier run of this task (before a crash, or one whose stop failed) may have
             # started the job before the cancel could see it: stop it (nothing when there is none).
             await ctx.backend.stop(name)
+        await spending.not_started(task, ctx, ref, run, state)  # what it held is free (a held run: reported)
         return []  # cancelled before it started
     if not decisions.needs_met(state):
         return []  # waiting for its needs: the `needs` phase starts it (ordering.py)
-    run, _ = (await rs.runs(repo, sha))[key]
+    # SPEC §11 limits, once per run: a retried try keeps the slot and the reservation of its run.
+    if try_n == 1 and (not_now := await spending.before_start(task, ctx, ref, run)) is not None:
+        return not_now + await comment_soon(task, ctx, repo, await _pr_of(ctx, p), p["installation"])
     interruptible = bool(p.get("interruptible", run.interruptible))  # the last retry: on demand
     token = await ctx.github.scoped_token(p["installation"], repo) if decisions.needs_token(p.get("private")) else None
-    state = await rs.get(ref)
-    if not decisions.may_start(state, try_n):
+    if not decisions.may_start(state := await rs.get(ref), try_n):
+        await spending.not_started(task, ctx, ref, run, state)
         return []  # cancelled while the token was minted: start nothing
     released = await _release(ctx, p, run.secrets, state)
     spec = JobSpec(name=name, repo=repo, sha=sha, archive_url=f"{cfg.github.api_url}{checks.repo_path(repo)}/tarball/{sha}",
@@ -68,6 +72,7 @@ async def start_job(task: Task, ctx: Context) -> list[Task]:
                                    secret_notes="\n".join(released.notes)):
             await ctx.backend.stop(name)  # a cancel raced our start: it could not see the job yet
             log.info("run cancelled while its job started; job stopped")
+            await spending.ended(ctx, ref)
             return []
         fields: dict[str, Any] = {"status": "in_progress", "started_at": checks.iso(now)}
         details = ctx.page_url(repo, sha, key, attempt) or status.url  # the run page, else the job's own link
@@ -171,6 +176,7 @@ async def results(task: Task, ctx: Context) -> list[Task]:
         message = infra.final_message(status.message, int(p.get("try") or 1), int((await rs.get(ref)).get("tries") or 1))
     conclusion, message = await rs.conclude(ref, conclusion, message, time.time())
     metrics.JOBS.labels(ctx.backend.name, conclusion).inc()
+    await spending.ended(ctx, ref, status.cost, part=int(p.get("try") or 1))
     if await rs.record_outcome(ref, conclusion, time.time()):
         log.info("flaky run: failed, then passed on a re-run of the same commit", attempt=p["attempt"])
     await _keep_page(ctx, p, ref)  # before the check run completes: its link then shows the final page
@@ -210,6 +216,7 @@ async def _retry_infra(task: Task, ctx: Context, ref: RunRef, status: JobStatus)
     if now_try != retry.next_try:
         log.info("infrastructure retry already under way", job=p["job"], try_now=now_try)
         return []
+    await spending.try_ended(ctx, ref, try_n, status.cost)  # the failed try's machine cost too
     log.warning("the infrastructure failed the job; trying again", job=p["job"], kind=status.infra,
                 attempt=f"{retry.next_try} of {retries + 1}", interruptible=retry.interruptible)
     metrics.JOBS.labels(ctx.backend.name, f"retried_{status.infra}").inc()

@@ -67,6 +67,8 @@ async def new_event(task: Task, ctx: Context) -> list[Task]:
         return out
     # An untrusted fork's workflow files always come from the base branch (SPEC §5).
     files = await checks.workflow_files(gh, inst, repo, sha if trusted else p["base_ref"])
+    if not trusted:  # approved: its runs may use only limits.untrusted_machines without approve-cost
+        await rs.set_sha_fields(repo, sha, untrusted=1)
     plan = workflows.plan(files, p["base_ref"], ctx.defaults)
     origin = pr_origin(p)
     if origin.fork and trusted:

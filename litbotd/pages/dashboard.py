@@ -21,6 +21,7 @@ import aiohttp_session
 from aiohttp import web
 
 from .. import logs, opsview
+from .. import spend as spend_ledger
 from ..config import Config
 from ..runstate import RunRef, RunState, flaky_stats
 from . import authz, dashview, oauth, render
@@ -48,8 +49,13 @@ async def flaky_rows(ctx: oauth.Ctx) -> list[dashview.FlakyRow]:
             for repo, f in opsview.top_flaky(await flaky_stats(ctx.queue))[:dashview.SHOWN_FLAKY]]
 
 
+async def spend_rows(ctx: oauth.Ctx) -> list[dashview.SpendRow]:
+    """Spend per repository today (UTC): the ledger `litbotd status` prints (spend.spend_today)."""
+    return [dashview.SpendRow(repo, usd) for repo, usd in (await spend_ledger.spend_today(ctx.queue)).items()]
+
+
 def add_to(app: web.Application, current: oauth.CtxFn, *, run_url: RunUrl = _no_url,
-           spend: SpendFn | None = None, flaky: FlakyFn | None = flaky_rows) -> None:
+           spend: SpendFn | None = spend_rows, flaky: FlakyFn | None = flaky_rows) -> None:
     """Everything this module and GitHub sign-in serve, on the daemon's web app."""
     oauth.add_routes(app, current)
     add_routes(app, current, run_url=run_url, spend=spend, flaky=flaky)

@@ -15,7 +15,7 @@ log = logs.get(__name__)
 
 # The run's recorded fields a page shows; nothing else of the run's hash is kept.
 STATE_FIELDS = ("status", "conclusion", "message", "started_at", "finished_at", "url", "cancel_reason",
-                "retry_reason", "cost_usd")
+                "retry_reason", "spent")
 SPEC_FIELDS = ("check_name", "machine", "image", "backend", "pr")
 
 
