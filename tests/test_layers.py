@@ -52,12 +52,9 @@ ADAPTER_OF = {mod: name for name, mods in ADAPTERS.items() for mod in mods}
 IO_LIBRARIES = {"aiohttp", "asyncio", "redis", "gidgethub", "lightning_sdk", "fakeredis", "uvloop", "socket",
                 "subprocess", "http", "urllib.request", "jsonschema", "prometheus_client", "jwt", "requests"}
 
-# Known breaches still to remove (each one named in the closing note of issue 14).
-KNOWN: set[tuple[str, str]] = {
-    # Issue 18 step 1: config.parse/config.load forward to configfile for branches written before
-    # the split; remove the forwarders (and this entry) once those have merged.
-    ("config", "configfile"),
-}
+# Known breaches still to remove: none (issue 18 removed the last, config -> configfile). A new one
+# is named here with the issue that removes it.
+KNOWN: set[tuple[str, str]] = set()
 
 
 # Every `if TYPE_CHECKING:` import: (module, what it imports) -> why it cannot be a real import.
