@@ -476,15 +476,3 @@ def _toml_value(v: Any, key: str = "") -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x, "") for x in v) + "]"
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-# Transitional (issue 18 step 1): branches written before the split call config.parse/config.load.
-# They now live in configfile.py; these forwarders go once those branches have merged.
-def parse(data: Mapping[str, Any], env: Mapping[str, str] | None = None, source: str = "") -> Config:
-    from . import configfile
-    return configfile.parse(data, env, source)
-
-
-def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
-    from . import configfile
-    return configfile.load(path, env)

@@ -150,29 +150,19 @@ def tasks_for(event: str, payload: dict[str, Any], delivery: str, *,
             ), "pull_request closed"
         return [], f"pull_request action {action!r} is not handled"
 
-    if event == "check_run":
+    if event in ("check_run", "check_suite"):
         if action != "rerequested":
-            return [], f"check_run action {action!r} is not handled"
+            return [], f"{event} action {action!r} is not handled"
+        sha = _sha(payload, f"{event}.head_sha")
+        # A check run re-runs alone; a check suite re-runs every run of its commit.
+        which = {"check_run_id": _positive(payload, "check_run.id"),
+                 "external_id": _get(payload, "check_run.external_id", str, nullable=True),
+                 "check_name": _get(payload, "check_run.name", str)} if event == "check_run" else {"check_run_id": None}
         return task(
-            "rerun",
-            sha=_sha(payload, "check_run.head_sha"),
-            check_run_id=_positive(payload, "check_run.id"),
-            external_id=_get(payload, "check_run.external_id", str, nullable=True),
-            check_name=_get(payload, "check_run.name", str),
-            pr=_first_pr(_get(payload, "check_run.pull_requests", list), "check_run.pull_requests"),
+            "rerun", sha=sha, **which,
+            pr=_first_pr(_get(payload, f"{event}.pull_requests", list), f"{event}.pull_requests"),
             sender=_get(payload, "sender.login", str),
-        ), "check_run rerequested"
-
-    if event == "check_suite":
-        if action != "rerequested":
-            return [], f"check_suite action {action!r} is not handled"
-        return task(
-            "rerun",
-            sha=_sha(payload, "check_suite.head_sha"),
-            check_run_id=None,
-            pr=_first_pr(_get(payload, "check_suite.pull_requests", list), "check_suite.pull_requests"),
-            sender=_get(payload, "sender.login", str),
-        ), "check_suite rerequested"
+        ), f"{event} rerequested"
 
     if event == "issue_comment":
         if action != "created":

@@ -3,8 +3,9 @@
 A thin I/O adapter. It speaks HTTP with aiohttp directly and borrows gidgethub's sans-I/O pieces
 (`gidgethub.apps.get_jwt` for the App JWT, `gidgethub.sansio.create_headers` for the request
 headers). gidgethub's own `GitHubAPI` is not used: it raises on the first 403/429/5xx and has no
-hook for waiting and retrying, and every retry, rate-limit wait and pacing step lives in one loop
-(`request`) here.
+hook for waiting and retrying. What a response means is decided by one pure function, `classify`
+(Ok, Wait(seconds), Reauthenticate or Fail, like gidgethub's `sansio.decipher_response`), and
+`request` is the short loop that acts on it: pace, send, classify, wait or re-authenticate.
 
 - Installation tokens are cached in the process and in Redis (ghstate.TokenCache,
   `<queue>:token:<id>`), until five minutes before they expire, so that several daemons share one
@@ -25,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 import time
 import urllib.parse
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, AsyncGenerator, Awaitable, Callable
 
@@ -109,6 +112,93 @@ def _decode(content: bytes, ctype: str, raw: bool) -> Any:
     if not raw and ctype.startswith("text/"):
         return content.decode("utf-8", "replace")
     return content
+
+
+# -- what a response means: pure (gidgethub's sansio.decipher_response, with waiting) -----------------
+@dataclass(frozen=True)
+class Tries:
+    """What one call has spent so far: classify's memory between two responses."""
+    failures: int = 0          # 5xx answers and connection errors, each followed by a backoff
+    limited: int = 0           # rate-limit waits
+    can_reauth: bool = False   # an installation token that may be forgotten and minted again, once
+
+    def after(self, verdict: Verdict) -> Tries:
+        """The tries once `verdict` (a Wait or a Reauthenticate) has been acted on."""
+        if isinstance(verdict, Wait):
+            return replace(self, limited=self.limited + 1) if verdict.rate_limit else \
+                replace(self, failures=self.failures + 1)
+        if isinstance(verdict, Reauthenticate):
+            return replace(self, can_reauth=False)
+        return self
+
+
+@dataclass(frozen=True)
+class Ok:
+    """A success (status < 400): the response is the answer."""
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Try again after `seconds`: GitHub was unreachable, failed (5xx) or rate-limited the call."""
+    seconds: float
+    why: str  # UNREACHABLE, SERVER_ERROR or RATE_LIMIT
+
+    @property
+    def rate_limit(self) -> bool:
+        return self.why == RATE_LIMIT
+
+
+@dataclass(frozen=True)
+class Reauthenticate:
+    """401 with a cached installation token: forget it, mint a new one, try again."""
+
+
+@dataclass(frozen=True)
+class Fail:
+    """Give up: `reason` follows "METHOD path: " in the GitHubError."""
+    reason: str
+
+
+Verdict = Ok | Wait | Reauthenticate | Fail
+UNREACHABLE, SERVER_ERROR, RATE_LIMIT = "unreachable", "server error", "rate limit"
+
+
+def rate_limit_wait(status: int, headers: dict[str, str], body: Any, limited: int, now: float) -> float | None:
+    """Seconds GitHub asks us to wait before retrying rate-limit number `limited` (1-based), or
+    None if the response is not a rate limit."""
+    if status not in (403, 429):
+        return None
+    if "retry-after" in headers:
+        try:
+            return float(headers["retry-after"])
+        except ValueError:
+            pass
+    if headers.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in headers:
+        return max(1.0, float(headers["x-ratelimit-reset"]) - now + 1)
+    if status == 429 or "secondary rate limit" in _error_text(body).lower():
+        return backoff(limited, SECONDARY_WAIT, MAX_WAIT, jitter=False)  # at least a minute, doubling
+    return None  # a plain 403: a permission problem, not a limit
+
+
+def classify(status: int, headers: dict[str, str], body: Any, attempt: Tries, now: float,
+             rng: random.Random | None = None) -> Verdict:
+    """What to do with one response to a call that has spent `attempt`. `status` 0: no response
+    came (connection error, timeout), and `body` names the error. Pure: `now` is the clock's time,
+    `rng` the backoff's jitter."""
+    if 0 < status < 400:
+        return Ok()
+    told = rate_limit_wait(status, headers, body, attempt.limited + 1, now)
+    if told is not None and attempt.limited + 1 < MAX_ATTEMPTS:
+        return Wait(min(told, MAX_WAIT), RATE_LIMIT)
+    if status == 401 and attempt.can_reauth:
+        return Reauthenticate()
+    if status == 0 or status >= 500:
+        if attempt.failures + 1 < MAX_ATTEMPTS:
+            return Wait(backoff(attempt.failures + 1, BACKOFF_BASE, BACKOFF_MAX, rng),
+                        SERVER_ERROR if status else UNREACHABLE)
+        if status == 0:
+            return Fail(f"{body} after {attempt.failures + 1} attempts")
+    return Fail(f"{status} {_error_text(body)}".rstrip())
 
 
 class GitHubApp:
@@ -218,21 +308,6 @@ class GitHubApp:
             metrics.PACE_WAIT.observe(min(wait, MAX_WAIT))
             await self._sleep(min(wait, MAX_WAIT))
 
-    def _limit_wait(self, status: int, headers: dict[str, str], body: Any, limited: int) -> float | None:
-        """Seconds to wait before retrying a rate-limited response, or None if it is not one."""
-        if status not in (403, 429):
-            return None
-        if "retry-after" in headers:
-            try:
-                return float(headers["retry-after"])
-            except ValueError:
-                pass
-        if headers.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in headers:
-            return max(1.0, float(headers["x-ratelimit-reset"]) - self._clock() + 1)
-        if status == 429 or "secondary rate limit" in _error_text(body).lower():
-            return SECONDARY_WAIT * 2 ** (limited - 1)
-        return None  # a plain 403: a permission problem, not a limit
-
     async def request(self, method: str, path: str, installation_id: int | None, *, data: Any = None,
                       params: dict | None = None, accept: str = "application/vnd.github+json",
                       priority: str = "conclusion", defer: bool = False) -> tuple[int, dict[str, str], Any]:
@@ -244,68 +319,57 @@ class GitHubApp:
         method = method.upper()
         url = self._url(path)
         where = urllib.parse.urlsplit(url).path  # for messages: never the query
-        raw = ".raw" in accept
-        failures = limited = 0
-        reauthed = False
+        tries = Tries(can_reauth=installation_id is not None)  # a JWT is made afresh for every call
         while True:
             if method in CONTENT_METHODS and installation_id is not None:
                 await self._wait_for_pace(installation_id, priority, defer)
-            if installation_id is None:
-                headers = sansio.create_headers(USER_AGENT, accept=accept, jwt=self.jwt())
-            else:
-                headers = sansio.create_headers(USER_AGENT, accept=accept,
-                                                oauth_token=await self.installation_token(installation_id))
-            headers["x-github-api-version"] = API_VERSION
-            kw: dict[str, Any] = {"headers": headers, "params": params}
-            if isinstance(data, (bytes, str)):
-                kw["data"] = data
-            elif data is not None:
-                kw["json"] = data
             try:
-                async with self._http().request(method, url, **kw) as resp:
-                    status = resp.status
-                    rheaders = {k.lower(): v for k, v in resp.headers.items()}
-                    content = await resp.read()
-                    ctype = resp.content_type
+                status, headers, body = await self._send(method, url, installation_id, data, params, accept)
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                failures += 1
-                if failures >= MAX_ATTEMPTS:
-                    raise GitHubError(0, f"{method} {where}: {type(e).__name__} after {failures} attempts") from None
-                wait = backoff(failures, BACKOFF_BASE, BACKOFF_MAX)
-                log.warning("GitHub unreachable, retrying", method=method, path=where, error=type(e).__name__,
-                            attempt=failures, wait=round(wait, 2))
-                await self._sleep(wait)
-                continue
-            if "x-ratelimit-remaining" in rheaders:
-                metrics.RATELIMIT_REMAINING.set(int(rheaders["x-ratelimit-remaining"]))
-            body = _decode(content, ctype, raw and status < 400)
-            if status < 400:
-                return status, rheaders, body
-            told = self._limit_wait(status, rheaders, body, limited + 1)
-            if told is not None and limited + 1 < MAX_ATTEMPTS:
-                limited += 1
-                wait = min(told, MAX_WAIT)
-                if defer:  # a low-priority write does not sit out a rate limit (maybe under a claim)
-                    log.info("GitHub rate limit: low-priority write postponed", method=method, path=where,
-                             status=status, wait=round(wait, 2))
-                    raise PaceDeferred(wait, limited=True)
-                log.warning("GitHub rate limit, waiting", method=method, path=where, status=status,
-                            wait=round(wait, 2), remaining=rheaders.get("x-ratelimit-remaining"))
-                await self._sleep(wait)
-                continue
-            if status == 401 and installation_id is not None and not reauthed:
-                # A revoked or stale cached token: mint a new one once.
-                reauthed = True
+                status, headers, body = 0, {}, type(e).__name__  # no response: classify reads the error's name
+            verdict = classify(status, headers, body, tries, self._clock())
+            if isinstance(verdict, Ok):
+                return status, headers, body
+            if isinstance(verdict, Fail):
+                raise GitHubError(status, f"{method} {where}: {verdict.reason}")
+            if isinstance(verdict, Reauthenticate):  # a revoked or stale cached token: mint a new one
+                assert installation_id is not None  # classify answers so only while tries.can_reauth
                 await self.tokens.forget(installation_id)
-                continue
-            if status >= 500 and failures + 1 < MAX_ATTEMPTS:
-                failures += 1
-                wait = backoff(failures, BACKOFF_BASE, BACKOFF_MAX)
-                log.warning("GitHub server error, retrying", method=method, path=where, status=status,
-                            attempt=failures, wait=round(wait, 2))
-                await self._sleep(wait)
-                continue
-            raise GitHubError(status, f"{method} {where}: {status} {_error_text(body)}".rstrip())
+            elif verdict.rate_limit and defer:  # a low-priority write does not sit out a rate limit
+                log.info("GitHub rate limit: low-priority write postponed", method=method, path=where,
+                         status=status, wait=round(verdict.seconds, 2))
+                raise PaceDeferred(verdict.seconds, limited=True)
+            else:
+                seen = {"status": status} if status else {"error": body}
+                spent = {"remaining": headers.get("x-ratelimit-remaining")} if verdict.rate_limit else \
+                    {"attempt": tries.failures + 1}
+                log.warning(f"GitHub {verdict.why}, waiting", method=method, path=where, **seen, **spent,
+                            wait=round(verdict.seconds, 2))
+                await self._sleep(verdict.seconds)
+            tries = tries.after(verdict)
+
+    async def _send(self, method: str, url: str, installation_id: int | None, data: Any, params: dict | None,
+                    accept: str) -> tuple[int, dict[str, str], Any]:
+        """One HTTP exchange: (status, lower-cased headers, decoded body)."""
+        if installation_id is None:
+            headers = sansio.create_headers(USER_AGENT, accept=accept, jwt=self.jwt())
+        else:
+            headers = sansio.create_headers(USER_AGENT, accept=accept,
+                                            oauth_token=await self.installation_token(installation_id))
+        headers["x-github-api-version"] = API_VERSION
+        kw: dict[str, Any] = {"headers": headers, "params": params}
+        if isinstance(data, (bytes, str)):
+            kw["data"] = data
+        elif data is not None:
+            kw["json"] = data
+        async with self._http().request(method, url, **kw) as resp:
+            status = resp.status
+            rheaders = {k.lower(): v for k, v in resp.headers.items()}
+            content = await resp.read()
+            ctype = resp.content_type
+        if "x-ratelimit-remaining" in rheaders:
+            metrics.RATELIMIT_REMAINING.set(int(rheaders["x-ratelimit-remaining"]))
+        return status, rheaders, _decode(content, ctype, ".raw" in accept and status < 400)
 
     async def get(self, path: str, installation_id: int | None, **kw: Any) -> Any:
         return (await self.request("GET", path, installation_id, **kw))[2]

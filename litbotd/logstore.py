@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Mapping
 from . import config
 from .config import Config
 from .logview import Marks, split_lines
+from .runlink import KEY_BYTES
 
 CHUNK = 1024 * 1024              # index checkpoint spacing and read size
 # A line that starts (after blanks and colour codes) with `::` or `litci-`: what logview.Marks reads.
@@ -54,7 +55,7 @@ def logs_dir(cfg: Config, env: Mapping[str, str] | None = None) -> str:
 
 def load_link_key(env: Mapping[str, str] | None, fallback_dir: str) -> bytes:
     """The credential `litbotd-link-key` when present, else `link-key` in $STATE_DIRECTORY (or
-    `fallback_dir`), created with 32 random bytes, mode 0600, the first time. `env`: os.environ
+    `fallback_dir`), created with KEY_BYTES (32) random bytes, mode 0600, the first time. `env`: os.environ
     unless given."""
     env = os.environ if env is None else env
     creds = env.get("CREDENTIALS_DIRECTORY")
@@ -73,7 +74,7 @@ def load_link_key(env: Mapping[str, str] | None, fallback_dir: str) -> bytes:
     tmp = directory / f".{LINK_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(secrets.token_bytes(32))
+        f.write(secrets.token_bytes(KEY_BYTES))
     try:
         os.link(tmp, path)  # two daemons starting at once: the first one's key wins
     except FileExistsError:

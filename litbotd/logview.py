@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 from markupsafe import Markup, escape
 
@@ -100,6 +100,13 @@ def _extended(params: list[int], i: int) -> tuple[int | None, int]:
     return None, len(params) - i  # malformed: the rest is ignored
 
 
+# SGR codes that set or clear text attributes.
+_SGR_FLAGS: dict[int, dict[str, bool]] = {
+    1: {"bold": True}, 2: {"dim": True}, 3: {"italic": True}, 4: {"underline": True}, 7: {"inverse": True},
+    22: {"bold": False, "dim": False}, 23: {"italic": False}, 24: {"underline": False}, 27: {"inverse": False},
+}
+
+
 def apply_sgr(style: Style, raw: str) -> Style:
     """The style after `ESC [ raw m`."""
     try:
@@ -113,24 +120,8 @@ def apply_sgr(style: Style, raw: str) -> Style:
         i += 1
         if p == 0:
             s = Style().__dict__.copy()
-        elif p == 1:
-            s["bold"] = True
-        elif p == 2:
-            s["dim"] = True
-        elif p == 3:
-            s["italic"] = True
-        elif p == 4:
-            s["underline"] = True
-        elif p == 7:
-            s["inverse"] = True
-        elif p == 22:
-            s["bold"] = s["dim"] = False
-        elif p == 23:
-            s["italic"] = False
-        elif p == 24:
-            s["underline"] = False
-        elif p == 27:
-            s["inverse"] = False
+        elif p in _SGR_FLAGS:
+            s.update(_SGR_FLAGS[p])
         elif 30 <= p <= 37:
             s["fg"] = p - 30
         elif 90 <= p <= 97:
@@ -224,11 +215,6 @@ def html_lines(first: int, lines: list[list[Segment]]) -> Markup:
     return Markup("".join(out))
 
 
-def plain(text: str) -> str:
-    """The text a line shows, without styles (for searching and tests)."""
-    return "".join(t for _, t in Renderer().line(text))
-
-
 # -- what the page lists above the log ----------------------------------------------------------
 @dataclass(frozen=True)
 class Mark:
@@ -243,8 +229,8 @@ class Mark:
                 "where": self.where}
 
     @classmethod
-    def from_json(cls, d: dict[str, object]) -> "Mark":
-        return cls(line=int(d["line"]), level=str(d["level"]), title=str(d.get("title") or ""),  # type: ignore[call-overload]
+    def from_json(cls, d: Mapping[str, Any]) -> "Mark":
+        return cls(line=int(d["line"]), level=str(d["level"]), title=str(d.get("title") or ""),
                    message=str(d.get("message") or ""), where=str(d.get("where") or ""))
 
 

@@ -74,7 +74,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def needs(**fields: Kind) -> Callable[[F], F]:
     """Declare a handler's payload: sets `handler.payload_schema` (functools.wraps keeps it)."""
     def mark(handler: F) -> F:
-        handler.payload_schema = Schema(fields)  # type: ignore[attr-defined]
+        vars(handler)["payload_schema"] = Schema(fields)  # the function's own __dict__, which wraps() copies
         return handler
     return mark
 

@@ -302,8 +302,8 @@ class Queue:
         """Block up to `timeout` seconds for a task; it moves into the worker's processing list.
         `client`: a worker's own connection (Redis.client()), so a blocked take holds no pooled one."""
         conn = client or self.redis
-        # BLMOVE takes a fractional timeout (Redis >= 6); redis-py's hint says int.
-        raw = await conn.blmove(self.name, self.processing(wid), timeout, "RIGHT", "LEFT")  # type: ignore[arg-type]
+        raw = await conn.blmove(self.name, self.processing(wid), timeout, "RIGHT",  # type: ignore[arg-type]  # a float: Redis 6+ takes one, redis-py's hint says int
+                                "LEFT")
         return cast(str | None, raw)  # decoded
 
     async def finish_and_take(self, wid: str, raw: str, successors: Sequence[Task] = (), dead: Task | None = None,

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from . import logs, metrics
 from .backoff import backoff
 from .context import Context, Current, Liveness
+from .outcomes import Outcome, outcome_for
 from .payloads import PayloadInvalid, schema_of
 from .queue import Queue
 from .redisconn import REDIS_UNAVAILABLE
@@ -140,14 +141,14 @@ class Worker:
             error = logs.redact(f"{type(e).__name__}: {shown(str(e), 300)}")
             log.error("task could not be processed; sent to the dead letter", worker=self.id, error=error)
             self.task, self.since = None, None
-            return await self._finish(raw, [], _malformed(raw, error), "dead", "?", take_next)
+            return await self._finish(raw, [], _malformed(raw, error), Outcome.DEAD, "?", take_next)
 
     async def _process(self, raw: str, take_next: bool) -> str | None:
         try:
             task = Task.from_json(raw)
         except TaskFormatError as e:
             log.error("malformed task sent to the dead letter", worker=self.id, error=str(e))
-            return await self._finish(raw, [], _malformed(raw, str(e)), "dead", "?", take_next)
+            return await self._finish(raw, [], _malformed(raw, str(e)), Outcome.DEAD, "?", take_next)
         self.task, self.since = task, time.time()
         ctx = self.current.ctx  # one context for the whole task, its finish included
         try:
@@ -155,7 +156,7 @@ class Worker:
                 if (invalid := self._invalid(task)) is not None:
                     # Retrying cannot add a field: dead at once, one line, no traceback, no report.
                     log.error("invalid task sent to the dead letter", error=invalid)
-                    return await self._finish(raw, [], replace(task, error=invalid, run_at=0.0), "dead",
+                    return await self._finish(raw, [], replace(task, error=invalid, run_at=0.0), Outcome.DEAD,
                                               "(invalid)", take_next)
                 successors, dead, outcome = await self._handle(task, ctx)
                 return await self._finish(raw, successors, dead, outcome, task.kind, take_next)
@@ -175,27 +176,27 @@ class Worker:
                 return str(e)
         return None
 
-    async def _handle(self, task: Task, ctx: Context) -> tuple[Sequence[Task], Task | None, str]:
+    async def _handle(self, task: Task, ctx: Context) -> tuple[Sequence[Task], Task | None, Outcome]:
         cfg = ctx.config.workers
         handler = self.registry.handlers[task.kind]
         started = time.monotonic()
         try:
             successors = await self._call(handler, task, ctx, cfg.task_timeout)
-            return successors, None, "done"
+            return successors, None, Outcome.DONE
         except asyncio.CancelledError:
             raise  # shutdown past its grace: the task stays in the processing list
         except Exception as e:
-            attempt = task.attempt + 1
             error = logs.redact(f"{type(e).__name__}: {e}")[:2000]
-            failed = replace(task, attempt=attempt, error=error, run_at=0.0)
-            if isinstance(e, Permanent) or attempt >= cfg.max_attempts:
-                log.error("task failed, giving up: sent to the dead letter", attempt=attempt, error=error)
-                return await self._on_dead(failed, ctx), failed, "dead"
-            delay = backoff(attempt, cfg.retry_backoff, cfg.retry_backoff_max)
-            log.warning("task failed, will retry", attempt=attempt, retry_in=f"{delay:.1f}s", error=error)
-            if not isinstance(e, REDIS_UNAVAILABLE) and attempt == 1:
+            decided = outcome_for(task, e, cfg, time.time())
+            failed = replace(task, attempt=decided.attempt, error=error, run_at=0.0)
+            if decided.outcome is Outcome.DEAD:
+                log.error("task failed, giving up: sent to the dead letter", attempt=decided.attempt, error=error)
+                return await self._on_dead(failed, ctx), failed, Outcome.DEAD
+            log.warning("task failed, will retry", attempt=decided.attempt, retry_in=f"{decided.delay:.1f}s",
+                        error=error)
+            if not isinstance(e, REDIS_UNAVAILABLE) and decided.attempt == 1:
                 log.exception("first failure of this task")
-            return [failed.later(time.time() + delay)], None, "retry"
+            return [failed.later(decided.run_at)], None, Outcome.RETRY
         finally:
             metrics.task_seconds(task.kind).observe(time.monotonic() - started)
 
@@ -220,7 +221,7 @@ class Worker:
             log.error("could not report the dead task", error=logs.redact(f"{type(e).__name__}: {e}"))
             return []
 
-    async def _finish(self, raw: str, successors: Sequence[Task], dead: Task | None, outcome: str, kind: str,
+    async def _finish(self, raw: str, successors: Sequence[Task], dead: Task | None, outcome: Outcome, kind: str,
                       take_next: bool) -> str | None:
         """Commit the outcome, and take the next task in the same step unless stopping. Redis may be
         down right now: keep trying, the task is safe meanwhile in the processing list, and a finish
@@ -246,6 +247,6 @@ class Worker:
             # Our lease lapsed (a stalled loop) and the task was requeued: it will run again
             # elsewhere, so its successors are dropped here rather than duplicated.
             log.warning("task was requeued while it ran (lease lost); dropping its successors")
-            outcome = "lost"
-        metrics.tasks(kind, outcome).inc()
+            outcome = Outcome.LOST
+        metrics.tasks(kind, outcome.value).inc()
         return nxt

@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Iterator
 import pytest
 import redis as syncredis
 
+from helpers import net
 from helpers.env import TEST_KNOBS, dropped
 
 if TYPE_CHECKING:
@@ -53,19 +53,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         missing_tool(f"needs the local jobs' sandbox: {why}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RedisServer:
     """A real redis-server on a free loopback port, with AOF on so that a restart keeps the data
     (like a production Redis with `appendonly yes`)."""
 
     def __init__(self, workdir: Path) -> None:
         self.dir = workdir
-        self.port = free_port()
+        self.port = net.free_port()
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -163,11 +157,13 @@ def scrubbed_session() -> Iterator[None]:
 
 
 @pytest.fixture
-def clean_env() -> None:
-    """No config from the developer's environment leaks into a test (the session is scrubbed
-    already; kept for the tests that ask for it by name)."""
+async def world():
+    """The GitHub stand-in with the end-to-end tests' repository (fake_github.GitHubWorld), closed after."""
+    from fake_github import GitHubWorld
 
-
+    w = GitHubWorld()
+    yield w
+    await w.close()
 @pytest.fixture(scope="session")
 def lightning_server() -> Iterator["LightningStandIn"]:
     """One Lightning stand-in per session: the SDK caches its client process-wide."""

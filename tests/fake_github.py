@@ -38,11 +38,17 @@ the operation's schemas; each mismatch is recorded in `violations`. jsonschema i
 then. With `public_key_pem`, App endpoints verify the App JWT (RS256,
 iss = app_id, lifetime ≤ 10 minutes) and the others a token this fake minted, with its scope.
 Repository trees come from memory or from a local git repository (git runs as a subprocess).
+
+This file is the tests' one GitHub: `FakeGitHub` (in the test's event loop: `await start()`, or
+from a thread of its own with `serving(...)`, for tests that run a daemon or the CLI as a process),
+and `GitHubWorld`, the repository and pull request the end-to-end tests talk about. `PRIVATE_PEM`
+and `PUBLIC_PEM` are the test App's key pair (tests/data/keys).
 """
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import html
 import io
@@ -51,16 +57,24 @@ import json
 import re
 import secrets
 import tarfile
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http import HTTPStatus
-from typing import Any, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterator
 
 import jwt as pyjwt
 from aiohttp import web
 
+DATA = Path(__file__).parent / "data"
+SPEC = DATA / "rest-subset.json"
+PRIVATE_PEM = (DATA / "keys" / "app.pem").read_text()
+PUBLIC_PEM = (DATA / "keys" / "app.pub.pem").read_text()
+REPO = "octo-org/widgets"   # GitHubWorld's repository and installation
+INSTALLATION = 77
 WEB = "https://github.com"
 BOT = {"login": "litbot[bot]", "id": 41898282, "type": "Bot", "site_admin": False}
 MAX_ANNOTATIONS_PER_REQUEST = 50
@@ -1036,3 +1050,59 @@ _ROUTES = [
     _route("GET", f"{_R}/tarball/{{ref}}", FakeGitHub._tarball, "install", "contents"),
     _route("POST", f"{_R}/statuses/{{sha}}", FakeGitHub._create_status, "install", "statuses"),
 ]
+
+
+@contextlib.contextmanager
+def serving(gh: FakeGitHub) -> Iterator[FakeGitHub]:
+    """`gh` served from an event loop on a thread of its own, for a test without one (a daemon or
+    the CLI as a subprocess calls it); `gh.url` is set inside the block."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="fake-github", daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(gh.start(), loop).result(10)
+        yield gh
+    finally:
+        asyncio.run_coroutine_threadsafe(gh.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+class GitHubWorld:
+    """The stand-in (JWTs verified with PUBLIC_PEM, every request checked against SPEC) plus the
+    repository and pull request the end-to-end tests talk about."""
+
+    def __init__(self) -> None:
+        self.gh = FakeGitHub(app_id=1, public_key_pem=PUBLIC_PEM, spec_path=str(SPEC))
+        self.url = ""
+
+    async def start(self, trees: dict[str, dict[str, str]]) -> None:
+        self.url = await self.gh.start()
+        self.gh.add_repo(REPO, trees, private=True, installation_id=INSTALLATION)
+
+    def pull(self, sha: str, *, pr: int = 1, fork_user: str | None = None, association: str = "OWNER") -> None:
+        self.gh.add_pull(REPO, pr, head_sha=sha, base_ref="main",
+                         head_repo=f"{fork_user}/widgets" if fork_user else None,
+                         author_association=association, user=fork_user or "octocat")
+
+    def runs(self, sha: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in self.gh.check_runs if sha is None or r["head_sha"] == sha]
+
+    def conclusions(self, sha: str) -> dict[str, str | None]:
+        return {r["name"]: r.get("conclusion") for r in self.runs(sha)}
+
+    def completed(self, sha: str, n: int) -> bool:
+        """At least `n` check runs on `sha`, all completed."""
+        runs = self.runs(sha)
+        return len(runs) >= n and all(r["status"] == "completed" for r in runs)
+
+    def assert_no_duplicates(self) -> None:
+        keys = [(r["head_sha"], r["name"], r["external_id"]) for r in self.gh.check_runs]
+        assert len(keys) == len(set(keys)), f"a check run was created twice: {sorted(keys)}"
+        per_pr = [(c["repo"], c["issue_number"]) for c in self.gh.comments]
+        assert len(per_pr) == len(set(per_pr)), "a second summary comment was posted"
+        assert self.gh.violations == [], self.gh.violations
+
+    async def close(self) -> None:
+        await self.gh.close()

@@ -356,25 +356,20 @@ class LightningStandIn:
     async def _serve(self) -> None:
         self._release = asyncio.Event()
         app = web.Application(middlewares=[self._record])
-        r = app.router
-        r.add_get("/v1/orgs/", self._org)
-        r.add_get("/v1/orgs/{id}", self._org)
-        r.add_get("/v1/auth/user", self._user)
-        r.add_get("/v1/memberships", self._memberships)
-        r.add_get("/v1/projects/{pid}", self._project)
-        r.add_get("/v1/projects/{pid}/jobs/find", self._find)
-        r.add_get("/v1/projects/{pid}/multi-machine-jobs/{name}/getbyname", self._not_found)
-        r.add_post("/v1/projects/{pid}/jobs", self._create)
-        r.add_get("/v1/projects/{pid}/jobs/{id}", self._get)
-        r.add_put("/v1/projects/{pid}/jobs/{id}", self._update)
-        r.add_get("/v1/projects/{pid}/page-logs", self._page_logs)
-        r.add_get("/v1/projects/{pid}/jobs/{id}/download-logs", self._download_logs)
-        r.add_get("/v1/projects/{pid}/clusters", self._project_clusters)
-        r.add_get("/v1/core/clusters", self._clusters)
-        r.add_get("/v1/core/accelerators", self._accelerators)
-        r.add_get("/saved-logs/{id}", self._saved_logs)
-        r.add_post("/v1/sdk-command-history", self._telemetry)
-        r.add_route("*", "/{tail:.*}", self._unknown)
+        routes = [("GET", "/v1/orgs/", self._org), ("GET", "/v1/orgs/{id}", self._org),
+                  ("GET", "/v1/auth/user", self._user), ("GET", "/v1/memberships", self._memberships),
+                  ("GET", "/v1/projects/{pid}", self._project), ("GET", "/v1/projects/{pid}/jobs/find", self._find),
+                  ("GET", "/v1/projects/{pid}/multi-machine-jobs/{name}/getbyname", self._not_found),
+                  ("POST", "/v1/projects/{pid}/jobs", self._create), ("GET", "/v1/projects/{pid}/jobs/{id}", self._get),
+                  ("PUT", "/v1/projects/{pid}/jobs/{id}", self._update),
+                  ("GET", "/v1/projects/{pid}/page-logs", self._page_logs),
+                  ("GET", "/v1/projects/{pid}/jobs/{id}/download-logs", self._download_logs),
+                  ("GET", "/v1/projects/{pid}/clusters", self._project_clusters),
+                  ("GET", "/v1/core/clusters", self._clusters), ("GET", "/v1/core/accelerators", self._accelerators),
+                  ("GET", "/saved-logs/{id}", self._saved_logs), ("POST", "/v1/sdk-command-history", self._telemetry),
+                  ("*", "/{tail:.*}", self._unknown)]
+        for method, path, handler in routes:
+            app.router.add_route(method, path, handler)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

@@ -1,7 +1,6 @@
 """The Lightning backend driving lightning-sdk's own request code against a loopback stand-in."""
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers.env import scrubbed_env
+from helpers.wait import wait_until
 from lightning_standin import LightningStandIn
 from litbotd import infra
 from litbotd.backends import lightning as lightning_mod
@@ -137,10 +137,8 @@ async def test_renamed_duplicate_is_stopped_and_the_original_reported(backend: L
     st = await backend.start(spec())
     assert st.state == "running"
     assert st.url is not None and st.url.endswith("/jobs/litci-3f2a9c1b7d?app_id=jobs")
-    deadline = time.monotonic() + 10
-    while ("litci-3f2a9c1b7d-1", {"state": "stop"}) not in sdk_env.updates:
-        assert time.monotonic() < deadline, f"duplicate not stopped: {sdk_env.updates}"
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: ("litci-3f2a9c1b7d-1", {"state": "stop"}) in sdk_env.updates, 10,
+                     "the duplicate to be stopped")
     assert sdk_env.by_name("litci-3f2a9c1b7d-1").state == "stopped"  # type: ignore[union-attr]
     assert sdk_env.by_name("litci-3f2a9c1b7d").state == "running"  # type: ignore[union-attr]
 

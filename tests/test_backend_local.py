@@ -13,6 +13,7 @@ from typing import AsyncIterator, Iterator
 import pytest
 
 from helpers.env import scrubbed_env
+from helpers.wait import wait_until
 from litbotd.backends import make_backend
 from litbotd.backends.base import BackendError, JobNotFound, JobSpec, JobStatus
 from litbotd.backends.local import LocalBackend
@@ -100,13 +101,11 @@ def spec(server: TarballServer, name: str, script: str, *, timeout: float = 30, 
 
 
 async def wait_for_state(b: LocalBackend, name: str, states: set[str], within: float = 20) -> JobStatus:
-    deadline = time.monotonic() + within
-    while True:
+    async def reached() -> JobStatus | None:
         st = await b.status(name)
-        if st.state in states:
-            return st
-        assert time.monotonic() < deadline, f"{name} stayed {st}"
-        await asyncio.sleep(0.05)
+        return st if st.state in states else None
+
+    return await wait_until(reached, within, f"{name} to be {' or '.join(sorted(states))}")
 
 
 async def wait_final(b: LocalBackend, name: str, within: float = 20) -> JobStatus:
@@ -114,10 +113,8 @@ async def wait_final(b: LocalBackend, name: str, within: float = 20) -> JobStatu
 
 
 async def wait_file(path: Path, within: float = 20, check: bool = True) -> str:
-    deadline = time.monotonic() + within
-    while not (path.exists() and (not check or path.read_text().strip())):
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        await asyncio.sleep(0.02)
+    await wait_until(lambda: path.exists() and (not check or path.read_text().strip()), within, f"{path} to appear",
+                     every=0.02)
     return path.read_text()
 
 

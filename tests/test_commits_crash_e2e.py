@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 
-from conftest import free_port
-from harness import GitHubWorld, SubprocessDaemon, config_data, post_webhook, sha_of, wait_until
-from litbotd.config import render_toml
+from fake_github import GitHubWorld
+from helpers.configs import write_config
+from helpers.daemon import DaemonProcess
+from helpers.e2e import DAEMON_ENV, post_webhook, sha_of
+from helpers.net import free_port
+from helpers.wait import wait_until
 from test_commits_e2e import merge_group_payload
 
 NOTICES = 120  # three requests: 50 + 50 + 20
@@ -36,31 +39,28 @@ async def test_sigkill_during_a_merge_group(phase, redis_server, tmp_path):
     sha = sha_of(f"queue-crash-{phase}")
     world = GitHubWorld()
     await world.start({sha: {".lightning/workflows/ci.yaml": WORKFLOW, "README.md": "x\n" * NOTICES}})
-    data = config_data(redis_server.url, world.url, tmp_path / "jobs", server={"port": free_port()},
-                       workers={"count": 2})
-    cfg_path = tmp_path / "litbotd.toml"
-    cfg_path.write_text(render_toml(data))
-    daemon = SubprocessDaemon(cfg_path, tmp_path / "daemon.log")
+    cfg_path = write_config(tmp_path / "litbotd.toml", redis_server.url, world.url, server={"port": free_port()},
+                            workers={"count": 2})
+    daemon = DaemonProcess(cfg_path, tmp_path / "daemon.log", env=DAEMON_ENV)
     try:
         if phase == "new_commit":
             hold = world.gh.hold("POST", r"/check-runs$")  # creating the first check run
         else:
             hold = world.gh.hold("PATCH", r"/check-runs/\d+$", when=_has_annotations)  # the first batch
-        daemon.start()
+        daemon.start(wait=False)
         port = await daemon.ready()
         assert await post_webhook(port, "merge_group", merge_group_payload("checks_requested", sha)) == 202
         await wait_until(hold.reached.is_set, 60, f"the daemon to reach {phase}")
         daemon.kill()
         hold.release()
-        daemon.start()
+        daemon.start(wait=False)
         await daemon.ready()
         await wait_until(lambda: len(world.runs(sha)) == 2
                          and all(len(r["annotations"]) >= NOTICES for r in world.runs(sha)), 60,
                          "every run to complete with its annotations after the restart")
-        assert daemon.terminate() == 0
+        assert daemon.term() == 0
     finally:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.kill()
+        daemon.close()
         await world.close()
     assert world.conclusions(sha) == EXPECTED
     for run in world.runs(sha):

@@ -8,9 +8,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from harness import INSTALLATION, REPO, GitHubWorld, InProcessDaemon, config_data, pr_payload, sha_of, wait_until
+from fake_github import INSTALLATION, REPO
+from helpers.configs import config_data
+from helpers.e2e import InProcessDaemon, pr_payload, sha_of
+from helpers.wait import wait_until
 from litbotd import decisions, workflows
 from litbotd.tasks import Task
 
@@ -53,18 +54,6 @@ def push_payload(branch: str, after: str) -> dict[str, Any]:
             "pusher": {"name": "octocat"}, "sender": {"login": "octocat"}, "installation": {"id": INSTALLATION}}
 
 
-@pytest.fixture
-async def world():
-    w = GitHubWorld()
-    yield w
-    await w.close()
-
-
-def _completed(world: GitHubWorld, sha: str, n: int) -> bool:
-    runs = world.runs(sha)
-    return len(runs) >= n and all(r["status"] == "completed" for r in runs)
-
-
 def _job_dirs(workdir: Path) -> int:
     return len([p for p in workdir.glob("litci-*") if p.is_dir()])
 
@@ -77,7 +66,7 @@ async def test_merge_group_runs_the_pr_checks_on_the_queue_commit(redis_server, 
         assert await d.send("merge_group", merge_group_payload("checks_requested", sha)) == 202
         # GitHub may deliver the event twice (a redelivery has a new delivery id): nothing starts twice.
         assert await d.send("merge_group", merge_group_payload("checks_requested", sha)) == 202
-        await wait_until(lambda: _completed(world, sha, 2), 60, "two completed check runs")
+        await wait_until(lambda: world.completed(sha, 2), 60, "two completed check runs")
         await wait_until(d.idle, 20, "the daemon to go idle")
     # The PR's check names, so required checks match; not the workflows the queue excludes.
     assert world.conclusions(sha) == EXPECTED
@@ -95,7 +84,7 @@ async def test_merge_group_destroyed_cancels_its_runs(redis_server, world, tmp_p
         assert await d.send("merge_group", merge_group_payload("checks_requested", sha)) == 202
         await wait_until(lambda: [r["status"] for r in world.runs(sha)] == ["in_progress"], 30, "the run to start")
         assert await d.send("merge_group", merge_group_payload("destroyed", sha, reason="dequeued")) == 202
-        await wait_until(lambda: _completed(world, sha, 1), 30, "the run to be cancelled")
+        await wait_until(lambda: world.completed(sha, 1), 30, "the run to be cancelled")
         await wait_until(d.idle, 20, "idle")
     run = world.runs(sha)[0]
     assert run["conclusion"] == "cancelled"
@@ -111,7 +100,7 @@ async def test_push_runs_on_listed_branches_only_and_can_be_rerun(redis_server, 
     async with InProcessDaemon(config_data(redis_server.url, world.url, jobs)) as d:
         assert await d.send("push", push_payload("feature/x", topic_sha)) == 202
         assert await d.send("push", push_payload("main", main_sha)) == 202
-        await wait_until(lambda: _completed(world, main_sha, 2), 60, "the push's runs")
+        await wait_until(lambda: world.completed(main_sha, 2), 60, "the push's runs")
         await wait_until(d.idle, 20, "idle")
         assert world.runs(topic_sha) == []  # not a listed branch: nothing at all
         assert world.conclusions(main_sha) == EXPECTED
@@ -124,7 +113,7 @@ async def test_push_runs_on_listed_branches_only_and_can_be_rerun(redis_server, 
                    "repository": {"full_name": REPO, "private": True}, "installation": {"id": INSTALLATION},
                    "sender": {"login": "octocat"}}
         assert await d.send("check_run", payload) == 202
-        await wait_until(lambda: _completed(world, main_sha, 3), 60, "the re-run")
+        await wait_until(lambda: world.completed(main_sha, 3), 60, "the re-run")
         await wait_until(d.idle, 20, "idle")
     names = sorted(r["name"] for r in world.runs(main_sha))
     assert names == ["ci (3.10)", "ci (3.11)", "ci (3.11)"]
@@ -176,7 +165,7 @@ async def test_workflow_commands_and_junit_failures_become_annotations(redis_ser
         await wait_until(d.idle, 10, "idle")
         assert world.runs(sha) == []
         assert await d.send("merge_group", merge_group_payload("checks_requested", sha)) == 202
-        await wait_until(lambda: _completed(world, sha, 1), 60, "the run to complete")
+        await wait_until(lambda: world.completed(sha, 1), 60, "the run to complete")
         await wait_until(d.idle, 20, "idle")
         run = world.gh.check_runs[0]
         expected = 2 + NOTICES + 2  # error + warning + notices + two JUnit failures; no file / outside: not
@@ -233,7 +222,7 @@ async def test_a_push_and_a_pr_on_one_commit_start_each_run_once_and_the_comment
         assert await d.send("push", push_payload("topic", sha)) == 202
         await wait_until(lambda: len(world.runs(sha)) == 2, 30, "the push's check runs")
         assert await d.send("pull_request", pr_payload("synchronize", sha)) == 202
-        await wait_until(lambda: _completed(world, sha, 2), 60, "both runs")
+        await wait_until(lambda: world.completed(sha, 2), 60, "both runs")
         await wait_until(d.idle, 20, "idle")
     assert world.conclusions(sha) == EXPECTED
     assert _job_dirs(jobs) == 2

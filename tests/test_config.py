@@ -153,7 +153,7 @@ def test_secret_paths_name_the_key_the_credentials_and_the_config_file(tmp_path,
     assert configfile.secret_paths(parse({}, env={}), env={}) == []
 
 
-def test_load_reads_toml_and_names_problems(tmp_path, clean_env):
+def test_load_reads_toml_and_names_problems(tmp_path):
     good = tmp_path / "litbotd.toml"
     good.write_text('[workers]\ncount = 2\nlease_timeout = "30s"\n[redis]\nqueue = "{ci}:bot_queue"\n')
     cfg = configfile.load(str(good), env={})

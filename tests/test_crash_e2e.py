@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
-from harness import GitHubWorld, SubprocessDaemon, config_data, post_webhook, pr_payload, sha_of, wait_until
-from litbotd.config import render_toml
+from fake_github import GitHubWorld
+from helpers.configs import write_config
+from helpers.daemon import DaemonProcess
+from helpers.e2e import DAEMON_ENV, post_webhook, pr_payload, sha_of
+from helpers.net import free_port
+from helpers.wait import wait_until
 
 EXPECTED = {"ci (pass)": "success", "ci (fail)": "failure"}
 
@@ -37,18 +40,16 @@ async def test_sigkill_in_each_phase(phase, redis_server, tmp_path):
     world = GitHubWorld()
     await world.start({sha: {".lightning/workflows/ci.yaml": workflow(release)}})
     world.pull(sha)
-    data = config_data(redis_server.url, world.url, tmp_path / "jobs",
-                       server={"port": free_port()}, workers={"count": 2})
-    cfg_path = tmp_path / "litbotd.toml"
-    cfg_path.write_text(render_toml(data))
-    daemon = SubprocessDaemon(cfg_path, tmp_path / "daemon.log")
+    cfg_path = write_config(tmp_path / "litbotd.toml", redis_server.url, world.url, server={"port": free_port()},
+                            workers={"count": 2})
+    daemon = DaemonProcess(cfg_path, tmp_path / "daemon.log", env=DAEMON_ENV)
     try:
         hold = None
         if phase == "new_event":
             hold = world.gh.hold("POST", r"/check-runs$")             # creating the first check run
         elif phase == "start_job":
             hold = world.gh.hold("PATCH", r"/check-runs/\d+$")        # in_progress, after the job started
-        daemon.start()
+        daemon.start(wait=False)
         port = await daemon.ready()
         assert await post_webhook(port, "pull_request", pr_payload("opened", sha)) == 202
         if hold is not None:
@@ -66,16 +67,15 @@ async def test_sigkill_in_each_phase(phase, redis_server, tmp_path):
         if hold is not None:
             hold.release()   # GitHub applies the call the dead daemon never heard back from
         release.touch()
-        daemon.start()
+        daemon.start(wait=False)
         await daemon.ready()
         await wait_until(lambda: len(world.runs(sha)) == 2 and all(r["status"] == "completed" for r in world.runs(sha))
                          and world.gh.comments and all(n in world.gh.comments[0]["body"] for n in EXPECTED)
                          and "Queued" not in world.gh.comments[0]["body"] and "Running" not in world.gh.comments[0]["body"],
                          60, "every run to complete after the restart")
-        assert daemon.terminate() == 0
+        assert daemon.term() == 0
     finally:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.kill()
+        daemon.close()
         await world.close()
     assert world.conclusions(sha) == EXPECTED
     world.assert_no_duplicates()

@@ -6,108 +6,35 @@ private redis-server. Readiness is the "ready" log line; every wait polls with a
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import os
-import re
-import signal
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from helpers.env import scrubbed_env
+from helpers.configs import write_config
+from helpers.daemon import QUEUE_HELPER, DaemonProcess
+from helpers.wait import wait_until, wait_until_sync
 from litbotd.tasks import Task
-
-ROOT = Path(__file__).resolve().parent.parent
-HELPER = ROOT / "tests" / "helpers" / "queue_daemon.py"
 
 pytestmark = pytest.mark.slow
 
 
-def wait_for(cond, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-class DaemonProc:
-    def __init__(self, tmp: Path, redis_url: str, name: str, host: str, **workers) -> None:
-        self.name, self.host = name, host
-        self.dir = tmp / name
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.log = self.dir / "stderr.log"
-        w = {"count": 4, "heartbeat_interval": "500ms", "lease_timeout": "30s", "shutdown_grace": "10s",
-             "retry_backoff": "200ms", **workers}
-        body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in w.items())
-        self.config = self.dir / "litbotd.toml"
-        self.config.write_text(
-            f'[server]\nenabled = false\n\n[redis]\nurl = "{redis_url}"\n\n[workers]\n{body}\n\n'
-            f'[jobs]\nbackend = "local"\n\n[jobs.local]\nworkdir = "{self.dir / "jobs"}"\nsandbox = false\n\n'
-            f'[github]\nredeliver_interval = 0\n\n[log]\nlevel = "info"\n')
-        self.proc: subprocess.Popen | None = None
-        self.runs = 0
-
-    def start(self, wait: bool = True) -> "DaemonProc":
-        self.runs += 1
-        env = scrubbed_env(LITBOTD_HOST=self.host)
-        self._log_offset = self.log.stat().st_size if self.log.exists() else 0
-        self.proc = subprocess.Popen([sys.executable, str(HELPER), "-c", str(self.config)], cwd=ROOT, env=env,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.log, "ab"))
-        if wait:
-            wait_for(self._ready, 20, f"{self.name} to log 'ready'")
-        return self
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[self._log_offset:] if self.log.exists() else ""
-
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.output()[-3000:]}")
-        return re.search(r"litbotd\.daemon ready\b", self.output()) is not None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def term(self, timeout: float = 20) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGUSR2)  # the helper prints its asyncio tasks' stacks
-            time.sleep(0.5)
-            self.proc.send_signal(signal.SIGABRT)  # faulthandler dumps the threads' stacks
-            time.sleep(0.5)
-            raise AssertionError(f"{self.name} did not exit {timeout}s after SIGTERM:\n{self.output()[-12000:]}") from None
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def daemons(tmp_path, redis_server):
-    made: list[DaemonProc] = []
+    """Makes DaemonProcesses of the crash tests' helper (helpers/queue_daemon.py), all with one host name."""
+    made: list[DaemonProcess] = []
     host = f"testhost-{uuid.uuid4().hex[:8]}"
 
-    def make(name: str = "d1", **workers) -> DaemonProc:
-        d = DaemonProc(tmp_path, redis_server.url, name, host, **workers)
+    def make(name: str = "d1", **workers) -> DaemonProcess:
+        (tmp_path / name).mkdir(parents=True, exist_ok=True)
+        cfg = write_config(tmp_path / name / "litbotd.toml", redis_server.url, server={"enabled": False},
+                           workers={"count": 4, "heartbeat_interval": "500ms", "lease_timeout": "30s",
+                                    "shutdown_grace": "10s", "retry_backoff": "200ms", **workers})
+        d = DaemonProcess(cfg, tmp_path / name / "stderr.log", program=QUEUE_HELPER, env={"LITBOTD_HOST": host},
+                          name=name)
         made.append(d)
         return d
 
@@ -148,8 +75,8 @@ def test_sigkill_with_tasks_in_flight_then_restart(daemons, redis_server):
     enqueue(r, *tasks)
     all_ids = {t.id for t in tasks}
     stuck_ids = {tasks[i].id for i in stuck}
-    wait_for(lambda: r.llen("test:done") >= 15 and stuck_ids <= {e["id"] for e in events(r)}, 15,
-             "some tasks done and the stuck ones in flight")
+    wait_until_sync(lambda: r.llen("test:done") >= 15 and stuck_ids <= {e["id"] for e in events(r)}, 15,
+                    "some tasks done and the stuck ones in flight")
     d.kill()
     killed_at = time.monotonic()
     old_pid = d.pid
@@ -166,14 +93,15 @@ def test_sigkill_with_tasks_in_flight_then_restart(daemons, redis_server):
     # not after the 30 s lease.
     assert all(r.llen(k) == 0 for k in in_flight)  # new worker ids (new pid): these stay empty
     assert not any(json.loads(v).get("pid") == old_pid for v in r.hvals("bot_queue:workers"))
-    wait_for(lambda: set(r.lrange("test:done", 0, -1)) >= all_ids, 20, "every task done after the restart")
+    wait_until_sync(lambda: set(r.lrange("test:done", 0, -1)) >= all_ids, 20,
+                    "every task done after the restart")
     assert time.monotonic() - killed_at < 30 - 5, "recovery waited for the lease"
     evs = events(r)
     new_starts = [e for e in evs if e["ev"] == "start" and e["pid"] == d.pid]
     assert not {e["id"] for e in new_starts} & acked, "an acknowledged task ran again after the restart"
     assert {e["id"] for e in new_starts} >= {i for ids in in_flight.values() for i in ids}
     assert {e["id"] for e in evs if e["ev"] == "done"} == all_ids
-    assert all(e["wid"].startswith(f"{d.host}:") for e in evs)
+    assert all(e["wid"].startswith(f"{d.env['LITBOTD_HOST']}:") for e in evs)
     # the old workers are gone from the registry, the new ones are there
     reg = [json.loads(v) for v in r.hvals("bot_queue:workers")]
     assert reg and all(x["pid"] == d.pid for x in reg)
@@ -187,14 +115,14 @@ def test_a_second_daemon_recovers_a_dead_daemons_tasks_by_lease(daemons, redis_s
     a = daemons("a", count=2, lease_timeout=f"{lease}s", heartbeat_interval=f"{beat}s").start()
     tasks = [Task(kind="count", payload={"i": i, "first_sleep": 60, "sleep": 0.2}) for i in range(2)]
     enqueue(r, *tasks)
-    wait_for(lambda: sum(1 for e in events(r) if e["ev"] == "start") == 2, 10, "a to start both tasks")
+    wait_until_sync(lambda: sum(1 for e in events(r) if e["ev"] == "start") == 2, 10, "a to start both tasks")
     b = daemons("b", count=2, lease_timeout=f"{lease}s", heartbeat_interval=f"{beat}s").start()
     assert r.llen("test:done") == 0 and r.llen("bot_queue") == 0  # b's startup took nothing of a's
     a.kill()
     killed_at = time.time()
     held = processing(r)
     assert sorted(i for v in held.values() for i in v) == sorted(t.id for t in tasks)
-    wait_for(lambda: r.llen("test:done") >= 2, lease + lease / 2 + 5, "b to complete a's tasks")
+    wait_until_sync(lambda: r.llen("test:done") >= 2, lease + lease / 2 + 5, "b to complete a's tasks")
     evs = events(r)
     done = {e["id"]: e for e in evs if e["ev"] == "done"}
     assert set(done) == {t.id for t in tasks}
@@ -216,7 +144,7 @@ def test_sigterm_lets_the_running_task_finish_and_exits_0(daemons, redis_server)
     d = daemons("d1", count=2, shutdown_grace="10s").start()
     t = Task(kind="count", payload={"sleep": 1.0})
     enqueue(r, t)
-    wait_for(lambda: r.llen("test:events") >= 1, 5, "the task to start")
+    wait_until_sync(lambda: r.llen("test:events") >= 1, 5, "the task to start")
     t0 = time.monotonic()
     assert d.term() == 0
     took = time.monotonic() - t0
@@ -233,7 +161,7 @@ def test_a_task_longer_than_the_grace_stays_for_the_next_start(daemons, redis_se
     d = daemons("d1", count=2, shutdown_grace="1s", lease_timeout="30s").start()
     t = Task(kind="count", payload={"first_sleep": 60, "sleep": 0.1})
     enqueue(r, t)
-    wait_for(lambda: r.llen("test:events") >= 1, 5, "the task to start")
+    wait_until_sync(lambda: r.llen("test:events") >= 1, 5, "the task to start")
     t0 = time.monotonic()
     assert d.term() == 0
     assert time.monotonic() - t0 < 6
@@ -242,7 +170,8 @@ def test_a_task_longer_than_the_grace_stays_for_the_next_start(daemons, redis_se
     held = processing(r)
     assert [i for v in held.values() for i in v] == [t.id]
     d.start()
-    wait_for(lambda: r.lrange("test:done", 0, -1) == [t.id], 10, "the task to complete after the next start")
+    wait_until_sync(lambda: r.lrange("test:done", 0, -1) == [t.id], 10,
+                    "the task to complete after the next start")
     assert [e["pid"] for e in events(r) if e["ev"] == "done"] == [d.pid]
     assert d.term() == 0
 
@@ -273,7 +202,7 @@ def test_malformed_json_goes_to_the_dead_letter_and_the_daemon_carries_on(daemon
     r.lpush("bot_queue", "{this is not json", json.dumps({"v": 99, "id": "x", "kind": "count"}))
     good = Task(kind="count")
     enqueue(r, good)
-    wait_for(lambda: r.lrange("test:done", 0, -1) == [good.id], 10, "the good task after the bad ones")
+    wait_until_sync(lambda: r.lrange("test:done", 0, -1) == [good.id], 10, "the good task after the bad ones")
     dead = [json.loads(x) for x in r.lrange("bot_queue:dead", 0, -1)]
     assert len(dead) == 2
     by_raw = {x["payload"]["raw"]: x for x in dead}
@@ -315,12 +244,11 @@ async def test_a_restart_with_the_same_pid_still_takes_back_the_old_tasks(redis_
                                  "task": t.id, "since": time.time() - 5}}, 30)
     await d.start()
     try:
-        deadline = time.monotonic() + 8
-        while await aredis.lrange("test:done", 0, -1) != [t.id]:
-            assert time.monotonic() < deadline, (
-                "the previous process's task was never done: it sits in a processing list under a live "
-                f"lease: {processing(redis_server.client())}")
-            await asyncio.sleep(0.05)
+        async def done() -> bool:
+            return await aredis.lrange("test:done", 0, -1) == [t.id]
+
+        await wait_until(done, 8, "the previous process's task to be done (not left in a processing list "
+                         "under a live lease)")
     finally:
         d.stop()
         await d.drain()

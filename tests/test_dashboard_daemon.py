@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
 from helpers import ops_daemon as od
+from helpers.net import free_port
+from helpers.wait import wait_until_sync
 from litbotd.tasks import Task
 
 TOKEN = "adm-daemon-test-token-9d2c"
@@ -40,10 +41,10 @@ def test_the_daemon_serves_the_dashboard_with_the_admin_token(tmp_path: Path, re
     proc = od.start(cfg, tmp_path / "daemon.log", CREDENTIALS_DIRECTORY=str(creds))
     try:
         base = f"http://127.0.0.1:{port}"
-        od.wait_for("the listener", lambda: get(base + "/healthz")[0] in (200, 503))
+        wait_until_sync(lambda: get(base + "/healthz")[0] in (200, 503), 20, "the listener")
         r.lpush("bot_queue", *(Task(kind="fail", payload={"message": f"boom <{i}>"}).to_json() for i in range(2)))
-        od.wait_for("2 dead tasks", lambda: r.llen("bot_queue:dead") == 2)
-        od.wait_for("the worker's lease", lambda: od.alive_workers(cfg, proc.pid) == 1)
+        wait_until_sync(lambda: r.llen("bot_queue:dead") == 2, 20, "2 dead tasks")
+        wait_until_sync(lambda: od.alive_workers(cfg, proc.pid) == 1, 20, "the worker's lease")
         assert get(base + "/dashboard")[0] == 401
         assert get(base + "/dashboard", "wrong")[0] == 401
         code, page, headers = get(base + "/dashboard", TOKEN)
@@ -58,7 +59,7 @@ def test_the_daemon_serves_the_dashboard_with_the_admin_token(tmp_path: Path, re
         assert od.status(cfg)["dead"] == 0
         assert "dashboard: dead letter purged" in (tmp_path / "daemon.log").read_text()
     finally:
-        od.stop(proc)
+        proc.term()
     log = (tmp_path / "daemon.log").read_text()
     assert "by=admin-token" in log and TOKEN not in log
 
@@ -70,7 +71,7 @@ def test_without_a_token_or_public_url_there_is_no_dashboard(tmp_path: Path, red
     proc = od.start(cfg, tmp_path / "daemon.log")
     try:
         base = f"http://127.0.0.1:{port}"
-        od.wait_for("the listener", lambda: get(base + "/healthz")[0] in (200, 503))
+        wait_until_sync(lambda: get(base + "/healthz")[0] in (200, 503), 20, "the listener")
         assert get(base + "/dashboard")[0] == 404
     finally:
-        od.stop(proc)
+        proc.term()

@@ -10,29 +10,20 @@ import asyncio
 
 import pytest
 
-from harness import INSTALLATION, REPO, GitHubWorld, InProcessDaemon, config_data, pr_payload, sha_of, wait_until
+from fake_github import INSTALLATION, REPO
+from helpers.configs import config_data
+from helpers.e2e import InProcessDaemon, pr_payload, sha_of
+from helpers.wait import wait_until
 from litbotd.runstate import RunRef, RunState
 
 MATRIX2 = "name: ci\nparametrize:\n  matrix: {n: [1, 2]}\nrun: echo cell $n\n"
 NAMES2 = ("ci (1)", "ci (2)")
 
 
-@pytest.fixture
-async def world():
-    w = GitHubWorld()
-    yield w
-    await w.close()
-
-
 def _final_in(body: str) -> bool:
     """The summary comment shows both runs of MATRIX2 passed."""
     rows = [line for line in body.splitlines() if any(f"| `{n}` |" in line for n in NAMES2)]
     return len(rows) == 2 and all(line.split("|")[1].strip().endswith(" Passed") for line in rows)
-
-
-def _completed(world: GitHubWorld, sha: str, n: int) -> bool:
-    runs = world.runs(sha)
-    return len(runs) >= n and all(r["status"] == "completed" for r in runs)
 
 
 async def test_a_cancel_that_races_the_start_wins(redis_server, world, tmp_path):
@@ -49,7 +40,7 @@ async def test_a_cancel_that_races_the_start_wins(redis_server, world, tmp_path)
         first_mint.release()
         await wait_until(lambda: job_mint.reached.is_set(), 20, "start_job's token request")
         assert await d.send("pull_request", pr_payload("closed", sha)) == 202
-        await wait_until(lambda: _completed(world, sha, 1), 20, "the cancel to complete the check")
+        await wait_until(lambda: world.completed(sha, 1), 20, "the cancel to complete the check")
         job_mint.release()
         await wait_until(d.idle, 20, "idle")
         rs = RunState(d.daemon.ctx.queue)
@@ -109,7 +100,7 @@ async def test_one_comment_however_long_github_takes_to_create_it(redis_server, 
     async with InProcessDaemon(config_data(redis_server.url, world.url, tmp_path / "jobs")) as d:
         assert await d.send("pull_request", pr_payload("opened", sha)) == 202
         await wait_until(held.reached.is_set, 30, "the first comment POST")
-        await wait_until(lambda: _completed(world, sha, 2), 30, "both runs to complete")
+        await wait_until(lambda: world.completed(sha, 2), 30, "both runs to complete")
         await asyncio.sleep(max(2 * ttl, 4 * 0.5))  # the fault: GitHub answers after at least twice the TTL
         held.release()
         await wait_until(lambda: world.gh.comments and _final_in(world.gh.comments[-1]["body"]), 30,
@@ -139,7 +130,7 @@ async def test_a_burst_of_ten_prs_gets_its_results_first(redis_server, world, tm
     async with InProcessDaemon(data) as d:
         for pr, sha in shas.items():
             assert await d.send("pull_request", pr_payload("opened", sha, pr=pr)) == 202
-        await wait_until(lambda: all(_completed(world, sha, 2) for sha in shas.values()), 120, "every run to complete")
+        await wait_until(lambda: all(world.completed(sha, 2) for sha in shas.values()), 120, "every run to complete")
         burst = list(world.gh.requests)
 
         run_writes: dict[str, int] = {}

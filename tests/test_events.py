@@ -167,18 +167,22 @@ def test_edited_comment_is_not_a_command() -> None:
     assert tasks_for("issue_comment", data, DELIVERY, command_prefix="/litci")[0] == []
 
 
-def _drop(data: dict[str, Any], path: str) -> None:
+def _parent(data: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
+    """The mapping that holds the last key of a dotted path, and that key."""
     *parents, last = path.split(".")
     for p in parents:
         data = data[p]
-    del data[last]
+    return data, last
+
+
+def _drop(data: dict[str, Any], path: str) -> None:
+    holder, key = _parent(data, path)
+    del holder[key]
 
 
 def _set(data: dict[str, Any], path: str, value: Any) -> None:
-    *parents, last = path.split(".")
-    for p in parents:
-        data = data[p]
-    data[last] = value
+    holder, key = _parent(data, path)
+    holder[key] = value
 
 
 @pytest.mark.parametrize("event,name,path", [

@@ -9,17 +9,15 @@ from typing import AsyncIterator, Callable
 
 import pytest
 
-from conftest import DATA, RedisServer, free_port
-from fake_github import FakeGitHub
+from conftest import DATA, RedisServer
+from fake_github import PRIVATE_PEM, PUBLIC_PEM, SPEC, FakeGitHub
+from helpers.net import free_port
 from litbotd import configfile, github, metrics
 from litbotd.context import Context
 from litbotd.github import GitHubApp, GitHubError
 from litbotd.queue import Queue, connect
 
 APP_ID = 7
-PRIVATE_KEY = (DATA / "keys" / "app.pem").read_text()
-PUBLIC_KEY = (DATA / "keys" / "app.pub.pem").read_text()
-SPEC = str(DATA / "rest-subset.json")
 REPO = "octo/hello"
 SHA = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
 
@@ -42,7 +40,7 @@ class Clock:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeGitHub]:
-    gh = FakeGitHub(app_id=APP_ID, public_key_pem=PUBLIC_KEY, spec_path=SPEC)
+    gh = FakeGitHub(app_id=APP_ID, public_key_pem=PUBLIC_PEM, spec_path=str(SPEC))
     await gh.start()
     gh.add_repo(REPO, {SHA: {"README.md": "hello\n", ".litci.yaml": "run: true\n"}})
     gh.add_pull(REPO, 1, head_sha=SHA)
@@ -110,8 +108,8 @@ async def test_token_in_redis_is_sealed_useless_to_a_redis_reader(fake: FakeGitH
     sealed = json.loads(raw)["sealed"]
     other_pem = throwaway_key()[0]
     assert unseal(other_pem, sealed, key) is None                      # another App's key
-    assert unseal(PRIVATE_KEY, sealed, a.tokens.key(2)) is None  # moved to another key
-    pkcs1 = serialization.load_pem_private_key(PRIVATE_KEY.encode(), None).private_bytes(
+    assert unseal(PRIVATE_PEM, sealed, a.tokens.key(2)) is None  # moved to another key
+    pkcs1 = serialization.load_pem_private_key(PRIVATE_PEM.encode(), None).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()).decode()
     assert "RSA PRIVATE KEY" in pkcs1 and unseal(pkcs1, sealed, key) == token  # same key, other PEM form
     # A value in the old clear form (written before this version) is not trusted: a fresh token.
@@ -343,7 +341,7 @@ async def test_no_token_jwt_or_key_in_errors_or_logs(fake: FakeGitHub, make_app,
     down = make_app(api_url=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(GitHubError) as e2:
         await down.get("/app", None)
-    key_lines = [line for line in PRIVATE_KEY.splitlines() if "-----" not in line]
+    key_lines = [line for line in PRIVATE_PEM.splitlines() if "-----" not in line]
     text = str(e.value) + e.value.message + str(e2.value) + "".join(
         f"{r.getMessage()} {getattr(r, 'kv', '')}" for r in caplog.records)
     out = capsys.readouterr()

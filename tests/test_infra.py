@@ -4,16 +4,7 @@ from __future__ import annotations
 import pytest
 
 from litbotd import infra
-from litbotd.infra import (
-    BUDGET,
-    CAPACITY,
-    IMAGE,
-    LOST,
-    PLATFORM,
-    PREEMPTED,
-    Retry,
-    Verdict,
-)
+from litbotd.infra import BUDGET, CAPACITY, IMAGE, LOST, PLATFORM, PREEMPTED, Retry, Verdict
 
 
 @pytest.mark.parametrize("text, kind", [

@@ -8,9 +8,9 @@ import os
 import time
 from pathlib import Path
 
-import pytest
-
-from harness import GitHubWorld, InProcessDaemon, config_data, pr_payload, sha_of, wait_until
+from helpers.configs import config_data
+from helpers.e2e import InProcessDaemon, pr_payload, sha_of
+from helpers.wait import wait_until
 from litbotd.backends.local import LocalBackend
 from litbotd.backends.localrun import ENDED_FIFO, announce_end
 from litbotd.lifecycle import comments
@@ -18,13 +18,6 @@ from tarball_server import TarballServer, github_tarball
 from test_backend_local import spec
 
 POLL = 60.0  # the wait_job poll, far beyond every deadline below
-
-
-@pytest.fixture
-async def world():
-    w = GitHubWorld()
-    yield w
-    await w.close()
 
 
 def slow_and_quick(release: Path) -> dict[str, str]:

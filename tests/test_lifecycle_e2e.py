@@ -5,19 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-from harness import (
-    REPO,
-    GitHubWorld,
-    InProcessDaemon,
-    comment_payload,
-    config_data,
-    pr_payload,
-    rerequested_payload,
-    sha_of,
-    wait_until,
-)
+from fake_github import REPO
+from helpers.configs import config_data
+from helpers.e2e import InProcessDaemon, comment_payload, pr_payload, rerequested_payload, sha_of
+from helpers.wait import wait_until
 
 MATRIX = """\
 name: ci
@@ -39,25 +30,13 @@ run: |
 """
 
 
-@pytest.fixture
-async def world():
-    w = GitHubWorld()
-    yield w
-    await w.close()
-
-
-def _completed(world: GitHubWorld, sha: str, n: int) -> bool:
-    runs = world.runs(sha)
-    return len(runs) >= n and all(r["status"] == "completed" for r in runs)
-
-
 async def test_matrix_with_one_failing_cell(redis_server, world, tmp_path):
     sha = sha_of("matrix")
     await world.start({sha: {".lightning/workflows/ci.yaml": MATRIX, "README.md": "hi"}})
     world.pull(sha)
     async with InProcessDaemon(config_data(redis_server.url, world.url, tmp_path / "jobs")) as d:
         assert await d.send("pull_request", pr_payload("opened", sha)) == 202
-        await wait_until(lambda: _completed(world, sha, 4), 60, "four completed check runs")
+        await wait_until(lambda: world.completed(sha, 4), 60, "four completed check runs")
         await wait_until(d.idle, 20, "the daemon to go idle")
     assert world.conclusions(sha) == NAMES
     assert len(world.gh.comments) == 1
@@ -82,7 +61,7 @@ async def test_synchronize_cancels_the_older_commit(redis_server, world, tmp_pat
         await wait_until(lambda: [r["status"] for r in world.runs(old)] == ["in_progress"], 30, "the old run to start")
         world.pull(new)
         assert await d.send("pull_request", pr_payload("synchronize", new)) == 202
-        await wait_until(lambda: _completed(world, new, 1) and _completed(world, old, 1), 30, "both commits settled")
+        await wait_until(lambda: world.completed(new, 1) and world.completed(old, 1), 30, "both commits settled")
         await wait_until(d.idle, 20, "idle")
     old_run = world.runs(old)[0]
     assert old_run["conclusion"] == "cancelled"
@@ -104,16 +83,16 @@ async def test_reruns_and_commands(redis_server, world, tmp_path):
     world.gh.set_permission(REPO, "visitor", "read")
     async with InProcessDaemon(config_data(redis_server.url, world.url, tmp_path / "jobs")) as d:
         await d.send("pull_request", pr_payload("opened", sha))
-        await wait_until(lambda: _completed(world, sha, 4), 60, "first round")
+        await wait_until(lambda: world.completed(sha, 4), 60, "first round")
         failing = next(r for r in world.runs(sha) if r["name"] == "ci (3.11, b)")
         assert await d.send("check_run", rerequested_payload(failing)) == 202
-        await wait_until(lambda: _completed(world, sha, 5), 60, "the re-run of one check")
+        await wait_until(lambda: world.completed(sha, 5), 60, "the re-run of one check")
         reruns = [r for r in world.runs(sha) if r["name"] == "ci (3.11, b)"]
         assert len(reruns) == 2 and reruns[1]["external_id"].endswith("/2")
 
         assert await d.send("issue_comment", comment_payload('/litci run "ci (3.10, a)"', "maintainer",
                                                              comment_id=501)) == 202
-        await wait_until(lambda: _completed(world, sha, 6), 60, "the /litci run re-run")
+        await wait_until(lambda: world.completed(sha, 6), 60, "the /litci run re-run")
         assert [r["name"] for r in world.runs(sha)].count("ci (3.10, a)") == 2
 
         assert await d.send("issue_comment", comment_payload("/litci run", "visitor", comment_id=502)) == 202
@@ -142,7 +121,7 @@ async def test_untrusted_fork_waits_for_ok_to_test(redis_server, world, tmp_path
         assert not list((tmp_path / "jobs").glob("litci-*"))
 
         await d.send("issue_comment", comment_payload("/litci ok-to-test", "maintainer", comment_id=601))
-        await wait_until(lambda: _completed(world, sha, 2), 30, "the approved run")
+        await wait_until(lambda: world.completed(sha, 2), 30, "the approved run")
         await wait_until(d.idle, 20, "idle")
     assert world.conclusions(sha) == {"litci": "action_required", "trusted": "success"}
     world.assert_no_duplicates()
@@ -155,7 +134,7 @@ async def test_invalid_workflow_file_fails_one_check(redis_server, world, tmp_pa
     world.pull(sha)
     async with InProcessDaemon(config_data(redis_server.url, world.url, tmp_path / "jobs")) as d:
         await d.send("pull_request", pr_payload("opened", sha))
-        await wait_until(lambda: _completed(world, sha, 2), 30, "two checks")
+        await wait_until(lambda: world.completed(sha, 2), 30, "two checks")
         await wait_until(d.idle, 20, "idle")
     conclusions = world.conclusions(sha)
     assert conclusions == {"litci: .lightning/workflows/bad.yaml": "failure", "ok": "success"}
@@ -171,7 +150,7 @@ async def test_no_workflow_files_is_one_neutral_check(redis_server, world, tmp_p
     world.pull(sha)
     async with InProcessDaemon(config_data(redis_server.url, world.url, tmp_path / "jobs")) as d:
         await d.send("pull_request", pr_payload("opened", sha))
-        await wait_until(lambda: _completed(world, sha, 1), 30, "the neutral check")
+        await wait_until(lambda: world.completed(sha, 1), 30, "the neutral check")
         await wait_until(d.idle, 20, "idle")
     assert world.conclusions(sha) == {"litci": "neutral"}
 
@@ -184,7 +163,7 @@ async def test_closed_pr_cancels_running_jobs(redis_server, world, tmp_path):
         await d.send("pull_request", pr_payload("opened", sha))
         await wait_until(lambda: [r["status"] for r in world.runs(sha)] == ["in_progress"], 30, "the run to start")
         await d.send("pull_request", pr_payload("closed", sha))
-        await wait_until(lambda: _completed(world, sha, 1), 30, "the cancel")
+        await wait_until(lambda: world.completed(sha, 1), 30, "the cancel")
         await wait_until(d.idle, 20, "idle")
     run = world.runs(sha)[0]
     assert run["conclusion"] == "cancelled" and "closed" in run["output"]["summary"]
@@ -202,7 +181,7 @@ async def test_a_job_that_will_not_start_completes_its_check(redis_server, world
     data = config_data(redis_server.url, world.url, blocker, workers={"max_attempts": 2})
     async with InProcessDaemon(data) as d:
         await d.send("pull_request", pr_payload("opened", sha))
-        await wait_until(lambda: _completed(world, sha, 1), 30, "the check to complete")
+        await wait_until(lambda: world.completed(sha, 1), 30, "the check to complete")
         await wait_until(d.idle, 20, "idle")
         dead = await d.daemon.ctx.queue.dead_tasks()
     run = world.runs(sha)[0]

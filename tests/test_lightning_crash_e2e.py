@@ -11,9 +11,12 @@ from collections import Counter
 
 import pytest
 
-from conftest import free_port
-from harness import GitHubWorld, SubprocessDaemon, config_data, post_webhook, pr_payload, sha_of, wait_until
-from litbotd.config import render_toml
+from fake_github import GitHubWorld
+from helpers.configs import write_config
+from helpers.daemon import DaemonProcess
+from helpers.e2e import DAEMON_ENV, post_webhook, pr_payload, sha_of
+from helpers.net import free_port
+from helpers.wait import wait_until
 
 MATRIX = """\
 name: gpu
@@ -32,13 +35,11 @@ async def test_sigkill_during_an_infrastructure_retry(where, redis_server, light
     world = GitHubWorld()
     await world.start({sha: {".lightning/workflows/gpu.yaml": MATRIX}})
     world.pull(sha)
-    data = config_data(redis_server.url, world.url, tmp_path / "jobs", server={"port": free_port()},
-                       workers={"count": 2}, jobs={"backend": "lightning", "lightning": {"teamspace": "acme/ci"}})
-    cfg_path = tmp_path / "litbotd.toml"
-    cfg_path.write_text(render_toml(data))
-    daemon = SubprocessDaemon(cfg_path, tmp_path / "daemon.log", env=lightning.sdk_env(str(tmp_path)))
+    cfg_path = write_config(tmp_path / "litbotd.toml", redis_server.url, world.url, server={"port": free_port()},
+                            workers={"count": 2}, jobs={"backend": "lightning", "lightning": {"teamspace": "acme/ci"}})
+    daemon = DaemonProcess(cfg_path, tmp_path / "daemon.log", env={**DAEMON_ENV, **lightning.sdk_env(str(tmp_path))})
     try:
-        daemon.start()
+        daemon.start(wait=False)
         port = await daemon.ready(60)
         assert await post_webhook(port, "pull_request", pr_payload("opened", sha)) == 202
         await wait_until(lambda: len(lightning.creates) == 2, 60, "both first tries")
@@ -59,7 +60,7 @@ async def test_sigkill_during_an_infrastructure_retry(where, redis_server, light
             hold.release()
         else:
             lightning.release()  # Lightning creates the job the dead daemon asked for
-        daemon.start()
+        daemon.start(wait=False)
         await daemon.ready(60)
         await wait_until(lambda: len(lightning.creates) >= 4, 60, "both second tries")
         for c in lightning.creates[2:]:
@@ -67,10 +68,9 @@ async def test_sigkill_during_an_infrastructure_retry(where, redis_server, light
             lightning.finish(c["name"], 0)
         await wait_until(lambda: len(world.runs(sha)) == 2 and all(r["status"] == "completed" for r in world.runs(sha)),
                          60, "both runs to complete")
-        assert daemon.terminate() == 0
+        assert daemon.term() == 0
     finally:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.kill()
+        daemon.close()
         await world.close()
     names = Counter(c["name"] for c in lightning.creates)
     assert len(names) == 4, f"a try was created twice: {names}"  # the server renames a taken name

@@ -9,16 +9,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import pytest
-
-from harness import (
-    GitHubWorld,
-    InProcessDaemon,
-    config_data,
-    pr_payload,
-    sha_of,
-    wait_until,
-)
+from fake_github import GitHubWorld
+from helpers.configs import config_data
+from helpers.e2e import InProcessDaemon, pr_payload, sha_of
+from helpers.wait import wait_until
 from lightning_standin import LightningStandIn
 
 GPU = """\
@@ -28,13 +22,6 @@ interruptible: true
 image: python:3.12-slim
 run: pytest -q
 """
-
-
-@pytest.fixture
-async def world():
-    w = GitHubWorld()
-    yield w
-    await w.close()
 
 
 def lightning_config(redis_url: str, api_url: str, tmp_path: Any, **jobs: Any) -> dict[str, Any]:

@@ -8,7 +8,6 @@ the product; the test also fails when a script found in litbotd's modules was no
 """
 from __future__ import annotations
 
-import asyncio
 import importlib
 import pkgutil
 import time
@@ -19,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 import litbotd
+from helpers.wait import wait_until
 from litbotd.ghstate import Pacer
 from litbotd.locks import FencedLock
 from litbotd.queue import Queue
@@ -97,9 +97,10 @@ async def test_every_lua_script_passes_every_key_in_keys(aredis: aioredis.Redis,
     for wid in ("w2", "w3"):
         assert await q.take(wid, 1) is not None
     await q.heartbeat({"w2": {"host": "h"}, "w3": {"host": "h"}}, lease_timeout=0.05)
-    deadline = time.monotonic() + 10
-    while await aredis.exists(q.lease("w2")) and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    async def lease_gone() -> bool:
+        return not await aredis.exists(q.lease("w2"))
+
+    await wait_until(lease_gone, 10, "w2's lease to expire", every=0.02)
     await q.heartbeat({"w3": {"host": "h"}}, lease_timeout=60)
     assert await q.sweep() == 1
     assert await q.recover(["w3"]) == 1

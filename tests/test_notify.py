@@ -13,9 +13,10 @@ from typing import Iterator
 
 import pytest
 
-from conftest import free_port
 from helpers import ops_daemon as od
+from helpers.net import free_port
 from helpers.ops_daemon import FakeSystemd
+from helpers.wait import wait_until_sync
 from litbotd import systemd
 from litbotd.tasks import Task
 
@@ -80,7 +81,7 @@ def test_daemon_notifies_systemd_through_its_life(tmp_path: Path, redis_server, 
 
         # WATCHDOG=1 every 0.2 s (half of 400 ms).
         first = fake_systemd.wait_field(lambda f: f == "WATCHDOG=1", ready)
-        od.wait_for("5 watchdog pings", lambda: sum(f == "WATCHDOG=1" for _, f in fake_systemd.lines()[first:]) >= 5)
+        wait_until_sync(lambda: sum(f == "WATCHDOG=1" for _, f in fake_systemd.lines()[first:]) >= 5, 20, "5 watchdog pings")
         pings = [t for t, f in fake_systemd.lines()[first:] if f == "WATCHDOG=1"]
         gaps = sorted(b - a for a, b in zip(pings, pings[1:], strict=False))
         assert 0.15 < gaps[len(gaps) // 2] < 0.3 and gaps[-1] < 0.8, gaps  # median ≈ 0.2 s; a busy CI box may lag
@@ -110,16 +111,14 @@ def test_daemon_notifies_systemd_through_its_life(tmp_path: Path, redis_server, 
         lines = fake_systemd.lines()
         before = max(t for t, f in lines[:start] if f == "WATCHDOG=1")
         assert lines[after][0] - before >= 1.1  # the silence systemd's WatchdogSec would catch
-        od.wait_for("pings to resume", lambda: sum(f == "WATCHDOG=1" for _, f in fake_systemd.lines()[end:]) >= 3)
+        wait_until_sync(lambda: sum(f == "WATCHDOG=1" for _, f in fake_systemd.lines()[end:]) >= 3, 20, "pings to resume")
 
         # SIGTERM: STOPPING=1, then a clean exit.
         mark = len(fake_systemd.lines())
-        assert od.stop(proc) == 0, log.read_text()
+        assert proc.term() == 0, log.read_text()
         fake_systemd.wait_field(lambda f: f == "STOPPING=1", mark)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.close()
 
 
 @pytest.mark.slow
@@ -133,8 +132,6 @@ def test_ready_waits_until_redis_answers(tmp_path: Path, redis_server, fake_syst
         assert "READY=1" not in [f for _, f in fake_systemd.lines()]
         redis_server.start()  # same port
         fake_systemd.wait_field(lambda f: f == "READY=1")
-        assert od.stop(proc) == 0
+        assert proc.term() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.close()

@@ -10,8 +10,10 @@ from typing import Iterator
 
 import pytest
 
-from conftest import free_port
+from fake_github import FakeGitHub, serving
 from helpers import ops_daemon as od
+from helpers.net import free_port
+from helpers.wait import wait_until_sync
 from litbotd.demo import throwaway_key
 from litbotd.tasks import Task
 
@@ -39,11 +41,11 @@ def test_status_and_dead_letter_commands(tmp_path: Path, redis_server, cfg: Path
         # Four tasks fail twice (max_attempts = 2) and land in the dead letter, with their error.
         failing = [Task(kind="fail", payload={"message": f"boom {i}", "repo": "o/r", "pr": i}) for i in range(4)]
         r.lpush("bot_queue", *(t.to_json() for t in failing))
-        od.wait_for("4 dead tasks", lambda: r.llen("bot_queue:dead") == 4)
+        wait_until_sync(lambda: r.llen("bot_queue:dead") == 4, 20, "4 dead tasks")
         # One long task in flight, one delayed, two queued behind the busy worker.
         busy = Task(kind="sleep", payload={"s": 60})
         r.lpush("bot_queue", busy.to_json())
-        od.wait_for("the busy worker", lambda: busy.id in str(r.hvals("bot_queue:workers")))
+        wait_until_sync(lambda: busy.id in str(r.hvals("bot_queue:workers")), 20, "the busy worker")
         r.zadd("bot_queue:delayed", {Task(kind="wait_job").to_json(): 9e9})
         r.lpush("bot_queue", Task(kind="start_job").to_json(), Task(kind="start_job").to_json())
 
@@ -61,8 +63,7 @@ def test_status_and_dead_letter_commands(tmp_path: Path, redis_server, cfg: Path
 
         # The daemon dies with its task in flight: its worker awaits recovery.
         proc.kill()
-        proc.wait()
-        od.wait_for("the lease to expire", lambda: not r.keys("bot_queue:lease:*"))
+        wait_until_sync(lambda: not r.keys("bot_queue:lease:*"), 20, "the lease to expire")
         st = od.status(cfg)
         assert st["workers"][0]["alive"] is False
         assert st["workers"][0]["task"] == busy.id
@@ -70,9 +71,7 @@ def test_status_and_dead_letter_commands(tmp_path: Path, redis_server, cfg: Path
         assert "workers: 0 alive" in out and "dead workers awaiting recovery: 1" in out
         assert "1 task(s) to requeue" in out
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.close()
 
     # dead list: each task with its context and last error.
     code, out, _ = run("dead", "list", *c)
@@ -148,11 +147,10 @@ def test_replay_enqueues_a_payload_as_if_delivered(redis_server, cfg: Path, tmp_
 
 # -- check-config ---------------------------------------------------------------------------------------
 @pytest.fixture
-def github_app() -> Iterator[tuple[od.FakeGitHubApp, str]]:
+def github_app() -> Iterator[tuple[FakeGitHub, str]]:
     private, public = throwaway_key()
-    fake = od.FakeGitHubApp(public, app_id=4242)
-    yield fake, private
-    fake.close()
+    with serving(FakeGitHub(app_id=4242, public_key_pem=public)) as fake:
+        yield fake, private
 
 
 def _app_config(tmp_path: Path, redis_url: str, api_url: str, key: str, app_id: int = 4242) -> Path:
@@ -181,8 +179,8 @@ def test_check_config_online_succeeds_with_the_apps_key(tmp_path: Path, redis_se
     code, out, err = run("check-config", "--online", "-c", str(cfg))
     assert code == 0, out + err
     assert "redis: ok" in out
-    assert "github: ok (app 'litbotd test app', slug litbotd-test, id 4242" in out
-    assert fake.calls == 1
+    assert "github: ok (app 'litbot', slug litbot, id 4242" in out
+    assert fake.requests == [("GET", "/app")]
 
 
 def test_check_config_online_fails_with_another_key_or_app_id(tmp_path: Path, redis_server, github_app) -> None:

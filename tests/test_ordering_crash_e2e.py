@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import free_port
-from harness import REPO, GitHubWorld, SubprocessDaemon, config_data, post_webhook, pr_payload, sha_of, wait_until
-from litbotd.config import render_toml
+from fake_github import REPO, GitHubWorld
+from helpers.configs import write_config
+from helpers.daemon import DaemonProcess
+from helpers.e2e import DAEMON_ENV, post_webhook, pr_payload, sha_of
+from helpers.net import free_port
+from helpers.wait import wait_until
 from test_ordering_e2e import GPU_NAMES, by_name, jobs, lint, tree
 
 
@@ -31,15 +34,12 @@ async def test_sigkill_around_needs(moment, redis_server, tmp_path):
     world = GitHubWorld()
     await world.start({base: tree(lint(gate)), head: tree(lint(gate), **changes)})
     world.gh.add_pull(REPO, 1, head_sha=head, base_sha=base)
-    data = config_data(redis_server.url, world.url, tmp_path / "jobs", server={"port": free_port()},
-                       workers={"count": 2})
-    data["jobs"]["local"]["sandbox"] = False
-    cfg_path = tmp_path / "litbotd.toml"
-    cfg_path.write_text(render_toml(data))
-    daemon = SubprocessDaemon(cfg_path, tmp_path / "daemon.log")
+    cfg_path = write_config(tmp_path / "litbotd.toml", redis_server.url, world.url, server={"port": free_port()},
+                            workers={"count": 2})
+    daemon = DaemonProcess(cfg_path, tmp_path / "daemon.log", env=DAEMON_ENV)
     ids: dict[str, int] = {}
     try:
-        daemon.start()
+        daemon.start(wait=False)
         port = await daemon.ready()
         assert await post_webhook(port, "pull_request", pr_payload("opened", head)) == 202
         await wait_until(lambda: by_name(world, head).get("lint", {}).get("status") == "in_progress", 30, "lint running")
@@ -56,16 +56,15 @@ async def test_sigkill_around_needs(moment, redis_server, tmp_path):
         await wait_until(hold.reached.is_set, 30, f"the daemon to reach {moment}")
         daemon.kill()
         hold.release()
-        daemon.start()
+        daemon.start(wait=False)
         await daemon.ready()
         await wait_until(lambda: len(by_name(world, head)) == 3 and all(completed(r) for r in by_name(world, head).values())
                          and world.gh.comments and "Queued" not in world.gh.comments[0]["body"]
                          and "Waiting" not in world.gh.comments[0]["body"]
                          and "Running" not in world.gh.comments[0]["body"], 60, "every run to complete after the restart")
-        assert daemon.terminate() == 0
+        assert daemon.term() == 0
     finally:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.kill()
+        daemon.close()
         await world.close()
     runs = by_name(world, head)
     assert not [r for r in world.runs(head) if r["status"] != "completed"], "a check run stayed queued"

@@ -14,17 +14,10 @@ from typing import Any
 
 import pytest
 
-from harness import (
-    REPO,
-    GitHubWorld,
-    InProcessDaemon,
-    comment_payload,
-    config_data,
-    pr_payload,
-    rerequested_payload,
-    sha_of,
-    wait_until,
-)
+from fake_github import REPO, GitHubWorld
+from helpers.configs import config_data
+from helpers.e2e import InProcessDaemon, comment_payload, pr_payload, rerequested_payload, sha_of
+from helpers.wait import wait_until
 from litbotd import decisions, workflows
 from test_commits_e2e import merge_group_payload, push_payload
 
@@ -94,13 +87,6 @@ def by_name(world: GitHubWorld, sha: str) -> dict[str, dict[str, Any]]:
 def all_completed(world: GitHubWorld, sha: str, n: int = 3) -> bool:
     runs = by_name(world, sha)
     return len(runs) >= n and all(r["status"] == "completed" for r in runs.values())
-
-
-@pytest.fixture
-async def world():
-    w = GitHubWorld()
-    yield w
-    await w.close()
 
 
 async def test_a_docs_only_pr_starts_nothing_and_completes_every_check_skipped(redis_server, world, tmp_path):

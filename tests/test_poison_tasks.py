@@ -12,9 +12,12 @@ import time
 import aiohttp
 import pytest
 
-from conftest import free_port
-from harness import GitHubWorld, SubprocessDaemon, config_data, post_webhook, pr_payload, sha_of, wait_until
-from litbotd.config import render_toml
+from fake_github import GitHubWorld
+from helpers.configs import write_config
+from helpers.daemon import DaemonProcess
+from helpers.e2e import DAEMON_ENV, post_webhook, pr_payload, sha_of
+from helpers.net import free_port
+from helpers.wait import wait_until
 from litbotd.tasks import Task
 
 pytestmark = pytest.mark.slow
@@ -39,11 +42,10 @@ async def test_poison_tasks_go_to_the_dead_letter_at_once_and_the_pool_carries_o
     await world.start({sha: {".litci.yaml": "name: ci\nrun: echo fine\n"}})
     world.pull(sha)
     port = free_port()
-    data = config_data(redis_server.url, world.url, tmp_path / "jobs", server={"port": port},
+    cfg = write_config(tmp_path / "litbotd.toml", redis_server.url, world.url, server={"port": port},
                        workers={"count": 4, "max_attempts": 5})
-    (tmp_path / "litbotd.toml").write_text(render_toml(data))
     log_path = tmp_path / "daemon.log"
-    daemon = SubprocessDaemon(tmp_path / "litbotd.toml", log_path)
+    daemon = DaemonProcess(cfg, log_path, env=DAEMON_ENV)
     health: list[int] = []
     stop = asyncio.Event()
 
@@ -56,7 +58,7 @@ async def test_poison_tasks_go_to_the_dead_letter_at_once_and_the_pool_carries_o
 
     r = redis_server.client()
     try:
-        daemon.start()
+        daemon.start(wait=False)
         await daemon.ready()
         watcher = asyncio.create_task(watch_health())
         await wait_until(lambda: len(health) > 2, 10, "/healthz answering")
@@ -77,11 +79,10 @@ async def test_poison_tasks_go_to_the_dead_letter_at_once_and_the_pool_carries_o
         stop.set()
         await watcher
         assert set(health) == {200}, f"/healthz answered {sorted(set(health))}"
-        assert daemon.terminate() == 0
+        assert daemon.term() == 0
     finally:
         stop.set()
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.kill()
+        daemon.close()
         await world.close()
     world.assert_no_duplicates()
     log = log_path.read_text()

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import random
 import time
 
 import redis.exceptions
 
+from helpers.wait import wait_until
 from litbotd import configfile, procinfo
 from litbotd.context import Context, Current
 from litbotd.pool import WorkerPool
@@ -24,18 +26,9 @@ def make_services(redis, **workers) -> Context:
     return Context.of(cfg, Queue(redis, cfg.redis.queue))
 
 
-async def until(cond, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            v = await cond()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            v = None  # the test's own client sees a Redis restart too
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
+# The test's own client sees a Redis restart too: a connection error there means "not yet".
+until = functools.partial(wait_until, every=0.02,
+                          ignore=(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
 
 
 class Pool:
@@ -205,7 +198,7 @@ async def test_workers_carry_on_after_a_redis_restart(aredis, redis_server):
         finally:
             c.close()
         await until(lambda: _llen_at_least(aredis, "test:done", 104), 30, "every task after the restart",
-                    interval=0.1)
+                    every=0.1)
         await asyncio.sleep(0.2)
     done = collections.Counter(await aredis.lrange("test:done", 0, -1))
     assert set(done) == {t.id for t in before + in_flight + after}
@@ -298,32 +291,23 @@ class DropFirstBulkReply:
 
     async def _conn(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
         sr, sw = await asyncio.open_connection("127.0.0.1", self.port)
+        await asyncio.gather(self._pump(cr, sw, False, sw), self._pump(sr, cw, True, cw, sw))
 
-        async def up():
-            try:
-                while data := await cr.read(65536):
-                    sw.write(data)
-                    await sw.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                sw.close()
-
-        async def down():
-            try:
-                while data := await sr.read(65536):
-                    if self.armed and not self.dropped and self.drop(data):
-                        self.dropped += 1
-                        break
-                    cw.write(data)
-                    await cw.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                cw.close()
-                sw.close()
-
-        await asyncio.gather(up(), down())
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool,
+                    *closing: asyncio.StreamWriter) -> None:
+        """Copy one direction; Redis's replies (once armed) may be dropped, cutting the connection."""
+        try:
+            while data := await src.read(65536):
+                if replies and self.armed and not self.dropped and self.drop(data):
+                    self.dropped += 1
+                    break
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            for w in closing:
+                w.close()
 
     async def close(self) -> None:
         self.server.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ops_daemon as od
+from helpers.wait import wait_until_sync
 from litbotd.tasks import Task
 
 TOTAL = 300
@@ -45,14 +46,14 @@ def test_sighup_resizes_workers_without_losing_tasks(tmp_path: Path, redis_serve
 
     proc = od.start(cfg, log)
     try:
-        od.wait_for("4 workers", lambda: od.alive_workers(ops_cfg, proc.pid) == 4)
+        wait_until_sync(lambda: od.alive_workers(ops_cfg, proc.pid) == 4, 20, "4 workers")
         enqueue_batch()
 
         for n in (1, 6):
             _set_workers(cfg, n)
             assert r.llen("bot_queue") > 0  # the reload lands while tasks are flowing
             proc.send_signal(signal.SIGHUP)
-            od.wait_for(f"{n} workers after SIGHUP", lambda n=n: od.alive_workers(ops_cfg, proc.pid) == n)
+            wait_until_sync(lambda n=n: od.alive_workers(ops_cfg, proc.pid) == n, 20, f"{n} workers after SIGHUP")
             assert _log_has(log, "reloaded", f"workers={n}")
             enqueue_batch()
 
@@ -60,10 +61,11 @@ def test_sighup_resizes_workers_without_losing_tasks(tmp_path: Path, redis_serve
         good = cfg.read_text()
         cfg.write_text(good.replace("[workers]\n", "[workers]\ncuont = 2\n"))
         proc.send_signal(signal.SIGHUP)
-        od.wait_for("the refused reload in the log", lambda: _log_has(log, "reload refused", "workers.cuont", "unknown key"))
+        wait_until_sync(lambda: _log_has(log, "reload refused", "workers.cuont", "unknown key"), 20,
+                        "the refused reload in the log")
         cfg.write_text(good.replace("[workers]\n", "[workers\n"))
         proc.send_signal(signal.SIGHUP)
-        od.wait_for("the invalid TOML in the log", lambda: _log_has(log, "reload refused", "invalid TOML"))
+        wait_until_sync(lambda: _log_has(log, "reload refused", "invalid TOML"), 20, "the invalid TOML in the log")
         assert proc.poll() is None
         assert od.alive_workers(ops_cfg, proc.pid) == 6
 
@@ -71,18 +73,16 @@ def test_sighup_resizes_workers_without_losing_tasks(tmp_path: Path, redis_serve
         cfg.write_text(good)
         _set_workers(cfg, 2)
         proc.send_signal(signal.SIGHUP)
-        od.wait_for("2 workers after the good reload", lambda: od.alive_workers(ops_cfg, proc.pid) == 2)
+        wait_until_sync(lambda: od.alive_workers(ops_cfg, proc.pid) == 2, 20, "2 workers after the good reload")
 
         # Every task ran exactly once: none lost while workers came and went.
-        od.wait_for("all tasks done", lambda: r.scard("bot_queue:test:done") == TOTAL, timeout=30)
+        wait_until_sync(lambda: r.scard("bot_queue:test:done") == TOTAL, 30, "all tasks done")
         assert int(r.get("bot_queue:test:runs")) == TOTAL
         assert r.llen("bot_queue") == 0 and r.llen("bot_queue:dead") == 0
         assert not r.keys("bot_queue:processing:*")
-        assert od.stop(proc) == 0
+        assert proc.term() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.close()
 
 
 @pytest.mark.slow
@@ -101,16 +101,14 @@ def test_reload_changes_log_level_and_secrets(tmp_path: Path, redis_server) -> N
         reloading = notify.wait_field(lambda f: f == "RELOADING=1", ready + 1)
         notify.wait_field(lambda f: f == "READY=1", reloading)  # the new config is in force
         r.lpush("bot_queue", Task(kind="log", payload={"message": "uses rotated-secret-value"}).to_json())
-        od.wait_for("the error line", lambda: _log_has(log, "handler failed"))
+        wait_until_sync(lambda: _log_has(log, "handler failed"), 20, "the error line")
         text = log.read_text()
         assert "handler says" not in text  # info is below the new level
         assert "rotated-secret-value" not in text and "handler failed: uses ***" in text
-        assert od.stop(proc) == 0
+        assert proc.term() == 0
     finally:
         notify.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.close()
 
 
 @pytest.mark.slow
@@ -120,25 +118,24 @@ def test_a_retiring_worker_finishes_its_task_first(tmp_path: Path, redis_server)
     r = redis_server.client()
     proc = od.start(cfg, log)
     try:
-        od.wait_for("2 workers", lambda: od.alive_workers(cfg, proc.pid) == 2)
+        wait_until_sync(lambda: od.alive_workers(cfg, proc.pid) == 2, 20, "2 workers")
         long = Task(kind="sleep", payload={"s": 4})
         r.lpush("bot_queue", long.to_json())
-        od.wait_for("the task in flight", lambda: long.id in str(r.hvals("bot_queue:workers")))
+        wait_until_sync(lambda: long.id in str(r.hvals("bot_queue:workers")), 20, "the task in flight")
 
         _set_workers(cfg, 0)
         proc.send_signal(signal.SIGHUP)
         # The idle worker goes at once; the busy one stays until its task is done, then goes too.
-        busy = od.wait_for("only the busy worker left", lambda: (
-            ws := [w for w in od.status(cfg)["workers"] if w["alive"] and w["pid"] == proc.pid]) and len(ws) == 1 and ws)
+        busy = wait_until_sync(lambda: (
+            ws := [w for w in od.status(cfg)["workers"] if w["alive"] and w["pid"] == proc.pid]) and len(ws) == 1 and ws,
+            20, "only the busy worker left")
         assert busy[0]["task"] == long.id
-        od.wait_for("no workers", lambda: od.alive_workers(cfg, proc.pid) == 0)
+        wait_until_sync(lambda: od.alive_workers(cfg, proc.pid) == 0, 20, "no workers")
         assert r.sismember("bot_queue:test:done", long.id)
         assert r.llen("bot_queue") == 0 and not r.keys("bot_queue:processing:*")
-        assert od.stop(proc) == 0
+        assert proc.term() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.close()
 
 
 async def test_reload_is_ignored_before_start_and_while_stopping(redis_server, tmp_path: Path,
@@ -175,7 +172,7 @@ def test_status_shows_a_refused_reload_and_works_with_the_broken_file(tmp_path: 
     cfg = od.write_config(tmp_path / "litbotd.toml", redis_server.url, workers=1)
     proc = od.start(cfg, tmp_path / "daemon.log")
     try:
-        od.wait_for("a live worker", lambda: od.alive_workers(cfg, proc.pid) == 1)
+        wait_until_sync(lambda: od.alive_workers(cfg, proc.pid) == 1, 20, "a live worker")
         good = cfg.read_text()
         cfg.write_text(good.replace("count = 1", "count = -2"))
         proc.send_signal(signal.SIGHUP)
@@ -183,7 +180,7 @@ def test_status_shows_a_refused_reload_and_works_with_the_broken_file(tmp_path: 
         def refused():
             r = od.cli("-c", str(cfg), "status", "--json")
             return r if r.returncode == 0 and json.loads(r.stdout)["reload_refused"] else None
-        r = od.wait_for("status to show the refused reload", refused)
+        r = wait_until_sync(refused, 20, "status to show the refused reload")
         assert "workers.count" in r.stderr and "needs only [redis]" in r.stderr
         [entry] = json.loads(r.stdout)["reload_refused"]
         assert entry["pid"] == proc.pid and "workers.count" in entry["error"]
@@ -191,9 +188,7 @@ def test_status_shows_a_refused_reload_and_works_with_the_broken_file(tmp_path: 
         assert "last reload REFUSED" in text and "workers.count" in text
         cfg.write_text(good)  # a good reload clears it
         proc.send_signal(signal.SIGHUP)
-        od.wait_for("the refusal cleared", lambda: not od.status(cfg)["reload_refused"])
-        assert od.stop(proc) == 0
+        wait_until_sync(lambda: not od.status(cfg)["reload_refused"], 20, "the refusal cleared")
+        assert proc.term() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.close()

@@ -88,6 +88,19 @@ async def world(tmp_path: Path) -> AsyncIterator[tuple[World, str, aiohttp.Clien
     await w.server.close()
 
 
+async def sse(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, str | None, Any]]:
+    """A server-sent event stream as (id, event, data) per `data:` line, the JSON decoded."""
+    ident, event = "", None
+    async for raw in resp.content:
+        line = raw.decode().rstrip("\r\n")
+        if line.startswith("id: "):
+            ident = line[4:]
+        elif line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            yield ident, event, json.loads(line[6:])
+
+
 def page_url(base: str, run: runlink.RunId = ID, key: bytes = KEY) -> str:
     return base + runlink.path(key, run)
 
@@ -162,19 +175,14 @@ async def test_events_follow_the_log_until_the_run_ends(world):
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         w.write("\x1b[31msecond\x1b[0m")
         t0 = time.monotonic()
-        event = None
-        async for raw in resp.content:
-            line = raw.decode().rstrip("\r\n")
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                got.append((event, json.loads(line[6:])))
-                if event == "lines" and len(got) == 1:
-                    latency = time.monotonic() - t0
-                    w.write("third")
-                    await w.record(status="completed", conclusion="failure", finished_at=time.time())
-                if event == "end":
-                    break
+        async for _, event, data in sse(resp):
+            got.append((event, data))
+            if event == "lines" and len(got) == 1:
+                latency = time.monotonic() - t0
+                w.write("third")
+                await w.record(status="completed", conclusion="failure", finished_at=time.time())
+            if event == "end":
+                break
     assert got[0] == ("lines", {"first": 2, "lines": [[["f1", "second"]]]})
     assert ("lines", {"first": 3, "lines": [[["", "third"]]]}) in got
     assert got[-1] == ("end", {"status_text": "failed", "badge": "failure"})
@@ -192,13 +200,8 @@ async def test_a_reconnecting_follower_resumes_where_it_was(world):
 
     async def first_event(headers: dict[str, str]) -> tuple[str, dict[str, Any]]:
         async with http.get(page_url(base) + events, headers=headers) as resp:
-            ident = ""
-            async for raw in resp.content:
-                line = raw.decode().rstrip("\r\n")
-                if line.startswith("id: "):
-                    ident = line[4:]
-                elif line.startswith("data: "):
-                    return ident, json.loads(line[6:])
+            async for ident, _, data in sse(resp):
+                return ident, data
         raise AssertionError("no event")
 
     ident, data = await first_event({})
@@ -267,19 +270,14 @@ async def test_a_lightning_jobs_page_reads_its_log_through_the_sdk(sdk_env, tmp_
             t0 = time.monotonic()
             async with http.get(page_url(base) + events) as resp:
                 job.logs.append("epoch 1 done")
-                event = None
-                async for raw in resp.content:
-                    line = raw.decode().rstrip("\r\n")
-                    if line.startswith("event: "):
-                        event = line[7:]
-                    elif line.startswith("data: "):
-                        got.append((event, json.loads(line[6:])))
-                        if event == "lines":
-                            job.logs.append("litci-exit-code: 0")
-                            job.state = "completed"
-                            await w.record(status="completed", conclusion="success", finished_at=time.time())
-                        if event == "end":
-                            break
+                async for _, event, data in sse(resp):
+                    got.append((event, data))
+                    if event == "lines":
+                        job.logs.append("litci-exit-code: 0")
+                        job.state = "completed"
+                        await w.record(status="completed", conclusion="success", finished_at=time.time())
+                    if event == "end":
+                        break
         elapsed = time.monotonic() - t0
         reads = sum("logs" in r for r in sdk_env.requests)
         assert 1 <= reads <= 2 * (elapsed / 0.3 + 2), (reads, elapsed)  # once per poll_interval, not per look

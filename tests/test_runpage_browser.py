@@ -7,11 +7,12 @@ import os
 import re
 from pathlib import Path
 
-import pytest
-
 from browser import chromium, need_browser
-from conftest import free_port
-from harness import REPO, SECRET, GitHubWorld, InProcessDaemon, config_data, pr_payload, sha_of, wait_until
+from fake_github import REPO
+from helpers.configs import config_data
+from helpers.e2e import SECRET, InProcessDaemon, pr_payload, sha_of
+from helpers.net import free_port
+from helpers.wait import wait_until
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -34,13 +35,6 @@ run: |
   exit 1
 reports: ["reports/*.xml"]
 """
-
-
-@pytest.fixture
-async def world():
-    w = GitHubWorld()
-    yield w
-    await w.close()
 
 
 async def test_follow_a_check_run_to_its_live_page(redis_server, world, tmp_path):

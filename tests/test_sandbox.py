@@ -16,24 +16,15 @@ from typing import AsyncIterator
 
 import pytest
 
-from conftest import free_port
-from harness import (
-    INSTALLATION,
-    PRIVATE_PEM,
-    REPO,
-    SECRET,
-    GitHubWorld,
-    SubprocessDaemon,
-    config_data,
-    post_webhook,
-    pr_payload,
-    sha_of,
-    wait_until,
-)
+from fake_github import INSTALLATION, PRIVATE_PEM, REPO, GitHubWorld
+from helpers.configs import write_config
+from helpers.daemon import DaemonProcess
+from helpers.e2e import DAEMON_ENV, SECRET, post_webhook, pr_payload, sha_of
 from helpers.env import scrubbed_env
+from helpers.net import free_port
+from helpers.wait import wait_until
 from litbotd.backends import sandbox
 from litbotd.backends.local import LocalBackend
-from litbotd.config import render_toml
 from tarball_server import TarballServer, github_tarball
 from test_backend_local import spec, wait_final, wait_for_state, wait_no_pids
 
@@ -86,18 +77,16 @@ async def test_a_hostile_job_finds_reaches_and_leaves_nothing(redis_server, tmp_
         (workdir / name).mkdir(parents=True)
         (workdir / name / "status.json").write_text(json.dumps(status))
         (workdir / name / "log.txt").write_text("OTHER-JOB-SECRET\n")
-    data = config_data(redis_server.url, world.url, workdir, server={"port": free_port()},
-                       github={"app_id": 1, "api_url": world.url, "redeliver_interval": 0,
-                               "private_key_file": str(key)})
-    data["jobs"]["local"].update(sandbox=True, writable_paths=[])  # the product default: sandboxed
-    config = etc / "litbotd.toml"
-    config.write_text(render_toml(data))
-    daemon = SubprocessDaemon(config, tmp_path / "daemon.log")
+    config = write_config(etc / "litbotd.toml", redis_server.url, world.url, server={"port": free_port()},
+                          github={"private_key_file": str(key)},
+                          # the product default: sandboxed
+                          jobs={"local": {"workdir": str(workdir), "sandbox": True, "writable_paths": []}})
+    daemon = DaemonProcess(config, tmp_path / "daemon.log", env=DAEMON_ENV)
     try:
-        daemon.start()
+        daemon.start(wait=False)
         port = await daemon.ready()
         script = HOSTILE
-        for k, v in {"config": config, "key": key, "daemon_pid": daemon.proc.pid, "daemon_port": port,
+        for k, v in {"config": config, "key": key, "daemon_pid": daemon.pid, "daemon_port": port,
                      "redis_port": redis_server.url.rsplit(":", 1)[1].split("/")[0], "workdir": workdir}.items():
             script = script.replace("{%s}" % k, str(v))
         world.gh.add_repo(REPO, {sha: {".litci.yaml": "name: hostile\nrun: |\n" + "".join(
@@ -108,12 +97,11 @@ async def test_a_hostile_job_finds_reaches_and_leaves_nothing(redis_server, tmp_
         survivors = await wait_no_pids("sleep", "321", within=5.0)
         assert not (workdir / "litci-old").exists(), "the finished job older than keep was not pruned"
         assert (workdir / "litci-other").exists(), "a running job's directory was pruned"
-        assert daemon.terminate() == 0
+        assert daemon.term() == 0
     finally:
         sleeper.kill()
         sleeper.wait()
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.kill()
+        daemon.close()
         await world.close()
     run = world.runs(sha)[0]
     text = run["output"]["text"]

@@ -14,7 +14,10 @@ from typing import Iterator
 
 import pytest
 
+from fake_github import FakeGitHub, serving
 from helpers import ops_daemon as od
+from helpers.env import scrubbed_env
+from helpers.wait import wait_until_sync
 from litbotd import logs
 from litbotd.configfile import parse
 from litbotd.context import Context, Current
@@ -91,8 +94,8 @@ def test_a_secret_of_the_wrong_type_is_not_echoed(tmp_path: Path) -> None:
 def test_check_config_masks_every_secret(tmp_path: Path, sec: Secrets, creds: Path) -> None:
     cfg = tmp_path / "litbotd.toml"
     cfg.write_text(f'[github]\napp_id = {APP_ID}\n[jobs]\nbackend = "local"\n[jobs.local]\nsandbox = false\n')
-    for env in (od.clean_env(CREDENTIALS_DIRECTORY=str(creds)),
-                od.clean_env(GH_PRIVATE_KEY=sec.pem, GH_WEBHOOK_SECRET=sec.webhook)):
+    for env in (scrubbed_env(CREDENTIALS_DIRECTORY=str(creds)),
+                scrubbed_env(GH_PRIVATE_KEY=sec.pem, GH_WEBHOOK_SECRET=sec.webhook)):
         r = od.cli("check-config", "-c", str(cfg), env=env)
         assert r.returncode == 0, r.stderr
         assert re.search(r'^webhook_secret = "\*\*\*"$', r.stdout, re.M)
@@ -103,17 +106,20 @@ def test_check_config_masks_every_secret(tmp_path: Path, sec: Secrets, creds: Pa
 def test_check_config_masks_the_redis_password(tmp_path: Path) -> None:
     cfg = tmp_path / "litbotd.toml"
     cfg.write_text('[redis]\nurl = "redis://:redis-pass-123@127.0.0.1:1/0"\n[workers]\ncount = 0\n')
-    r = od.cli("check-config", "-c", str(cfg), env=od.clean_env(GH_WEBHOOK_SECRET="w"))
+    r = od.cli("check-config", "-c", str(cfg), env=scrubbed_env(GH_WEBHOOK_SECRET="w"))
     assert r.returncode == 0, r.stderr
     assert re.search(r'^url = "redis://:\*\*\*@127.0.0.1:1/0"$', r.stdout, re.M), r.stdout
 
 
 # -- a daemon's failing paths ----------------------------------------------------------------------
 @pytest.fixture
-def fake_github(sec: Secrets) -> Iterator[od.FakeGitHubApp]:
-    fake = od.FakeGitHubApp(sec.public, APP_ID, echo=f"(token {sec.token} is not valid)")
-    yield fake
-    fake.close()
+def fake_github(sec: Secrets) -> Iterator[FakeGitHub]:
+    """GitHub answering the daemon's call with an error body that echoes the token, as a careless
+    proxy might."""
+    with serving(FakeGitHub(app_id=APP_ID, public_key_pem=sec.public)) as fake:
+        fake.inject("GET", r"^/installation/repositories$", 401, times=100,
+                    body={"message": f"Bad credentials (token {sec.token} is not valid)"})
+        yield fake
 
 
 def _dump_redis(client) -> str:
@@ -131,7 +137,7 @@ def _dump_redis(client) -> str:
 
 @pytest.mark.slow
 def test_daemon_failures_never_show_a_secret(tmp_path: Path, redis_server, sec: Secrets, creds: Path,
-                                             fake_github: od.FakeGitHubApp) -> None:
+                                             fake_github: FakeGitHub) -> None:
     cfg = od.write_config(tmp_path / "litbotd.toml", redis_server.url, workers=2)
     cfg.write_text(cfg.read_text().replace('webhook_secret = "test-webhook-secret"\n',
                                            f'api_url = "{fake_github.url}"\n'))
@@ -144,18 +150,16 @@ def test_daemon_failures_never_show_a_secret(tmp_path: Path, redis_server, sec: 
                  for w in ("webhook_secret", "private_key", "token")]
         tasks.append(Task(kind="github", payload={"path": "/installation/repositories"}))
         r.lpush("bot_queue", *(t.to_json() for t in tasks))
-        od.wait_for("4 dead letters", lambda: r.llen("bot_queue:dead") == 4)
+        wait_until_sync(lambda: r.llen("bot_queue:dead") == 4, 20, "4 dead letters")
 
         c = ("-c", str(cfg))
-        outputs = {name: od.cli(*args, *c, env=od.clean_env(**env)) for name, args in {
+        outputs = {name: od.cli(*args, *c, env=scrubbed_env(**env)) for name, args in {
             "dead list": ("dead", "list"), "status": ("status", "--json"), "check-config": ("check-config",)}.items()}
         dead_list = outputs["dead list"].stdout
         redis_text = _dump_redis(r)
-        assert od.stop(proc) == 0
+        assert proc.term() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.close()
 
     daemon_output = log.read_text()
     # The failing paths ran: each error is there, scrubbed.
@@ -164,7 +168,7 @@ def test_daemon_failures_never_show_a_secret(tmp_path: Path, redis_server, sec: 
     assert "GitHubError: GET /installation/repositories: 401 Bad credentials (token *** is not valid)" in dead_list
     assert "first failure of this task" in daemon_output and "Traceback" in daemon_output
     assert daemon_output.count("about to fail") >= 3
-    assert fake_github.calls >= 2
+    assert fake_github.count("GET", r"^/installation/repositories$") >= 2
     sec.assert_absent(daemon_output, "the daemon's stdout/stderr")
     sec.assert_absent(redis_text, "Redis (dead letters, queues, worker records)")
     for name, out in outputs.items():
@@ -247,7 +251,7 @@ def test_check_config_lists_job_secret_names_never_values_and_refuses_a_bad_file
     store.chmod(0o600)
     cfg = tmp_path / "litbotd.toml"
     cfg.write_text(f'[secrets]\nfile = "{store}"\n[workers]\ncount = 0\n')
-    env = od.clean_env(GH_WEBHOOK_SECRET="w")
+    env = scrubbed_env(GH_WEBHOOK_SECRET="w")
     r = od.cli("check-config", "-c", str(cfg), env=env)
     assert r.returncode == 0, r.stderr
     assert '# [orgs."acme"] CODECOV_TOKEN' in r.stdout and '# [repos."acme/widgets"] HF_TOKEN' in r.stdout

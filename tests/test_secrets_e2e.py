@@ -20,8 +20,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from conftest import free_port
-from harness import REPO, GitHubWorld, InProcessDaemon, comment_payload, config_data, pr_payload, sha_of, wait_until
+from fake_github import REPO, GitHubWorld
+from helpers.configs import config_data
+from helpers.e2e import InProcessDaemon, comment_payload, pr_payload, sha_of
+from helpers.net import free_port
+from helpers.wait import wait_until
 from litbotd import logs, masking
 from litbotd.demo import throwaway_key
 from test_commits_e2e import push_payload
@@ -55,13 +58,6 @@ def secrets_file(tmp_path: Path, **tables: dict[str, str]) -> Path:
     f.write_text("\n".join(lines) + "\n")
     f.chmod(0o600)
     return f
-
-
-@pytest.fixture
-async def world() -> Any:
-    w = GitHubWorld()
-    yield w
-    await w.close()
 
 
 @pytest.fixture

@@ -14,16 +14,14 @@ import pytest
 import redis as syncredis
 from redis.sentinel import Sentinel
 
-from conftest import RedisServer, free_port
+from conftest import RedisServer
 from helpers import ops_daemon as od
+from helpers.net import free_port
+from helpers.wait import wait_until_sync
 from litbotd.tasks import Task
 
 pytestmark = pytest.mark.slow
 MASTER = "mymaster"
-
-
-def _wait(what: str, probe, timeout: float = 20.0):
-    return od.wait_for(what, probe, timeout, every=0.05)
 
 
 class Replica(RedisServer):
@@ -38,7 +36,8 @@ class Replica(RedisServer):
              "--min-replicas-to-write", str(self.min_replicas),
              "--logfile", str(self.dir / "redis.log")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         c = syncredis.Redis(port=self.port, decode_responses=True, socket_connect_timeout=0.2)
-        _wait("the replica in sync", lambda: _safe(lambda: c.info("replication").get("master_link_status") == "up"))
+        wait_until_sync(lambda: _safe(lambda: c.info("replication").get("master_link_status") == "up"), 20,
+                        "the replica in sync")
         c.close()
 
 
@@ -70,7 +69,7 @@ def sentinel_setup(request, tmp_path_factory, redis_server):
     def replica_known():
         reps = s.sentinel_slaves(MASTER)
         return any(r["port"] == replica.port and not r["is_sdown"] for r in reps)
-    _wait("Sentinel to discover the replica", lambda: _safe(replica_known))
+    wait_until_sync(lambda: _safe(replica_known), 20, "Sentinel to discover the replica")
     yield {"sentinel": f"127.0.0.1:{port}", "client": s, "replica": replica, "primary": redis_server,
            "min_replicas": request.param}
     proc.kill()
@@ -115,20 +114,21 @@ def test_a_forced_failover_under_load_loses_nothing(tmp_path, sentinel_setup):
     producer = threading.Thread(target=produce, daemon=True)
     try:
         # The CLI finds the primary through Sentinel too.
-        _wait("4 live workers (status through Sentinel)", lambda: od.alive_workers(cfg, proc.pid) == 4)
+        wait_until_sync(lambda: od.alive_workers(cfg, proc.pid) == 4, 20,
+                        "4 live workers (status through Sentinel)")
         producer.start()
-        _wait("tasks in flight", lambda: len(acked) > 20)
+        wait_until_sync(lambda: len(acked) > 20, 20, "tasks in flight")
         r_old = st["primary"].client()
         in_flight = r_old.llen("bot_queue") + sum(r_old.llen(k) for k in r_old.keys("bot_queue:processing:*"))
         t0 = time.monotonic()
         st["client"].execute_command("SENTINEL", "FAILOVER", MASTER)
         new_port = st["replica"].port
-        _wait("the replica promoted", lambda: _safe(lambda: int(st["client"].sentinel_get_master_addr_by_name(MASTER)[1]))
-              == new_port)
+        wait_until_sync(lambda: _safe(lambda: int(st["client"].sentinel_get_master_addr_by_name(MASTER)[1]))
+                        == new_port, 20, "the replica promoted")
         r_new = st["replica"].client()
         start_runs = int(_safe(lambda: r_new.get("bot_queue:test:runs")) or 0)
-        _wait("the daemon working on the new primary",
-              lambda: int(_safe(lambda: r_new.get("bot_queue:test:runs")) or 0) > start_runs + 5, timeout=60)
+        wait_until_sync(lambda: int(_safe(lambda: r_new.get("bot_queue:test:runs")) or 0) > start_runs + 5, 60,
+                        "the daemon working on the new primary")
         failover_s = time.monotonic() - t0
         time.sleep(1.0)  # keep producing on the new primary for a moment
         stop.set()
@@ -144,7 +144,7 @@ def test_a_forced_failover_under_load_loses_nothing(tmp_path, sentinel_setup):
             return ids <= done and r_new.llen("bot_queue") == 0 and not any(
                 r_new.llen(k) for k in r_new.keys("bot_queue:processing:*"))
         try:
-            _wait("every acknowledged task and its successors done", lambda: _safe(settled), timeout=60)
+            wait_until_sync(lambda: _safe(settled), 60, "every acknowledged task and its successors done")
         except AssertionError:
             missing = ids - r_new.smembers("bot_queue:test:done")
             where = {k: r_new.lrange(k, 0, -1) for k in r_new.keys("bot_queue:processing:*")}
@@ -181,12 +181,10 @@ def test_a_forced_failover_under_load_loses_nothing(tmp_path, sentinel_setup):
             assert repeated <= 4, f"{repeated} steps repeated: the demoted primary kept taking writes"
         status = od.status(cfg)
         assert sum(1 for w in status["workers"] if w["alive"] and w["pid"] == proc.pid) == 4
-        assert od.stop(proc) == 0
+        assert proc.term() == 0
     finally:
         stop.set()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.close()
 
 
 async def test_with_require_replica_and_none_a_delivery_is_not_acknowledged(aredis):
@@ -256,7 +254,7 @@ def test_the_primary_dead_for_good_intake_keeps_answering_unless_a_replica_is_re
     log_path = tmp_path / "daemon.log"
     proc = od.start(cfg, log_path)
     try:
-        _wait("the daemon up", lambda: _safe(lambda: _http("GET", http_port, "/healthz")[0] == 200))
+        wait_until_sync(lambda: _safe(lambda: _http("GET", http_port, "/healthz")[0] == 200), 20, "the daemon up")
         # With the replica there: replicated, acknowledged once it has the delivery.
         status, _, _ = _http("POST", http_port, "/", payload, _signed(payload, "before"))
         assert status == 202
@@ -264,8 +262,8 @@ def test_the_primary_dead_for_good_intake_keeps_answering_unless_a_replica_is_re
         assert jsonlib.loads(_http("GET", http_port, "/healthz")[1])["durability"] == "replicated"
         st["primary"].stop(kill=True)  # and never started again
         new_port = st["replica"].port
-        _wait("the replica promoted", lambda: _safe(
-            lambda: int(st["client"].sentinel_get_master_addr_by_name(MASTER)[1]) == new_port), timeout=30)
+        wait_until_sync(lambda: _safe(
+            lambda: int(st["client"].sentinel_get_master_addr_by_name(MASTER)[1]) == new_port), 30, "the replica promoted")
         seen: list = []
 
         def delivered_after_failover() -> bool:
@@ -274,7 +272,7 @@ def test_the_primary_dead_for_good_intake_keeps_answering_unless_a_replica_is_re
             return got is not None and (got[0] == 503 and "NotReplicated" in got[1] if require_replica
                                         else got[0] == 202)
         try:
-            _wait("the daemon on the new primary", delivered_after_failover, timeout=30)
+            wait_until_sync(delivered_after_failover, 30, "the daemon on the new primary")
         except AssertionError:
             raise AssertionError(f"{seen[-3:]} {log_path.read_text()[-2000:]}") from None
         answers = [_http("POST", http_port, "/", payload, _signed(payload, f"after-{i}")) for i in range(5)]
@@ -293,8 +291,6 @@ def test_the_primary_dead_for_good_intake_keeps_answering_unless_a_replica_is_re
         assert "litbotd_redis_replicas_connected 0.0" in metrics_text
         warnings = [line for line in log_path.read_text().splitlines() if "no Redis replica connected" in line]
         assert len(warnings) == 1, warnings  # once a minute, not per delivery
-        assert od.stop(proc) == 0
+        assert proc.term() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.close()

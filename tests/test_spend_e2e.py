@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import REPO, GitHubWorld, InProcessDaemon, comment_payload, config_data, pr_payload, sha_of, wait_until
+from fake_github import REPO, GitHubWorld
+from helpers.configs import config_data
+from helpers.e2e import InProcessDaemon, comment_payload, pr_payload, sha_of
+from helpers.wait import wait_until
 from litbotd import spend
 from litbotd.backends.base import JobStatus
 from litbotd.backends.local import LocalBackend
@@ -27,13 +30,6 @@ parametrize:
 run: |
 {indented}
 """
-
-
-@pytest.fixture
-async def world():
-    w = GitHubWorld()
-    yield w
-    await w.close()
 
 
 def _done(world: GitHubWorld, sha: str, n: int) -> bool:
@@ -153,9 +149,10 @@ async def test_sigkill_double_counts_nothing_and_starts_nothing_over_a_cap(redis
     result (its cost counted and its slot handed on, the check-run write parked). After each
     restart: never more than 2 jobs at once (counted by the jobs), each job started once, and
     the day's ledger is exactly the sum of the runs' costs, each counted once."""
-    from conftest import free_port
-    from harness import SubprocessDaemon, post_webhook
-    from litbotd.config import render_toml
+    from helpers.configs import write_config
+    from helpers.daemon import DaemonProcess
+    from helpers.e2e import DAEMON_ENV, post_webhook
+    from helpers.net import free_port
 
     events, release = tmp_path / "events.log", tmp_path / "release"
     body = f'echo "S $cell" >> {events}\nwhile [ ! -f {release} ]; do sleep 0.05; done\necho "E $cell" >> {events}'
@@ -163,14 +160,12 @@ async def test_sigkill_double_counts_nothing_and_starts_nothing_over_a_cap(redis
     world = GitHubWorld()
     await world.start({sha: {".lightning/workflows/gpu.yaml": gpu_matrix(6, body)}})
     world.pull(sha)
-    data = config_data(redis_server.url, world.url, tmp_path / "jobs", server={"port": free_port()},
-                       workers={"count": 2},
-                       jobs={"local": {"workdir": str(tmp_path / "jobs"), "max_parallel": 8,
-                                       "writable_paths": [str(tmp_path)]}},
-                       limits={"max_parallel_per_machine": {"L4": 2}, "prices": {"L4": 4.0}, "per_pr_usd": 100.0})
-    cfg_path = tmp_path / "litbotd.toml"
-    cfg_path.write_text(render_toml(data))
-    daemon = SubprocessDaemon(cfg_path, tmp_path / "daemon.log")
+    cfg_path = write_config(tmp_path / "litbotd.toml", redis_server.url, world.url, server={"port": free_port()},
+                            workers={"count": 2},
+                            jobs={"local": {"workdir": str(tmp_path / "jobs"), "max_parallel": 8,
+                                            "writable_paths": [str(tmp_path)]}},
+                            limits={"max_parallel_per_machine": {"L4": 2}, "prices": {"L4": 4.0}, "per_pr_usd": 100.0})
+    daemon = DaemonProcess(cfg_path, tmp_path / "daemon.log", env=DAEMON_ENV)
 
     def started() -> int:
         return sum(ln.startswith("S") for ln in events.read_text().splitlines()) if events.exists() else 0
@@ -180,26 +175,25 @@ async def test_sigkill_double_counts_nothing_and_starts_nothing_over_a_cap(redis
                    if r["status"] == "queued")
 
     try:
-        daemon.start()
+        daemon.start(wait=False)
         port = await daemon.ready()
         assert await post_webhook(port, "pull_request", pr_payload("opened", sha)) == 202
         await wait_until(lambda: started() == 2 and waiting() == 4, 60, "two running, four waiting")
         daemon.kill()                                     # 1: in the middle of the waiting
-        daemon.start()
+        daemon.start(wait=False)
         await daemon.ready()
         hold = world.gh.hold("PATCH", r"/check-runs/\d+$", when=lambda b: (b or {}).get("status") == "completed")
         release.touch()
         await wait_until(hold.reached.is_set, 60, "the first result being reported")
         daemon.kill()                                     # 2: a result counted, its write parked
         hold.release()
-        daemon.start()
+        daemon.start(wait=False)
         await daemon.ready()
         await wait_until(lambda: len(world.runs(sha)) == 6 and all(r["status"] == "completed" for r in world.runs(sha)),
                          120, "every run to complete after the restarts")
-        assert daemon.terminate() == 0
+        assert daemon.term() == 0
     finally:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.kill()
+        daemon.close()
         await world.close()
     running = peak = 0
     for line in events.read_text().splitlines():

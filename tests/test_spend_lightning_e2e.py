@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 
-from harness import REPO, GitHubWorld, InProcessDaemon, comment_payload, config_data, pr_payload, sha_of, wait_until
+from fake_github import REPO, GitHubWorld
+from helpers.configs import config_data
+from helpers.e2e import InProcessDaemon, comment_payload, pr_payload, sha_of
+from helpers.wait import wait_until
 from lightning_standin import LightningStandIn
 from litbotd import spend
 
@@ -23,13 +26,6 @@ parametrize:
   matrix: {{cell: [{cells}]}}
 run: pytest -q
 """
-
-
-@pytest.fixture
-async def world():
-    w = GitHubWorld()
-    yield w
-    await w.close()
 
 
 def lightning_config(redis_url: str, api_url: str, tmp_path: Any, **limits: Any) -> dict[str, Any]:
@@ -115,33 +111,32 @@ async def test_sigkill_on_lightning_counts_each_job_once_and_never_passes_the_ca
     two wait, then in the middle of a result (its cost counted, its slot handed on, the check-run
     write parked). The stand-in counts the L4 jobs running at once; the day's ledger is exactly
     the sum of the stand-in's total_cost."""
-    from conftest import free_port
-    from harness import SubprocessDaemon, post_webhook
-    from litbotd.config import render_toml
+    from helpers.configs import write_config
+    from helpers.daemon import DaemonProcess
+    from helpers.e2e import DAEMON_ENV, post_webhook
+    from helpers.net import free_port
 
     sha = sha_of("lightning-spend-crash")
     world = GitHubWorld()
     await world.start({sha: {".lightning/workflows/gpu.yaml": gpu_matrix(4)}})
     world.pull(sha)
-    data = config_data(redis_server.url, world.url, tmp_path / "jobs", server={"port": free_port()},
-                       workers={"count": 2}, jobs={"backend": "lightning", "lightning": {"teamspace": "acme/ci"}},
-                       limits={"max_parallel_per_machine": {"L4": 2}, "per_pr_usd": 100.0})
-    cfg_path = tmp_path / "litbotd.toml"
-    cfg_path.write_text(render_toml(data))
-    daemon = SubprocessDaemon(cfg_path, tmp_path / "daemon.log", env=lightning.sdk_env(str(tmp_path)))
+    cfg_path = write_config(tmp_path / "litbotd.toml", redis_server.url, world.url, server={"port": free_port()},
+                            workers={"count": 2}, jobs={"backend": "lightning", "lightning": {"teamspace": "acme/ci"}},
+                            limits={"max_parallel_per_machine": {"L4": 2}, "per_pr_usd": 100.0})
+    daemon = DaemonProcess(cfg_path, tmp_path / "daemon.log", env={**DAEMON_ENV, **lightning.sdk_env(str(tmp_path))})
 
     def waiting() -> int:
         return sum("Waiting for a free L4" in (r["output"] or {}).get("title", "") for r in world.runs(sha))
 
     try:
-        daemon.start()
+        daemon.start(wait=False)
         port = await daemon.ready(60)
         assert await post_webhook(port, "pull_request", pr_payload("opened", sha)) == 202
         await wait_until(lambda: len(lightning.creates) == 2 and waiting() == 2, 60, "two started, two waiting")
         for c in lightning.creates:
             lightning.set_state(c["name"], "running")
         daemon.kill()                                           # 1: two running, two waiting
-        daemon.start()
+        daemon.start(wait=False)
         await daemon.ready(60)
         hold = world.gh.hold("PATCH", r"/check-runs/\d+$", when=lambda b: (b or {}).get("status") == "completed")
         first = lightning.creates[0]["name"]
@@ -151,14 +146,13 @@ async def test_sigkill_on_lightning_counts_each_job_once_and_never_passes_the_ca
         daemon.kill()                                           # 2: a result counted, its write parked
         hold.release()
         lightning.autorun = lambda job: 0                      # the rest run and pass by themselves
-        daemon.start()
+        daemon.start(wait=False)
         await daemon.ready(60)
         await wait_until(lambda: len(world.runs(sha)) == 4 and all(r["status"] == "completed" for r in world.runs(sha)),
                          120, "every run to complete after the restarts")
-        assert daemon.terminate() == 0
+        assert daemon.term() == 0
     finally:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.kill()
+        daemon.close()
         await world.close()
     assert len({c["name"] for c in lightning.creates}) == len(lightning.creates) == 4
     assert lightning.peak_running.get("lit-l4-1") == 2

@@ -157,7 +157,7 @@ async def test_the_price_book_reads_the_backend_and_limits_prices_go_over_it():
 
 
 async def test_the_lifecycle_counts_each_try_of_a_retried_run_once(aredis):
-    from litbotd.config import parse
+    from litbotd.configfile import parse
     from litbotd.context import Context
     from litbotd.lifecycle import spending
 

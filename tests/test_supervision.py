@@ -9,7 +9,6 @@ import logging
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -17,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
 from helpers import ops_daemon as od
+from helpers.daemon import OPS_HELPER, DaemonProcess
+from helpers.net import free_port
+from helpers.wait import wait_until, wait_until_sync
 from litbotd import configfile, procinfo
 from litbotd.context import Context, Current
 from litbotd.queue import Queue
@@ -45,6 +46,11 @@ def healthz(port: int) -> int:
             return resp.status
     except urllib.error.HTTPError as e:
         return e.code
+
+
+def in_flight(r) -> int:
+    """Tasks in the workers' processing lists."""
+    return sum(r.llen(k) for k in r.keys("bot_queue:processing:*"))
 
 
 def runs_and_done(r) -> tuple[int, set[str]]:
@@ -78,10 +84,10 @@ def test_a_redis_error_window_leaves_every_worker_alive_and_loses_nothing(tmp_pa
     r = redis_server.client()
     proc = od.start(cfg, tmp_path / "daemon.log")
     try:
-        od.wait_for("4 live workers", lambda: od.alive_workers(cfg, proc.pid) == 4)
+        wait_until_sync(lambda: od.alive_workers(cfg, proc.pid) == 4, 20, "4 live workers")
         before = [Task(kind="sleep", payload={"s": 1.5}) for _ in range(4)]
         push(r, *before)
-        od.wait_for("4 tasks in flight", lambda: sum(r.llen(k) for k in r.keys("bot_queue:processing:*")) == 4)
+        wait_until_sync(lambda: in_flight(r) == 4, 20, "4 tasks in flight")
         start_window(r)
         try:
             with pytest.raises(Exception, match=reply):
@@ -92,15 +98,15 @@ def test_a_redis_error_window_leaves_every_worker_alive_and_loses_nothing(tmp_pa
         after = [Task(kind="sleep", payload={"s": 0.1}) for _ in range(6)]
         push(r, *after)
         ids = {t.id for t in before + after}
-        od.wait_for("every task done", lambda: runs_and_done(r)[1] >= ids, timeout=30)
-        od.wait_for("4 live workers after the window", lambda: od.alive_workers(cfg, proc.pid) == 4)
+        wait_until_sync(lambda: runs_and_done(r)[1] >= ids, 30, "every task done")
+        wait_until_sync(lambda: od.alive_workers(cfg, proc.pid) == 4, 20, "4 live workers after the window")
         assert healthz(port) == 200
         runs, done = runs_and_done(r)
         assert done == ids and runs == len(ids), f"{runs} runs for {len(ids)} tasks: one ran twice"
         assert r.llen("bot_queue:dead") == 0
         assert proc.poll() is None
     finally:
-        assert od.stop(proc) == 0
+        assert proc.term() == 0
     log = (tmp_path / "daemon.log").read_text()
     assert "failed unexpectedly" not in log and "Traceback" not in log, log[-3000:]
 
@@ -114,28 +120,26 @@ def test_a_crash_right_after_a_resize_loses_no_task(tmp_path, redis_server):
     r = redis_server.client()
     proc = od.start(cfg, tmp_path / "daemon.log", LITBOTD_HOST=host)
     try:
-        od.wait_for("1 live worker", lambda: od.alive_workers(cfg, proc.pid) == 1)
+        wait_until_sync(lambda: od.alive_workers(cfg, proc.pid) == 1, 20, "1 live worker")
         tasks = [Task(kind="sleep", payload={"s": 2}) for _ in range(4)]
         push(r, *tasks)
-        od.wait_for("the first task taken", lambda: len(r.keys("bot_queue:processing:*")) == 1)
+        wait_until_sync(lambda: len(r.keys("bot_queue:processing:*")) == 1, 20, "the first task taken")
         cfg.write_text(cfg.read_text().replace("count = 1", "count = 4"))
         proc.send_signal(signal.SIGHUP)
-        od.wait_for("4 tasks taken", lambda: sum(r.llen(k) for k in r.keys("bot_queue:processing:*")) == 4,
-                    every=0.005)
+        wait_until_sync(lambda: in_flight(r) == 4, 20, "4 tasks taken", every=0.005)
         proc.kill()  # inside the window: the heartbeat (every 4s) has not run since the resize
         proc.wait(10)
         unleased = [k for k in r.keys("bot_queue:processing:*") if r.llen(k)
                     and not r.exists("bot_queue:lease:" + k.split(":", 2)[2])]
         assert not unleased, f"tasks taken by workers with no lease: {unleased}"
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        proc.close()
     proc = od.start(cfg, tmp_path / "daemon2.log", LITBOTD_HOST=host)
     try:
-        od.wait_for("every task done after the restart", lambda: runs_and_done(r)[1] == {t.id for t in tasks},
-                    timeout=30)
+        wait_until_sync(lambda: runs_and_done(r)[1] == {t.id for t in tasks}, 30,
+                        "every task done after the restart")
     finally:
-        od.stop(proc)
+        proc.term()
 
 
 # -- two hosts with one name -----------------------------------------------------------------------
@@ -161,26 +165,25 @@ def test_two_daemons_with_one_host_name_never_take_each_others_tasks(tmp_path, r
     a = od.start(cfg, tmp_path / "a.log", LITBOTD_HOST=host)
     b = None
     try:
-        od.wait_for("daemon A's workers", lambda: od.alive_workers(cfg, a.pid) == 2)
+        wait_until_sync(lambda: od.alive_workers(cfg, a.pid) == 2, 20, "daemon A's workers")
         tasks = [Task(kind="sleep", payload={"s": 4}) for _ in range(2)]
         push(r, *tasks)
-        od.wait_for("A runs both tasks", lambda: sum(r.llen(k) for k in r.keys("bot_queue:processing:*")) == 2)
-        with open(tmp_path / "b.log", "ab") as log:
-            b = subprocess.Popen([*prefix, sys.executable, str(Path(od.__file__).resolve()), str(cfg)],
-                                 stdout=log, stderr=subprocess.STDOUT, env=od.clean_env(LITBOTD_HOST=host), cwd=od.ROOT)
-        od.wait_for("daemon B's workers", lambda: sum(1 for w in od.status(cfg)["workers"]
-                                                      if w["alive"] and w["host"] == host) == 4)
-        od.wait_for("both tasks done", lambda: runs_and_done(r)[1] == {t.id for t in tasks}, timeout=30)
-        od.wait_for("nothing queued or in flight", lambda: r.llen("bot_queue") == 0 and not any(
-            r.llen(k) for k in r.keys("bot_queue:processing:*")), timeout=30)
+        wait_until_sync(lambda: in_flight(r) == 2, 20, "A runs both tasks")
+        b = DaemonProcess(cfg, tmp_path / "b.log", program=[*prefix, *OPS_HELPER], env={"LITBOTD_HOST": host},
+                          name="daemon B").start(wait=False)
+        wait_until_sync(lambda: sum(1 for w in od.status(cfg)["workers"] if w["alive"] and w["host"] == host) == 4,
+                        20, "daemon B's workers")
+        wait_until_sync(lambda: runs_and_done(r)[1] == {t.id for t in tasks}, 30, "both tasks done")
+        wait_until_sync(lambda: r.llen("bot_queue") == 0 and not any(
+            r.llen(k) for k in r.keys("bot_queue:processing:*")), 30, "nothing queued or in flight")
         runs, _ = runs_and_done(r)
         assert runs == 2, f"{runs} runs of 2 tasks: daemon B took daemon A's live tasks"
         wids = [w["id"] for w in od.status(cfg)["workers"]]
         assert len(set(wids)) == len(wids) == 4
     finally:
-        od.stop(a)
+        a.term()
         if b is not None:
-            od.stop(b)
+            b.term()
 
 
 # -- in-process: the pool itself -------------------------------------------------------------------
@@ -209,14 +212,6 @@ async def healthz_in_process(pool) -> int:
         return resp.status
 
 
-async def until(cond, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (v := await cond()):
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        await asyncio.sleep(0.02)
-    return v
-
-
 async def test_a_hung_handler_is_cancelled_retried_then_dead_lettered(aredis):
     s = make_services(aredis, count=1, task_timeout="300ms", max_attempts=2)
     starts = []
@@ -232,13 +227,13 @@ async def test_a_hung_handler_is_cancelled_retried_then_dead_lettered(aredis):
     await pool.start()
     try:
         await s.queue.enqueue(Task(kind="hang"))
-        await until(lambda: aredis.llen("bot_queue:dead"), 10, "the hung task in the dead letter")
+        await wait_until(lambda: aredis.llen("bot_queue:dead"), 10, "the hung task in the dead letter")
         [(_, dead)] = await s.queue.dead_tasks()
         assert "workers.task_timeout (0.3s)" in dead.error and dead.attempt == 2
         assert starts == [0, 1]
         t = Task(kind="quick")
         await s.queue.enqueue(t)  # the worker slot is free again
-        await until(lambda: aredis.lrange("test:done", 0, -1), 5, "the next task")
+        await wait_until(lambda: aredis.lrange("test:done", 0, -1), 5, "the next task")
         assert pool.restarts == 0 and pool.liveness() is None
     finally:
         await pool.stop(2)
@@ -273,7 +268,7 @@ async def test_a_worker_that_fails_unexpectedly_is_restarted_and_liveness_says_s
     try:
         tasks = [Task(kind="count") for _ in range(2)]
         await s.queue.enqueue(*tasks)
-        await until(lambda: asyncio.sleep(0, pool.liveness()), 10, "liveness to report the workers down")
+        await wait_until(pool.liveness, 10, "liveness to report the workers down")
         assert "of 2 workers alive" in pool.liveness()
         assert await healthz_in_process(pool) == 503
         starved = pings()
@@ -282,9 +277,8 @@ async def test_a_worker_that_fails_unexpectedly_is_restarted_and_liveness_says_s
         errors = [r for r in caplog.records if "failed unexpectedly; restarting it" in r.getMessage()]
         assert errors and all(r.kv["error"] == "RuntimeError: a bug in finish" for r in errors)
         broken = False
-        await until(lambda: asyncio.sleep(0, pool.liveness() is None), 20, "the restarted workers")
-        await until(lambda: asyncio.sleep(0, not any(t is not None for t in
-                                                      (w.task for w in pool.live_workers()))), 5, "idle workers")
+        await wait_until(lambda: pool.liveness() is None, 20, "the restarted workers")
+        await wait_until(lambda: all(w.task is None for w in pool.live_workers()), 5, "idle workers")
         done = await aredis.lrange("test:done", 0, -1)
         assert set(done) == {t.id for t in tasks}  # at least once: the handler may have run again
         assert await s.queue.depths() == {"queued": 0, "delayed": 0, "dead": 0}
@@ -292,7 +286,7 @@ async def test_a_worker_that_fails_unexpectedly_is_restarted_and_liveness_says_s
             [await aredis.llen(k) == 0 for k in await aredis.keys("bot_queue:processing:*")])
         assert pool.restarts >= 2
         assert await healthz_in_process(pool) == 200
-        await until(lambda: asyncio.sleep(0, pings() > starved), 5, "the watchdog fed again")
+        await wait_until(lambda: pings() > starved, 5, "the watchdog fed again")
     finally:
         await pool.stop(2)
         systemd.close()

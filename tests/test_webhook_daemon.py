@@ -3,9 +3,7 @@ only (`workers.count = 0`), on loopback, with a private redis-server."""
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -17,73 +15,39 @@ import aiohttp
 import pytest
 import redis as syncredis
 
-from conftest import RedisServer, free_port
+from conftest import RedisServer
+from helpers.configs import write_config
+from helpers.daemon import DaemonProcess
 from helpers.env import scrubbed_env
+from helpers.net import free_port
 from test_webhook import LIMIT, PR_OPENED, SECRET, WEBHOOKS, headers, sign
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-class DaemonProc:
-    def __init__(self, tmp: Path, redis: RedisServer) -> None:
-        self.redis = redis
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp / "litbotd.log"
-        self.config = tmp / "litbotd.toml"
-        self.config.write_text(
-            f'[server]\nhost = "127.0.0.1"\nport = {self.port}\nmax_body_bytes = {LIMIT}\n'
-            f'[redis]\nurl = "{redis.url}"\n'
-            '[workers]\ncount = 0\n'
-            '[github]\nredeliver_interval = 0\n'
-            '[log]\nformat = "text"\n'
-        )
-        env = scrubbed_env(GH_WEBHOOK_SECRET=SECRET)
-        self.proc = subprocess.Popen([sys.executable, "-m", "litbotd", "run", "-c", str(self.config)],
-                                     env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
-        self.wait_ready()
-
-    def wait_ready(self, deadline_s: float = 30) -> None:
-        """Poll /healthz until it answers 200; fail with the daemon's log if it exits or times out."""
-        deadline = time.monotonic() + deadline_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"litbotd exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                if self.status("/healthz") == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        pytest.fail(f"litbotd not ready after {deadline_s}s:\n{self.log.read_text()[-3000:]}")
-
-    def status(self, path: str) -> int:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        try:
-            conn.request("GET", path)
-            return conn.getresponse().status
-        finally:
-            conn.close()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(15)
+def start_listener(tmp: Path, redis: RedisServer) -> DaemonProcess:
+    """`litbotd run`, listener only (workers.count = 0), on a free loopback port; ready when it says so."""
+    cfg = write_config(tmp / "litbotd.toml", redis.url, server={"port": free_port(), "max_body_bytes": LIMIT},
+                       workers={"count": 0})
+    return DaemonProcess(cfg, tmp / "litbotd.log", env={"GH_WEBHOOK_SECRET": SECRET}, cwd=tmp).start(timeout=30)
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     redis = RedisServer(tmp_path_factory.mktemp("redis"))
     redis.start()
-    d = DaemonProc(tmp_path_factory.mktemp("daemon"), redis)
-    yield d
-    d.stop()
+    yield redis
     redis.stop(kill=True)
 
 
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, module_redis: RedisServer) -> Iterator[DaemonProcess]:
+    with start_listener(tmp_path_factory.mktemp("daemon"), module_redis) as d:
+        yield d
+        d.term()
+
+
 @pytest.fixture
-def db(daemon: DaemonProc) -> Iterator[syncredis.Redis]:
-    client = daemon.redis.client()
+def db(module_redis: RedisServer) -> Iterator[syncredis.Redis]:
+    client = module_redis.client()
     client.flushall()
     yield client
     client.close()
@@ -140,21 +104,21 @@ ROWS: list[tuple[str, bytes, Callable[[str], dict[str, str]], int, int]] = [
 
 
 @pytest.mark.parametrize("name,body,make_headers,status,queued", ROWS, ids=[r[0] for r in ROWS])
-async def test_http_rows(daemon: DaemonProc, db: syncredis.Redis, name: str, body: bytes,
+async def test_http_rows(daemon: DaemonProcess, db: syncredis.Redis, name: str, body: bytes,
                          make_headers: Callable[[str], dict[str, str]], status: int, queued: int) -> None:
     got, answer = await post(daemon.url + "/", body, make_headers(f"row-{name}"))
     assert got == status, answer
     assert db.llen("bot_queue") == queued
 
 
-async def test_duplicate_delivery(daemon: DaemonProc, db: syncredis.Redis) -> None:
+async def test_duplicate_delivery(daemon: DaemonProcess, db: syncredis.Redis) -> None:
     hdrs = headers(PR_OPENED, delivery="dup")
     assert (await post(daemon.url + "/", PR_OPENED, hdrs))[0] == 202
     assert await post(daemon.url + "/", PR_OPENED, hdrs) == (200, {"delivery": "dup", "duplicate": True})
     assert db.llen("bot_queue") == 1
 
 
-async def test_oversized_bodies_are_413_and_not_read(daemon: DaemonProc, db: syncredis.Redis) -> None:
+async def test_oversized_bodies_are_413_and_not_read(daemon: DaemonProcess, db: syncredis.Redis) -> None:
     head = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-GitHub-Event: pull_request\r\n"
             b"X-GitHub-Delivery: big\r\nX-Hub-Signature-256: sha256=00\r\n")
     answer, closed = await raw(daemon.port, head + b"Content-Length: 100000000\r\n\r\n{\"a")
@@ -166,7 +130,7 @@ async def test_oversized_bodies_are_413_and_not_read(daemon: DaemonProc, db: syn
     assert db.llen("bot_queue") == 0
 
 
-async def test_metrics_count_queued_pull_requests(daemon: DaemonProc, db: syncredis.Redis) -> None:
+async def test_metrics_count_queued_pull_requests(daemon: DaemonProcess, db: syncredis.Redis) -> None:
     async def queued_count() -> float:
         async with aiohttp.ClientSession() as session, session.get(daemon.url + "/metrics") as r:
             for line in (await r.text()).splitlines():
@@ -183,7 +147,7 @@ async def test_metrics_count_queued_pull_requests(daemon: DaemonProc, db: syncre
 async def test_redis_down_then_back_health_and_sigterm(tmp_path_factory: pytest.TempPathFactory) -> None:
     redis = RedisServer(tmp_path_factory.mktemp("redis"))
     redis.start()
-    d = DaemonProc(tmp_path_factory.mktemp("daemon"), redis)
+    d = start_listener(tmp_path_factory.mktemp("daemon"), redis)
     try:
         async with aiohttp.ClientSession() as session:
             async with session.get(d.url + "/healthz") as r:
@@ -200,9 +164,9 @@ async def test_redis_down_then_back_health_and_sigterm(tmp_path_factory: pytest.
             assert status == 202
         assert redis.client().llen("bot_queue") == 1
         # SIGTERM: a clean exit with status 0.
-        assert d.stop() == 0
+        assert d.term() == 0
     finally:
-        d.stop()
+        d.close()
         redis.stop(kill=True)
 
 
@@ -235,7 +199,7 @@ def _pr_with(path: str, value: Any) -> bytes:
     ("pull_request.number", -5),
     ("installation.id", -77),
 ])
-async def test_malformed_signed_payloads_are_400_and_not_queued(daemon: DaemonProc, db: syncredis.Redis,
+async def test_malformed_signed_payloads_are_400_and_not_queued(daemon: DaemonProcess, db: syncredis.Redis,
                                                                 path: str, value: Any) -> None:
     body = _pr_with(path, value)
     got, answer = await post(daemon.url + "/", body, headers(body, delivery=f"bad-{path}-{len(str(value))}"))

@@ -47,16 +47,7 @@ from typing import Any, Callable
 
 from .. import infra
 from ..redaction import scrub
-from .base import (
-    Backend,
-    BackendError,
-    JobNotFound,
-    JobSpec,
-    JobStatus,
-    Offload,
-    Price,
-    check_name,
-)
+from .base import Backend, BackendError, JobNotFound, JobSpec, JobStatus, Offload, Price, check_name
 from .bootstrap import job_env, parse_result, shell_command
 
 log = logging.getLogger(__name__)

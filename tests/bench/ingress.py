@@ -28,7 +28,6 @@ import hmac
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,16 +41,11 @@ import redis as syncredis
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 from helpers.env import scrubbed_env  # noqa: E402
+from helpers.net import free_port  # noqa: E402
 
 PAYLOAD = ROOT / "tests" / "data" / "webhooks" / "pull_request.synchronize.1.json"
 SECRET = "bench-secret"
 WARMUP = 500
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the comparison servers ---------------------------------------------------------------------
@@ -86,14 +80,20 @@ def serve(kind: str, port: int, redis_url: str) -> None:
 
 
 # -- the load process ---------------------------------------------------------------------------
-def load(port: int, requests: int, seconds: float, concurrency: int, tag: str) -> None:
-    import uvloop
-
+def _signed_request(port: int) -> tuple[bytes, bytes]:
+    """The webhook body and its request head up to the delivery id (each request sends its own)."""
     body = PAYLOAD.read_bytes()
     signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     head = (f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
             f"X-GitHub-Event: pull_request\r\nX-Hub-Signature-256: {signature}\r\n"
             f"Content-Length: {len(body)}\r\nX-GitHub-Delivery: ").encode()
+    return body, head
+
+
+def load(port: int, requests: int, seconds: float, concurrency: int, tag: str) -> None:
+    import uvloop
+
+    body, head = _signed_request(port)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     counter = iter(range(WARMUP + requests))
@@ -136,11 +136,7 @@ def paced(port: int, rate: float, seconds: float, tag: str) -> None:
     keep-alive connections; the first second is warm-up."""
     import uvloop
 
-    body = PAYLOAD.read_bytes()
-    signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    head = (f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"X-GitHub-Event: pull_request\r\nX-Hub-Signature-256: {signature}\r\n"
-            f"Content-Length: {len(body)}\r\nX-GitHub-Delivery: ").encode()
+    body, head = _signed_request(port)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     total = int(rate * (seconds + 1))

@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import RedisServer  # noqa: E402
-from harness import REPO, GitHubWorld, InProcessDaemon, config_data, pr_payload, sha_of  # noqa: E402
+from fake_github import REPO, GitHubWorld  # noqa: E402
+from helpers.configs import config_data  # noqa: E402
+from helpers.e2e import InProcessDaemon, pr_payload, sha_of  # noqa: E402
 from litbotd import decisions  # noqa: E402
 from litbotd.backends.local import LocalBackend  # noqa: E402
 

@@ -25,19 +25,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
+from helpers.net import free_port  # noqa: E402
 from litbotd import limits  # noqa: E402
 from litbotd import spend as spend_mod  # noqa: E402
 from litbotd.queue import Queue, connect  # noqa: E402
 from litbotd.runstate import RunRef, RunState  # noqa: E402
 from litbotd.tasks import Task  # noqa: E402
 from litbotd.workflows import Run  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def bench(url: str, n: int, conc: int) -> dict[str, float]:

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,21 +36,17 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import redis as syncredis  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
+from helpers.net import free_port  # noqa: E402
 from litbotd import configfile  # noqa: E402
 from litbotd.context import Context  # noqa: E402
 from litbotd.queue import Queue, connect  # noqa: E402
 from litbotd.tasks import Task  # noqa: E402
 from litbotd.worker import Registry, Worker  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

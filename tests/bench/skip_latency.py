@@ -28,7 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conftest import RedisServer  # noqa: E402
-from harness import REPO, GitHubWorld, InProcessDaemon, config_data, pr_payload, sha_of, wait_until  # noqa: E402
+from fake_github import REPO, GitHubWorld  # noqa: E402
+from helpers.configs import config_data  # noqa: E402
+from helpers.e2e import InProcessDaemon, pr_payload, sha_of  # noqa: E402
+from helpers.wait import wait_until  # noqa: E402
 
 LINT = "name: lint\npaths-ignore: ['docs/**', '*.md']\nrun: exit 1\n"
 GPU = ("name: gpu\npaths: ['src/**', 'tests/**']\nneeds: [lint]\n"

@@ -1,6 +1,6 @@
 """A real litbotd daemon with a small test registry, for the operations tests (SPEC §7).
 
-    python tests/helpers/ops_daemon.py CONFIG.toml
+    python tests/helpers/ops_daemon.py -c CONFIG.toml
 
 It runs `litbotd.daemon.run` — uvloop, signals, sd_notify, reload, drain — exactly as `litbotd run`
 does, with these task kinds instead of the CI phases:
@@ -16,17 +16,17 @@ does, with these task kinds instead of the CI phases:
     leak   {"what": w}      raises an error holding a secret the daemon knows but the task does
                             not carry: w = "webhook_secret", "private_key" (its body lines), or
                             "token" ($TEST_INSTALLATION_TOKEN)
-    github {"path": p}      GET p from the GitHub API as the App (FakeGitHubApp answers 401,
+    github {"path": p}      GET p from the GitHub API as the App (the test's FakeGitHub answers 401,
                             echoing a token in its message)
 
-The test side (start, status, stop) lives here too, so each test reads as its scenario.
+The test side (its config, start, status, the CLI, a systemd stand-in) lives here too, so each
+test reads as its scenario; the process is a helpers/daemon.DaemonProcess.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -95,7 +95,7 @@ def main(argv: Sequence[str]) -> int:
     sys.path.insert(0, str(ROOT))
     from litbotd import config, configfile, daemon
 
-    path = argv[1]
+    path = argv[argv.index("-c") + 1]
     try:
         cfg = configfile.load(path)
         return daemon.run(cfg, _registry(), path)
@@ -105,72 +105,32 @@ def main(argv: Sequence[str]) -> int:
 
 
 # -- the test side ----------------------------------------------------------------------------------
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment of a daemon or CLI subprocess: nothing from the developer's shell that
-    litbotd reads, this checkout importable."""
-    from helpers.env import scrubbed_env  # the test side only: the daemon side runs as a script
+def write_config(path: Path, redis_url: str, *, workers: int = 2, server_port: int | None = None,
+                 log_format: str = "text") -> Path:
+    """The operations tests' config (helpers/configs.py's, with these): no listener unless
+    `server_port`, a webhook secret in the file, fast heartbeats, two attempts a task."""
+    from helpers.configs import write_config as write
 
-    return scrubbed_env(**extra)
-
-
-def write_config(path: Path, redis_url: str, *, queue: str = "bot_queue", workers: int = 2,
-                 server_port: int | None = None, extra: str = "", log_format: str = "text") -> Path:
-    """A config for a test daemon: the local backend in a tmp dir, fast heartbeats."""
-    server = (f'[server]\nenabled = true\nhost = "127.0.0.1"\nport = {server_port}\n'
-              if server_port is not None else "[server]\nenabled = false\n")
-    path.write_text(f"""{server}
-[github]
-webhook_secret = "test-webhook-secret"
-redeliver_interval = 0
-
-[redis]
-url = "{redis_url}"
-queue = "{queue}"
-
-[workers]
-count = {workers}
-heartbeat_interval = "0.25s"
-lease_timeout = "2s"
-max_attempts = 2
-retry_backoff = "0.05s"
-shutdown_grace = "10s"
-
-[jobs]
-backend = "local"
-
-[jobs.local]
-sandbox = false
-workdir = "{path.parent / 'jobs'}"
-
-[log]
-level = "info"
-format = "{log_format}"
-{extra}""")
-    return path
+    return write(path, redis_url, server={"enabled": server_port is not None, "port": server_port or 0},
+                 github={"webhook_secret": "test-webhook-secret"},
+                 workers={"count": workers, "heartbeat_interval": "0.25s", "lease_timeout": "2s", "max_attempts": 2,
+                          "retry_backoff": "0.05s", "shutdown_grace": "10s"},
+                 log={"format": log_format})
 
 
-def start(config: Path, log_path: Path, **env: str) -> subprocess.Popen:
-    with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(config)],
-                                stdout=log, stderr=subprocess.STDOUT, env=clean_env(**env), cwd=ROOT)
+def start(config: Path, log_path: Path, **env: str) -> Any:
+    """This daemon as a child process, started (not waited for: see DaemonProcess.start)."""
+    from helpers.daemon import OPS_HELPER, DaemonProcess
 
-
-def stop(proc: subprocess.Popen, timeout: float = 20) -> int:
-    """SIGTERM, then the exit status (SIGKILL if it does not drain in time)."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-        raise
+    return DaemonProcess(config, log_path, program=OPS_HELPER, env=env, name="ops daemon").start(wait=False)
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     """`python -m litbotd ARGS` as an operator would run it."""
+    from helpers.env import scrubbed_env
+
     return subprocess.run([sys.executable, "-m", "litbotd", *args], capture_output=True, text=True,
-                          env=env or clean_env(), cwd=ROOT, timeout=timeout)
+                          env=env or scrubbed_env(), cwd=ROOT, timeout=timeout)
 
 
 def status(config: Path) -> dict[str, Any]:
@@ -181,18 +141,6 @@ def status(config: Path) -> dict[str, Any]:
 
 def alive_workers(config: Path, pid: int) -> int:
     return sum(1 for w in status(config)["workers"] if w["alive"] and w.get("pid") == pid)
-
-
-def wait_for(what: str, probe: Callable[[], T], timeout: float = 20.0, every: float = 0.1) -> T:
-    """Poll until `probe()` is truthy; its value, or AssertionError naming `what`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
 
 
 class FakeSystemd:
@@ -231,74 +179,14 @@ class FakeSystemd:
                 if pred(f):
                     return i + 1  # truthy even for index 0
             return None
-        return wait_for("a notify field", probe, timeout, every=0.02) - 1
+        from helpers.wait import wait_until_sync
+
+        return wait_until_sync(probe, timeout, "a notify field", every=0.02) - 1
 
     def close(self) -> None:
         self._done.set()
         self._thread.join(2)
         self.sock.close()
-
-class FakeGitHubApp:
-    """Just enough of the GitHub API for `check-config --online`: GET /app answers the App when
-    the JWT verifies with `public_pem` and names `app_id`, else 401 — echoing `echo` in its
-    message, as a careless proxy might echo a token."""
-
-    def __init__(self, public_pem: str, app_id: int, echo: str = "") -> None:
-        self.public_pem, self.app_id, self.echo = public_pem, app_id, echo
-        self.calls = 0
-        self.port = 0
-        self._started = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-        self._started.wait(10)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _serve(self) -> None:
-        import jwt
-        from aiohttp import web
-
-        async def app_route(request: web.Request) -> web.Response:
-            self.calls += 1
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            try:
-                claims = jwt.decode(token, self.public_pem, algorithms=["RS256"])
-                assert scheme.lower() == "bearer" and str(claims["iss"]) == str(self.app_id)
-            except Exception:
-                return web.json_response({"message": f"A JSON web token could not be decoded {self.echo}".strip()},
-                                         status=401)
-            return web.json_response({"id": self.app_id, "slug": "litbotd-test", "name": "litbotd test app"})
-
-        async def other(request: web.Request) -> web.Response:
-            self.calls += 1
-            return web.json_response({"message": f"Bad credentials {self.echo}".strip(),
-                                      "documentation_url": "https://docs.github.com/rest"}, status=401)
-
-        async def main() -> None:
-            app = web.Application()
-            app.router.add_get("/app", app_route)
-            app.router.add_route("*", "/{tail:.*}", other)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            self._stop = asyncio.Event()
-            self._started.set()
-            await self._stop.wait()
-            await runner.cleanup()
-
-        self._loop = asyncio.new_event_loop()
-        self._loop.run_until_complete(main())
-
-    def close(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(5)
-
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv))

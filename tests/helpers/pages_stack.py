@@ -13,9 +13,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from conftest import free_port
 from fake_github import FakeGitHub
-from litbotd.config import Config, parse
+from helpers.net import free_port
+from litbotd.config import Config
+from litbotd.configfile import parse
 from litbotd.github import GitHubApp
 from litbotd.pages import dashboard, oauth
 from litbotd.queue import Queue
