@@ -7,7 +7,7 @@ import shutil
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
-import pytest
+from conftest import missing_tool
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -24,11 +24,12 @@ def chromium_path() -> str | None:
 def need_browser() -> str:
     path = chromium_path()
     if path is None:
-        pytest.skip("no Chromium installed (apt-get install chromium)")
+        missing_tool("no Chromium installed (apt-get install chromium)")
     try:
         import playwright  # noqa: F401
     except ImportError:
-        pytest.skip("playwright is not installed (pip install '.[test]')")
+        missing_tool("playwright is not installed (pip install '.[test]')")
+    assert path is not None
     return path
 
 
