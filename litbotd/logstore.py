@@ -152,23 +152,19 @@ class Store:
         their log was kept; a running Lightning job's mirror is kept while it is refreshed)."""
         now = time.time() if now is None else now
         removed = 0
-        try:
-            entries = list(os.scandir(self.root))
-        except FileNotFoundError:
-            return 0
-        for entry in entries:
-            if not entry.is_dir(follow_symlinks=False) or not entry.name.startswith("litci-"):
-                continue
+        root = Path(self.root)
+        kept = [d for d in root.glob("litci-*") if d.is_dir() and not d.is_symlink()] if root.is_dir() else []
+        for entry in kept:
             newest = 0.0
             for f in ("meta.json", "log.txt", "live.txt"):
                 try:
-                    newest = max(newest, os.stat(os.path.join(entry.path, f)).st_mtime)
+                    newest = max(newest, (entry / f).stat().st_mtime)
                 except FileNotFoundError:
                     pass
             if newest == 0.0:
-                newest = entry.stat(follow_symlinks=False).st_mtime
+                newest = entry.lstat().st_mtime
             if newest < now - keep:
-                shutil.rmtree(entry.path, ignore_errors=True)
+                shutil.rmtree(entry, ignore_errors=True)
                 removed += 1
         return removed
 

@@ -269,12 +269,16 @@ class RunState:
         raw = cast(dict[str, str], await self.r.hgetall(self._sha(repo, sha)))  # decoded
         return {k: v for k, v in raw.items() if not k.startswith(("spec:", "attempt:", "owner:", "by:"))}
 
-    async def set_sha_fields(self, repo: str, sha: str, **fields: Any) -> None:
+    async def _set_fields(self, key: str, fields: dict[str, Any]) -> None:
+        """HSET the fields and renew the hash's TTL, in one transaction."""
         async with self.r.pipeline(transaction=True) as p:
             values: dict[FieldT, EncodableT] = {k: v for k, v in fields.items()}
-            p.hset(self._sha(repo, sha), mapping=values)
-            p.expire(self._sha(repo, sha), TTL)
+            p.hset(key, mapping=values)
+            p.expire(key, TTL)
             await p.execute()
+
+    async def set_sha_fields(self, repo: str, sha: str, **fields: Any) -> None:
+        await self._set_fields(self._sha(repo, sha), fields)
 
     async def pr_of(self, repo: str, sha: str) -> int | None:
         pr = await self.r.hget(self._sha(repo, sha), "pr")
@@ -395,11 +399,7 @@ class RunState:
         return int(n)
 
     async def set_pr_field(self, repo: str, pr: int, **fields: Any) -> None:
-        async with self.r.pipeline(transaction=True) as p:
-            values: dict[FieldT, EncodableT] = {k: v for k, v in fields.items()}
-            p.hset(self._pr(repo, pr), mapping=values)
-            p.expire(self._pr(repo, pr), TTL)
-            await p.execute()
+        await self._set_fields(self._pr(repo, pr), fields)
 
     # -- needs, flaky runs ------------------------------------------------------------------------------
     async def release(self, ref: RunRef, by: str, action: str, message: str = "", now: float = 0.0) -> bool:
