@@ -74,15 +74,19 @@ def decide_wait(state: str, now: float, queued_at: float, running_since: float |
     return WaitDecision("poll")
 
 
-def conclusion_for(state: str, exit_code: int | None, timed_out: bool) -> str:
+def conclusion_for(state: str, exit_code: int | None, timed_out: bool, cancel_requested: bool = False) -> str:
     """A final job state → the check run's conclusion (SPEC §5). A cancel is recorded by the
-    cancel itself (runstate's atomic transition), never derived from the job's state."""
+    cancel itself (runstate's atomic transition), never derived from the job's state; but a job
+    found stopped after its run's cancel was requested is that cancel, seen first by the poll
+    (the cancel stops the machines before it records the conclusions)."""
     if timed_out:
         return TIMED_OUT
     if state == "succeeded" and exit_code in (0, None):
         return SUCCESS
     if state == "failed" or (exit_code not in (None, 0)):
         return FAILURE
+    if cancel_requested:
+        return CANCELLED
     return NEUTRAL  # stopped by someone else, or unknown: we cannot say how it went
 
 

@@ -69,6 +69,9 @@ def test_conclusions():
     assert d.conclusion_for("failed", 124, True) == d.TIMED_OUT
     assert d.conclusion_for("stopped", None, False) == d.NEUTRAL
     assert d.conclusion_for("unknown", None, False) == d.NEUTRAL
+    # A job the poll finds stopped after its run's cancel was asked for is that cancel.
+    assert d.conclusion_for("stopped", None, False, cancel_requested=True) == d.CANCELLED
+    assert d.conclusion_for("failed", 1, False, cancel_requested=True) == d.FAILURE  # a real result wins
 
 
 def test_parse_command():

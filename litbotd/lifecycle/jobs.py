@@ -170,8 +170,11 @@ async def results(task: Task, ctx: Context) -> list[Task]:
     found = await asyncio.to_thread(scan, log_text)
     tail = _last_lines(log_text, lines)
     timed_out = bool(p.get("timed_out") or status.timed_out)
-    conclusion = decisions.conclusion_for(status.state, status.exit_code, timed_out)
+    cancel_reason = (await rs.get(ref)).get("cancel_reason")
+    conclusion = decisions.conclusion_for(status.state, status.exit_code, timed_out, bool(cancel_reason))
     message = ctx.masker.mask(p.get("message") or status.message)
+    if conclusion == decisions.CANCELLED and cancel_reason:
+        message = cancel_reason
     if status.infra and not p.get("message"):  # retried as often as jobs.infra_retries allows, or not retried
         message = infra.final_message(status.message, int(p.get("try") or 1), int((await rs.get(ref)).get("tries") or 1))
     conclusion, message = await rs.conclude(ref, conclusion, message, time.time())
