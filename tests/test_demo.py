@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+from helpers.demo import demo_keep
 from helpers.env import scrubbed_env
 from litbotd.lifecycle.comments import COMMENT_EDIT_INTERVAL
 
@@ -40,28 +41,12 @@ def test_demo_narrates_each_event_when_github_received_it_and_ends_right_after_t
 
 
 def test_demo_keep_prints_and_serves_each_runs_page_until_ctrl_c():
-    import signal
     import urllib.request
 
-    p = subprocess.Popen([sys.executable, "-m", "litbotd", "demo", "--keep"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=scrubbed_env())
-    try:
-        seen = []
-        assert p.stdout is not None
-        for line in p.stdout:
-            seen.append(line)
-            if line.startswith("serving the run pages"):
-                break
-        out = "".join(seen)
+    with demo_keep() as out:
         urls = re.findall(r"run page: (http://127\.0\.0\.1:\d+/runs/\S+)", out)
         assert len(urls) == 2, out[-3000:]
         for url in urls:
             with urllib.request.urlopen(url, timeout=10) as resp:
                 body = resp.read().decode()
             assert resp.status == 200 and "demo (" in body and 'id="L1"' in body
-        p.send_signal(signal.SIGINT)
-        assert p.wait(30) == 0
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()

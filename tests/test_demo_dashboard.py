@@ -6,28 +6,16 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 from browser import chromium, need_browser
-from helpers.env import scrubbed_env
+from helpers.demo import demo_keep
 
 
 async def test_demo_keep_serves_the_dashboard_with_its_admin_token() -> None:
     need_browser()
-    p = subprocess.Popen([sys.executable, "-m", "litbotd", "demo", "--keep"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=scrubbed_env())
-    try:
-        seen: list[str] = []
-        assert p.stdout is not None
-        for line in p.stdout:
-            seen.append(line)
-            if "/dashboard (admin token:" in line and any(s.startswith("serving the run pages") for s in seen):
-                break
-        out = "".join(seen)
+    with demo_keep() as out:
         m = re.search(r"at (http://127\.0\.0\.1:\d+/dashboard) \(admin token: ([\w-]+)\)", out)
         assert m, out[-3000:]
         dashboard, token = m.groups()
@@ -55,9 +43,3 @@ async def test_demo_keep_serves_the_dashboard_with_its_admin_token() -> None:
             await page.click("#runs a >> nth=0")       # a run's link lands on its page
             await page.wait_for_selector("#L1")
             assert page.url in [url for url, _ in pages]
-        p.send_signal(signal.SIGINT)
-        assert p.wait(30) == 0
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
